@@ -1,0 +1,1 @@
+"""llmgw: OpenAI-compatible LLM gateway."""

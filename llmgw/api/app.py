@@ -1,0 +1,40 @@
+"""create_app: the FastAPI app around a built gateway."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from llmgw.api import routes
+from llmgw.api.errors import install_error_handlers
+from llmgw.build import Gateway
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    app = FastAPI(title="llmgw", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.dispatcher = gateway.dispatcher
+    app.state.pool = gateway.pool
+    app.state.metrics = gateway.metrics
+    app.state.max_body_bytes = gateway.config.server.max_body_bytes
+    app.state.created = int(time.time())
+    install_error_handlers(app)
+    # Plain Starlette routes: the hot path skips FastAPI's dependency and body machinery,
+    # which bench/overhead.py showed to cost more than the rest of the gateway.
+    app.add_route("/v1/chat/completions", routes.chat_completions, methods=["POST"])
+    app.add_route("/v1/completions", routes.completions, methods=["POST"])
+    app.add_route("/v1/models", routes.list_models, methods=["GET"])
+    app.add_route("/health", routes.health, methods=["GET"])
+    app.add_route("/ready", routes.ready, methods=["GET"])
+    app.add_route("/metrics", routes.metrics, methods=["GET"])
+    return app

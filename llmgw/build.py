@@ -1,0 +1,78 @@
+"""The composition root: config + replica addresses -> the objects that serve requests.
+
+The only module that reads both the config and the plugin registries.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+import aiohttp
+
+from llmgw.config import ConfigError, GatewayConfig, ModelConfig
+from llmgw.dispatcher import Dispatcher, ModelGroup
+from llmgw.engines.openai_http import OpenAIHTTPEngine
+from llmgw.metrics import Metrics
+from llmgw.pool import Replica, ReplicaPool
+from llmgw.routing.registry import POLICIES, make_policy, policy_names
+from llmgw.types import ReplicaAddress
+
+
+def check_config(cfg: GatewayConfig) -> None:
+    """What pydantic cannot know: names that refer to registries. Runs before any launch."""
+    for index, model in enumerate(cfg.models):
+        if model.routing not in POLICIES:
+            raise ConfigError(
+                f"models[{index}].routing: unknown policy {model.routing!r}; "
+                f"known: {', '.join(policy_names())}"
+            )
+
+
+class Gateway:
+    """Everything a running gateway owns. Build it inside the event loop that serves it."""
+
+    def __init__(
+        self, config: GatewayConfig, addresses: Mapping[str, Sequence[ReplicaAddress]],
+        *, rng: random.Random | None = None, metrics: Metrics | None = None,
+    ) -> None:
+        check_config(config)
+        self.config = config
+        self.metrics = metrics or Metrics()
+        rng = rng or random.Random(0)
+        # One connection pool for all engines; keep-alive connections are the main saving
+        # of a proxy's per-request cost. No limit: admission is the engines' business.
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+            auto_decompress=False, raise_for_status=False,
+        )
+        groups: dict[str, ModelGroup] = {}
+        for model in config.models:
+            replicas = [
+                Replica(addr.id, model.name, self._engine(model, addr.url), self.metrics)
+                for addr in addresses[model.name]
+            ]
+            groups[model.name] = ModelGroup(
+                name=model.name, upstream_model=model.upstream_model, replicas=replicas,
+                policy=make_policy(model.routing, random.Random(rng.random())),
+                policy_name=model.routing, timeouts=model.timeouts,
+                max_attempts=model.max_attempts,
+            )
+        self.pool = ReplicaPool(
+            [r for g in groups.values() for r in g.replicas], interval_s=config.health.interval_s
+        )
+        self.dispatcher = Dispatcher(groups, self.metrics)
+
+    def _engine(self, model: ModelConfig, url: str) -> OpenAIHTTPEngine:
+        return OpenAIHTTPEngine(
+            url, self.session, connect_timeout_s=model.timeouts.connect_s,
+            health_timeout_s=self.config.health.timeout_s,
+        )
+
+    async def start(self) -> None:
+        await self.pool.check_all()
+        self.pool.start()
+
+    async def close(self) -> None:
+        await self.pool.stop()
+        await self.session.close()

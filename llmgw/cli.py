@@ -1,0 +1,130 @@
+"""``llmgw up | check | demo``: the operator's entry points."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from llmgw.config import ConfigError, GatewayConfig, load_config
+
+log = logging.getLogger("llmgw")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=(getattr(args, "log_level", None) or "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "check":
+            return _check(args.configs)
+        if args.command == "demo":
+            from llmgw.engines.demo_model import ensure_demo_model
+
+            print(ensure_demo_model())
+            return 0
+        cfg = _load(args.configs, args.host, args.port)
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_up(cfg, args.log_level))
+    except ConfigError as exc:
+        print(f"llmgw: invalid config:\n{exc}", file=sys.stderr)
+        return 2
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmgw", description="OpenAI-compatible LLM gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the engines and the gateway")
+    up.add_argument("configs", nargs="+", help="YAML files, merged in order")
+    up.add_argument("--host", help="overrides server.host")
+    up.add_argument("--port", type=int, help="overrides server.port")
+    up.add_argument("--log-level", default=None,
+                    choices=["critical", "error", "warning", "info", "debug"])
+    check = sub.add_parser("check", help="validate config files without starting anything")
+    check.add_argument("configs", nargs="+")
+    sub.add_parser("demo", help="build the tiny demo model (cached) and print its path")
+    return parser
+
+
+def _load(paths: Sequence[str], host: str | None, port: int | None) -> GatewayConfig:
+    from llmgw.build import check_config
+
+    cfg = load_config(paths)
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    if overrides:
+        cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=overrides)})
+    check_config(cfg)
+    return cfg
+
+
+def _check(paths: Sequence[str]) -> int:
+    cfg = _load(paths, None, None)
+    for model in cfg.models:
+        how = "launched" if model.launched else "attached"
+        where = f"{model.replica_count} {how}"
+        print(f"ok  {model.name}: engine={model.engine} replicas={where} routing={model.routing}")
+    return 0
+
+
+async def _up(cfg: GatewayConfig, log_level: str | None) -> int:
+    import uvicorn
+
+    from llmgw.api.app import create_app
+    from llmgw.build import Gateway
+    from llmgw.placement.local import LaunchError, LocalLauncher
+
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    loop = asyncio.get_running_loop()
+    serving = False
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        # While engines start, a signal aborts the launch; once uvicorn serves, it owns
+        # signals and drains, and this handler only swallows the re-raise it does after.
+        if not serving:
+            loop.call_soon_threadsafe(main_task.cancel)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+    launcher = LocalLauncher()
+    try:
+        addresses = await launcher.start(cfg)
+        gateway = Gateway(cfg, addresses)
+        launcher.on_restart = lambda m, r: gateway.metrics.replica_restarts.labels(m, r).inc()
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(gateway), host=cfg.server.host, port=cfg.server.port,
+            log_level=log_level or cfg.server.log_level, access_log=False,
+            timeout_graceful_shutdown=int(cfg.server.drain_timeout_s) or None,
+            loop="none", http="httptools", lifespan="on",
+        ))
+        serving = True
+        await server.serve()
+        return 0 if server.started else 1
+    except LaunchError as exc:
+        log.error("%s", exc)
+        return 1
+    except asyncio.CancelledError:
+        log.info("interrupted while starting engines")
+        return 130
+    finally:
+        log.info("stopping %d engine process(es)", len(launcher.processes))
+        await asyncio.shield(launcher.stop())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

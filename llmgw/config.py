@@ -1,0 +1,221 @@
+"""The YAML config as typed, frozen data, and the loader that merges several files.
+
+``load_config(paths)`` reads every file, merges them (later files override earlier
+keys; ``models`` are merged by ``name``, so models from all files are served), and
+validates the result. A bad config raises :class:`ConfigError` whose message names
+the file, the key path and what was expected, e.g.
+``configs/x.yaml: models[1].replicas: Input should be greater than or equal to 1, got 0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# "fake" launches the deterministic stand-in of llmgw.engines.fake (tests, benchmarks).
+EngineType = Literal["transformers", "vllm", "sglang", "openai", "fake"]
+Origins = dict[tuple[str | int, ...], str]
+
+
+class ConfigError(Exception):
+    """A config that cannot be served. The message is meant for an operator's eyes."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # Bodies above this are refused with 413 before they are parsed.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # On SIGTERM / Ctrl-C: stop accepting, let open requests finish for this long.
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+
+class HealthConfig(_Strict):
+    interval_s: float = Field(default=2.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+
+
+class TimeoutConfig(_Strict):
+    """Explicit limits on one request. None means no limit: a long stream is never cut
+    by an idle timeout unless the operator asks for one."""
+
+    connect_s: float = Field(default=5.0, gt=0)
+    request_s: float | None = Field(default=None, gt=0)
+
+
+class ModelConfig(_Strict):
+    """One served model name and the engine replicas behind it.
+
+    Either the gateway launches ``replicas`` engines serving ``model`` (a local path,
+    a hub id, or ``demo`` for the built-in tiny model), or it attaches to engines that
+    someone else runs, given by ``url``.
+    """
+
+    name: str = Field(min_length=1)
+    engine: EngineType = "transformers"
+    model: str | None = None
+    replicas: int | None = Field(default=None, ge=1, le=256)
+    url: list[str] | None = Field(default=None, min_length=1)
+    # The model name the upstream engine knows; defaults to ``name``.
+    served_model_name: str | None = None
+    routing: str = "least-load"
+    # Extra flags for a launched engine: {"max_batch_size": 8} -> --max-batch-size 8.
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    timeouts: TimeoutConfig = TimeoutConfig()
+    startup_timeout_s: float = Field(default=600.0, gt=0)
+    # Tries on other replicas when one cannot be reached before any byte was sent.
+    max_attempts: int = Field(default=2, ge=1, le=8)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _one_url_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _urls_are_http(cls, value: list[str] | None) -> list[str] | None:
+        for url in value or []:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"must be an http(s) URL, got {url!r}")
+        return [u.rstrip("/") for u in value] if value else value
+
+    @model_validator(mode="after")
+    def _launch_or_attach(self) -> ModelConfig:
+        if self.url is not None:
+            if self.replicas is not None:
+                raise ValueError("give either 'url' (attach) or 'replicas' (launch), not both")
+        elif self.engine == "openai":
+            raise ValueError("engine 'openai' is attach-only: give 'url'")
+        elif self.model is None:
+            raise ValueError("a launched engine needs 'model' (a path, hub id or 'demo')")
+        return self
+
+    @property
+    def launched(self) -> bool:
+        return self.url is None
+
+    @property
+    def replica_count(self) -> int:
+        return len(self.url) if self.url is not None else (self.replicas or 1)
+
+    @property
+    def upstream_model(self) -> str:
+        return self.served_model_name or self.name
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = ServerConfig()
+    health: HealthConfig = HealthConfig()
+    models: list[ModelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.name in seen:
+                raise ValueError(f"model name {model.name!r} is declared twice")
+            seen.add(model.name)
+        return self
+
+
+# --- loading and merging -------------------------------------------------------------
+
+
+def load_config(paths: Sequence[str | Path]) -> GatewayConfig:
+    if not paths:
+        raise ConfigError("no config file given")
+    merged: dict[str, Any] = {}
+    origins: Origins = {}
+    for path in paths:
+        _merge_file(merged, origins, _read_yaml(Path(path)), str(path))
+    try:
+        return GatewayConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origins)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge_file(merged: dict[str, Any], origins: Origins, data: dict[str, Any], src: str) -> None:
+    for key, value in data.items():
+        if key == "models" and isinstance(value, list):
+            _merge_models(merged.setdefault("models", []), origins, value, src)
+        else:
+            _merge_value(merged, origins, (key,), key, value, src)
+
+
+def _merge_models(models: list[Any], origins: Origins, new: list[Any], src: str) -> None:
+    """Models are keyed by name: a later file's model with a known name overrides its
+    keys, any other model is appended."""
+    by_name = {m.get("name"): i for i, m in enumerate(models) if isinstance(m, dict)}
+    for model in new:
+        name = model.get("name") if isinstance(model, dict) else None
+        if name is not None and name in by_name:
+            index = by_name[name]
+            for key, value in model.items():
+                _merge_value(models[index], origins, ("models", index, key), key, value, src)
+        else:
+            by_name[name] = len(models)
+            origins[("models", len(models))] = src
+            models.append(model)
+
+
+def _merge_value(
+    target: dict[str, Any], origins: Origins, path: tuple[str | int, ...], key: str,
+    value: Any, src: str,
+) -> None:
+    origins[path] = src
+    if isinstance(value, dict) and isinstance(target.get(key), dict):
+        for sub_key, sub_value in value.items():
+            _merge_value(target[key], origins, (*path, sub_key), sub_key, sub_value, src)
+    else:
+        target[key] = value
+
+
+def _describe(exc: ValidationError, origins: Origins) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        got = f", got {error['input']!r}" if error["type"] != "missing" else ""
+        msg = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{_origin(loc, origins)}: {_dotted(loc) or '<top>'}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def _origin(loc: tuple[str | int, ...], origins: Origins) -> str:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in origins:
+            return origins[loc[:end]]
+    return ", ".join(_unique(origins.values())) or "<config>"
+
+
+def _dotted(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _unique(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))

@@ -1,0 +1,44 @@
+"""The engine seam as the gateway sees it: an OpenAI-compatible HTTP server.
+
+vLLM, SGLang and the embedded transformers engine all run as their own servers; the
+gateway reaches each through an :class:`Engine` and relays bytes. Engine-specific
+behaviour (health path, stats scraping, LoRA endpoints, abort) lives in subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+
+class UpstreamResponse(Protocol):
+    """An engine's answer whose status and headers have arrived; the body has not."""
+
+    status: int
+
+    async def read(self) -> bytes:
+        """The whole body (non-streaming requests)."""
+        ...
+
+    def events(self) -> AsyncIterator[bytes]:
+        """Server-sent events, each a complete ``data: ...\\n\\n`` block."""
+        ...
+
+    def close(self) -> None:
+        """Drop the connection. Closing mid-body makes the engine abort the request."""
+        ...
+
+
+class Engine(Protocol):
+    """One replica's engine server. Safe to share across tasks of one event loop."""
+
+    url: str
+
+    async def health(self) -> bool:
+        """True when the engine answers its health route within the health timeout."""
+        ...
+
+    async def send(self, path: str, body: bytes) -> UpstreamResponse:
+        """POST ``body`` (JSON) to ``path``. Raises ``UpstreamError`` if the engine cannot be
+        reached or fails (5xx), ``UpstreamRejected`` on a 4xx answer."""
+        ...

@@ -1,0 +1,171 @@
+"""A deterministic OpenAI-compatible engine server for tests and benchmarks.
+
+It is a stand-in, not an engine: it answers ``tok0 tok1 ...`` (one token per word, as
+many as ``max_tokens``, default 16) instantly or with a fixed per-token delay, counts the
+requests it is running (``/metrics``), and notices when a client goes away, so tests can
+prove the gateway aborts engine requests. Run it as
+``python -m llmgw.engines.fake --port P [--token-delay-ms D] [--fail-status S]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+
+class FakeEngineState:
+    def __init__(self, name: str, token_delay_s: float, fail_status: int | None) -> None:
+        self.name = name
+        self.token_delay_s = token_delay_s
+        self.fail_status = fail_status
+        self.running = 0
+        self.aborted = 0
+        self.served = 0
+
+
+def _chunk(rid: str, model: str, created: int, choice: dict[str, Any] | None,
+           usage: dict[str, int] | None = None, chat: bool = True) -> bytes:
+    body: dict[str, Any] = {
+        "id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": created, "model": model, "choices": [choice] if choice else [],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def create_fake_app(state: FakeEngineState) -> Starlette:
+    async def generate(request: Request) -> Response:
+        if state.fail_status is not None:
+            return Response(orjson.dumps({"error": {"message": "injected failure",
+                            "type": "server_error", "param": None, "code": None}}),
+                            status_code=state.fail_status, media_type="application/json")
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return Response(b'{"error":{"message":"bad json","type":"invalid_request_error",'
+                            b'"param":null,"code":null}}', 400, media_type="application/json")
+        chat = request.url.path.endswith("/chat/completions")
+        n = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+        usage = {"prompt_tokens": _prompt_tokens(body), "completion_tokens": n,
+                 "total_tokens": _prompt_tokens(body) + n}
+        if body.get("stream"):
+            return StreamingResponse(_stream(state, body, n, usage, chat),
+                                     media_type="text/event-stream")
+        return await _complete(state, request, body, n, usage, chat)
+
+    async def metrics(request: Request) -> Response:
+        text = (f"llmgw_engine_requests_running {state.running}\n"
+                f"llmgw_engine_requests_aborted_total {state.aborted}\n"
+                f"llmgw_engine_requests_served_total {state.served}\n")
+        return Response(text, media_type="text/plain")
+
+    async def health(request: Request) -> Response:
+        return Response(b"{}", media_type="application/json")
+
+    async def models(request: Request) -> Response:
+        return Response(orjson.dumps({"object": "list", "data": [
+            {"id": state.name, "object": "model", "created": 0, "owned_by": "fake"}]}),
+            media_type="application/json")
+
+    return Starlette(routes=[
+        Route("/v1/chat/completions", generate, methods=["POST"]),
+        Route("/v1/completions", generate, methods=["POST"]),
+        Route("/metrics", metrics), Route("/health", health), Route("/v1/models", models),
+    ])
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    if "messages" in body:
+        return sum(len(str(m.get("content", "")).split()) + 4 for m in body["messages"])
+    return len(str(body.get("prompt", "")).split())
+
+
+async def _stream(state: FakeEngineState, body: dict[str, Any], n: int,
+                  usage: dict[str, int], chat: bool) -> AsyncIterator[bytes]:
+    rid, model, created = "fake-1", body.get("model", state.name), int(time.time())
+    state.running += 1
+    finished = False
+    try:
+        if chat:
+            yield _chunk(rid, model, created, {"index": 0, "delta": {"role": "assistant",
+                         "content": ""}, "finish_reason": None})
+        for i in range(n):
+            if state.token_delay_s:
+                await asyncio.sleep(state.token_delay_s)
+            piece = f"tok{i} " if i < n - 1 else f"tok{i}"
+            choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
+                      else {"index": 0, "text": piece, "finish_reason": None})
+            yield _chunk(rid, model, created, choice, chat=chat)
+        last = ({"index": 0, "delta": {}, "finish_reason": "length"} if chat
+                else {"index": 0, "text": "", "finish_reason": "length"})
+        yield _chunk(rid, model, created, last, chat=chat)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield _chunk(rid, model, created, None, usage, chat=chat)
+        yield b"data: [DONE]\n\n"
+        finished = True
+        state.served += 1
+    finally:
+        state.running -= 1
+        if not finished:
+            state.aborted += 1
+
+
+async def _complete(state: FakeEngineState, request: Request, body: dict[str, Any], n: int,
+                    usage: dict[str, int], chat: bool) -> Response:
+    state.running += 1
+    try:
+        work = asyncio.ensure_future(asyncio.sleep(state.token_delay_s * n))
+        gone = asyncio.ensure_future(_wait_disconnect(request))
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            work.cancel()
+            state.aborted += 1
+            return Response(status_code=499)
+        gone.cancel()
+    finally:
+        state.running -= 1
+    state.served += 1
+    text = " ".join(f"tok{i}" for i in range(n))
+    choice = ({"index": 0, "message": {"role": "assistant", "content": text},
+               "finish_reason": "length"} if chat
+              else {"index": 0, "text": text, "finish_reason": "length"})
+    return Response(orjson.dumps({
+        "id": "fake-1", "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()), "model": body.get("model", state.name),
+        "choices": [choice], "usage": usage,
+    }), media_type="application/json")
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--served-model-name", default="fake")
+    parser.add_argument("--model", default="fake", help="ignored; accepted like real engines")
+    parser.add_argument("--token-delay-ms", type=float, default=0.0)
+    parser.add_argument("--fail-status", type=int, default=None)
+    args = parser.parse_args()
+    state = FakeEngineState(args.served_model_name, args.token_delay_ms / 1000, args.fail_status)
+    uvicorn.run(create_fake_app(state), host=args.host, port=args.port, log_level="warning",
+                access_log=False, http="httptools", loop="uvloop")
+
+
+if __name__ == "__main__":
+    main()

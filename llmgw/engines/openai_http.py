@@ -1,0 +1,127 @@
+"""A client for any OpenAI-compatible engine server, shared by every engine type.
+
+aiohttp rather than httpx on this path: bench/overhead.py measured its per-request CPU
+cost as the lower of the two, and the gateway's overhead is mostly client cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+
+from llmgw.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnreachable
+
+_JSON = {"content-type": "application/json"}
+
+
+class HTTPUpstreamResponse:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+            raise UpstreamError(f"engine connection broke: {exc!r}") from None
+        finally:
+            self._response.release()
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """Frames SSE by blank lines. Engines use ``\\n`` or ``\\r\\n`` line ends."""
+        buffer: list[bytes] = []
+        try:
+            async for line in self._response.content:
+                if line == b"\n" or line == b"\r\n":
+                    if buffer:
+                        yield b"".join(buffer) + b"\n"
+                        buffer.clear()
+                else:
+                    buffer.append(line.replace(b"\r\n", b"\n") if line[-2:] == b"\r\n" else line)
+        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+            raise UpstreamError(f"engine stream broke: {exc!r}") from None
+        if buffer:
+            yield b"".join(buffer) + b"\n"
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class OpenAIHTTPEngine:
+    """Talks to ``url`` (no trailing slash, no ``/v1``) over a shared aiohttp session."""
+
+    health_path = "/health"
+
+    def __init__(
+        self,
+        url: str,
+        session: aiohttp.ClientSession,
+        *,
+        connect_timeout_s: float = 5.0,
+        health_timeout_s: float = 2.0,
+    ) -> None:
+        self.url = url
+        self._session = session
+        # No total or read timeout: a long generation is never cut here. Request
+        # deadlines are explicit config, enforced by the dispatcher.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s)
+        self._health_timeout = aiohttp.ClientTimeout(total=health_timeout_s)
+
+    async def health(self) -> bool:
+        try:
+            async with self._session.get(
+                self.url + self.health_path, timeout=self._health_timeout
+            ) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def send(self, path: str, body: bytes) -> HTTPUpstreamResponse:
+        try:
+            response = await self._session.post(
+                self.url + path, data=body, headers=_JSON, timeout=self._timeout
+            )
+        except TimeoutError:
+            raise UpstreamTimeout(f"engine at {self.url} did not answer in time") from None
+        except aiohttp.ClientConnectionError as exc:
+            raise UpstreamUnreachable(f"engine at {self.url} unreachable: {exc!r}") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"engine at {self.url} failed: {exc!r}") from None
+        if response.status < 400:
+            return HTTPUpstreamResponse(response)
+        raise await _upstream_failure(response)
+
+
+async def _upstream_failure(response: aiohttp.ClientResponse) -> Exception:
+    """Turn an engine's error answer into our error, keeping its status and message."""
+    try:
+        raw = await response.read()
+    except aiohttp.ClientError:
+        raw = b""
+    finally:
+        response.release()
+    message, param, code = _error_fields(raw)
+    if response.status >= 500:
+        return UpstreamError(f"engine failed with {response.status}: {message}")
+    return UpstreamRejected(message, status=response.status, param=param, code=code)
+
+
+def _error_fields(raw: bytes) -> tuple[str, str | None, str | None]:
+    """Engines shape errors as OpenAI's ``{"error": {...}}`` (vLLM >= 0.10, us) or as
+    ``{"object": "error", "message": ...}`` (older vLLM, SGLang)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode(errors="replace")[:500] or "no message", None, None
+    err = data.get("error", data) if isinstance(data, dict) else {}
+    if not isinstance(err, dict):
+        return str(err)[:500], None, None
+    code = err.get("code")
+    return (
+        str(err.get("message") or err.get("detail") or "no message"),
+        err.get("param") if isinstance(err.get("param"), str) else None,
+        code if isinstance(code, str) else None,
+    )

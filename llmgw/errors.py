@@ -1,0 +1,120 @@
+"""Errors a client can see, as one hierarchy. Translated to HTTP only in ``api/errors.py``.
+
+    GatewayError                      500 server_error
+    ├── InvalidRequest                400 invalid_request_error
+    │   ├── ContextTooLong            400 invalid_request_error / context_length_exceeded
+    │   └── PayloadTooLarge           413 invalid_request_error / payload_too_large
+    ├── ModelNotFound                 404 invalid_request_error / model_not_found
+    ├── Overloaded                    429 rate_limit_error / overloaded
+    ├── NoReplica                     503 server_error / no_healthy_replica
+    ├── UpstreamError                 502 server_error / upstream_error
+    │   ├── UpstreamUnreachable       502 server_error / upstream_unreachable
+    │   └── UpstreamTimeout           504 server_error / upstream_timeout
+    └── UpstreamRejected              4xx passed through from the engine with its message
+
+The HTTP status is the contract: the ``openai`` SDK picks its exception class from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    @property
+    def status_code(self) -> int:
+        return self.status
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error object: ``{"error": {message, type, param, code}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = None
+
+
+class ContextTooLong(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    code = "payload_too_large"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class Overloaded(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "overloaded"
+
+
+class NoReplica(GatewayError):
+    status = 503
+    code = "no_healthy_replica"
+    retry_after_s: ClassVar[int] = 1
+
+
+class UpstreamError(GatewayError):
+    """The engine could not be reached or failed (5xx, reset, bad reply). Retryable
+    on another replica as long as nothing was sent to the client yet."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No connection could be made: the replica is likely down."""
+
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamRejected(GatewayError):
+    """The engine answered 4xx: its status and message reach the client unchanged."""
+
+    type = "invalid_request_error"
+
+    def __init__(
+        self, message: str, *, status: int, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self._status = status
+        self._code = code
+
+    @property
+    def status_code(self) -> int:
+        return self._status
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"]["code"] = self._code
+        return body

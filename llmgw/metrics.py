@@ -1,0 +1,81 @@
+"""Every Prometheus metric of the gateway, defined once, in a registry the object owns.
+
+Names are ``llmgw_<noun>_<unit>``; labels are bounded (model, replica, policy, status, code)
+and never carry request ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Latency buckets from 5 ms to 5 min: gateway overhead is ms, long generations are minutes.
+_LATENCY_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_ITL_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+_TOKENS = (16, 64, 256, 1024, 4096, 16384, 65536)
+
+
+class Metrics:
+    """Owns its CollectorRegistry, so two apps in one process never collide."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "llmgw_requests", "Finished requests by model, endpoint and HTTP status.",
+            ["model", "endpoint", "status"], registry=r,
+        )
+        self.request_errors = Counter(
+            "llmgw_request_errors", "Errors sent to clients, by error code.",
+            ["model", "code"], registry=r,
+        )
+        self.request_duration = Histogram(
+            "llmgw_request_duration_seconds", "End-to-end request latency at the gateway.",
+            ["model"], buckets=_LATENCY_S, registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "llmgw_time_to_first_token_seconds", "Time from request to the first streamed chunk.",
+            ["model"], buckets=_LATENCY_S, registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            "llmgw_inter_token_latency_seconds",
+            "Mean time between streamed tokens, one observation per streamed request.",
+            ["model"], buckets=_ITL_S, registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "llmgw_prompt_tokens", "Prompt tokens, as reported by the engines.",
+            ["model"], registry=r,
+        )
+        self.completion_tokens = Counter(
+            "llmgw_completion_tokens", "Completion tokens, as reported by the engines.",
+            ["model"], registry=r,
+        )
+        self.request_tokens = Histogram(
+            "llmgw_request_completion_tokens", "Completion tokens per request.",
+            ["model"], buckets=_TOKENS, registry=r,
+        )
+        self.replica_in_flight = Gauge(
+            "llmgw_replica_in_flight_requests", "Requests open on each replica, gateway-side.",
+            ["model", "replica"], registry=r,
+        )
+        self.replica_healthy = Gauge(
+            "llmgw_replica_healthy", "1 when the replica passes health checks, else 0.",
+            ["model", "replica"], registry=r,
+        )
+        self.replica_restarts = Counter(
+            "llmgw_replica_restarts", "Engine processes restarted by the launcher.",
+            ["model", "replica"], registry=r,
+        )
+        self.routing_decisions = Counter(
+            "llmgw_routing_decisions", "Replica picks by model, policy and chosen replica.",
+            ["model", "policy", "replica"], registry=r,
+        )
+        self.upstream_retries = Counter(
+            "llmgw_upstream_retries", "Requests retried on another replica before any byte.",
+            ["model", "replica"], registry=r,
+        )
+        self.client_disconnects = Counter(
+            "llmgw_client_disconnects", "Requests whose client went away; the engine was aborted.",
+            ["model"], registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Launchers: start and supervise engine processes for the models a config declares."""

@@ -1,0 +1,199 @@
+"""The local launcher: engines as child processes of the gateway, supervised.
+
+Each replica runs in its own process group (so its own children, e.g. vLLM's engine
+core, are stopped with it) and is killed by the kernel if the gateway dies
+(PR_SET_PDEATHSIG), so no engine outlives the gateway. A replica that exits is
+restarted on the same port with bounded backoff; the pool's health loop takes it out of
+rotation meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from llmgw.config import GatewayConfig, ModelConfig
+from llmgw.placement.commands import engine_command
+from llmgw.types import ReplicaAddress
+
+log = logging.getLogger("llmgw.launcher")
+_PR_SET_PDEATHSIG = 1
+_LOG_TAIL_BYTES = 4000
+
+
+class LaunchError(Exception):
+    """An engine did not become ready; the message carries the tail of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it when the gateway dies, whatever the cause."""
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class EngineProcess:
+    """One replica's engine process, restarted when it exits unexpectedly."""
+
+    def __init__(self, model: str, replica_id: str, argv: list[str], url: str, log_path: Path,
+                 startup_timeout_s: float, on_restart: Callable[[str, str], None]) -> None:
+        self.model, self.replica_id, self.argv = model, replica_id, argv
+        self.url, self.log_path = url, log_path
+        self.startup_timeout_s = startup_timeout_s
+        self._on_restart = on_restart
+        self._process: asyncio.subprocess.Process | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._process = await self._spawn()
+        await self._wait_ready()
+        self._supervisor = asyncio.create_task(
+            self._supervise(), name=f"supervise-{self.replica_id}"
+        )
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        log.info("starting %s: %s", self.replica_id, " ".join(self.argv))
+        with open(self.log_path, "ab") as out:
+            return await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+
+    async def _wait_ready(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self._process.returncode is not None:
+                    raise LaunchError(self._failure(f"exited with code {self._process.returncode}"))
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(self.url + "/health",
+                                           timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        if resp.status == 200:
+                            log.info("%s ready at %s", self.replica_id, self.url)
+                            return
+                # Polling an engine that is still loading weights; nothing to wait on instead.
+                await asyncio.sleep(0.25)
+        await self._terminate()
+        raise LaunchError(self._failure(f"not ready after {self.startup_timeout_s:.0f}s"))
+
+    def _failure(self, what: str) -> str:
+        return f"engine {self.replica_id} {what}; last lines of {self.log_path}:\n{self.log_tail()}"
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return "<no log>"
+
+    async def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stopping:
+            assert self._process is not None
+            code = await self._process.wait()
+            if self._stopping:
+                return
+            log.error("%s exited with code %s; restarting in %.0fs\n%s",
+                      self.replica_id, code, backoff, self.log_tail()[-1000:])
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+            try:
+                self._process = await self._spawn()
+                await self._wait_ready()
+                self._on_restart(self.model, self.replica_id)
+                backoff = 1.0
+            except LaunchError as exc:
+                log.error("restart of %s failed: %s", self.replica_id, exc)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._terminate(grace_s)
+
+    async def _terminate(self, grace_s: float = 10.0) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        self._signal_group(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), grace_s)
+        except TimeoutError:
+            self._signal_group(process.pid, signal.SIGKILL)
+            await process.wait()
+
+    @staticmethod
+    def _signal_group(pid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+
+def attached_addresses(model: ModelConfig) -> list[ReplicaAddress]:
+    return [ReplicaAddress(f"{model.name}-{i}", url) for i, url in enumerate(model.url or [])]
+
+
+class LocalLauncher:
+    """Starts every launched replica of a config as a child process."""
+
+    def __init__(self, log_dir: Path | None = None) -> None:
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="llmgw-logs-"))
+        self.processes: list[EngineProcess] = []
+        # (model, replica id) -> None; set by whoever counts restarts.
+        self.on_restart: Callable[[str, str], None] = lambda model, replica_id: None
+
+    async def start(self, cfg: GatewayConfig) -> dict[str, list[ReplicaAddress]]:
+        """Launch all engines at once and wait until all are ready; on any failure stop
+        those already started and raise LaunchError."""
+        addresses: dict[str, list[ReplicaAddress]] = {}
+        for model in cfg.models:
+            addresses[model.name] = (
+                self._plan(model) if model.launched else attached_addresses(model)
+            )
+        try:
+            await asyncio.gather(*(p.start() for p in self.processes))
+        except BaseException:
+            await self.stop()
+            raise
+        return addresses
+
+    def _plan(self, model: ModelConfig) -> list[ReplicaAddress]:
+        planned = []
+        for index in range(model.replica_count):
+            replica_id, host, port = f"{model.name}-{index}", "127.0.0.1", free_port()
+            url = f"http://{host}:{port}"
+            self.processes.append(EngineProcess(
+                model.name, replica_id, engine_command(model, host, port), url,
+                self.log_dir / f"{replica_id}.log", model.startup_timeout_s,
+                lambda m, r: self.on_restart(m, r),
+            ))
+            planned.append(ReplicaAddress(replica_id, url))
+        return planned
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.processes), return_exceptions=True)

@@ -1,0 +1,101 @@
+"""Replicas and their health: the only owner of mutable per-replica state.
+
+A :class:`Replica` counts its own in-flight requests and health; routing sees only the
+frozen :class:`ReplicaView` it hands out. The pool's loop checks health on an interval, so
+a dead replica leaves rotation within one interval (sooner when a request fails to connect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+
+from llmgw.engines.base import Engine
+from llmgw.metrics import Metrics
+from llmgw.types import ReplicaView, Role
+
+log = logging.getLogger("llmgw.pool")
+
+
+class Replica:
+    """One engine server behind a model. Mutated only from the event loop thread."""
+
+    __slots__ = ("id", "model", "engine", "role", "healthy", "in_flight", "_metrics")
+
+    def __init__(
+        self, id: str, model: str, engine: Engine, metrics: Metrics, *, role: Role = "mixed"
+    ) -> None:
+        self.id = id
+        self.model = model
+        self.engine = engine
+        self.role: Role = role
+        self.healthy = False
+        self.in_flight = 0
+        self._metrics = metrics
+        metrics.replica_in_flight.labels(model, id).set(0)
+        metrics.replica_healthy.labels(model, id).set(0)
+
+    def view(self) -> ReplicaView:
+        return ReplicaView(
+            id=self.id, model=self.model, role=self.role,
+            healthy=self.healthy, in_flight=self.in_flight,
+        )
+
+    def acquire(self) -> None:
+        self.in_flight += 1
+        self._metrics.replica_in_flight.labels(self.model, self.id).inc()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._metrics.replica_in_flight.labels(self.model, self.id).dec()
+
+    def set_health(self, healthy: bool) -> None:
+        if healthy != self.healthy:
+            log.info("replica %s/%s is %s", self.model, self.id, "up" if healthy else "down")
+            self.healthy = healthy
+            self._metrics.replica_healthy.labels(self.model, self.id).set(int(healthy))
+
+
+class ReplicaPool:
+    """All replicas of all models, with a background health loop."""
+
+    def __init__(self, replicas: Iterable[Replica], *, interval_s: float) -> None:
+        self._by_model: dict[str, list[Replica]] = {}
+        for replica in replicas:
+            self._by_model.setdefault(replica.model, []).append(replica)
+        self._interval = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def replicas(self, model: str) -> list[Replica]:
+        return self._by_model.get(model, [])
+
+    def all(self) -> list[Replica]:
+        return [r for group in self._by_model.values() for r in group]
+
+    def ready(self, model: str) -> bool:
+        return any(r.healthy for r in self.replicas(model))
+
+    async def check_all(self) -> None:
+        replicas = self.all()
+        results = await asyncio.gather(*(r.engine.health() for r in replicas))
+        for replica, healthy in zip(replicas, results, strict=True):
+            replica.set_health(healthy)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="llmgw-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.check_all()
+            except Exception:  # a bug here must not stop health checking for good
+                log.exception("health check round failed")
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,1 @@
+"""Routing policies: pure, synchronous functions of a request and replica snapshots."""

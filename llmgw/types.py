@@ -1,0 +1,52 @@
+"""Core values passed between layers. Small, frozen and free of I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["mixed", "prefill", "decode"]
+Outcome = Literal["ok", "client_error", "upstream_error", "timeout", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    """An immutable snapshot of one replica, handed to routing policies.
+
+    ``in_flight`` is the gateway's exact count of requests open on the replica;
+    ``queue_depth`` and ``kv_usage`` (0..1) are engine-reported and may be stale or absent.
+    """
+
+    id: str
+    model: str
+    role: Role = "mixed"
+    healthy: bool = True
+    in_flight: int = 0
+    queue_depth: int | None = None
+    kv_usage: float | None = None
+    adapters: frozenset[str] = frozenset()
+    max_adapters: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What routing may know about a request; built once per request in the API layer."""
+
+    request_id: str
+    model: str
+    endpoint: Literal["chat", "completions"]
+    stream: bool
+    adapter: str | None = None
+    session_id: str | None = None
+    # Normalized prompt text, for prefix-aware scorers. Empty when not needed.
+    prompt: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaAddress:
+    """Where one replica's engine server listens, as the launcher or the config says."""
+
+    id: str
+    url: str
