@@ -160,6 +160,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _merge_file(merged: dict[str, Any], origins: Origins, data: dict[str, Any], src: str) -> None:
     for key, value in data.items():
         if key == "models" and isinstance(value, list):
+            origins[("models",)] = src
             _merge_models(merged.setdefault("models", []), origins, value, src)
         else:
             _merge_value(merged, origins, (key,), key, value, src)
@@ -169,8 +170,14 @@ def _merge_models(models: list[Any], origins: Origins, new: list[Any], src: str)
     """Models are keyed by name: a later file's model with a known name overrides its
     keys, any other model is appended."""
     by_name = {m.get("name"): i for i, m in enumerate(models) if isinstance(m, dict)}
-    for model in new:
+    in_this_file: set[str] = set()
+    for position, model in enumerate(new):
         name = model.get("name") if isinstance(model, dict) else None
+        if name is not None and name in in_this_file:
+            raise ConfigError(f"{src}: models[{position}].name: model name {name!r} is "
+                              "declared twice in this file")
+        if name is not None:
+            in_this_file.add(name)
         if name is not None and name in by_name:
             index = by_name[name]
             for key, value in model.items():

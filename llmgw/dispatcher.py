@@ -78,8 +78,11 @@ class Exchange:
 
     async def read_all(self) -> bytes:
         """The engine's whole (non-streaming) answer."""
-        async with asyncio.timeout_at(self.deadline):
-            body = await self.upstream.read()
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                body = await self.upstream.read()
+        except TimeoutError:
+            raise UpstreamTimeout("the request exceeded its time limit") from None
         self.usage = _usage_of(body)
         return body
 

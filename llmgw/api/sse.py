@@ -1,8 +1,8 @@
-"""Responses that relay an engine's answer and always release the request's resources.
+"""The streaming response: relays an engine's SSE events and always releases the request.
 
-Both classes own an :class:`Exchange` and call ``finish`` in ``finally``, so in-flight
-counts, the upstream connection and metrics are released whatever happens: done, error,
-timeout, or the client leaving (which aborts the engine request by closing the upstream).
+It owns an :class:`Exchange` and calls ``finish`` in ``finally``, so in-flight counts, the
+upstream connection and metrics are released whatever happens: done, error, timeout, or
+the client leaving (which aborts the engine request by closing the upstream).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llmgw.api.disconnect import DisconnectWatch
-from llmgw.api.errors import error_event, error_response
+from llmgw.api.errors import error_event
 from llmgw.dispatcher import DONE_EVENT, Exchange
 from llmgw.errors import GatewayError, UpstreamTimeout
 
@@ -57,34 +57,3 @@ class RelayStreamResponse(Response):
             if error is not None:
                 ex.record_error(error)
             ex.finish(outcome, 200)  # type: ignore[arg-type]
-
-
-class RelayJSONResponse(Response):
-    """A non-streaming answer: wait for the engine while watching for a disconnect."""
-
-    def __init__(self, exchange: Exchange, headers: list[tuple[bytes, bytes]]) -> None:
-        self.exchange = exchange
-        self.extra_headers = headers
-        self.status_code = 200
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ex, outcome, status = self.exchange, "cancelled", 499
-        try:
-            async with DisconnectWatch(receive) as watch:
-                try:
-                    body = await ex.read_all()
-                except TimeoutError:
-                    raise UpstreamTimeout("the request exceeded its time limit") from None
-                status, outcome = ex.upstream.status, "ok"
-                watch.done = True
-                await send({"type": "http.response.start", "status": status, "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()), *self.extra_headers]})
-                await send({"type": "http.response.body", "body": body})
-        except GatewayError as exc:
-            status, outcome = exc.status_code, "upstream_error"
-            ex.record_error(exc)
-            headers = {k.decode(): v.decode() for k, v in self.extra_headers}
-            await error_response(exc, headers)(scope, receive, send)
-        finally:
-            ex.finish(outcome, status)  # type: ignore[arg-type]

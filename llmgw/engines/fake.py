@@ -2,7 +2,8 @@
 
 It is a stand-in, not an engine: it answers ``tok0 tok1 ...`` (one token per word, as
 many as ``max_tokens``, default 16) instantly or with a fixed per-token delay, counts the
-requests it is running (``/metrics``), and notices when a client goes away, so tests can
+requests it is running (``/metrics``), shows the last request body it got
+(``/fake/last_request``), and notices when a client goes away, so tests can
 prove the gateway aborts engine requests. Run it as
 ``python -m llmgw.engines.fake --port P [--token-delay-ms D] [--fail-status S]``.
 """
@@ -30,6 +31,7 @@ class FakeEngineState:
         self.running = 0
         self.aborted = 0
         self.served = 0
+        self.last_request: bytes = b"{}"
 
 
 def _chunk(rid: str, model: str, created: int, choice: dict[str, Any] | None,
@@ -49,8 +51,9 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
             return Response(orjson.dumps({"error": {"message": "injected failure",
                             "type": "server_error", "param": None, "code": None}}),
                             status_code=state.fail_status, media_type="application/json")
+        raw = state.last_request = await request.body()
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return Response(b'{"error":{"message":"bad json","type":"invalid_request_error",'
                             b'"param":null,"code":null}}', 400, media_type="application/json")
@@ -77,7 +80,11 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
             {"id": state.name, "object": "model", "created": 0, "owned_by": "fake"}]}),
             media_type="application/json")
 
+    async def last_request(request: Request) -> Response:
+        return Response(state.last_request, media_type="application/json")
+
     return Starlette(routes=[
+        Route("/fake/last_request", last_request),
         Route("/v1/chat/completions", generate, methods=["POST"]),
         Route("/v1/completions", generate, methods=["POST"]),
         Route("/metrics", metrics), Route("/health", health), Route("/v1/models", models),

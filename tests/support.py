@@ -1,0 +1,108 @@
+"""Helpers for tests that start real processes: the gateway, engines, the fake engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``check`` until true. Used only to wait for an outside process to reach a
+    state (a server listening, an engine's counter); never to order our own steps."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Server:
+    """A child process serving HTTP on ``url``, stopped (with its group) on ``stop``."""
+
+    def __init__(self, argv: list[str], port: int, ready_path: str, timeout_s: float = 120,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="llmgw-test-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+        try:
+            wait_until(lambda: self._alive() and http_ok(self.url + ready_path), timeout_s,
+                       f"{argv[:4]} to serve {ready_path}")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"server did not start; log:\n{self.output()[-3000:]}") from None
+
+    def _alive(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited with {self.proc.returncode}:\n"
+                                 f"{self.output()[-3000:]}")
+        return True
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def start_fake_engine(*args: str, name: str = "fake") -> Server:
+    port = free_port()
+    return Server([sys.executable, "-m", "llmgw.engines.fake", "--port", str(port),
+                   "--served-model-name", name, *args], port, "/health", timeout_s=30)
+
+
+def start_gateway(config: dict[str, Any], tmp: Path, timeout_s: float = 180,
+                  extra_configs: list[Path] | None = None, ready_path: str = "/ready") -> Server:
+    port = free_port()
+    config = {**config, "server": {**config.get("server", {}), "port": port,
+                                   "host": "127.0.0.1"}}
+    path = tmp / f"gateway-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "llmgw", "up", str(path), *map(str, extra_configs or [])]
+    return Server(argv, port, ready_path, timeout_s=timeout_s)
+
+
+def engine_counter(url: str, name: str) -> float:
+    """A sample from an engine's Prometheus text at ``url``/metrics."""
+    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in {url}/metrics")

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from llmgw.engines.openai_http import _error_fields
+from llmgw.errors import (
+    ContextTooLong,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    NoReplica,
+    Overloaded,
+    PayloadTooLarge,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "type_", "code"),
+    [
+        (InvalidRequest("m", param="messages"), 400, "invalid_request_error", None),
+        (ContextTooLong("m"), 400, "invalid_request_error", "context_length_exceeded"),
+        (PayloadTooLarge("m"), 413, "invalid_request_error", "payload_too_large"),
+        (ModelNotFound("m"), 404, "invalid_request_error", "model_not_found"),
+        (Overloaded("m"), 429, "rate_limit_error", "overloaded"),
+        (NoReplica("m"), 503, "server_error", "no_healthy_replica"),
+        (UpstreamError("m"), 502, "server_error", "upstream_error"),
+        (UpstreamUnreachable("m"), 502, "server_error", "upstream_unreachable"),
+        (UpstreamTimeout("m"), 504, "server_error", "upstream_timeout"),
+        (UpstreamRejected("m", status=422, code="bad"), 422, "invalid_request_error", "bad"),
+        (GatewayError("m"), 500, "server_error", None),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,
+)
+def test_errors_are_openai_shaped_with_their_status(
+    error: GatewayError, status: int, type_: str, code: str | None
+) -> None:
+    assert error.status_code == status
+    assert error.body() == {"error": {"message": "m", "type": type_,
+                                      "param": error.param, "code": code}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"error": {"message": "too long", "type": "BadRequestError", "param": "messages",'
+         b' "code": 400}}', ("too long", "messages", None)),
+        (b'{"object": "error", "message": "old vllm", "type": "BadRequestError", "code": 400}',
+         ("old vllm", None, None)),
+        (b'{"error": {"message": "x", "code": "model_not_found"}}', ("x", None, "model_not_found")),
+        (b"Internal Server Error", ("Internal Server Error", None, None)),
+        (b"", ("no message", None, None)),
+    ],
+    ids=["openai-shape", "legacy-vllm", "string-code", "plain-text", "empty"],
+)
+def test_engine_error_bodies_are_understood(raw: bytes, expected: tuple[object, ...]) -> None:
+    assert _error_fields(raw) == expected
