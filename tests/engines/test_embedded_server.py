@@ -144,6 +144,19 @@ def test_stop_string_and_seed(client: openai.OpenAI) -> None:
     assert draws[0].choices[0].text == draws[1].choices[0].text
 
 
+async def test_concurrent_requests_match_sequential_ones(engine: Server) -> None:
+    prompts = [PROMPT, "import os\n", "class Queue:\n    def __init__(self):", "x"]
+    async with openai.AsyncOpenAI(base_url=engine.url + "/v1", api_key="x") as client:
+
+        async def complete(prompt: str) -> str:
+            reply = await client.completions.create(model="demo", prompt=prompt, **GREEDY)
+            return reply.choices[0].text
+
+        alone = [await complete(p) for p in prompts]
+        together = await asyncio.gather(*(complete(p) for p in prompts))
+    assert list(together) == alone
+
+
 def test_extra_fields_are_accepted(client: openai.OpenAI) -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     reply = client.chat.completions.create(

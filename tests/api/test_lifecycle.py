@@ -1,0 +1,136 @@
+"""`llmgw up` as an operator runs it: launched engines, restarts, drain, no orphans, check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.support import ROOT, Server, start_gateway, wait_until
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def engine_children(gateway: Server) -> list[psutil.Process]:
+    return [p for p in psutil.Process(gateway.proc.pid).children(recursive=True)
+            if "llmgw.engines.fake" in " ".join(p.cmdline())]
+
+
+@pytest.fixture
+def launched(tmp_path: Path) -> Iterator[Server]:
+    config = {
+        "server": {"drain_timeout_s": 20},
+        "health": {"interval_s": 0.2},
+        "models": [{"name": "fake", "engine": "fake", "model": "fake", "replicas": 2,
+                    "engine_args": {"token_delay_ms": 10}}],
+    }
+    gateway = start_gateway(config, tmp_path, timeout_s=60)
+    yield gateway
+    gateway.stop(signal.SIGKILL)
+
+
+def test_launches_every_replica_as_a_child(launched: Server) -> None:
+    assert len(engine_children(launched)) == 2
+    for _ in range(4):
+        r = httpx.post(launched.url + "/v1/chat/completions",
+                       json={"model": "fake", "messages": MESSAGES, "max_tokens": 1})
+        assert r.status_code == 200
+
+
+def test_dead_replica_leaves_rotation_and_is_restarted(launched: Server) -> None:
+    victim = engine_children(launched)[0]
+    victim.kill()
+    victim.wait(10)
+
+    def metric(line: str) -> bool:
+        return line in httpx.get(launched.url + "/metrics").text
+
+    # Meanwhile every request still succeeds on the other replica.
+    for _ in range(6):
+        r = httpx.post(launched.url + "/v1/chat/completions",
+                       json={"model": "fake", "messages": MESSAGES, "max_tokens": 1})
+        assert r.status_code == 200
+    wait_until(lambda: len(engine_children(launched)) == 2, 30, "the launcher to restart it")
+    wait_until(lambda: metric('llmgw_replica_restarts_total{model="fake",replica="fake-0"} 1.0')
+               or metric('llmgw_replica_restarts_total{model="fake",replica="fake-1"} 1.0'),
+               30, "the restart to be counted")
+    wait_until(lambda: all(metric(f'llmgw_replica_healthy{{model="fake",replica="fake-{i}"}} 1.0')
+                           for i in range(2)), 30, "both replicas back in rotation")
+
+
+def test_sigterm_drains_open_streams_then_stops_engines(launched: Server) -> None:
+    children = engine_children(launched)
+    result: dict[str, bytes] = {}
+    started = threading.Event()
+
+    def stream() -> None:
+        body = {"model": "fake", "messages": MESSAGES, "max_tokens": 100, "stream": True}
+        with httpx.stream("POST", launched.url + "/v1/chat/completions", json=body,
+                          timeout=30) as r:
+            chunks = []
+            for chunk in r.iter_raw():
+                started.set()
+                chunks.append(chunk)
+            result["body"] = b"".join(chunks)
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert started.wait(10)
+    os.killpg(launched.proc.pid, 0)  # still alive
+    launched.proc.send_signal(signal.SIGTERM)
+    reader.join(30)
+    assert result["body"].endswith(b"data: [DONE]\n\n")
+    assert result["body"].count(b'"content":"tok') == 100  # the open stream finished
+    assert launched.proc.wait(30) == 0
+    for child in children:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_gateway_killed_hard_leaves_no_orphan_engines(launched: Server) -> None:
+    children = engine_children(launched)
+    launched.proc.kill()  # SIGKILL: no chance to clean up; the kernel must do it
+    launched.proc.wait()
+    for child in children:
+        wait_until(lambda c=child: not c.is_running() or c.status() == psutil.STATUS_ZOMBIE,
+                   10, f"engine {child.pid} to die with the gateway")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llmgw", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+
+
+def test_check_validates_without_starting(tmp_path: Path) -> None:
+    result = run_cli("check", "configs/local.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "ok  demo: engine=transformers replicas=2 launched routing=least-load" in result.stdout
+
+
+def test_bad_config_fails_before_anything_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "x.yaml"
+    bad.write_text("models:\n  - {name: a, engine: fake, model: f, replicas: 1}\n"
+                   "  - {name: b, engine: fake, model: f, replicas: 0}\n")
+    for command in ("check", "up"):
+        result = run_cli(command, str(bad))
+        assert result.returncode == 2
+        assert f"{bad}: models[1].replicas: Input should be greater than or equal to 1, got 0" \
+            in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_engine_that_cannot_start_fails_up_with_its_log(tmp_path: Path) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_text("models:\n  - {name: a, engine: fake, model: f, replicas: 1,"
+                      " engine_args: {no_such_flag: 1}}\n")
+    result = run_cli("up", str(config))
+    assert result.returncode == 1
+    assert "engine a-0 exited with code 2" in result.stderr
+    assert "unrecognized arguments: --no-such-flag 1" in result.stderr
