@@ -1,0 +1,18 @@
+"""A short run of bench/soak.py: mixed traffic with disconnects and errors must leave no
+growth in RSS, descriptors or connections, and every in-flight gauge back at 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support import ROOT
+
+
+def test_short_soak_shows_no_growth() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/soak.py", "--seconds", "12", "--requests", "300", "--check"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.rstrip().endswith("no growth")
