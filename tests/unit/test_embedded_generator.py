@@ -213,6 +213,24 @@ async def test_abort_frees_the_slot(model: Model) -> None:
     assert (after.tokens, stats.running, stats.waiting, stats.aborted_total) == (2, 0, 0, 1)
 
 
+async def test_abort_of_a_waiting_request(model: Model) -> None:
+    gen = model.generator(max_batch_size=1)
+    long = replace(GREEDY, max_tokens=2000)
+    running = gen.submit(model.ids(PROMPTS[0]), long)
+    queued = gen.submit(model.ids(PROMPTS[1]), long)
+    queued.abort()  # before the thread starts: it never gets a batch slot
+    gen.start()
+    try:
+        await anext(running)
+        running.abort()
+        after = await _collect(gen.submit(model.ids("x"), replace(GREEDY, max_tokens=2)))
+        stats = gen.stats()
+    finally:
+        gen.close()
+    assert [e async for e in queued] == []
+    assert (after.tokens, stats.running, stats.waiting, stats.aborted_total) == (2, 0, 0, 2)
+
+
 def _logits(values: list[float]) -> Any:
     return torch.tensor(values)
 
