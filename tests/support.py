@@ -50,7 +50,9 @@ class Server:
                  env: dict[str, str] | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="llmgw-test-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
+            prefix="llmgw-test-", suffix=".log", delete=False
+        )
         self.proc = subprocess.Popen(
             argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
             env={**os.environ, **(env or {})}, start_new_session=True,

@@ -1,0 +1,210 @@
+"""The embedded engine's HTTP face: vLLM's OpenAI routes on Starlette.
+
+Routes: `GET /health`, `GET /v1/models`, `GET /metrics`, `POST /v1/chat/completions`
+and `POST /v1/completions` (streaming or not). Bodies are relayed byte for byte by
+the gateway, so their shapes follow vLLM's server. A non-streaming answer is the
+concatenation of the same events a stream would carry, so both always agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from llmgw.engines.embedded.disconnect import ClientDisconnected, cancel_on_disconnect
+from llmgw.engines.embedded.generator import RequestHandle
+from llmgw.engines.embedded.loader import LoadedModel
+from llmgw.engines.embedded.metrics import engine_registry
+from llmgw.engines.embedded.protocol import (
+    GenerationRequest,
+    chat_prompt_ids,
+    check_model,
+    completion_prompt_ids,
+    generation_request,
+    parse_body,
+)
+from llmgw.engines.embedded.responses import DONE, Kind, ResponseBuilder, sse
+from llmgw.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _error(exc: GatewayError) -> Response:
+    return _json(exc.body(), exc.status_code)
+
+
+def _internal_error() -> GatewayError:
+    return GatewayError("internal error in the embedded engine")
+
+
+class EventStreamResponse(StreamingResponse):
+    """SSE that stops as soon as the client leaves, not at the next send.
+
+    `on_close` runs however the stream ends (done, client gone, error); it must be
+    idempotent.
+    """
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        on_close: Callable[[], None],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(chunks, headers=headers, media_type="text/event-stream")
+        self._chunks = chunks
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def pump() -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for chunk in self._chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        try:
+            await cancel_on_disconnect(receive, pump())
+        except ClientDisconnected:
+            log.debug("client left mid-stream")
+        finally:
+            self._on_close()
+
+
+class EngineServer:
+    """Owns the loaded model, its generator thread (started by the app lifespan)
+    and its own metrics registry; one per process."""
+
+    def __init__(self, loaded: LoadedModel, served_name: str) -> None:
+        self._loaded = loaded
+        self._generator = loaded.generator
+        self._name = served_name
+        self._loaded_at = int(time.time())
+        self.registry = engine_registry(self._generator.stats, served_name)
+
+    def app(self) -> Starlette:
+        @asynccontextmanager
+        async def lifespan(_: Starlette) -> AsyncIterator[None]:
+            self._generator.start()
+            try:
+                yield
+            finally:
+                self._generator.close()
+
+        routes = [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+        ]
+        handlers = {Exception: self._unexpected}
+        return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+
+    async def health(self, _: Request) -> Response:
+        # A dead scheduler thread would hang every request: report it, like vLLM does.
+        return Response(status_code=200 if self._generator.alive() else 503)
+
+    async def models(self, _: Request) -> Response:
+        card = {
+            "id": self._name,
+            "object": "model",
+            "created": self._loaded_at,
+            "owned_by": "llmgw",
+            "root": self._loaded.root,
+            "parent": None,
+            "max_model_len": self._loaded.max_model_len,
+        }
+        return _json({"object": "list", "data": [card]})
+
+    async def metrics(self, _: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def chat(self, request: Request) -> Response:
+        return await self._generate(request, "chat")
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, "completion")
+
+    async def _generate(self, request: Request, kind: Kind) -> Response:
+        try:
+            job = self._validate(parse_body(await request.body()), kind)
+        except GatewayError as exc:
+            return _error(exc)
+        request_id = request.headers.get("x-request-id")
+        builder = ResponseBuilder(kind, self._name, request_id)
+        headers = {"x-request-id": request_id} if request_id else None
+        handle = self._generator.submit(job.prompt_ids, job.params)
+        if job.stream:
+            chunks = self._stream(handle, builder, job.include_usage)
+            return EventStreamResponse(chunks, handle.abort, headers)
+        try:
+            result = await cancel_on_disconnect(request.receive, self._collect(handle, builder))
+        except ClientDisconnected:
+            return Response(status_code=499)  # nobody reads it; uvicorn drops it
+        except GatewayError as exc:
+            return _error(exc)
+        finally:
+            handle.abort()  # frees the batch slot unless the request already finished
+        return Response(orjson.dumps(result), media_type="application/json", headers=headers)
+
+    def _validate(self, body: dict[str, Any], kind: Kind) -> GenerationRequest:
+        check_model(body, self._name)
+        tokenizer = self._loaded.tokenizer
+        if kind == "chat":
+            prompt_ids, param = chat_prompt_ids(body, tokenizer), "messages"
+        else:
+            prompt_ids, param = completion_prompt_ids(body, tokenizer), "prompt"
+        return generation_request(body, prompt_ids, self._loaded.max_model_len, param)
+
+    async def _stream(
+        self, handle: RequestHandle, builder: ResponseBuilder, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        role = builder.role_chunk()
+        if role is not None:
+            yield sse(role)
+        completion_tokens = 0
+        async for event in handle:
+            completion_tokens = event.completion_tokens
+            if event.finish_reason == "error":
+                # Headers are gone already: report in-band, then end the stream.
+                yield sse(_internal_error().body())
+                yield DONE
+                return
+            yield sse(builder.chunk(event.text, event.finish_reason, event.stop_reason))
+        if include_usage:
+            yield sse(builder.usage_chunk(handle.prompt_tokens, completion_tokens))
+        yield DONE
+
+    async def _collect(self, handle: RequestHandle, builder: ResponseBuilder) -> dict[str, Any]:
+        parts: list[str] = []
+        async for event in handle:
+            parts.append(event.text)
+            if event.finish_reason == "error":
+                raise _internal_error()
+            if event.finish_reason is not None:
+                return builder.final(
+                    "".join(parts),
+                    event.finish_reason,
+                    event.stop_reason,
+                    handle.prompt_tokens,
+                    event.completion_tokens,
+                )
+        raise _internal_error()  # unreachable: the generator always sends a final event
+
+    async def _unexpected(self, request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+        return _error(_internal_error())
