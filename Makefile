@@ -22,6 +22,7 @@ up: install
 test: install
 	$(BIN)/ruff check llmgw tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: install

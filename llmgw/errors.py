@@ -49,7 +49,6 @@ class GatewayError(Exception):
 class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
-    code = None
 
 
 class ContextTooLong(InvalidRequest):

@@ -19,7 +19,8 @@ from llmgw.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from llmgw.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from llmgw.types import RequestContext
 
-_MODELS = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
+_MODELS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
+    "chat": ChatCompletionRequest, "completions": CompletionRequest}
 
 
 async def read_body(request: Request, limit: int) -> bytes:

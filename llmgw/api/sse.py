@@ -33,7 +33,8 @@ class RelayStreamResponse(Response):
         self.status_code = 200
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ex, outcome, error = self.exchange, "cancelled", None
+        ex, outcome = self.exchange, "cancelled"
+        error: GatewayError | None = None
         try:
             async with DisconnectWatch(receive) as watch:
                 await send({"type": "http.response.start", "status": 200,
