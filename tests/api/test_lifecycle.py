@@ -134,3 +134,15 @@ def test_engine_that_cannot_start_fails_up_with_its_log(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "engine a-0 exited with code 2" in result.stderr
     assert "unrecognized arguments: --no-such-flag 1" in result.stderr
+
+
+def test_demo_builds_the_model_offline_into_the_cache(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "llmgw", "demo"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120,
+                            env={**os.environ, "LLMGW_CACHE_DIR": str(tmp_path),
+                                 "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip())
+    assert path.parent == tmp_path
+    assert {"config.json", "tokenizer.json", "model.safetensors"} <= {
+        p.name for p in path.iterdir()}
