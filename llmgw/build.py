@@ -13,7 +13,7 @@ import aiohttp
 from llmgw.config import ConfigError, GatewayConfig, ModelConfig
 from llmgw.dispatcher import Dispatcher, ModelGroup
 from llmgw.engines.openai_http import OpenAIHTTPEngine
-from llmgw.metrics import Metrics
+from llmgw.metrics import Metrics, ModelMetrics, ReplicaMetrics
 from llmgw.pool import Replica, ReplicaPool
 from llmgw.routing.registry import POLICIES, make_policy, policy_names
 from llmgw.types import ReplicaAddress
@@ -49,25 +49,29 @@ class Gateway:
         groups: dict[str, ModelGroup] = {}
         for model in config.models:
             replicas = [
-                Replica(addr.id, model.name, self._engine(model, addr.url), self.metrics)
+                Replica(addr.id, model.name, self._engine(model, addr.url),
+                        ReplicaMetrics(self.metrics, model.name, addr.id, model.routing))
                 for addr in addresses[model.name]
             ]
             groups[model.name] = ModelGroup(
                 name=model.name, upstream_model=model.upstream_model, replicas=replicas,
                 policy=make_policy(model.routing, random.Random(rng.random())),
                 policy_name=model.routing, timeouts=model.timeouts,
-                max_attempts=model.max_attempts,
+                max_attempts=model.max_attempts, metrics=ModelMetrics(self.metrics, model.name),
             )
         self.pool = ReplicaPool(
             [r for g in groups.values() for r in g.replicas], interval_s=config.health.interval_s
         )
-        self.dispatcher = Dispatcher(groups, self.metrics)
+        self.dispatcher = Dispatcher(groups, ModelMetrics(self.metrics, "unknown"))
 
     def _engine(self, model: ModelConfig, url: str) -> OpenAIHTTPEngine:
         return OpenAIHTTPEngine(
             url, self.session, connect_timeout_s=model.timeouts.connect_s,
             health_timeout_s=self.config.health.timeout_s,
         )
+
+    def count_restart(self, model: str, replica_id: str) -> None:
+        self.dispatcher.group(model).replica(replica_id).metrics.restarts.inc()
 
     async def start(self) -> None:
         await self.pool.check_all()

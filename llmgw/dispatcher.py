@@ -1,5 +1,5 @@
 """The request path: model group -> policy.rank -> engine, with failover, accounting and
-metrics. Knows nothing of HTTP frameworks; the API layer turns its results into responses.
+metrics. Knows nothing of HTTP frameworks; the API layer drives it.
 
 Per request the gateway relays the client's own JSON body and the engine's own bytes,
 touching the body only when it must (rename the model, ask for usage on a stream).
@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -27,7 +27,7 @@ from llmgw.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from llmgw.metrics import Metrics
+from llmgw.metrics import ModelMetrics
 from llmgw.pool import Replica
 from llmgw.routing.base import RoutingPolicy
 from llmgw.types import Outcome, RequestContext
@@ -36,7 +36,9 @@ log = logging.getLogger("llmgw.dispatcher")
 
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 DONE_EVENT = b"data: [DONE]\n\n"
-# The engine's usage chunk, asked for on every stream so token metrics are exact.
+_DONE = b"data: [DONE]"
+# The engine's usage chunk, asked for on every stream so token metrics are exact. Inside
+# a JSON string the quotes would be escaped, so generated text cannot fake this mark.
 _USAGE_MARK = b'"choices":[]'
 
 
@@ -51,6 +53,8 @@ class ModelGroup:
     policy_name: str
     timeouts: TimeoutConfig
     max_attempts: int
+    metrics: ModelMetrics
+    _by_id: dict[str, Replica] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_id = {r.id: r for r in self.replicas}
@@ -60,76 +64,108 @@ class ModelGroup:
 
 
 class Exchange:
-    """One request in flight on one replica. ``finish`` releases everything exactly once,
-    whatever path the request takes out (done, error, timeout, client gone)."""
+    """One request in flight on one replica. It holds the replica's in-flight count from
+    ``Dispatcher.open`` on; ``finish`` releases everything exactly once, whatever path the
+    request takes out (done, error, timeout, client gone)."""
 
     def __init__(
-        self, dispatcher: Dispatcher, ctx: RequestContext, group: ModelGroup,
-        replica: Replica, upstream: UpstreamResponse, started: float, deadline: float | None,
+        self, ctx: RequestContext, group: ModelGroup, replica: Replica,
+        upstream: UpstreamResponse, started: float, deadline: float | None,
     ) -> None:
         self.ctx, self.group, self.replica, self.upstream = ctx, group, replica, upstream
-        self._dispatcher = dispatcher
         self.started = started
         self.deadline = deadline
         self.first_chunk_at: float | None = None
         self.usage: Mapping[str, Any] | None = None
-        self.chunks = 0
+        self.events = 0
         self._finished = False
 
     async def read_all(self) -> bytes:
         """The engine's whole (non-streaming) answer."""
         try:
-            async with asyncio.timeout_at(self.deadline):
+            if self.deadline is None:
                 body = await self.upstream.read()
+            else:
+                async with asyncio.timeout_at(self.deadline):
+                    body = await self.upstream.read()
         except TimeoutError:
             raise UpstreamTimeout("the request exceeded its time limit") from None
         self.usage = _usage_of(body)
         return body
 
     async def relay(self, client_wants_usage: bool) -> AsyncIterator[bytes]:
-        """The engine's SSE events, as bytes to send on. Raises GatewayError mid-stream;
-        the caller turns it into an error event. The caller also enforces ``deadline``:
-        a timeout scope must not span this generator's yields."""
-        async for event in self.upstream.events():
-            if event.startswith(b"data: [DONE]"):
-                break
+        """The engine's SSE events, in blocks as they arrive, without ``[DONE]`` (the caller
+        ends the stream). Raises GatewayError mid-stream. The caller enforces
+        ``deadline``: a timeout scope must not span this generator's yields."""
+        async for block in self.upstream.event_blocks():
             if self.first_chunk_at is None:
                 self.first_chunk_at = time.perf_counter()
+            done_at = _done_offset(block)
+            if done_at >= 0:
+                block = block[:done_at]
+            if _USAGE_MARK in block:
+                block = self._take_usage(block, client_wants_usage)
+            self.events += block.count(b"\n\n")
+            if block:
+                yield block
+            if done_at >= 0:
+                return
+
+    def _take_usage(self, block: bytes, keep: bool) -> bytes:
+        events = block.split(b"\n\n")
+        for index, event in enumerate(events):
             if _USAGE_MARK in event:
-                self.usage = _usage_of(event[6:])
-                if not client_wants_usage:
-                    continue
-            else:
-                self.chunks += 1
-            yield event
+                self.usage = _usage_of(event[5:])
+                if not keep:
+                    del events[index]
+                break
+        return b"\n\n".join(events)
 
     def record_error(self, error: GatewayError) -> None:
-        self._dispatcher.record_error(self.group.name, error)
+        self.group.metrics.errors(error.code or error.type).inc()
 
     def finish(self, outcome: Outcome, status: int) -> None:
         if self._finished:
             return
         self._finished = True
         self.upstream.close()
-        self._dispatcher.finished(self, outcome, status)
+        self.replica.release()
+        self.group.policy.on_done(self.ctx, self.replica.id, outcome)
+        m = self.group.metrics
+        m.requests(self.ctx.endpoint, status).inc()
+        now = time.perf_counter()
+        m.request_duration.observe(now - self.started)
+        if self.first_chunk_at is not None:
+            m.time_to_first_token.observe(self.first_chunk_at - self.started)
+            if self.events > 1:
+                m.inter_token_latency.observe((now - self.first_chunk_at) / (self.events - 1))
+        if self.usage:
+            prompt = self.usage.get("prompt_tokens")
+            completion = self.usage.get("completion_tokens")
+            if isinstance(prompt, int):
+                m.prompt_tokens.inc(prompt)
+            if isinstance(completion, int):
+                m.completion_tokens.inc(completion)
+                m.request_tokens.observe(completion)
+        if outcome == "cancelled":
+            m.client_disconnects.inc()
 
 
 class Dispatcher:
     def __init__(
-        self, groups: Mapping[str, ModelGroup], metrics: Metrics,
+        self, groups: Mapping[str, ModelGroup], unknown_model: ModelMetrics,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.groups = dict(groups)
-        self.metrics = metrics
+        # Requests for models that do not exist are counted under one bounded label.
+        self.unknown_model = unknown_model
         self._clock = clock
 
     def group(self, model: str) -> ModelGroup:
         try:
             return self.groups[model]
         except KeyError:
-            raise ModelNotFound(
-                f"The model '{model}' does not exist.", param="model"
-            ) from None
+            raise ModelNotFound(f"The model '{model}' does not exist.", param="model") from None
 
     def upstream_body(self, group: ModelGroup, body: bytes, parsed: dict[str, Any],
                       stream: bool, wants_usage: bool) -> bytes:
@@ -152,78 +188,78 @@ class Dispatcher:
         is safe here and nowhere later."""
         started = self._clock()
         deadline = _deadline(group.timeouts)
-        candidates = [r.view() for r in group.replicas if r.healthy]
-        ranked = group.policy.rank(ctx, candidates) if candidates else []
-        if not ranked:
-            raise NoReplica(f"no healthy replica for model '{group.name}'; retry shortly")
+        ranked = self._rank(ctx, group)
         error: UpstreamError | None = None
-        for attempt, view in enumerate(ranked[: group.max_attempts]):
-            replica = group.replica(view.id)
+        for attempt, replica in enumerate(ranked[: group.max_attempts]):
             if attempt:
-                self.metrics.upstream_retries.labels(group.name, replica.id).inc()
+                replica.metrics.retries.inc()
+            # Counted while being sent, so concurrent picks see it; the Exchange takes the
+            # count over once the engine answered.
+            replica.acquire()
             try:
-                upstream = await self._send(replica, PATHS[ctx.endpoint], body, deadline)
+                upstream = await _send(replica, PATHS[ctx.endpoint], body, deadline)
             except UpstreamRejected:
+                replica.release()
                 raise
             except UpstreamError as exc:
+                replica.release()
                 log.warning("replica %s/%s failed: %s", group.name, replica.id, exc.message)
                 if isinstance(exc, UpstreamUnreachable):
                     replica.set_health(False)  # the health loop brings it back
                 error = exc
                 continue
+            except BaseException:
+                replica.release()
+                raise
             group.policy.on_routed(ctx, replica.id)
-            self.metrics.routing_decisions.labels(group.name, group.policy_name, replica.id).inc()
-            replica.acquire()
-            return Exchange(self, ctx, group, replica, upstream, started, deadline)
+            replica.metrics.routed.inc()
+            return Exchange(ctx, group, replica, upstream, started, deadline)
         assert error is not None
         raise error
 
-    async def _send(
-        self, replica: Replica, path: str, body: bytes, deadline: float | None
-    ) -> UpstreamResponse:
-        # Count the request on the replica while it is being sent, so concurrent picks
-        # see it; the Exchange takes over the count once the engine answered.
-        replica.acquire()
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await replica.engine.send(path, body)
-        except TimeoutError:
-            raise UpstreamTimeout("the request timed out before the engine answered") from None
-        finally:
-            replica.release()
+    def _rank(self, ctx: RequestContext, group: ModelGroup) -> list[Replica]:
+        healthy = [r for r in group.replicas if r.healthy]
+        if len(healthy) > 1:
+            ranked = group.policy.rank(ctx, [r.view() for r in healthy])
+            healthy = [group.replica(view.id) for view in ranked]
+        if not healthy:
+            raise NoReplica(f"no healthy replica for model '{group.name}'; retry shortly")
+        return healthy
 
-    def finished(self, ex: Exchange, outcome: Outcome, status: int) -> None:
-        ex.replica.release()
-        ex.group.policy.on_done(ex.ctx, ex.replica.id, outcome)
-        self.record(ex.group.name, ex.ctx.endpoint, status, ex.started)
-        m, name = self.metrics, ex.group.name
-        if ex.first_chunk_at is not None:
-            m.time_to_first_token.labels(name).observe(ex.first_chunk_at - ex.started)
-            if ex.chunks > 1:
-                itl = (self._clock() - ex.first_chunk_at) / (ex.chunks - 1)
-                m.inter_token_latency.labels(name).observe(itl)
-        if ex.usage:
-            prompt, completion = ex.usage.get("prompt_tokens"), ex.usage.get("completion_tokens")
-            if isinstance(prompt, int):
-                m.prompt_tokens.labels(name).inc(prompt)
-            if isinstance(completion, int):
-                m.completion_tokens.labels(name).inc(completion)
-                m.request_tokens.labels(name).observe(completion)
-        if outcome == "cancelled":
-            m.client_disconnects.labels(name).inc()
+    def record_failure(self, model: str, endpoint: str, error: GatewayError | None,
+                       status: int, started: float) -> None:
+        """A request that ended before any engine answered (bad input, no replica, ...)."""
+        group = self.groups.get(model)
+        metrics = group.metrics if group is not None else self.unknown_model
+        if error is not None:
+            metrics.errors(error.code or error.type).inc()
+        metrics.requests(endpoint, status).inc()
+        metrics.request_duration.observe(self._clock() - started)
 
-    def record(self, model: str, endpoint: str, status: int, started: float) -> None:
-        self.metrics.requests.labels(model, endpoint, str(status)).inc()
-        self.metrics.request_duration.labels(model).observe(self._clock() - started)
 
-    def record_error(self, model: str, error: GatewayError) -> None:
-        self.metrics.request_errors.labels(model, error.code or error.type).inc()
+async def _send(replica: Replica, path: str, body: bytes,
+                deadline: float | None) -> UpstreamResponse:
+    if deadline is None:
+        return await replica.engine.send(path, body)
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await replica.engine.send(path, body)
+    except TimeoutError:
+        raise UpstreamTimeout("the request timed out before the engine answered") from None
 
 
 def _deadline(timeouts: TimeoutConfig) -> float | None:
     if timeouts.request_s is None:
         return None
     return asyncio.get_running_loop().time() + timeouts.request_s
+
+
+def _done_offset(block: bytes) -> int:
+    """Where ``data: [DONE]`` starts in a block of events, or -1."""
+    if block.startswith(_DONE):
+        return 0
+    at = block.find(b"\n\n" + _DONE)
+    return at + 2 if at >= 0 else -1
 
 
 def _usage_of(payload: bytes) -> Mapping[str, Any] | None:

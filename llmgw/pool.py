@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable
 
 from llmgw.engines.base import Engine
-from llmgw.metrics import Metrics
+from llmgw.metrics import ReplicaMetrics
 from llmgw.types import ReplicaView, Role
 
 log = logging.getLogger("llmgw.pool")
@@ -22,10 +22,11 @@ log = logging.getLogger("llmgw.pool")
 class Replica:
     """One engine server behind a model. Mutated only from the event loop thread."""
 
-    __slots__ = ("id", "model", "engine", "role", "healthy", "in_flight", "_metrics")
+    __slots__ = ("id", "model", "engine", "role", "healthy", "in_flight", "metrics")
 
     def __init__(
-        self, id: str, model: str, engine: Engine, metrics: Metrics, *, role: Role = "mixed"
+        self, id: str, model: str, engine: Engine, metrics: ReplicaMetrics, *,
+        role: Role = "mixed",
     ) -> None:
         self.id = id
         self.model = model
@@ -33,9 +34,9 @@ class Replica:
         self.role: Role = role
         self.healthy = False
         self.in_flight = 0
-        self._metrics = metrics
-        metrics.replica_in_flight.labels(model, id).set(0)
-        metrics.replica_healthy.labels(model, id).set(0)
+        self.metrics = metrics
+        metrics.in_flight.set(0)
+        metrics.healthy.set(0)
 
     def view(self) -> ReplicaView:
         return ReplicaView(
@@ -45,17 +46,17 @@ class Replica:
 
     def acquire(self) -> None:
         self.in_flight += 1
-        self._metrics.replica_in_flight.labels(self.model, self.id).inc()
+        self.metrics.in_flight.inc()
 
     def release(self) -> None:
         self.in_flight -= 1
-        self._metrics.replica_in_flight.labels(self.model, self.id).dec()
+        self.metrics.in_flight.dec()
 
     def set_health(self, healthy: bool) -> None:
         if healthy != self.healthy:
             log.info("replica %s/%s is %s", self.model, self.id, "up" if healthy else "down")
             self.healthy = healthy
-            self._metrics.replica_healthy.labels(self.model, self.id).set(int(healthy))
+            self.metrics.healthy.set(int(healthy))
 
 
 class ReplicaPool:

@@ -20,8 +20,9 @@ class UpstreamResponse(Protocol):
         """The whole body (non-streaming requests)."""
         ...
 
-    def events(self) -> AsyncIterator[bytes]:
-        """Server-sent events, each a complete ``data: ...\\n\\n`` block."""
+    def event_blocks(self) -> AsyncIterator[bytes]:
+        """Server-sent events as they arrive: each item holds one or more complete
+        ``data: ...\\n\\n`` events."""
         ...
 
     def close(self) -> None:
