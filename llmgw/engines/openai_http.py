@@ -37,9 +37,9 @@ class HTTPUpstreamResponse:
         pending = b""
         try:
             async for data in self._response.content.iter_any():
-                if b"\r" in data:  # sse-starlette and others frame with CRLF
-                    data = data.replace(b"\r\n", b"\n")
                 pending += data
+                if b"\r" in data:  # sse-starlette and others frame with CRLF
+                    pending = pending.replace(b"\r\n", b"\n")
                 end = pending.rfind(b"\n\n")
                 if end < 0:
                     continue
