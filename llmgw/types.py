@@ -50,3 +50,18 @@ class ReplicaAddress:
 
     id: str
     url: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """What an engine reports about itself, scraped by the pool on an interval.
+
+    Every field may be None when the engine does not report it. ``kv_usage`` is 0..1;
+    the prefix-cache counters are totals since the engine started (in tokens).
+    """
+
+    running: int | None = None
+    waiting: int | None = None
+    kv_usage: float | None = None
+    prefix_cache_hits: float | None = None
+    prefix_cache_queries: float | None = None

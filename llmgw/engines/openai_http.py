@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 import aiohttp
 import orjson
 
+from llmgw.engines.stats import StatsNames, stats_from_text
 from llmgw.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnreachable
+from llmgw.types import EngineStats
 
 _JSON = {"content-type": "application/json"}
 
@@ -55,9 +58,15 @@ class HTTPUpstreamResponse:
 
 
 class OpenAIHTTPEngine:
-    """Talks to ``url`` (no trailing slash, no ``/v1``) over a shared aiohttp session."""
+    """Talks to ``url`` (no trailing slash, no ``/v1``) over a shared aiohttp session.
 
-    health_path = "/health"
+    Subclasses for specific engines set where health and metrics live and how the
+    metrics are named; this generic one reports no stats.
+    """
+
+    health_path: ClassVar[str] = "/health"
+    metrics_path: ClassVar[str | None] = None
+    stats_names: ClassVar[StatsNames] = StatsNames()
 
     def __init__(
         self,
@@ -82,6 +91,21 @@ class OpenAIHTTPEngine:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+    async def stats(self) -> EngineStats | None:
+        """The engine's load and cache signals, or None when unavailable."""
+        if self.metrics_path is None:
+            return None
+        try:
+            async with self._session.get(
+                self.url + self.metrics_path, timeout=self._health_timeout
+            ) as response:
+                if response.status != 200:
+                    return None
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            return None
+        return stats_from_text(text, self.stats_names)
 
     async def send(self, path: str, body: bytes) -> HTTPUpstreamResponse:
         try:
