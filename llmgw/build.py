@@ -12,11 +12,21 @@ import aiohttp
 
 from llmgw.config import ConfigError, GatewayConfig, ModelConfig
 from llmgw.dispatcher import Dispatcher, ModelGroup
+from llmgw.engines.embedded_client import EmbeddedEngine, FakeEngineClient
 from llmgw.engines.openai_http import OpenAIHTTPEngine
+from llmgw.engines.vllm import VLLMEngine
 from llmgw.metrics import Metrics, ModelMetrics, ReplicaMetrics
 from llmgw.pool import Replica, ReplicaPool
 from llmgw.routing.registry import POLICIES, make_policy, policy_names
 from llmgw.types import ReplicaAddress
+
+# Engine type (config ``engine:``) -> the client class the gateway talks to it with.
+ENGINES: dict[str, type[OpenAIHTTPEngine]] = {
+    "transformers": EmbeddedEngine,
+    "vllm": VLLMEngine,
+    "openai": OpenAIHTTPEngine,
+    "fake": FakeEngineClient,
+}
 
 
 def check_config(cfg: GatewayConfig) -> None:
@@ -60,12 +70,13 @@ class Gateway:
                 max_attempts=model.max_attempts, metrics=ModelMetrics(self.metrics, model.name),
             )
         self.pool = ReplicaPool(
-            [r for g in groups.values() for r in g.replicas], interval_s=config.health.interval_s
+            [r for g in groups.values() for r in g.replicas], interval_s=config.health.interval_s,
+            stats_interval_s=config.health.stats_interval_s,
         )
         self.dispatcher = Dispatcher(groups, ModelMetrics(self.metrics, "unknown"))
 
     def _engine(self, model: ModelConfig, url: str) -> OpenAIHTTPEngine:
-        return OpenAIHTTPEngine(
+        return ENGINES[model.engine](
             url, self.session, connect_timeout_s=model.timeouts.connect_s,
             health_timeout_s=self.config.health.timeout_s,
         )

@@ -42,6 +42,8 @@ class ServerConfig(_Strict):
 class HealthConfig(_Strict):
     interval_s: float = Field(default=2.0, gt=0)
     timeout_s: float = Field(default=2.0, gt=0)
+    # How often engines' own metrics (queue, KV usage, prefix cache) are scraped.
+    stats_interval_s: float = Field(default=1.0, gt=0)
 
 
 class TimeoutConfig(_Strict):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from llmgw.types import EngineStats
+
 # Latency buckets from 5 ms to 5 min: gateway overhead is ms, long generations are minutes.
 _LATENCY_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _ITL_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
@@ -77,6 +79,29 @@ class Metrics:
             ["model"], registry=r,
         )
 
+        # Engine-reported signals, scraped by the pool on an interval (may lag by that much).
+        engine = ["model", "replica"]
+        self.engine_running = Gauge(
+            "llmgw_engine_requests_running", "Requests the engine reports running.",
+            engine, registry=r)
+        self.engine_waiting = Gauge(
+            "llmgw_engine_requests_waiting", "Requests the engine reports queued.",
+            engine, registry=r)
+        self.engine_kv_usage = Gauge(
+            "llmgw_engine_kv_cache_usage_ratio", "KV cache in use, 0..1, engine-reported.",
+            engine, registry=r)
+        self.engine_prefix_hits = Gauge(
+            "llmgw_engine_prefix_cache_hit_tokens",
+            "Prompt tokens served from the engine's prefix cache since it started.",
+            engine, registry=r)
+        self.engine_prefix_queries = Gauge(
+            "llmgw_engine_prefix_cache_query_tokens",
+            "Prompt tokens looked up in the engine's prefix cache since it started.",
+            engine, registry=r)
+        self.engine_stats_age = Gauge(
+            "llmgw_engine_stats_age_seconds", "Seconds since the engine's stats were read.",
+            engine, registry=r)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -117,3 +142,15 @@ class ReplicaMetrics:
         self.routed = metrics.routing_decisions.labels(model, policy, replica)
         self.retries = metrics.upstream_retries.labels(model, replica)
         self.restarts = metrics.replica_restarts.labels(model, replica)
+        self.engine = (metrics.engine_running.labels(model, replica),
+                       metrics.engine_waiting.labels(model, replica),
+                       metrics.engine_kv_usage.labels(model, replica),
+                       metrics.engine_prefix_hits.labels(model, replica),
+                       metrics.engine_prefix_queries.labels(model, replica))
+
+    def record_engine(self, stats: EngineStats) -> None:
+        values = (stats.running, stats.waiting, stats.kv_usage, stats.prefix_cache_hits,
+                  stats.prefix_cache_queries)
+        for gauge, value in zip(self.engine, values, strict=True):
+            if value is not None:
+                gauge.set(value)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from llmgw.engines.base import Engine
 from llmgw.metrics import ReplicaMetrics
-from llmgw.types import ReplicaView, Role
+from llmgw.types import EngineStats, ReplicaView, Role
 
 log = logging.getLogger("llmgw.pool")
 
@@ -22,7 +22,7 @@ log = logging.getLogger("llmgw.pool")
 class Replica:
     """One engine server behind a model. Mutated only from the event loop thread."""
 
-    __slots__ = ("id", "model", "engine", "role", "healthy", "in_flight", "metrics")
+    __slots__ = ("id", "model", "engine", "role", "healthy", "in_flight", "metrics", "stats")
 
     def __init__(
         self, id: str, model: str, engine: Engine, metrics: ReplicaMetrics, *,
@@ -35,6 +35,7 @@ class Replica:
         self.healthy = False
         self.in_flight = 0
         self.metrics = metrics
+        self.stats = EngineStats()
         metrics.in_flight.set(0)
         metrics.healthy.set(0)
 
@@ -42,6 +43,7 @@ class Replica:
         return ReplicaView(
             id=self.id, model=self.model, role=self.role,
             healthy=self.healthy, in_flight=self.in_flight,
+            queue_depth=self.stats.waiting, kv_usage=self.stats.kv_usage,
         )
 
     def acquire(self) -> None:
@@ -51,6 +53,13 @@ class Replica:
     def release(self) -> None:
         self.in_flight -= 1
         self.metrics.in_flight.dec()
+
+    def set_stats(self, stats: EngineStats | None) -> None:
+        # Stale numbers are worse than none: a replica whose stats cannot be read
+        # routes on the gateway's own in-flight count alone.
+        self.stats = stats or EngineStats()
+        if stats is not None:
+            self.metrics.record_engine(stats)
 
     def set_health(self, healthy: bool) -> None:
         if healthy != self.healthy:
@@ -62,12 +71,14 @@ class Replica:
 class ReplicaPool:
     """All replicas of all models, with a background health loop."""
 
-    def __init__(self, replicas: Iterable[Replica], *, interval_s: float) -> None:
+    def __init__(self, replicas: Iterable[Replica], *, interval_s: float,
+                 stats_interval_s: float) -> None:
         self._by_model: dict[str, list[Replica]] = {}
         for replica in replicas:
             self._by_model.setdefault(replica.model, []).append(replica)
         self._interval = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._stats_interval = stats_interval_s
+        self._tasks: list[asyncio.Task[None]] = []
 
     def replicas(self, model: str) -> list[Replica]:
         return self._by_model.get(model, [])
@@ -84,19 +95,31 @@ class ReplicaPool:
         for replica, healthy in zip(replicas, results, strict=True):
             replica.set_health(healthy)
 
+    async def scrape_all(self) -> None:
+        replicas = [r for r in self.all() if r.healthy]
+        results = await asyncio.gather(*(r.engine.stats() for r in replicas))
+        for replica, stats in zip(replicas, results, strict=True):
+            replica.set_stats(stats)
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="llmgw-health")
+        self._tasks = [
+            asyncio.create_task(self._every(self._interval, self.check_all), name="health"),
+            asyncio.create_task(self._every(self._stats_interval, self.scrape_all),
+                                name="engine-stats"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
-    async def _loop(self) -> None:
+    @staticmethod
+    async def _every(interval_s: float, work: Callable[[], Awaitable[None]]) -> None:
         while True:
             try:
-                await self.check_all()
-            except Exception:  # a bug here must not stop health checking for good
-                log.exception("health check round failed")
-            await asyncio.sleep(self._interval)
+                await work()
+            except Exception:  # a bug here must not stop the loop for good
+                log.exception("%s failed", getattr(work, "__name__", work))
+            await asyncio.sleep(interval_s)

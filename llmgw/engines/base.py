@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from llmgw.types import EngineStats
+
 
 class UpstreamResponse(Protocol):
     """An engine's answer whose status and headers have arrived; the body has not."""
@@ -37,6 +39,11 @@ class Engine(Protocol):
 
     async def health(self) -> bool:
         """True when the engine answers its health route within the health timeout."""
+        ...
+
+    async def stats(self) -> EngineStats | None:
+        """Load and cache signals the engine reports, or None when it reports none or
+        cannot be reached."""
         ...
 
     async def send(self, path: str, body: bytes) -> UpstreamResponse:

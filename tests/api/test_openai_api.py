@@ -6,7 +6,7 @@ import httpx
 import openai
 import orjson
 
-from tests.support import Server
+from tests.support import Server, wait_until
 
 MESSAGES = [{"role": "user", "content": "say something"}]
 
@@ -119,3 +119,12 @@ def test_health_and_ready(gateway: Server) -> None:
     assert httpx.get(gateway.url + "/health").json() == {"status": "ok"}
     assert httpx.get(gateway.url + "/ready").json() == {
         "ready": True, "models": {"fake": True, "renamed": True}}
+
+
+def test_engine_stats_are_scraped_into_gateway_metrics(gateway: Server) -> None:
+    def scraped() -> bool:
+        text = httpx.get(gateway.url + "/metrics").text
+        return all(f'llmgw_engine_requests_running{{model="fake",replica="fake-{i}"}} 0.0'
+                   in text for i in range(2))
+
+    wait_until(scraped, 10, "the stats loop to scrape both fake engines")
