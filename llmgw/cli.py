@@ -71,12 +71,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(paths: Sequence[str], host: str | None, port: int | None) -> GatewayConfig:
     from llmgw.build import check_config
+    from llmgw.placement.commands import check_launchable
 
     cfg = load_config(paths)
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if overrides:
         cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=overrides)})
     check_config(cfg)
+    check_launchable(cfg)
     return cfg
 
 

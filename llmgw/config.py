@@ -54,6 +54,27 @@ class TimeoutConfig(_Strict):
     request_s: float | None = Field(default=None, gt=0)
 
 
+class LaunchConfig(_Strict):
+    """How a launched engine process is started. Typed knobs become the engine's own flags
+    (each engine type names them differently); ``engine_args`` on the model passes any
+    other flag through unchanged."""
+
+    # The Python that runs the engine, e.g. a venv holding vLLM; default: the gateway's.
+    python: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    pipeline_parallel_size: int | None = Field(default=None, ge=1)
+    max_model_len: int | None = Field(default=None, ge=1)
+    dtype: str | None = None
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    enable_prefix_caching: bool | None = None
+    enable_lora: bool | None = None
+    max_loras: int | None = Field(default=None, ge=1)
+    max_lora_rank: int | None = Field(default=None, ge=1)
+    # Adapters loaded at engine start: name -> path.
+    lora_modules: dict[str, str] = Field(default_factory=dict)
+
+
 class ModelConfig(_Strict):
     """One served model name and the engine replicas behind it.
 
@@ -70,6 +91,7 @@ class ModelConfig(_Strict):
     # The model name the upstream engine knows; defaults to ``name``.
     served_model_name: str | None = None
     routing: str = "least-load"
+    launch: LaunchConfig = LaunchConfig()
     # Extra flags for a launched engine: {"max_batch_size": 8} -> --max-batch-size 8.
     engine_args: dict[str, Any] = Field(default_factory=dict)
     timeouts: TimeoutConfig = TimeoutConfig()
@@ -95,6 +117,9 @@ class ModelConfig(_Strict):
         if self.url is not None:
             if self.replicas is not None:
                 raise ValueError("give either 'url' (attach) or 'replicas' (launch), not both")
+            if self.launch != LaunchConfig() or self.engine_args:
+                raise ValueError("'launch' and 'engine_args' apply to launched engines only, "
+                                 "not to 'url' (attach)")
         elif self.engine == "openai":
             raise ValueError("engine 'openai' is attach-only: give 'url'")
         elif self.model is None:

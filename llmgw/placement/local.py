@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 from llmgw.config import GatewayConfig, ModelConfig
-from llmgw.placement.commands import engine_command
+from llmgw.placement.commands import engine_command, engine_env, resolve_model
 from llmgw.types import ReplicaAddress
 
 log = logging.getLogger("llmgw.launcher")
@@ -52,9 +52,10 @@ def _die_with_parent() -> None:
 class EngineProcess:
     """One replica's engine process, restarted when it exits unexpectedly."""
 
-    def __init__(self, model: str, replica_id: str, argv: list[str], url: str, log_path: Path,
-                 startup_timeout_s: float, on_restart: Callable[[str, str], None]) -> None:
-        self.model, self.replica_id, self.argv = model, replica_id, argv
+    def __init__(self, model: str, replica_id: str, argv: list[str], env: dict[str, str],
+                 url: str, log_path: Path, startup_timeout_s: float,
+                 on_restart: Callable[[str, str], None]) -> None:
+        self.model, self.replica_id, self.argv, self.env = model, replica_id, argv, env
         self.url, self.log_path = url, log_path
         self.startup_timeout_s = startup_timeout_s
         self._on_restart = on_restart
@@ -73,7 +74,7 @@ class EngineProcess:
         log.info("starting %s: %s", self.replica_id, " ".join(self.argv))
         with open(self.log_path, "ab") as out:
             return await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=self.env,
                 start_new_session=True, preexec_fn=_die_with_parent,
             )
 
@@ -184,11 +185,13 @@ class LocalLauncher:
 
     def _plan(self, model: ModelConfig) -> list[ReplicaAddress]:
         planned = []
+        model_path = resolve_model(model)
         for index in range(model.replica_count):
             replica_id, host, port = f"{model.name}-{index}", "127.0.0.1", free_port()
             url = f"http://{host}:{port}"
             self.processes.append(EngineProcess(
-                model.name, replica_id, engine_command(model, host, port), url,
+                model.name, replica_id, engine_command(model, host, port, model_path),
+                engine_env(model), url,
                 self.log_dir / f"{replica_id}.log", model.startup_timeout_s,
                 lambda m, r: self.on_restart(m, r),
             ))

@@ -6,6 +6,7 @@ import pytest
 
 from llmgw.build import check_config
 from llmgw.config import ConfigError, load_config
+from llmgw.placement.commands import check_launchable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +21,9 @@ def test_every_shipped_config_validates() -> None:
     configs = sorted((ROOT / "configs").glob("*.yaml"))
     assert configs, "configs/ holds the runnable examples"
     for path in configs:
-        check_config(load_config([path]))
+        cfg = load_config([path])
+        check_config(cfg)
+        check_launchable(cfg)
 
 
 def test_local_yaml_serves_demo_with_two_embedded_replicas() -> None:
