@@ -14,6 +14,7 @@ from llmgw.config import ConfigError, GatewayConfig, ModelConfig
 from llmgw.dispatcher import Dispatcher, ModelGroup
 from llmgw.engines.embedded_client import EmbeddedEngine, FakeEngineClient
 from llmgw.engines.openai_http import OpenAIHTTPEngine
+from llmgw.engines.sglang import SGLangEngine
 from llmgw.engines.vllm import VLLMEngine
 from llmgw.metrics import Metrics, ModelMetrics, ReplicaMetrics
 from llmgw.pool import Replica, ReplicaPool
@@ -24,6 +25,7 @@ from llmgw.types import ReplicaAddress
 ENGINES: dict[str, type[OpenAIHTTPEngine]] = {
     "transformers": EmbeddedEngine,
     "vllm": VLLMEngine,
+    "sglang": SGLangEngine,
     "openai": OpenAIHTTPEngine,
     "fake": FakeEngineClient,
 }

@@ -71,8 +71,10 @@ class Exchange:
     def __init__(
         self, ctx: RequestContext, group: ModelGroup, replica: Replica,
         upstream: UpstreamResponse, started: float, deadline: float | None,
+        upstream_id: str,
     ) -> None:
         self.ctx, self.group, self.replica, self.upstream = ctx, group, replica, upstream
+        self.upstream_id = upstream_id
         self.started = started
         self.deadline = deadline
         self.first_chunk_at: float | None = None
@@ -124,6 +126,11 @@ class Exchange:
     def record_error(self, error: GatewayError) -> None:
         self.group.metrics.errors(error.code or error.type).inc()
 
+    async def abort(self) -> None:
+        """Stop the engine request explicitly, for engines where closing the connection
+        is not enough (SGLang); ``finish`` closes it afterwards."""
+        await self.replica.engine.abort(self.upstream_id)
+
     def finish(self, outcome: Outcome, status: int) -> None:
         if self._finished:
             return
@@ -168,13 +175,14 @@ class Dispatcher:
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model") from None
 
     def upstream_body(self, group: ModelGroup, body: bytes, parsed: dict[str, Any],
-                      stream: bool, wants_usage: bool) -> bytes:
+                      stream: bool, wants_usage: bool, upstream_id: str) -> bytes:
         """The client's bytes unless the engine must see something else."""
         rename = group.upstream_model != group.name
         force_usage = stream and not wants_usage
-        if not rename and not force_usage:
+        engine_fields = group.replicas[0].engine.body_fields(upstream_id)
+        if not rename and not force_usage and not engine_fields:
             return body
-        patched = dict(parsed)
+        patched = {**parsed, **engine_fields}
         if rename:
             patched["model"] = group.upstream_model
         if force_usage:
@@ -182,7 +190,8 @@ class Dispatcher:
                                          "include_usage": True}
         return orjson.dumps(patched)
 
-    async def open(self, ctx: RequestContext, group: ModelGroup, body: bytes) -> Exchange:
+    async def open(self, ctx: RequestContext, group: ModelGroup, body: bytes,
+                   upstream_id: str) -> Exchange:
         """Pick a replica and send the request; try the next ranked replica when one cannot
         be reached or fails before answering. Nothing reached the client yet, so failover
         is safe here and nowhere later."""
@@ -213,7 +222,7 @@ class Dispatcher:
                 raise
             group.policy.on_routed(ctx, replica.id)
             replica.metrics.routed.inc()
-            return Exchange(ctx, group, replica, upstream, started, deadline)
+            return Exchange(ctx, group, replica, upstream, started, deadline, upstream_id)
         assert error is not None
         raise error
 

@@ -20,7 +20,7 @@ from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_response
 from llmgw.api.sse import relay_json, relay_stream
 from llmgw.dispatcher import Dispatcher, Exchange
-from llmgw.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from llmgw.errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamTimeout
 from llmgw.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from llmgw.types import Outcome, RequestContext
 
@@ -86,9 +86,13 @@ class GenerationRoute:
             model, stream = group.name, bool(req.stream)
             ctx = RequestContext(request_id=request_id, model=model, endpoint=self.endpoint,
                                  stream=stream, headers=headers)
-            upstream = dispatcher.upstream_body(group, body, parsed, stream, req.wants_usage)
+            # Unique per engine request (never the client's id, which may repeat): engines
+            # that abort by id must not stop someone else's request.
+            upstream_id = os.urandom(12).hex()
+            upstream = dispatcher.upstream_body(group, body, parsed, stream, req.wants_usage,
+                                                upstream_id)
             async with DisconnectWatch(receive) as watch:
-                exchange = await dispatcher.open(ctx, group, upstream)
+                exchange = await dispatcher.open(ctx, group, upstream, upstream_id)
                 reply_headers.append((b"x-llmgw-replica", exchange.replica.id.encode()))
                 if stream:
                     outcome, status = await relay_stream(
@@ -96,11 +100,12 @@ class GenerationRoute:
                 else:
                     status, outcome = await relay_json(exchange, send, reply_headers, watch), "ok"
         except GatewayError as exc:
-            status, outcome = exc.status_code, "upstream_error"
+            status = exc.status_code
+            outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
             await self._fail(dispatcher, exchange, model, exc, started, reply_headers,
                              (scope, receive, send))
         finally:
-            self._close(dispatcher, exchange, model, outcome, status, started)
+            await self._close(dispatcher, exchange, model, outcome, status, started)
 
     async def _fail(self, dispatcher: Dispatcher, exchange: Exchange | None, model: str,
                     error: GatewayError, started: float, headers: list[tuple[bytes, bytes]],
@@ -112,9 +117,11 @@ class GenerationRoute:
         response = error_response(error, {k.decode(): v.decode() for k, v in headers})
         await response(*asgi)
 
-    def _close(self, dispatcher: Dispatcher, exchange: Exchange | None, model: str,
-               outcome: Outcome, status: int, started: float) -> None:
+    async def _close(self, dispatcher: Dispatcher, exchange: Exchange | None, model: str,
+                     outcome: Outcome, status: int, started: float) -> None:
         if exchange is not None:
+            if outcome in ("cancelled", "timeout"):
+                await exchange.abort()
             exchange.finish(outcome, status)
         elif outcome == "cancelled":  # the client left before an engine answered
             dispatcher.record_failure(model, self.endpoint, None, 499, started)

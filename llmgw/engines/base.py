@@ -46,6 +46,16 @@ class Engine(Protocol):
         cannot be reached."""
         ...
 
+    def body_fields(self, request_id: str) -> dict[str, str]:
+        """Fields to merge into every request body so the engine knows the request by
+        ``request_id`` (for ``abort``); empty for engines that abort on disconnect."""
+        ...
+
+    async def abort(self, request_id: str) -> bool:
+        """Stop the request explicitly, before its connection is closed. Never raises;
+        False when the engine has no such call (closing the connection is enough)."""
+        ...
+
     async def send(self, path: str, body: bytes) -> UpstreamResponse:
         """POST ``body`` (JSON) to ``path``. Raises ``UpstreamError`` if the engine cannot be
         reached or fails (5xx), ``UpstreamRejected`` on a 4xx answer."""

@@ -107,6 +107,14 @@ class OpenAIHTTPEngine:
             return None
         return stats_from_text(text, self.stats_names)
 
+    def body_fields(self, request_id: str) -> dict[str, str]:
+        return {}
+
+    async def abort(self, request_id: str) -> bool:
+        # vLLM, the embedded engine and most OpenAI servers abort when the connection
+        # closes, which the gateway always does for a request it gives up on.
+        return False
+
     async def send(self, path: str, body: bytes) -> HTTPUpstreamResponse:
         try:
             response = await self._session.post(
