@@ -49,7 +49,8 @@ def exchange(blocks: list[bytes]) -> Exchange:
                        timeouts=TimeoutConfig(), max_attempts=1,
                        metrics=ModelMetrics(metrics, "m"))
     ctx = RequestContext(request_id="x", model="m", endpoint="chat", stream=True)
-    return Exchange(ctx, group, replica, BlockUpstream(blocks), started=0.0, deadline=None)
+    return Exchange(ctx, group, replica, BlockUpstream(blocks), started=0.0, deadline=None,
+                    upstream_id="u1")
 
 
 async def relayed(ex: Exchange, keep_usage: bool) -> bytes:
