@@ -18,7 +18,7 @@ from llmgw.engines.sglang import SGLangEngine
 from llmgw.engines.vllm import VLLMEngine
 from llmgw.metrics import Metrics, ModelMetrics, ReplicaMetrics
 from llmgw.pool import Replica, ReplicaPool
-from llmgw.routing.registry import POLICIES, make_policy, policy_names
+from llmgw.routing.registry import make_policy, policy_names
 from llmgw.types import ReplicaAddress
 
 # Engine type (config ``engine:``) -> the client class the gateway talks to it with.
@@ -33,12 +33,15 @@ ENGINES: dict[str, type[OpenAIHTTPEngine]] = {
 
 def check_config(cfg: GatewayConfig) -> None:
     """What pydantic cannot know: names that refer to registries. Runs before any launch."""
+    known = policy_names(cfg.policies)
     for index, model in enumerate(cfg.models):
-        if model.routing not in POLICIES:
+        if model.routing not in known:
             raise ConfigError(
                 f"models[{index}].routing: unknown policy {model.routing!r}; "
-                f"known: {', '.join(policy_names())}"
+                f"known: {', '.join(known)}"
             )
+    for name in cfg.policies:  # plugin names and params, checked by the plugins
+        make_policy(name, random.Random(0), cfg.policies)
 
 
 class Gateway:
@@ -67,7 +70,7 @@ class Gateway:
             ]
             groups[model.name] = ModelGroup(
                 name=model.name, upstream_model=model.upstream_model, replicas=replicas,
-                policy=make_policy(model.routing, random.Random(rng.random())),
+                policy=make_policy(model.routing, random.Random(rng.random()), config.policies),
                 policy_name=model.routing, timeouts=model.timeouts,
                 max_attempts=model.max_attempts, metrics=ModelMetrics(self.metrics, model.name),
             )

@@ -139,9 +139,33 @@ class ModelConfig(_Strict):
         return self.served_model_name or self.name
 
 
+class PluginSpec(_Strict):
+    """A filter or scorer by registry name; ``params`` are checked by the plugin itself."""
+
+    type: str
+    weight: float = Field(default=1.0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LoadGuardConfig(_Strict):
+    """Affinity yields to load when the busiest replica holds more than ``abs_threshold``
+    requests above the idlest and more than ``rel_threshold`` times its load."""
+
+    abs_threshold: int = Field(default=8, ge=0)
+    rel_threshold: float = Field(default=1.5, ge=1.0)
+
+
+class PolicyConfig(_Strict):
+    filters: list[PluginSpec] = Field(default_factory=list)
+    scorers: list[PluginSpec] = Field(min_length=1)
+    load_guard: LoadGuardConfig | None = LoadGuardConfig()
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = ServerConfig()
     health: HealthConfig = HealthConfig()
+    # Named routing policies; models refer to them (or to a built-in) by ``routing:``.
+    policies: dict[str, PolicyConfig] = Field(default_factory=dict)
     models: list[ModelConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ from llmgw.errors import (
 )
 from llmgw.metrics import ModelMetrics
 from llmgw.pool import Replica
-from llmgw.routing.base import RoutingPolicy
+from llmgw.routing.base import Decision, RoutingPolicy
 from llmgw.types import Outcome, RequestContext
 
 log = logging.getLogger("llmgw.dispatcher")
@@ -79,6 +79,7 @@ class Exchange:
         self.deadline = deadline
         self.first_chunk_at: float | None = None
         self.usage: Mapping[str, Any] | None = None
+        self.decision: Decision | None = None
         self.events = 0
         self._finished = False
 
@@ -191,13 +192,14 @@ class Dispatcher:
         return orjson.dumps(patched)
 
     async def open(self, ctx: RequestContext, group: ModelGroup, body: bytes,
-                   upstream_id: str) -> Exchange:
+                   upstream_id: str, explain: bool = False) -> Exchange:
         """Pick a replica and send the request; try the next ranked replica when one cannot
         be reached or fails before answering. Nothing reached the client yet, so failover
         is safe here and nowhere later."""
         started = self._clock()
         deadline = _deadline(group.timeouts)
-        ranked = self._rank(ctx, group)
+        decision = self.explain(ctx, group) if explain else None
+        ranked = self._rank(ctx, group, decision)
         error: UpstreamError | None = None
         for attempt, replica in enumerate(ranked[: group.max_attempts]):
             if attempt:
@@ -222,18 +224,26 @@ class Dispatcher:
                 raise
             group.policy.on_routed(ctx, replica.id)
             replica.metrics.routed.inc()
-            return Exchange(ctx, group, replica, upstream, started, deadline, upstream_id)
+            exchange = Exchange(ctx, group, replica, upstream, started, deadline, upstream_id)
+            exchange.decision = decision
+            return exchange
         assert error is not None
         raise error
 
-    def _rank(self, ctx: RequestContext, group: ModelGroup) -> list[Replica]:
-        healthy = [r for r in group.replicas if r.healthy]
-        if len(healthy) > 1:
-            ranked = group.policy.rank(ctx, [r.view() for r in healthy])
-            healthy = [group.replica(view.id) for view in ranked]
-        if not healthy:
+    def explain(self, ctx: RequestContext, group: ModelGroup) -> Decision:
+        """The policy's decision with its reasons, without sending anything."""
+        return group.policy.explain(ctx, [r.view() for r in group.replicas if r.healthy])
+
+    def _rank(self, ctx: RequestContext, group: ModelGroup,
+              decision: Decision | None) -> list[Replica]:
+        if decision is not None:
+            ranked = [group.replica(view.id) for view in decision.ranked]
+        else:
+            views = [r.view() for r in group.replicas if r.healthy]
+            ranked = [group.replica(v.id) for v in group.policy.rank(ctx, views)]
+        if not ranked:
             raise NoReplica(f"no healthy replica for model '{group.name}'; retry shortly")
-        return healthy
+        return ranked
 
     def record_failure(self, model: str, endpoint: str, error: GatewayError | None,
                        status: int, started: float) -> None:

@@ -49,3 +49,22 @@ class CompletionRequest(_GenerationRequest):
 
 
 GenerationRequest = ChatCompletionRequest | CompletionRequest
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """The prompt as one string, for prefix hashing: chat messages rendered in order
+    (role, then text content), or the completion prompt. Not the engine's chat template:
+    only a stable rendering whose prefixes line up with the engine's."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        parts = []
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.append(f"<{message.get('role')}>{content or ''}")
+        return "".join(parts)
+    prompt = body.get("prompt")
+    return prompt if isinstance(prompt, str) else ""

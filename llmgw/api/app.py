@@ -41,4 +41,5 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.add_route("/health", routes.health, methods=["GET"])
     app.add_route("/ready", routes.ready, methods=["GET"])
     app.add_route("/metrics", routes.metrics, methods=["GET"])
+    app.add_route("/debug/route", routes.debug_route, methods=["POST"])
     return app

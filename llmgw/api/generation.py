@@ -21,7 +21,14 @@ from llmgw.api.errors import error_response
 from llmgw.api.sse import relay_json, relay_stream
 from llmgw.dispatcher import Dispatcher, Exchange
 from llmgw.errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamTimeout
-from llmgw.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
+from llmgw.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerationRequest,
+    prompt_text,
+)
+from llmgw.routing.base import Need
+from llmgw.routing.session import session_key
 from llmgw.types import Outcome, RequestContext
 
 Endpoint = Literal["chat", "completions"]
@@ -63,6 +70,23 @@ def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], Gene
                              param=param) from None
 
 
+# Opt-in: a request carrying this header gets x-llmgw-route with the routing decision.
+EXPLAIN_HEADER = "x-llmgw-explain"
+
+
+def request_context(request_id: str, model: str, endpoint: Endpoint, stream: bool,
+                    headers: Headers, parsed: dict[str, Any],
+                    needs: frozenset[Need]) -> RequestContext:
+    """What routing may know; the prompt text and session key only when the model's
+    policy uses them (rendering a long history costs)."""
+    return RequestContext(
+        request_id=request_id, model=model, endpoint=endpoint, stream=stream,
+        headers=headers,
+        prompt=prompt_text(parsed) if "prompt" in needs else "",
+        session_id=session_key(headers, parsed) if "session" in needs else None,
+    )
+
+
 class GenerationRoute:
     """An ASGI app for one generation endpoint; reads its collaborators from app.state."""
 
@@ -84,16 +108,20 @@ class GenerationRoute:
             parsed, req = parse_request(body, self.endpoint)
             group = dispatcher.group(req.model)
             model, stream = group.name, bool(req.stream)
-            ctx = RequestContext(request_id=request_id, model=model, endpoint=self.endpoint,
-                                 stream=stream, headers=headers)
+            ctx = request_context(request_id, group.name, self.endpoint, stream, headers,
+                                  parsed, group.policy.needs)
             # Unique per engine request (never the client's id, which may repeat): engines
             # that abort by id must not stop someone else's request.
             upstream_id = os.urandom(12).hex()
             upstream = dispatcher.upstream_body(group, body, parsed, stream, req.wants_usage,
                                                 upstream_id)
             async with DisconnectWatch(receive) as watch:
-                exchange = await dispatcher.open(ctx, group, upstream, upstream_id)
+                exchange = await dispatcher.open(ctx, group, upstream, upstream_id,
+                                                 explain=EXPLAIN_HEADER in headers)
                 reply_headers.append((b"x-llmgw-replica", exchange.replica.id.encode()))
+                if exchange.decision is not None:
+                    reply_headers.append((b"x-llmgw-route", orjson.dumps(
+                        {"replica": exchange.replica.id, **exchange.decision.as_dict()})))
                 if stream:
                     outcome, status = await relay_stream(
                         exchange, send, req.wants_usage, reply_headers, watch), 200

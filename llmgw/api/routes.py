@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import os
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from llmgw.api.errors import error_response
+from llmgw.api.generation import Endpoint, parse_request, request_context
 from llmgw.dispatcher import Dispatcher
+from llmgw.errors import GatewayError
 
 
 async def list_models(request: Request) -> Response:
@@ -34,3 +39,23 @@ async def ready(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.exposition(),
                     media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def debug_route(request: Request) -> Response:
+    """Dry run: which replica a chat or completion body would get, and why. Sends
+    nothing and teaches the policy nothing."""
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    body = await request.body()
+    endpoint: Endpoint = "chat" if b'"messages"' in body else "completions"
+    try:
+        parsed, req = parse_request(body, endpoint)
+        group = dispatcher.group(req.model)
+    except GatewayError as exc:
+        return error_response(exc)
+    ctx = request_context(os.urandom(8).hex(), group.name, endpoint, bool(req.stream),
+                          request.headers, parsed, group.policy.needs)
+    decision = dispatcher.explain(ctx, group)
+    replica = decision.ranked[0].id if decision.ranked else None
+    return Response(orjson.dumps({"model": group.name, "replica": replica,
+                                  "policy": group.policy_name, **decision.as_dict()}),
+                    media_type="application/json")

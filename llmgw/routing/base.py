@@ -2,18 +2,23 @@
 stats are gathered by the pool's loops and arrive as ``ReplicaView`` snapshots.
 
 A policy is usually a :class:`Pipeline`: filters drop ineligible replicas, weighted
-scorers rate the rest in [0, 1], and a picker orders them best first.
+scorers rate the rest in [0, 1], and the replicas are ordered best first. A load guard
+can overrule the scores when the replicas are too unevenly loaded.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import ClassVar, Protocol
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from llmgw.types import Outcome, ReplicaView, RequestContext
+
+# What a policy needs the API layer to compute per request (work skipped otherwise).
+Need = Literal["prompt", "session"]
 
 
 class NoParams(BaseModel):
@@ -21,14 +26,23 @@ class NoParams(BaseModel):
 
 
 class Filter(Protocol):
+    type_name: ClassVar[str]
+
     def filter(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> list[ReplicaView]:
         """The replicas that may serve ``ctx``, in the given order."""
         ...
 
 
 class Scorer(Protocol):
+    type_name: ClassVar[str]
+    needs: ClassVar[frozenset[Need]]
+
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
         """Replica id -> score in [0, 1], higher is better; missing ids score 0."""
+        ...
+
+    def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
+        """Stateful scorers (prefix index, sessions) learn where the request went."""
         ...
 
 
@@ -36,14 +50,18 @@ class RoutingPolicy(Protocol):
     """The only routing object the dispatcher calls. Not thread-safe: call it from the
     event loop only."""
 
-    type_name: ClassVar[str]
+    needs: frozenset[Need]
 
     def rank(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> list[ReplicaView]:
         """Best first; ``[]`` means no eligible replica. Callers try them in order."""
         ...
 
+    def explain(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> Decision:
+        """The same ranking as ``rank``, with every filter's verdict and score."""
+        ...
+
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
-        """The request was sent to ``replica_id`` (stateful scorers learn here)."""
+        """The request was sent to ``replica_id``."""
         ...
 
     def on_done(self, ctx: RequestContext, replica_id: str, outcome: Outcome) -> None:
@@ -51,38 +69,105 @@ class RoutingPolicy(Protocol):
         ...
 
 
-class Pipeline:
-    """filters -> weighted scorers -> best-first order; ties break with a seeded rng so
-    equal replicas share load instead of the first one taking everything."""
+@dataclass(slots=True)
+class Decision:
+    """Why replicas were ranked as they were: for the x-llmgw-route header and
+    /debug/route. ``scores`` is scorer name -> replica id -> raw score in [0, 1]."""
 
-    type_name: ClassVar[str] = "pipeline"
+    ranked: list[ReplicaView]
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    totals: dict[str, float] = field(default_factory=dict)
+    guard: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ranked": [r.id for r in self.ranked], "dropped": self.dropped,
+            "scores": {k: {r: round(v, 4) for r, v in s.items()} for k, s in self.scores.items()},
+            "totals": {r: round(v, 4) for r, v in self.totals.items()}, "guard": self.guard,
+        }
+
+
+class LoadGuard:
+    """SGLang's cache-aware balance rule: when the busiest replica has more than ``abs``
+    requests above the idlest AND more than ``rel`` times its load, affinity is ignored and
+    the least-loaded replicas win. Keeps a hot prefix from piling onto one replica."""
+
+    def __init__(self, abs_threshold: int, rel_threshold: float) -> None:
+        self.abs_threshold, self.rel_threshold = abs_threshold, rel_threshold
+
+    def tripped(self, replicas: Sequence[ReplicaView]) -> str | None:
+        loads = [load_of(r) for r in replicas]
+        if len(loads) < 2:
+            return None
+        low, high = min(loads), max(loads)
+        if high - low > self.abs_threshold and high > self.rel_threshold * max(low, 1):
+            return f"imbalance: max load {high} vs min {low}; least-load decides"
+        return None
+
+
+def load_of(replica: ReplicaView) -> int:
+    """Requests the replica holds: the gateway's exact count plus the engine's queue."""
+    return replica.in_flight + (replica.queue_depth or 0)
+
+
+class Pipeline:
+    """filters -> weighted scorers (or the load guard) -> best-first order. Ties break
+    with a seeded rng so equal replicas share load instead of the first taking all."""
 
     def __init__(
         self,
         filters: Sequence[Filter],
         scorers: Sequence[tuple[Scorer, float]],
         rng: random.Random,
+        guard: LoadGuard | None = None,
     ) -> None:
         self.filters = list(filters)
         self.scorers = list(scorers)
         self.rng = rng
+        self.guard = guard
+        self.needs: frozenset[Need] = frozenset().union(*(s.needs for s, _ in scorers))
 
     def rank(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> list[ReplicaView]:
+        return self._decide(ctx, replicas, explain=False).ranked
+
+    def explain(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> Decision:
+        return self._decide(ctx, replicas, explain=True)
+
+    def _decide(self, ctx: RequestContext, replicas: Sequence[ReplicaView],
+                explain: bool) -> Decision:
+        decision = Decision(ranked=[])
         eligible = list(replicas)
         for flt in self.filters:
-            eligible = flt.filter(ctx, eligible)
+            kept = flt.filter(ctx, eligible)
+            if explain:
+                kept_ids = {r.id for r in kept}
+                decision.dropped[flt.type_name] = [r.id for r in eligible if r.id not in kept_ids]
+            eligible = kept
             if not eligible:
-                return []
+                return decision
         totals = dict.fromkeys((r.id for r in eligible), 0.0)
-        for scorer, weight in self.scorers:
-            for rid, value in scorer.score(ctx, eligible).items():
-                if rid in totals:
-                    totals[rid] += weight * value
+        guard = self.guard.tripped(eligible) if self.guard else None
+        if guard is not None:
+            decision.guard = guard
+            for r in eligible:
+                totals[r.id] = -float(load_of(r))
+        else:
+            for scorer, weight in self.scorers:
+                scores = scorer.score(ctx, eligible)
+                if explain:
+                    decision.scores[scorer.type_name] = scores
+                for rid, value in scores.items():
+                    if rid in totals:
+                        totals[rid] += weight * value
         tie_break = {r.id: self.rng.random() for r in eligible}
-        return sorted(eligible, key=lambda r: (-totals[r.id], tie_break[r.id]))
+        decision.ranked = sorted(eligible, key=lambda r: (-totals[r.id], tie_break[r.id]))
+        decision.totals = totals if explain else {}
+        return decision
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
-        return None
+        for scorer, _ in self.scorers:
+            scorer.on_routed(ctx, replica_id)
 
     def on_done(self, ctx: RequestContext, replica_id: str, outcome: Outcome) -> None:
         return None

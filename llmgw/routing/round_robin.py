@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import ClassVar
 
+from llmgw.routing.base import Decision, Need
 from llmgw.types import Outcome, ReplicaView, RequestContext
 
 
 class RoundRobinPolicy:
-    type_name: ClassVar[str] = "round-robin"
+    needs: frozenset[Need] = frozenset()
 
     def __init__(self, rng: random.Random) -> None:
         # Start at a seeded offset so several gateways do not all begin on replica 0.
@@ -22,6 +22,9 @@ class RoundRobinPolicy:
         start = self._next % len(replicas)
         self._next += 1
         return [*replicas[start:], *replicas[:start]]
+
+    def explain(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> Decision:
+        return Decision(ranked=self.rank(ctx, replicas))
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         return None

@@ -12,7 +12,7 @@ from llmgw.config import TimeoutConfig
 from llmgw.dispatcher import Exchange, ModelGroup
 from llmgw.metrics import Metrics, ModelMetrics, ReplicaMetrics
 from llmgw.pool import Replica
-from llmgw.routing.least_load import LeastLoadPolicy
+from llmgw.routing.registry import make_policy
 from llmgw.types import RequestContext
 
 CHUNK = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
@@ -45,7 +45,7 @@ def exchange(blocks: list[bytes]) -> Exchange:
                       metrics=ReplicaMetrics(metrics, "m", "r0", "least-load"))
     replica.acquire()
     group = ModelGroup(name="m", upstream_model="m", replicas=[replica],
-                       policy=LeastLoadPolicy(random.Random(0)), policy_name="least-load",
+                       policy=make_policy("least-load", random.Random(0)), policy_name="least-load",
                        timeouts=TimeoutConfig(), max_attempts=1,
                        metrics=ModelMetrics(metrics, "m"))
     ctx = RequestContext(request_id="x", model="m", endpoint="chat", stream=True)

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from llmgw.routing.least_load import LeastLoadPolicy, LeastLoadScorer
+from llmgw.routing.least_load import LeastLoadScorer
 from llmgw.routing.registry import make_policy, policy_names
 from llmgw.routing.round_robin import RoundRobinPolicy
 from llmgw.types import ReplicaView, RequestContext
@@ -34,16 +34,16 @@ def test_least_load_scores(replicas: list[ReplicaView], expected: dict[str, floa
 
 
 def test_least_load_ranks_least_loaded_first() -> None:
-    ranked = LeastLoadPolicy(random.Random(1)).rank(CTX, views(5, 1, 3))
+    ranked = make_policy("least-load", random.Random(1)).rank(CTX, views(5, 1, 3))
     assert [r.id for r in ranked] == ["r1", "r2", "r0"]
 
 
 def test_least_load_breaks_ties_with_the_seeded_rng_not_always_the_first() -> None:
-    policy = LeastLoadPolicy(random.Random(7))
+    policy = make_policy("least-load", random.Random(7))
     firsts = Counter(policy.rank(CTX, views(0, 0, 0, 0))[0].id for _ in range(400))
     assert set(firsts) == {"r0", "r1", "r2", "r3"}
     assert max(firsts.values()) < 160  # no replica takes most ties
-    again = LeastLoadPolicy(random.Random(7))
+    again = make_policy("least-load", random.Random(7))
     replay = Counter(again.rank(CTX, views(0, 0, 0, 0))[0].id for _ in range(400))
     assert replay == firsts  # deterministic for a seed
 
@@ -64,6 +64,6 @@ def test_ranking_lists_every_replica_once_for_failover() -> None:
 
 
 def test_registry_names_are_kebab_case() -> None:
-    assert policy_names() == ["least-load", "round-robin"]
+    assert policy_names() == ["least-load", "prefix-aware", "round-robin", "session-aware"]
     with pytest.raises(KeyError):
         make_policy("nope", random.Random(0))

@@ -1,0 +1,63 @@
+"""Prefix affinity (approximate): prefer the replica that was sent the longest prefix of
+this prompt, because its engine likely still holds those KV blocks."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmgw.routing.base import Need
+from llmgw.routing.prefix_index import PrefixIndex, block_hashes
+from llmgw.types import ReplicaView, RequestContext
+
+
+class PrefixParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # ~16 tokens of English per 64 characters: about one engine KV block.
+    block_chars: int = Field(default=64, ge=8, le=4096)
+    # Longest prefix considered, in blocks: bounds the work per request.
+    max_blocks: int = Field(default=512, ge=1)
+    # Remembered blocks per replica: keep near the engine's KV capacity in blocks, so the
+    # index forgets about when the engine evicts.
+    capacity_per_replica: int = Field(default=100_000, ge=1)
+    ttl_s: float = Field(default=600.0, gt=0)
+
+
+class PrefixCacheScorer:
+    """Score = fraction of the prompt's blocks the replica was sent before (0..1)."""
+
+    type_name: ClassVar[str] = "prefix-cache"
+    Params: ClassVar[type[PrefixParams]] = PrefixParams
+    needs: ClassVar[frozenset[Need]] = frozenset({"prompt"})
+
+    def __init__(self, params: PrefixParams | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.params = p = params or PrefixParams()
+        self.index = PrefixIndex(p.capacity_per_replica, p.ttl_s, clock)
+        # Hashes computed in score() are reused by on_routed(); bounded like everything.
+        self._pending: OrderedDict[str, list[int]] = OrderedDict()
+
+    def _hashes(self, ctx: RequestContext) -> list[int]:
+        hashes = self._pending.get(ctx.request_id)
+        if hashes is None:
+            hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
+            self._pending[ctx.request_id] = hashes
+            if len(self._pending) > 1024:
+                self._pending.popitem(last=False)
+        return hashes
+
+    def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
+        hashes = self._hashes(ctx)
+        if not hashes:
+            return {}
+        return {r.id: self.index.matched(r.id, hashes) / len(hashes) for r in replicas}
+
+    def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
+        hashes = self._pending.pop(ctx.request_id, None)
+        if hashes is None:
+            hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
+        self.index.insert(replica_id, hashes)

@@ -1,0 +1,95 @@
+"""Session affinity: keep a conversation on one replica (its KV cache holds the history),
+unless that replica is overloaded or gone.
+
+Rendezvous (highest-random-weight) hashing maps a session to replicas in a stable order:
+removing a replica moves only its own sessions, adding one takes about 1/N of them. The
+first replica in that order whose load is under ``load_factor`` x the mean wins
+("consistent hashing with bounded loads"), so a hot session spills to its second choice
+instead of overloading its first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmgw.routing.base import Need, load_of
+from llmgw.types import ReplicaView, RequestContext
+
+# Headers that agent harnesses and SDKs send to name a conversation, in priority order.
+SESSION_HEADERS = (
+    "x-session-id", "session-id", "x-session", "x-conversation-id", "conversation-id",
+    "x-thread-id", "x-claude-code-session-id", "x-client-request-session",
+)
+
+
+class SessionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A replica takes a session only while its load is below this times the mean (+1).
+    load_factor: float = Field(default=1.5, ge=1.0)
+
+
+class SessionScorer:
+    """Score 1 for the session's replica, 0 for the others; no session, no opinion."""
+
+    type_name: ClassVar[str] = "session"
+    Params: ClassVar[type[SessionParams]] = SessionParams
+    needs: ClassVar[frozenset[Need]] = frozenset({"session"})
+
+    def __init__(self, params: SessionParams | None = None) -> None:
+        self.params = params or SessionParams()
+
+    def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
+        if not ctx.session_id or not replicas:
+            return {}
+        chosen = pick_for_session(ctx.session_id, replicas, self.params.load_factor)
+        return {chosen.id: 1.0}
+
+    def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
+        return None
+
+
+def pick_for_session(key: str, replicas: Sequence[ReplicaView],
+                     load_factor: float) -> ReplicaView:
+    order = sorted(replicas, key=lambda r: _weight(key, r.id), reverse=True)
+    mean = sum(load_of(r) for r in replicas) / len(replicas)
+    cap = math.ceil(load_factor * (mean + 1))
+    return next((r for r in order if load_of(r) < cap), order[0])
+
+
+def _weight(key: str, replica_id: str) -> int:
+    # A stable hash (not Python's salted one): every gateway process agrees on the order.
+    digest = hashlib.blake2b(f"{key}\x00{replica_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def session_key(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+    """The conversation a request belongs to: a session header, then the OpenAI fields
+    ``prompt_cache_key`` and ``user``, then a fingerprint of what stays fixed across an
+    agent's turns (system prompt, tool schemas, first user turn)."""
+    for name in SESSION_HEADERS:
+        value = headers.get(name)
+        if value:
+            return f"h:{value}"
+    for field in ("prompt_cache_key", "user"):
+        value = body.get(field)
+        if isinstance(value, str) and value:
+            return f"{field[0]}:{value}"
+    return _fingerprint(body)
+
+
+def _fingerprint(body: Mapping[str, Any]) -> str | None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None
+    system = [m.get("content") for m in messages
+              if isinstance(m, dict) and m.get("role") in ("system", "developer")]
+    first_user = next((m.get("content") for m in messages
+                       if isinstance(m, dict) and m.get("role") == "user"), None)
+    parts = orjson.dumps([system, body.get("tools"), first_user], option=orjson.OPT_SORT_KEYS)
+    return "f:" + hashlib.blake2b(parts, digest_size=12).hexdigest()

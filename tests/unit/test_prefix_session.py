@@ -1,0 +1,175 @@
+"""Invariants of the cache- and session-aware policies: stickiness, bounded memory, the
+load guard taking over, bounded load, replica removal moving few sessions."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from llmgw.config import ConfigError, GatewayConfig
+from llmgw.routing.base import LoadGuard
+from llmgw.routing.prefix_cache import PrefixCacheScorer, PrefixParams
+from llmgw.routing.prefix_index import ReplicaPrefixes, block_hashes
+from llmgw.routing.registry import make_policy
+from llmgw.routing.session import SessionScorer, pick_for_session, session_key
+from llmgw.types import ReplicaView, RequestContext
+
+
+def views(*loads: int) -> list[ReplicaView]:
+    return [ReplicaView(id=f"r{i}", model="m", in_flight=load) for i, load in enumerate(loads)]
+
+
+def ctx(prompt: str = "", session: str | None = None, rid: str = "q") -> RequestContext:
+    return RequestContext(request_id=rid, model="m", endpoint="chat", stream=False,
+                          prompt=prompt, session_id=session)
+
+
+SYSTEM = "You are a careful assistant. " * 40  # ~1200 chars: many 64-char blocks
+
+
+def test_block_hashes_chain_so_equal_blocks_after_different_prefixes_differ() -> None:
+    a = block_hashes("x" * 64 + "y" * 64, 64, 10)
+    b = block_hashes("z" * 64 + "y" * 64, 64, 10)
+    assert len(a) == 2 and a[1] != b[1]
+    assert block_hashes("x" * 63, 64, 10) == []  # only full blocks
+    assert len(block_hashes("x" * 6400, 64, 10)) == 10  # bounded per request
+
+
+def test_replica_prefixes_is_bounded_and_forgets_old_entries() -> None:
+    now = [0.0]
+    memory = ReplicaPrefixes(capacity=5, ttl_s=10, clock=lambda: now[0])
+    memory.insert(list(range(8)))
+    assert len(memory) == 5 and memory.matched([3, 4, 5, 6, 7]) == 5
+    assert memory.matched([0, 1]) == 0  # the oldest were evicted
+    now[0] = 11.0
+    assert memory.matched([3, 4]) == 0  # expired by TTL
+    memory.insert([42])
+    assert len(memory) == 1  # expired entries are dropped on insert
+
+
+def test_prefix_policy_sends_a_shared_prefix_back_to_the_same_replica() -> None:
+    policy = make_policy("prefix-aware", random.Random(0))
+    replicas = views(0, 0, 0, 0)
+    first = policy.rank(ctx(SYSTEM + "question one", rid="1"), replicas)[0].id
+    policy.on_routed(ctx(SYSTEM + "question one", rid="1"), first)
+    for i in range(2, 10):
+        request = ctx(SYSTEM + f"question {i}", rid=str(i))
+        chosen = policy.rank(request, replicas)[0].id
+        policy.on_routed(request, chosen)
+        assert chosen == first
+
+
+def test_a_cache_miss_goes_to_the_least_loaded_replica() -> None:
+    policy = make_policy("prefix-aware", random.Random(0))
+    request = ctx(SYSTEM, rid="1")
+    policy.on_routed(request, "r0")
+    # r3 has the smallest memory (none) but is busiest: a miss must not pick it.
+    miss = ctx("a completely different prompt " * 20, rid="2")
+    assert policy.rank(miss, views(2, 1, 0, 3))[0].id == "r2"
+
+
+def test_load_guard_overrules_affinity_when_imbalanced() -> None:
+    policy = make_policy("prefix-aware", random.Random(0))
+    policy.on_routed(ctx(SYSTEM, rid="1"), "r0")
+    hot = ctx(SYSTEM + "again", rid="2")
+    assert policy.rank(hot, views(3, 0, 0))[0].id == "r0"  # affinity wins: not imbalanced
+    decision = policy.explain(hot, views(20, 0, 1))
+    assert decision.ranked[0].id == "r1" and decision.guard is not None
+    assert LoadGuard(8, 1.5).tripped(views(9, 0)) and not LoadGuard(8, 1.5).tripped(views(8, 0))
+
+
+def test_explanation_lists_each_scorer_and_the_totals() -> None:
+    policy = make_policy("prefix-aware", random.Random(0))
+    policy.on_routed(ctx(SYSTEM, rid="1"), "r1")
+    decision = policy.explain(ctx(SYSTEM, rid="2"), views(0, 0)).as_dict()
+    assert decision["ranked"] == ["r1", "r0"]
+    assert decision["scores"] == {"prefix-cache": {"r0": 0.0, "r1": 1.0},
+                                  "least-load": {"r0": 1.0, "r1": 1.0}}
+    assert decision["totals"] == {"r0": 1.0, "r1": 3.0} and decision["guard"] is None
+
+
+def test_prefix_scorer_memory_is_bounded_per_replica() -> None:
+    scorer = PrefixCacheScorer(PrefixParams(block_chars=8, capacity_per_replica=100))
+    for i in range(1000):
+        request = ctx(f"unique prompt number {i:06d} " * 4, rid=str(i))
+        scorer.score(request, views(0))
+        scorer.on_routed(request, "r0")
+    assert scorer.index.size("r0") == 100
+    assert len(scorer._pending) == 0  # nothing left behind per request
+
+
+def test_session_sticks_and_spills_only_when_its_replica_is_overloaded() -> None:
+    replicas = views(0, 0, 0, 0)
+    home = pick_for_session("s-42", replicas, 1.5).id
+    assert all(pick_for_session("s-42", replicas, 1.5).id == home for _ in range(5))
+    loaded = [ReplicaView(id=r.id, model="m", in_flight=10 if r.id == home else 1)
+              for r in replicas]
+    assert pick_for_session("s-42", loaded, 1.5).id != home
+
+
+def test_removing_a_replica_moves_only_its_sessions_and_adding_one_about_1_over_n() -> None:
+    keys = [f"session-{i}" for i in range(2000)]
+    eight = views(*[0] * 8)
+    before = {k: pick_for_session(k, eight, 1.5).id for k in keys}
+    seven = [r for r in eight if r.id != "r3"]
+    after = {k: pick_for_session(k, seven, 1.5).id for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(before[k] == "r3" for k in moved)
+    nine = [*eight, ReplicaView(id="r8", model="m")]
+    grown = sum(before[k] != pick_for_session(k, nine, 1.5).id for k in keys)
+    assert 0.07 < grown / len(keys) < 0.16  # ~1/9
+    spread = Counter(before.values())
+    assert max(spread.values()) / min(spread.values()) < 1.4
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "expected"),
+    [
+        ({"x-session-id": "abc"}, {"user": "u"}, "h:abc"),
+        ({"x-claude-code-session-id": "cc"}, {}, "h:cc"),
+        ({}, {"prompt_cache_key": "k", "user": "u"}, "p:k"),
+        ({}, {"user": "u"}, "u:u"),
+        ({}, {"prompt": "no messages"}, None),
+    ],
+    ids=["header", "agent-header", "prompt-cache-key", "user", "nothing"],
+)
+def test_session_key_sources(headers: dict[str, str], body: dict[str, object],
+                             expected: str | None) -> None:
+    assert session_key(headers, body) == expected
+
+
+def test_agents_without_a_key_get_a_stable_fingerprint() -> None:
+    turn1 = {"messages": [{"role": "system", "content": "agent"},
+                          {"role": "user", "content": "task"}], "tools": [{"name": "t"}]}
+    turn2 = {**turn1, "messages": [*turn1["messages"],  # type: ignore[misc]
+                                   {"role": "assistant", "content": "..."},
+                                   {"role": "user", "content": "next"}]}
+    other = {**turn1, "tools": [{"name": "other"}]}
+    assert session_key({}, turn1) == session_key({}, turn2) != session_key({}, other)
+    assert str(session_key({}, turn1)).startswith("f:")
+
+
+def test_session_scorer_gives_no_opinion_without_a_session() -> None:
+    assert SessionScorer().score(ctx(), views(0, 0)) == {}
+
+
+@pytest.mark.parametrize(
+    ("policies", "message"),
+    [
+        ({"p": {"scorers": [{"type": "nope"}]}},
+         "policies.p.scorers[0].type: unknown 'nope'; known: least-load, prefix-cache, session"),
+        ({"p": {"scorers": [{"type": "prefix-cache", "params": {"block_chars": 2}}]}},
+         "policies.p.scorers[0].params.block_chars: Input should be greater than or equal to 8"),
+        ({"p": {"filters": [{"type": "has-capacity"}], "scorers": [{"type": "least-load"}]}},
+         "policies.p.filters[0].params.max_load: Field required"),
+    ],
+    ids=["unknown-scorer", "bad-param", "missing-param"],
+)
+def test_bad_policy_config_names_the_yaml_path(policies: dict[str, object], message: str) -> None:
+    cfg = GatewayConfig.model_validate({"policies": policies, "models": [
+        {"name": "m", "model": "x", "routing": "p"}]})
+    with pytest.raises(ConfigError) as info:
+        make_policy("p", random.Random(0), cfg.policies)
+    assert str(info.value) == message
