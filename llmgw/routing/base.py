@@ -160,8 +160,9 @@ class Pipeline:
                 for rid, value in scores.items():
                     if rid in totals:
                         totals[rid] += weight * value
-        tie_break = {r.id: self.rng.random() for r in eligible}
-        decision.ranked = sorted(eligible, key=lambda r: (-totals[r.id], tie_break[r.id]))
+        rand = self.rng.random
+        keyed = sorted((-totals[r.id], rand(), i) for i, r in enumerate(eligible))
+        decision.ranked = [eligible[i] for _, _, i in keyed]
         decision.totals = totals if explain else {}
         return decision
 

@@ -17,10 +17,12 @@ from llmgw.types import ReplicaView, RequestContext
 
 class PrefixParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # ~16 tokens of English per 64 characters: about one engine KV block.
-    block_chars: int = Field(default=64, ge=8, le=4096)
-    # Longest prefix considered, in blocks: bounds the work per request.
-    max_blocks: int = Field(default=512, ge=1)
+    # Characters per hashed block: 128 is ~32 tokens of English, two vLLM KV blocks.
+    # Finer costs more per decision (bench/routing_cost.py) and buys little routing.
+    block_chars: int = Field(default=128, ge=8, le=4096)
+    # Longest prefix considered, in blocks (64 x 128 = 8k chars): bounds the work per
+    # request; prompts that share 8k characters are as good as identical for routing.
+    max_blocks: int = Field(default=64, ge=1)
     # Remembered blocks per replica: keep near the engine's KV capacity in blocks, so the
     # index forgets about when the engine evicts.
     capacity_per_replica: int = Field(default=100_000, ge=1)
@@ -54,7 +56,9 @@ class PrefixCacheScorer:
         hashes = self._hashes(ctx)
         if not hashes:
             return {}
-        return {r.id: self.index.matched(r.id, hashes) / len(hashes) for r in replicas}
+        total = len(hashes)
+        return {rid: depth / total
+                for rid, depth in self.index.matched(hashes, (r.id for r in replicas)).items()}
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         hashes = self._pending.pop(ctx.request_id, None)

@@ -1,16 +1,22 @@
 """Which prompt prefixes the gateway sent to which replica: chained block hashes over the
-prompt text, per replica, bounded in entries and age.
+prompt text, bounded per replica in entries and age.
 
 Text, not tokens: hashing characters needs no tokenizer on the hot path. A block is
 ``block_chars`` characters; block i's hash covers blocks 0..i (it chains its parent's
-hash), so one set lookup per block answers "is this whole prefix there?", as vLLM's
-prefix cache does with token blocks.
+hash), as vLLM's prefix cache does with token blocks, so "block i is held" means "the
+whole prefix up to i was sent there".
+
+One map from block hash to the replicas holding it answers a lookup for all replicas at
+once: walking the prompt's blocks narrows the set of replicas still matching (set
+intersections in C), instead of one walk per replica. Each replica also keeps its own
+LRU order of blocks, so eviction and the size bound are per replica, like the engine's
+KV cache the index stands in for.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 
 def block_hashes(text: str, block_chars: int, max_blocks: int) -> list[int]:
@@ -26,69 +32,67 @@ def block_hashes(text: str, block_chars: int, max_blocks: int) -> list[int]:
     return hashes
 
 
-class ReplicaPrefixes:
-    """One replica's remembered blocks: an LRU of block hash -> last use, capped at
-    ``capacity`` entries and dropping entries older than ``ttl_s``."""
-
-    def __init__(self, capacity: int, ttl_s: float, clock: Callable[[], float]) -> None:
-        self.capacity, self.ttl_s, self.clock = capacity, ttl_s, clock
-        self._blocks: OrderedDict[int, float] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._blocks)
-
-    def matched(self, hashes: list[int]) -> int:
-        """How many leading blocks of ``hashes`` are remembered and fresh."""
-        oldest = self.clock() - self.ttl_s
-        count = 0
-        for h in hashes:
-            seen = self._blocks.get(h)
-            if seen is None or seen < oldest:
-                break
-            count += 1
-        return count
-
-    def insert(self, hashes: list[int]) -> None:
-        now = self.clock()
-        for h in hashes:
-            self._blocks[h] = now
-            self._blocks.move_to_end(h)
-        while len(self._blocks) > self.capacity:
-            self._blocks.popitem(last=False)
-        self._expire(now)
-
-    def _expire(self, now: float) -> None:
-        oldest = now - self.ttl_s
-        while self._blocks:
-            first = next(iter(self._blocks.values()))
-            if first >= oldest:
-                break
-            self._blocks.popitem(last=False)
-
-
 class PrefixIndex:
-    """Per-replica prefix memory. Replicas that disappear are forgotten on ``retain``."""
+    """Block hash -> replicas holding it, with a per-replica LRU of ``capacity`` blocks
+    and a time-to-live. Not thread-safe: used from the event loop only."""
 
     def __init__(self, capacity_per_replica: int, ttl_s: float,
                  clock: Callable[[], float]) -> None:
-        self._capacity, self._ttl, self._clock = capacity_per_replica, ttl_s, clock
-        self._replicas: dict[str, ReplicaPrefixes] = {}
+        self.capacity, self.ttl_s, self.clock = capacity_per_replica, ttl_s, clock
+        self._holders: dict[int, set[str]] = {}
+        self._lru: dict[str, OrderedDict[int, float]] = {}
 
-    def matched(self, replica_id: str, hashes: list[int]) -> int:
-        prefixes = self._replicas.get(replica_id)
-        return prefixes.matched(hashes) if prefixes is not None else 0
+    def matched(self, hashes: list[int], replica_ids: Iterable[str]) -> dict[str, int]:
+        """Replica id -> how many leading blocks of ``hashes`` it holds."""
+        alive = set(replica_ids)
+        result: dict[str, int] = {}
+        depth = 0
+        for h in hashes:
+            holders = self._holders.get(h)
+            if not holders:
+                break
+            still = alive.intersection(holders)
+            for gone in alive.difference(still):
+                result[gone] = depth
+            alive = still
+            if not alive:
+                break
+            depth += 1
+        for replica_id in alive:
+            result[replica_id] = depth
+        return result
 
     def insert(self, replica_id: str, hashes: list[int]) -> None:
-        prefixes = self._replicas.get(replica_id)
-        if prefixes is None:
-            prefixes = self._replicas[replica_id] = ReplicaPrefixes(
-                self._capacity, self._ttl, self._clock)
-        prefixes.insert(hashes)
+        lru = self._lru.get(replica_id)
+        if lru is None:
+            lru = self._lru[replica_id] = OrderedDict()
+        now = self.clock()
+        for h in hashes:
+            if h in lru:
+                lru.move_to_end(h)
+            else:
+                self._holders.setdefault(h, set()).add(replica_id)
+            lru[h] = now
+        oldest = now - self.ttl_s
+        while lru and (len(lru) > self.capacity or next(iter(lru.values())) < oldest):
+            self._drop(replica_id, lru.popitem(last=False)[0])
+
+    def _drop(self, replica_id: str, h: int) -> None:
+        holders = self._holders.get(h)
+        if holders is not None:
+            holders.discard(replica_id)
+            if not holders:
+                del self._holders[h]
 
     def size(self, replica_id: str) -> int:
-        prefixes = self._replicas.get(replica_id)
-        return len(prefixes) if prefixes is not None else 0
+        return len(self._lru.get(replica_id, ()))
+
+    def blocks(self) -> int:
+        """Distinct blocks held by any replica (the map's size)."""
+        return len(self._holders)
 
     def retain(self, replica_ids: set[str]) -> None:
-        for gone in set(self._replicas) - replica_ids:
-            del self._replicas[gone]
+        """Forget replicas that left the pool, and their blocks."""
+        for gone in set(self._lru) - replica_ids:
+            for h in self._lru.pop(gone):
+                self._drop(gone, h)

@@ -11,7 +11,7 @@ import pytest
 from llmgw.config import ConfigError, GatewayConfig
 from llmgw.routing.base import LoadGuard
 from llmgw.routing.prefix_cache import PrefixCacheScorer, PrefixParams
-from llmgw.routing.prefix_index import ReplicaPrefixes, block_hashes
+from llmgw.routing.prefix_index import PrefixIndex, block_hashes
 from llmgw.routing.registry import make_policy
 from llmgw.routing.session import SessionScorer, pick_for_session, session_key
 from llmgw.types import ReplicaView, RequestContext
@@ -37,16 +37,28 @@ def test_block_hashes_chain_so_equal_blocks_after_different_prefixes_differ() ->
     assert len(block_hashes("x" * 6400, 64, 10)) == 10  # bounded per request
 
 
-def test_replica_prefixes_is_bounded_and_forgets_old_entries() -> None:
+def test_prefix_index_is_bounded_per_replica_and_forgets_old_entries() -> None:
     now = [0.0]
-    memory = ReplicaPrefixes(capacity=5, ttl_s=10, clock=lambda: now[0])
-    memory.insert(list(range(8)))
-    assert len(memory) == 5 and memory.matched([3, 4, 5, 6, 7]) == 5
-    assert memory.matched([0, 1]) == 0  # the oldest were evicted
+    index = PrefixIndex(capacity_per_replica=5, ttl_s=10, clock=lambda: now[0])
+    index.insert("a", list(range(8)))
+    index.insert("b", [0, 1])
+    assert index.size("a") == 5 and index.matched([3, 4, 5, 6, 7], ["a", "b"]) == {
+        "a": 5, "b": 0}
+    assert index.matched([0, 1, 2], ["a", "b", "c"]) == {"a": 0, "b": 2, "c": 0}
     now[0] = 11.0
-    assert memory.matched([3, 4]) == 0  # expired by TTL
-    memory.insert([42])
-    assert len(memory) == 1  # expired entries are dropped on insert
+    index.insert("a", [42])  # expiry happens on insert
+    assert index.size("a") == 1 and index.blocks() == 3  # 42 on a; 0 and 1 on b
+    index.retain({"a"})
+    assert index.blocks() == 1 and index.matched([0], ["b"]) == {"b": 0}
+
+
+def test_matched_follows_each_replica_down_the_chain() -> None:
+    index = PrefixIndex(100, 60, clock=lambda: 0.0)
+    index.insert("deep", [1, 2, 3, 4])
+    index.insert("shallow", [1, 2])
+    index.insert("other", [9])
+    assert index.matched([1, 2, 3, 4, 5], ["deep", "shallow", "other", "new"]) == {
+        "deep": 4, "shallow": 2, "other": 0, "new": 0}
 
 
 def test_prefix_policy_sends_a_shared_prefix_back_to_the_same_replica() -> None:
