@@ -16,7 +16,8 @@ from llmgw.types import ReplicaView, RequestContext
 
 
 def prompts(rng: random.Random, count: int) -> list[str]:
-    """Agent-like traffic: 50 long shared system prompts, a varying user turn."""
+    """Agent-like traffic: 50 long shared system prompts, a varying user turn; 500
+    sessions of about ten turns each."""
     systems = [f"system prompt {s}: " + "tools and rules " * 120 for s in range(50)]
     return [rng.choice(systems) + f"user question {rng.randrange(10**9)}" for _ in range(count)]
 
@@ -34,7 +35,7 @@ def run(policy_name: str, replicas: int, prefixes: int, requests: int) -> dict[s
     samples = []
     for i, prompt in enumerate(prompts(rng, requests)):
         ctx = RequestContext(request_id=f"q{i}", model="m", endpoint="chat", stream=False,
-                             prompt=prompt, session_id=f"s{i % 5000}")
+                             prompt=prompt, session_id=f"s{i % 500}")
         started = time.perf_counter()
         chosen = policy.rank(ctx, views)[0]
         policy.on_routed(ctx, chosen.id)

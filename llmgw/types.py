@@ -28,6 +28,11 @@ class ReplicaView:
     adapters: frozenset[str] = frozenset()
     max_adapters: int = 0
 
+    @property
+    def load(self) -> int:
+        """Requests the replica holds: the gateway's exact count plus the engine's queue."""
+        return self.in_flight + (self.queue_depth or 0)
+
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:

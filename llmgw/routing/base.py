@@ -97,18 +97,13 @@ class LoadGuard:
         self.abs_threshold, self.rel_threshold = abs_threshold, rel_threshold
 
     def tripped(self, replicas: Sequence[ReplicaView]) -> str | None:
-        loads = [load_of(r) for r in replicas]
+        loads = [r.load for r in replicas]
         if len(loads) < 2:
             return None
         low, high = min(loads), max(loads)
         if high - low > self.abs_threshold and high > self.rel_threshold * max(low, 1):
             return f"imbalance: max load {high} vs min {low}; least-load decides"
         return None
-
-
-def load_of(replica: ReplicaView) -> int:
-    """Requests the replica holds: the gateway's exact count plus the engine's queue."""
-    return replica.in_flight + (replica.queue_depth or 0)
 
 
 class Pipeline:
@@ -151,7 +146,7 @@ class Pipeline:
         if guard is not None:
             decision.guard = guard
             for r in eligible:
-                totals[r.id] = -float(load_of(r))
+                totals[r.id] = -float(r.load)
         else:
             for scorer, weight in self.scorers:
                 scores = scorer.score(ctx, eligible)

@@ -8,7 +8,6 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmgw.routing.base import load_of
 from llmgw.types import ReplicaView, RequestContext
 
 
@@ -28,7 +27,7 @@ class HasCapacityFilter:
         self.max_load = params.max_load
 
     def filter(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> list[ReplicaView]:
-        free = [r for r in replicas if load_of(r) < self.max_load]
+        free = [r for r in replicas if r.load < self.max_load]
         return free or list(replicas)
 
 

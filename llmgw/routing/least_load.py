@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from llmgw.routing.base import Need, NoParams, load_of
+from llmgw.routing.base import Need, NoParams
 from llmgw.types import ReplicaView, RequestContext
 
 
@@ -25,11 +25,12 @@ class LeastLoadScorer:
         self.params = params or NoParams()
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
-        loads = {r.id: load_of(r) for r in replicas}
-        low, high = min(loads.values(), default=0), max(loads.values(), default=0)
+        loads = [r.load for r in replicas]
+        low, high = min(loads, default=0), max(loads, default=0)
         if high == low:
-            return dict.fromkeys(loads, 1.0)
-        return {rid: (high - load) / (high - low) for rid, load in loads.items()}
+            return {r.id: 1.0 for r in replicas}
+        span = high - low
+        return {r.id: (high - load) / span for r, load in zip(replicas, loads, strict=True)}
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         return None

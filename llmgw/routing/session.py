@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmgw.routing.base import Need, load_of
+from llmgw.routing.base import Need
 from llmgw.types import ReplicaView, RequestContext
 
 # Headers that agent harnesses and SDKs send to name a conversation, in priority order.
@@ -43,23 +44,47 @@ class SessionScorer:
 
     def __init__(self, params: SessionParams | None = None) -> None:
         self.params = params or SessionParams()
+        self._orders = RendezvousCache(8192)
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
         if not ctx.session_id or not replicas:
             return {}
-        chosen = pick_for_session(ctx.session_id, replicas, self.params.load_factor)
+        chosen = pick_for_session(ctx.session_id, replicas, self.params.load_factor,
+                                  self._orders)
         return {chosen.id: 1.0}
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         return None
 
 
-def pick_for_session(key: str, replicas: Sequence[ReplicaView],
-                     load_factor: float) -> ReplicaView:
-    order = sorted(replicas, key=lambda r: _weight(key, r.id), reverse=True)
-    mean = sum(load_of(r) for r in replicas) / len(replicas)
-    cap = math.ceil(load_factor * (mean + 1))
-    return next((r for r in order if load_of(r) < cap), order[0])
+class RendezvousCache:
+    """(session key, replica ids) -> replica ids in rendezvous order, least recently used
+    first out. A conversation's turns ask again and again while the replicas stay the
+    same; hashing the key against every replica each time would dominate the decision."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._orders: OrderedDict[tuple[str, tuple[str, ...]], tuple[str, ...]] = OrderedDict()
+
+    def order(self, key: str, replica_ids: tuple[str, ...]) -> tuple[str, ...]:
+        cache_key = (key, replica_ids)
+        order = self._orders.get(cache_key)
+        if order is None:
+            order = tuple(sorted(replica_ids, key=lambda rid: _weight(key, rid), reverse=True))
+            self._orders[cache_key] = order
+            if len(self._orders) > self.capacity:
+                self._orders.popitem(last=False)
+        else:
+            self._orders.move_to_end(cache_key)
+        return order
+
+
+def pick_for_session(key: str, replicas: Sequence[ReplicaView], load_factor: float,
+                     cache: RendezvousCache | None = None) -> ReplicaView:
+    by_id = {r.id: r for r in replicas}
+    cap = math.ceil(load_factor * (sum(r.load for r in replicas) / len(replicas) + 1))
+    order = (cache or RendezvousCache(0)).order(key, tuple(by_id))
+    return next((by_id[rid] for rid in order if by_id[rid].load < cap), by_id[order[0]])
 
 
 def _weight(key: str, replica_id: str) -> int:

@@ -1,0 +1,204 @@
+"""One simulated engine replica: its KV cache, its scheduler and its cost model.
+
+A request takes one of ``max_running`` batch slots (FIFO queue when all are taken), then
+prefills on the replica's single prefill lane (prefill is compute-bound, so concurrent
+prefills share the accelerator: serializing them keeps its throughput fixed), then decodes
+one token per batch step. Steps are shared by the whole batch (iteration-level batching):
+one timer per replica, ``decode_ms_per_token`` apart, advances every running request.
+Prefill and decode overlap, as with chunked prefill whose cost is not charged to decodes.
+
+Times are simulated by really sleeping on the event loop; nothing here burns CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.fleet_sim.kv_cache import BlockLRU
+from bench.fleet_sim.tokens import block_hashes, token_count
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Per-replica costs. Defaults resemble an 8B model on one H100 at small batch:
+    ~20k prefill tokens/s, ~200 decode tokens/s per sequence, 32k tokens of KV cache."""
+
+    prefill_ms_per_token: float = 0.05
+    decode_ms_per_token: float = 5.0
+    max_running: int = 8
+    kv_blocks: int = 2048
+    block_tokens: int = 16
+    # Cache the reply's blocks too (vLLM does), so the next chat turn hits its history.
+    cache_generated: bool = True
+
+
+@dataclass
+class Prefill:
+    """What the prefill of one request found and cost, in tokens and simulated ms."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    queue_ms: float = 0.0  # waiting for a batch slot
+    lane_ms: float = 0.0  # waiting for other requests' prefills
+    prefill_ms: float = 0.0  # this request's own prefill compute
+
+
+@dataclass
+class _Counters:
+    requests: int = 0
+    aborted: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generation_tokens: int = 0
+    # Integral of (running + waiting) over time, for the time-averaged load.
+    load_area_s: float = 0.0
+    since: float = field(default_factory=time.monotonic)
+
+
+class SimReplica:
+    """A simulated engine. Event-loop only; every method is called from one loop."""
+
+    def __init__(self, name: str, cost: CostModel) -> None:
+        self.name = name
+        self.cost = cost
+        self.cache = BlockLRU(cost.kv_blocks)
+        self.running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._lane = asyncio.Lock()  # FIFO: waiters acquire in arrival order
+        self._step: asyncio.Future[None] | None = None
+        self._stepper: asyncio.Task[None] | None = None
+        self._kv_tokens: dict[int, int] = {}  # id(request) -> tokens it holds, while running
+        self.counters = _Counters()
+        self._load_mark = time.monotonic()
+
+    # --- scheduling ---------------------------------------------------------------------
+
+    def _mark_load(self) -> None:
+        now = time.monotonic()
+        in_system = self.running + len(self._waiters)
+        self.counters.load_area_s += in_system * (now - self._load_mark)
+        self._load_mark = now
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[float]:
+        """Hold a batch slot; yields the ms spent queued for it."""
+        started = time.monotonic()
+        self._mark_load()
+        if self.running >= self.cost.max_running or self._waiters:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                self._leave_queue(waiter)
+                raise
+        self._mark_load()
+        self.running += 1
+        try:
+            yield (time.monotonic() - started) * 1000
+        finally:
+            self._mark_load()
+            self.running -= 1
+            self._wake_next()
+
+    def _leave_queue(self, waiter: asyncio.Future[None]) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        elif waiter.done() and not waiter.cancelled():
+            # Woken and cancelled in the same tick: the slot it was given goes to the next.
+            self._wake_next()
+
+    def _wake_next(self) -> None:
+        while self._waiters and self.running < self.cost.max_running:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    # --- prefill and decode -------------------------------------------------------------
+
+    def match(self, prompt: str) -> tuple[int, list[bytes]]:
+        """(cached tokens, the prompt's block hashes). As in vLLM, the last prompt token is
+        always computed, so only blocks within the first n-1 tokens can hit."""
+        n = token_count(prompt)
+        hashes = block_hashes(prompt, self.cost.block_tokens, max(0, n - 1))
+        return self.cache.cached_prefix(hashes) * self.cost.block_tokens, hashes
+
+    async def prefill(self, prompt: str, queue_ms: float, key: int) -> Prefill:
+        lane_started = time.monotonic()
+        async with self._lane:
+            lane_ms = (time.monotonic() - lane_started) * 1000
+            cached, _ = self.match(prompt)  # looked up now: a wait may have changed it
+            result = Prefill(token_count(prompt), cached, queue_ms, lane_ms)
+            result.prefill_ms = (result.prompt_tokens - cached) * self.cost.prefill_ms_per_token
+            await asyncio.sleep(result.prefill_ms / 1000)
+        self.cache.use(block_hashes(prompt, self.cost.block_tokens))
+        self.counters.prompt_tokens += result.prompt_tokens
+        self.counters.cached_tokens += cached
+        self._kv_tokens[key] = result.prompt_tokens
+        return result
+
+    async def next_step(self, key: int) -> None:
+        """Wait for the next batch step: one more decoded token for this request."""
+        if self._step is None or self._step.done():
+            self._step = asyncio.get_running_loop().create_future()
+            if self._stepper is None or self._stepper.done():
+                self._stepper = asyncio.create_task(self._run_steps())
+        await asyncio.shield(self._step)
+        self._kv_tokens[key] = self._kv_tokens.get(key, 0) + 1
+
+    async def _run_steps(self) -> None:
+        """Resolve one step every decode period while anyone waits for one."""
+        while self._step is not None and not self._step.done():
+            await asyncio.sleep(self.cost.decode_ms_per_token / 1000)
+            step, self._step = self._step, None
+            if not step.done():
+                step.set_result(None)
+
+    def finish(self, key: int, full_text: str, generated: int, completed: bool) -> None:
+        """The request left: count it, and cache its generated blocks when it completed."""
+        self._kv_tokens.pop(key, None)
+        self.counters.requests += 1
+        self.counters.generation_tokens += generated
+        if not completed:
+            self.counters.aborted += 1
+        elif self.cost.cache_generated:
+            self.cache.use(block_hashes(full_text, self.cost.block_tokens))
+
+    # --- reporting ----------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def kv_usage(self) -> float:
+        """Blocks held by running requests / capacity, as vLLM reports it (cached blocks
+        no request holds count as free)."""
+        bt = self.cost.block_tokens
+        held = sum(-(-tokens // bt) for tokens in self._kv_tokens.values())
+        return min(1.0, held / self.cost.kv_blocks)
+
+    def state(self) -> dict[str, Any]:
+        self._mark_load()
+        c = self.counters
+        elapsed = max(1e-9, time.monotonic() - c.since)
+        return {
+            "replica": self.name, "blocks": len(self.cache), "capacity": self.cost.kv_blocks,
+            "evicted_blocks": self.cache.evicted, "running": self.running,
+            "waiting": self.waiting, "requests": c.requests, "aborted": c.aborted,
+            "prompt_tokens": c.prompt_tokens, "hits_tokens": c.cached_tokens,
+            "queries_tokens": c.prompt_tokens, "generation_tokens": c.generation_tokens,
+            "load_avg": c.load_area_s / elapsed, "seconds": elapsed,
+        }
+
+    def reset(self) -> None:
+        """Empty the cache and zero the counters (requests in flight are not touched)."""
+        self.cache.clear()
+        self.counters = _Counters()
+        self._load_mark = self.counters.since

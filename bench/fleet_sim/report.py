@@ -1,0 +1,131 @@
+"""Turning one replay's results and the simulators' counters into a row, and rows into
+tables. Pure functions over data; nothing here does I/O except :func:`write_json`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.fleet_sim.loadgen import Result
+
+
+@dataclass
+class Row:
+    """One target on one workload. ``reason`` is set (and the numbers empty) for n/a.
+
+    ``hit_rate`` is cached / prompt tokens summed over the answered requests (the sims'
+    true counts, from ``usage``). ``ttft`` is measured by the client (router included);
+    ``engine_ttft`` is the sims' own queue + prefill-lane + prefill time. Imbalance is
+    max/mean over replicas: ``load_imbalance`` of the time-averaged requests in each
+    replica (running + queued, integrated by the sim), ``count_imbalance`` of request
+    counts."""
+
+    target: str
+    workload: str
+    reason: str = ""
+    ok: int = 0
+    errors: int = 0
+    wall_s: float = 0.0
+    hit_rate: float = 0.0
+    ttft_p50_ms: float = 0.0
+    ttft_p99_ms: float = 0.0
+    engine_ttft_p50_ms: float = 0.0
+    engine_ttft_p99_ms: float = 0.0
+    latency_p50_ms: float = 0.0
+    req_per_s: float = 0.0
+    out_tok_per_s: float = 0.0
+    load_imbalance: float = 0.0
+    count_imbalance: float = 0.0
+    evicted_blocks: int = 0
+    cpu_busy: float = 0.0  # the machine's busy CPUs during the replay (of all its CPUs)
+    per_replica: dict[str, int] = field(default_factory=dict)
+    error_sample: str = ""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest rank; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def _imbalance(values: list[float]) -> float:
+    mean = sum(values) / len(values) if values else 0.0
+    return max(values) / mean if mean > 0 else 0.0
+
+
+def summarize(target: str, workload: str, results: list[Result], wall_s: float,
+              fleet: dict[str, dict[str, Any]], cpu_busy: float) -> Row:
+    good = [r for r in results if r.ok]
+    prompt = sum(r.prompt_tokens for r in good)
+    ttft = [r.ttft_ms for r in good]
+    engine_ttft = [float(r.sim.get("ttft_ms", 0.0)) for r in good if r.sim]
+    bad = [r for r in results if not r.ok]
+    return Row(
+        target, workload, ok=len(good), errors=len(bad), wall_s=wall_s,
+        hit_rate=sum(r.cached_tokens for r in good) / prompt if prompt else 0.0,
+        ttft_p50_ms=percentile(ttft, 50), ttft_p99_ms=percentile(ttft, 99),
+        engine_ttft_p50_ms=percentile(engine_ttft, 50),
+        engine_ttft_p99_ms=percentile(engine_ttft, 99),
+        latency_p50_ms=percentile([r.latency_ms for r in good], 50),
+        req_per_s=len(good) / wall_s if wall_s else 0.0,
+        out_tok_per_s=sum(r.completion_tokens for r in good) / wall_s if wall_s else 0.0,
+        load_imbalance=_imbalance([s["load_avg"] for s in fleet.values()]),
+        count_imbalance=_imbalance([float(s["requests"]) for s in fleet.values()]),
+        evicted_blocks=sum(int(s["evicted_blocks"]) for s in fleet.values()),
+        cpu_busy=cpu_busy,
+        per_replica={name: int(s["requests"]) for name, s in sorted(fleet.items())},
+        error_sample=bad[0].error if bad else "",
+        requests=[{k: v for k, v in asdict(r).items() if k != "content"} for r in results],
+    )
+
+
+_COLUMNS = ("target", "hit %", "TTFT p50/p99 ms", "engine TTFT p50/p99 ms", "req/s",
+            "out tok/s", "load imb.", "count imb.", "per-replica requests", "ok/err")
+
+
+def _cells(row: Row) -> list[str]:
+    if row.reason:
+        return [row.target, f"n/a: {row.reason}", *[""] * (len(_COLUMNS) - 2)]
+    return [row.target, f"{row.hit_rate * 100:.1f}",
+            f"{row.ttft_p50_ms:.0f} / {row.ttft_p99_ms:.0f}",
+            f"{row.engine_ttft_p50_ms:.0f} / {row.engine_ttft_p99_ms:.0f}",
+            f"{row.req_per_s:.1f}", f"{row.out_tok_per_s:.0f}",
+            f"{row.load_imbalance:.2f}", f"{row.count_imbalance:.2f}",
+            " ".join(str(n) for n in row.per_replica.values()), f"{row.ok}/{row.errors}"]
+
+
+def markdown(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+def table(rows: list[Row]) -> str:
+    return markdown(_COLUMNS, [_cells(r) for r in rows])
+
+
+def summary(rows: list[Row]) -> str:
+    """Targets down, workloads across: hit rate and TTFT p50 in each cell."""
+    workloads = list(dict.fromkeys(r.workload for r in rows))
+    targets = list(dict.fromkeys(r.target for r in rows))
+    by_key = {(r.target, r.workload): r for r in rows}
+    body = []
+    for target in targets:
+        cells = [target]
+        for workload in workloads:
+            row = by_key.get((target, workload))
+            cells.append("-" if row is None else "n/a" if row.reason else
+                         f"{row.hit_rate * 100:.0f}% / {row.ttft_p50_ms:.0f} ms")
+        body.append(cells)
+    return markdown(["target (hit % / TTFT p50)", *workloads], body)
+
+
+def write_json(path: Path, config: dict[str, Any], rows: list[Row]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": config, "rows": [asdict(r) for r in rows]},
+                               indent=1))

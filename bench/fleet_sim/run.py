@@ -1,0 +1,183 @@
+"""The fleet benchmark: the same seeded workloads through each router in front of the
+same simulated replicas, cold caches each time.
+
+    python -m bench.fleet_sim.run [--replicas 8] [--workload chat|agent|fewshot|noreuse|all]
+        [--requests N] [--concurrency C] [--quick] [--targets a,b,...]
+
+For every workload and target: start the target (a router process, the in-process
+oracle, or nothing for ``direct-random``), check one request goes through, empty the
+sims' caches (``POST /sim/reset``), replay the workload, read the sims' counters, stop
+the target. Prints a table per workload and a summary; writes everything, with every
+request's record, to ``bench/out/fleet_sim-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from bench.fleet_sim import targets as tg
+from bench.fleet_sim.loadgen import Replay, Result, send
+from bench.fleet_sim.oracle import OracleProxy
+from bench.fleet_sim.report import Row, summarize, summary, table, write_json
+from bench.fleet_sim.workloads import NAMES, Workload, build
+
+TARGETS = ("direct-random", "llmgw/round-robin", "llmgw/least-load", "llmgw/prefix-aware",
+           "llmgw/session-aware", "sglang-router/cache_aware", "oracle")
+CHAT = "/v1/chat/completions"
+
+
+@dataclass
+class Context:
+    """What every run shares: the fleet, its URLs by replica name, where logs go."""
+
+    logs: Path
+    sims: tg.Proc
+    urls: dict[str, str]  # sim-<port> -> base URL
+    seed: int
+
+    async def fleet(self, http: aiohttp.ClientSession) -> dict[str, dict[str, Any]]:
+        async with http.get(self.sims.url + "/sim/fleet") as response:
+            data: dict[str, dict[str, Any]] = await response.json()
+            return data
+
+    async def reset(self, http: aiohttp.ClientSession) -> None:
+        for url in self.urls.values():
+            async with http.post(url + "/sim/reset") as response:
+                response.raise_for_status()
+
+
+@contextlib.asynccontextmanager
+async def open_target(name: str, ctx: Context) -> AsyncIterator[Callable[[], str]]:
+    """Yields the function that gives each request's URL while the target runs."""
+    kind, _, policy = name.partition("/")
+    urls = list(ctx.urls.values())
+    if kind == "direct-random":
+        rng = random.Random(ctx.seed)
+        yield lambda: rng.choice(urls) + CHAT
+    elif kind == "oracle":
+        proxy = OracleProxy(ctx.urls, ctx.seed)
+        await proxy.start(tg.free_ports(1)[0])
+        try:
+            yield lambda: proxy.url + CHAT
+        finally:
+            await proxy.stop()
+    elif kind in ("llmgw", "sglang-router"):
+        start = tg.start_llmgw if kind == "llmgw" else tg.start_sglang_router
+        proc = start(ctx.logs, policy, urls)
+        try:
+            await tg.wait_ready(proc, "/ready" if kind == "llmgw" else "/health", 60)
+            yield lambda: proc.url + CHAT
+        finally:
+            proc.stop()
+    else:
+        raise tg.StartError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+
+
+async def probe(url: str) -> None:
+    """One small request must go through before a target is measured."""
+    body = b'{"model":"sim","messages":[{"role":"user","content":"probe"}],"max_tokens":2,' \
+           b'"stream":true,"stream_options":{"include_usage":true}}'
+    result = Result("probe")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+        await send(http, url, body, {"content-type": "application/json"}, result)
+    if not result.ok:
+        raise tg.StartError(f"probe request failed: {result.error}")
+
+
+async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Namespace) -> Row:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        try:
+            async with open_target(name, ctx) as pick_url:
+                await probe(pick_url())
+                await ctx.reset(http)
+                replay = Replay(workload, pick_url, tg.MODEL, args.concurrency, args.active,
+                                ctx.seed)
+                psutil.cpu_percent()  # starts the interval measured below
+                wall = await replay.run(args.time_limit)
+                busy = psutil.cpu_percent() / 100 * (psutil.cpu_count() or 1)
+                fleet = await ctx.fleet(http)
+        except tg.StartError as exc:
+            return Row(name, workload.name, reason=str(exc))
+    return summarize(name, workload.name, replay.results, wall, fleet, busy)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="routing policies on a simulated engine fleet")
+    p.add_argument("--replicas", type=int, default=8)
+    p.add_argument("--workload", default="all", choices=[*NAMES, "all"])
+    p.add_argument("--requests", type=int, default=384, help="per workload")
+    p.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    p.add_argument("--active", type=int, default=0,
+                   help="open sessions the workers interleave (default 2 x concurrency)")
+    p.add_argument("--targets", default=",".join(TARGETS))
+    p.add_argument("--time-limit", type=float, default=120.0, help="seconds per replay")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 4 replicas, 48 requests per workload, concurrency 8")
+    p.add_argument("--out", type=Path, default=None, help="the JSON results file")
+    p.add_argument("--sim-flag", action="append", default=[], metavar="FLAG",
+                   help="passed to sim_engine, e.g. --sim-flag=--kv-blocks=512")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.replicas, args.requests, args.concurrency = 4, 48, 8
+        args.time_limit = min(args.time_limit, 20.0)
+    args.active = args.active or 2 * args.concurrency
+    return args
+
+
+async def main_async(args: argparse.Namespace) -> list[Row]:
+    names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    workloads = list(NAMES) if args.workload == "all" else [args.workload]
+    logs = Path(tempfile.mkdtemp(prefix="fleet-sim-"))
+    ports = tg.free_ports(args.replicas)
+    sims = tg.start_sims(logs, ports, args.sim_flag)
+    ctx = Context(logs, sims, {f"sim-{p}": f"http://127.0.0.1:{p}" for p in ports}, args.seed)
+    rows: list[Row] = []
+    try:
+        await tg.wait_ready(sims, "/health", 30)
+        for workload_name in workloads:
+            workload = build(workload_name, args.requests, args.seed)
+            print(f"\n## {workload_name}: {workload.requests} requests in "
+                  f"{len(workload.sessions)} sessions, {args.replicas} replicas, "
+                  f"concurrency {args.concurrency}, {args.active} open sessions", flush=True)
+            batch = []
+            for name in names:
+                started = time.monotonic()
+                row = await run_one(name, workload, ctx, args)
+                print(f"  {name}: {time.monotonic() - started:.1f}s "
+                      f"{row.reason or f'{row.ok} ok, {row.errors} errors'}", flush=True)
+                batch.append(row)
+            print("\n" + table(batch), flush=True)
+            rows += batch
+    finally:
+        sims.stop()
+    print("\n## Summary\n\n" + summary(rows))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    rows = asyncio.run(main_async(args))
+    out = args.out or (tg.REPO / "bench" / "out" / time.strftime("fleet_sim-%Y%m%d-%H%M%S.json"))
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    write_json(out, config, rows)
+    print(f"\n{len(rows)} rows in {time.monotonic() - started:.0f}s; raw results: {out}")
+    failed = [r for r in rows if not r.reason and (r.errors or not r.ok)]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
