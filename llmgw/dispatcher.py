@@ -157,6 +157,20 @@ class Exchange:
                 m.request_tokens.observe(completion)
         if outcome == "cancelled":
             m.client_disconnects.inc()
+        self._calibrate()
+
+    def _calibrate(self) -> None:
+        """Compare the policy's expected prefix-cache share with what the engine reports
+        (``usage.prompt_tokens_details.cached_tokens``, e.g. vLLM with
+        --enable-prompt-tokens-details)."""
+        predicted = self.group.policy.take_prediction(self.ctx)
+        if predicted is None or not self.usage:
+            return
+        details = self.usage.get("prompt_tokens_details")
+        prompt = self.usage.get("prompt_tokens")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        if isinstance(cached, int) and isinstance(prompt, int) and prompt > 0:
+            self.group.metrics.prefix_prediction_error.observe(predicted - cached / prompt)
 
 
 class Dispatcher:

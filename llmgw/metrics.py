@@ -79,6 +79,13 @@ class Metrics:
             ["model"], registry=r,
         )
 
+        self.prefix_prediction_error = Histogram(
+            "llmgw_prefix_prediction_error_ratio",
+            "Predicted minus engine-reported cached share of the prompt, per request where "
+            "the engine reports cached tokens: > 0 means the prefix index promised too much.",
+            ["model"], buckets=(-0.75, -0.5, -0.25, -0.1, -0.02, 0.02, 0.1, 0.25, 0.5, 0.75, 1),
+            registry=r,
+        )
         # Engine-reported signals, scraped by the pool on an interval (may lag by that much).
         engine = ["model", "replica"]
         self.engine_running = Gauge(
@@ -119,6 +126,7 @@ class ModelMetrics:
         self.completion_tokens = metrics.completion_tokens.labels(model)
         self.request_tokens = metrics.request_tokens.labels(model)
         self.client_disconnects = metrics.client_disconnects.labels(model)
+        self.prefix_prediction_error = metrics.prefix_prediction_error.labels(model)
         self._requests: dict[tuple[str, int], Counter] = {}
 
     def requests(self, endpoint: str, status: int) -> Counter:

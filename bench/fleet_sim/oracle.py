@@ -1,9 +1,12 @@
 """The oracle router: an in-process aiohttp proxy that sends each request to the replica
-holding the longest true cached prefix of its prompt (ties: the least loaded, then a
-seeded coin), asking the simulator's ``/sim/match`` for the truth before every request.
+with the longest true cached prefix of its prompt (ties: fewest requests in flight from
+this proxy, then a seeded coin), asking the simulator's ``/sim/match`` before each one.
 
-It is the upper bound on cache hit rate that a router without the engines' real state
-can approach, not a good router: it ignores load whenever one replica has more cached.
+"True" counts the blocks of requests already queued or prefilling on a replica
+(``expected``): they are cached before a request sent now would prefill, and without
+them concurrent requests sharing a new prefix would scatter while it is being computed.
+It bounds the hit rate a router without the engines' state can reach; it is not a good
+router, since it ignores load whenever one replica has more cached.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class OracleProxy:
         any_url = next(iter(self.urls.values()))  # one process answers for all replicas
         async with self._http.post(any_url + "/sim/match", data=body) as response:
             truth = await response.json()
-        cached: dict[str, int] = truth["cached"]
+        cached: dict[str, int] = truth["expected"]
         return min(self.urls, key=lambda name: (-cached[name], self.in_flight[name],
                                                 self.rng.random()))
 

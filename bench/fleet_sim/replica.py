@@ -61,6 +61,15 @@ class _Counters:
     since: float = field(default_factory=time.monotonic)
 
 
+def _common_prefix(a: list[bytes], b: list[bytes]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class SimReplica:
     """A simulated engine. Event-loop only; every method is called from one loop."""
 
@@ -73,7 +82,8 @@ class SimReplica:
         self._lane = asyncio.Lock()  # FIFO: waiters acquire in arrival order
         self._step: asyncio.Future[None] | None = None
         self._stepper: asyncio.Task[None] | None = None
-        self._kv_tokens: dict[int, int] = {}  # id(request) -> tokens it holds, while running
+        self._kv_tokens: dict[int, int] = {}  # request key -> tokens it holds, while running
+        self._coming: dict[int, list[bytes]] = {}  # request key -> blocks, until prefilled
         self.counters = _Counters()
         self._load_mark = time.monotonic()
 
@@ -123,25 +133,43 @@ class SimReplica:
 
     # --- prefill and decode -------------------------------------------------------------
 
-    def match(self, prompt: str) -> tuple[int, list[bytes]]:
-        """(cached tokens, the prompt's block hashes). As in vLLM, the last prompt token is
-        always computed, so only blocks within the first n-1 tokens can hit."""
-        n = token_count(prompt)
-        hashes = block_hashes(prompt, self.cost.block_tokens, max(0, n - 1))
-        return self.cache.cached_prefix(hashes) * self.cost.block_tokens, hashes
+    def _hit_limit(self, prompt_tokens: int) -> int:
+        """Blocks that can hit: as in vLLM, the last prompt token is always computed, so
+        only full blocks within the first n-1 tokens count."""
+        return max(0, prompt_tokens - 1) // self.cost.block_tokens
+
+    def arrive(self, key: int, prompt: str) -> None:
+        """A request entered the replica; its blocks count as coming until it prefills."""
+        self._coming[key] = block_hashes(prompt, self.cost.block_tokens)
+
+    def match(self, prompt: str) -> tuple[int, int]:
+        """(tokens cached now, tokens cached by the time a request arriving now would
+        prefill). The second adds the prompts of requests already queued or prefilling:
+        slots and the prefill lane are FIFO, so their blocks are in before it starts."""
+        hashes = block_hashes(prompt, self.cost.block_tokens)[:self._hit_limit(
+            token_count(prompt))]
+        now = self.cache.cached_prefix(hashes)
+        coming = max((_common_prefix(hashes, other) for other in self._coming.values()),
+                     default=0)
+        bt = self.cost.block_tokens
+        return now * bt, max(now, coming) * bt
 
     async def prefill(self, prompt: str, queue_ms: float, key: int) -> Prefill:
+        hashes = self._coming.get(key) or block_hashes(prompt, self.cost.block_tokens)
+        n = token_count(prompt)
         lane_started = time.monotonic()
         async with self._lane:
             lane_ms = (time.monotonic() - lane_started) * 1000
-            cached, _ = self.match(prompt)  # looked up now: a wait may have changed it
-            result = Prefill(token_count(prompt), cached, queue_ms, lane_ms)
-            result.prefill_ms = (result.prompt_tokens - cached) * self.cost.prefill_ms_per_token
+            # Looked up now, not on arrival: a wait may have changed the cache.
+            cached = self.cache.cached_prefix(hashes[:self._hit_limit(n)]) * self.cost.block_tokens
+            result = Prefill(n, cached, queue_ms, lane_ms)
+            result.prefill_ms = (n - cached) * self.cost.prefill_ms_per_token
             await asyncio.sleep(result.prefill_ms / 1000)
-        self.cache.use(block_hashes(prompt, self.cost.block_tokens))
-        self.counters.prompt_tokens += result.prompt_tokens
+            self.cache.use(hashes)  # inside the lane: the next prefill sees these blocks
+        self._coming.pop(key, None)
+        self.counters.prompt_tokens += n
         self.counters.cached_tokens += cached
-        self._kv_tokens[key] = result.prompt_tokens
+        self._kv_tokens[key] = n
         return result
 
     async def next_step(self, key: int) -> None:
@@ -164,6 +192,7 @@ class SimReplica:
     def finish(self, key: int, full_text: str, generated: int, completed: bool) -> None:
         """The request left: count it, and cache its generated blocks when it completed."""
         self._kv_tokens.pop(key, None)
+        self._coming.pop(key, None)
         self.counters.requests += 1
         self.counters.generation_tokens += generated
         if not completed:

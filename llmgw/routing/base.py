@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -68,6 +68,18 @@ class RoutingPolicy(Protocol):
         """The request on ``replica_id`` finished with ``outcome``."""
         ...
 
+    def take_prediction(self, ctx: RequestContext) -> float | None:
+        """The share of the prompt (0..1) the policy expected the chosen replica to hold
+        in its prefix cache, for calibration against what the engine reports; once."""
+        ...
+
+
+@runtime_checkable
+class PredictsCache(Protocol):
+    """A scorer that predicts how much of a prompt the chosen replica has cached."""
+
+    def take_prediction(self, request_id: str) -> float | None: ...
+
 
 @dataclass(slots=True)
 class Decision:
@@ -122,6 +134,8 @@ class Pipeline:
         self.rng = rng
         self.guard = guard
         self.needs: frozenset[Need] = frozenset().union(*(s.needs for s, _ in scorers))
+        self._predictors: list[PredictsCache] = [
+            s for s, _ in scorers if isinstance(s, PredictsCache)]
 
     def rank(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> list[ReplicaView]:
         return self._decide(ctx, replicas, explain=False).ranked
@@ -166,4 +180,11 @@ class Pipeline:
             scorer.on_routed(ctx, replica_id)
 
     def on_done(self, ctx: RequestContext, replica_id: str, outcome: Outcome) -> None:
+        return None
+
+    def take_prediction(self, ctx: RequestContext) -> float | None:
+        for predictor in self._predictors:
+            predicted = predictor.take_prediction(ctx.request_id)
+            if predicted is not None:
+                return predicted
         return None

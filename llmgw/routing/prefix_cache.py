@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,16 +40,18 @@ class PrefixCacheScorer:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.params = p = params or PrefixParams()
         self.index = PrefixIndex(p.capacity_per_replica, p.ttl_s, clock)
-        # Hashes computed in score() are reused by on_routed(); bounded like everything.
+        # Hashes computed in score() are reused by on_routed(); the chosen replica's score
+        # is kept until the engine reports what it really had cached (take_prediction).
+        # Both bounded: requests that fail or are never routed leave entries behind.
         self._pending: OrderedDict[str, list[int]] = OrderedDict()
+        self._scores: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._predicted: OrderedDict[str, float] = OrderedDict()
 
     def _hashes(self, ctx: RequestContext) -> list[int]:
         hashes = self._pending.get(ctx.request_id)
         if hashes is None:
             hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
-            self._pending[ctx.request_id] = hashes
-            if len(self._pending) > 1024:
-                self._pending.popitem(last=False)
+            _bounded_put(self._pending, ctx.request_id, hashes)
         return hashes
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
@@ -57,11 +59,27 @@ class PrefixCacheScorer:
         if not hashes:
             return {}
         total = len(hashes)
-        return {rid: depth / total
-                for rid, depth in self.index.matched(hashes, (r.id for r in replicas)).items()}
+        scores = {rid: depth / total
+                  for rid, depth in self.index.matched(hashes, (r.id for r in replicas)).items()}
+        _bounded_put(self._scores, ctx.request_id, scores)
+        return scores
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         hashes = self._pending.pop(ctx.request_id, None)
         if hashes is None:
             hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
+        scores = self._scores.pop(ctx.request_id, None)
+        if scores is not None:
+            _bounded_put(self._predicted, ctx.request_id, scores.get(replica_id, 0.0))
         self.index.insert(replica_id, hashes)
+
+    def take_prediction(self, request_id: str) -> float | None:
+        """The share of the prompt this scorer expected the chosen replica to have cached,
+        once; None when it made no prediction for the request."""
+        return self._predicted.pop(request_id, None)
+
+
+def _bounded_put(entries: OrderedDict[str, Any], key: str, value: Any, limit: int = 4096) -> None:
+    entries[key] = value
+    if len(entries) > limit:
+        entries.popitem(last=False)

@@ -31,3 +31,6 @@ class RoundRobinPolicy:
 
     def on_done(self, ctx: RequestContext, replica_id: str, outcome: Outcome) -> None:
         return None
+
+    def take_prediction(self, ctx: RequestContext) -> float | None:
+        return None

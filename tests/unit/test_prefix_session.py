@@ -185,3 +185,21 @@ def test_bad_policy_config_names_the_yaml_path(policies: dict[str, object], mess
     with pytest.raises(ConfigError) as info:
         make_policy("p", random.Random(0), cfg.policies)
     assert str(info.value) == message
+
+
+def test_prediction_is_the_chosen_replicas_score_taken_once_and_bounded() -> None:
+    policy = make_policy("prefix-aware", random.Random(0))
+    policy.on_routed(ctx(SYSTEM, rid="1"), "r1")
+    request = ctx(SYSTEM + "more", rid="2")
+    chosen = policy.rank(request, views(0, 0))[0].id
+    policy.on_routed(request, chosen)
+    assert chosen == "r1"
+    predicted = policy.take_prediction(request)
+    assert predicted is not None and 0.9 < predicted <= 1.0
+    assert policy.take_prediction(request) is None
+    for i in range(10_000):  # routed but never finished: memory stays bounded
+        lost = ctx(f"prompt {i} " * 30, rid=f"lost{i}")
+        policy.rank(lost, views(0, 0))
+        policy.on_routed(lost, "r0")
+    scorer = policy.scorers[0][0]  # type: ignore[attr-defined]
+    assert len(scorer._predicted) <= 4096 and len(scorer._scores) <= 4096

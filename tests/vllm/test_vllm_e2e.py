@@ -87,9 +87,21 @@ def test_prefix_cache_is_reported_in_usage(client: openai.OpenAI) -> None:
             model="demo", messages=long_prompt, max_tokens=1)  # type: ignore[arg-type]
         details = raw.parse().usage.prompt_tokens_details  # type: ignore[union-attr]
         return details.cached_tokens if details else 0  # type: ignore[return-value]
-    # Three requests on two replicas: one replica sees the prompt twice (pigeonhole), and
-    # the second time vLLM serves its blocks from the prefix cache.
+    # prefix-aware routing sends the repeats where the prompt went first, so vLLM serves
+    # them from its prefix cache (and with any policy, 3 requests on 2 replicas would
+    # repeat on one of them).
     assert max(cached() for _ in range(3)) > 0
+
+
+def test_prefix_predictions_are_calibrated_against_vllm(gateway: Server,
+                                                        client: openai.OpenAI) -> None:
+    prompt = [{"role": "user", "content": " ".join(f"token{i}" for i in range(300))}]
+    for _ in range(3):
+        client.chat.completions.create(model="demo", messages=prompt, max_tokens=1)  # type: ignore[arg-type]
+    text = httpx.get(gateway.url + "/metrics").text
+    count = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith('llmgw_prefix_prediction_error_ratio_count{model="demo"}'))
+    assert count >= 3  # every request was predicted and checked against vLLM's usage
 
 
 def test_engine_errors_pass_through_with_status_and_message(client: openai.OpenAI) -> None:
