@@ -16,9 +16,10 @@ from llmgw.engines.embedded_client import EmbeddedEngine, FakeEngineClient
 from llmgw.engines.openai_http import OpenAIHTTPEngine
 from llmgw.engines.sglang import SGLangEngine
 from llmgw.engines.vllm import VLLMEngine
-from llmgw.metrics import Metrics, ModelMetrics, ReplicaMetrics
+from llmgw.metrics import Metrics, ModelMetrics, ReplicaMetrics, ShadowMetrics
 from llmgw.pool import Replica, ReplicaPool
 from llmgw.routing.registry import make_policy, policy_names
+from llmgw.shadow import Shadow
 from llmgw.types import ReplicaAddress
 
 # Engine type (config ``engine:``) -> the client class the gateway talks to it with.
@@ -35,11 +36,11 @@ def check_config(cfg: GatewayConfig) -> None:
     """What pydantic cannot know: names that refer to registries. Runs before any launch."""
     known = policy_names(cfg.policies)
     for index, model in enumerate(cfg.models):
-        if model.routing not in known:
-            raise ConfigError(
-                f"models[{index}].routing: unknown policy {model.routing!r}; "
-                f"known: {', '.join(known)}"
-            )
+        for key, name in [("routing", model.routing),
+                          *((f"shadow[{i}]", n) for i, n in enumerate(model.shadow))]:
+            if name not in known:
+                raise ConfigError(f"models[{index}].{key}: unknown policy {name!r}; "
+                                  f"known: {', '.join(known)}")
     for name in cfg.policies:  # plugin names and params, checked by the plugins
         make_policy(name, random.Random(0), cfg.policies)
 
@@ -73,6 +74,10 @@ class Gateway:
                 policy=make_policy(model.routing, random.Random(rng.random()), config.policies),
                 policy_name=model.routing, timeouts=model.timeouts,
                 max_attempts=model.max_attempts, metrics=ModelMetrics(self.metrics, model.name),
+                shadows=[Shadow(name, make_policy(name, random.Random(rng.random()),
+                                                  config.policies),
+                                ShadowMetrics(self.metrics, model.name, name))
+                         for name in model.shadow],
             )
         self.pool = ReplicaPool(
             [r for g in groups.values() for r in g.replicas], interval_s=config.health.interval_s,

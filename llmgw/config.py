@@ -91,6 +91,8 @@ class ModelConfig(_Strict):
     # The model name the upstream engine knows; defaults to ``name``.
     served_model_name: str | None = None
     routing: str = "least-load"
+    # Policies that rank every request beside ``routing`` without deciding (metrics only).
+    shadow: list[str] = Field(default_factory=list)
     launch: LaunchConfig = LaunchConfig()
     # Extra flags for a launched engine: {"max_batch_size": 8} -> --max-batch-size 8.
     engine_args: dict[str, Any] = Field(default_factory=dict)

@@ -30,6 +30,7 @@ from llmgw.errors import (
 from llmgw.metrics import ModelMetrics
 from llmgw.pool import Replica
 from llmgw.routing.base import Decision, RoutingPolicy
+from llmgw.shadow import Shadow
 from llmgw.types import Outcome, RequestContext
 
 log = logging.getLogger("llmgw.dispatcher")
@@ -54,6 +55,8 @@ class ModelGroup:
     timeouts: TimeoutConfig
     max_attempts: int
     metrics: ModelMetrics
+    # Candidate policies that see every request but decide nothing (shadow.py).
+    shadows: list[Shadow] = field(default_factory=list)
     _by_id: dict[str, Replica] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -212,8 +215,12 @@ class Dispatcher:
         is safe here and nowhere later."""
         started = self._clock()
         deadline = _deadline(group.timeouts)
-        decision = self.explain(ctx, group) if explain else None
-        ranked = self._rank(ctx, group, decision)
+        views = [r.view() for r in group.replicas if r.healthy]
+        decision = group.policy.explain(ctx, views) if explain else None
+        ranked = [group.replica(v.id) for v in (
+            decision.ranked if decision is not None else group.policy.rank(ctx, views))]
+        if not ranked:
+            raise NoReplica(f"no healthy replica for model '{group.name}'; retry shortly")
         error: UpstreamError | None = None
         for attempt, replica in enumerate(ranked[: group.max_attempts]):
             if attempt:
@@ -238,6 +245,8 @@ class Dispatcher:
                 raise
             group.policy.on_routed(ctx, replica.id)
             replica.metrics.routed.inc()
+            for shadow in group.shadows:
+                shadow.observe(ctx, views, replica.id)
             exchange = Exchange(ctx, group, replica, upstream, started, deadline, upstream_id)
             exchange.decision = decision
             return exchange
@@ -247,17 +256,6 @@ class Dispatcher:
     def explain(self, ctx: RequestContext, group: ModelGroup) -> Decision:
         """The policy's decision with its reasons, without sending anything."""
         return group.policy.explain(ctx, [r.view() for r in group.replicas if r.healthy])
-
-    def _rank(self, ctx: RequestContext, group: ModelGroup,
-              decision: Decision | None) -> list[Replica]:
-        if decision is not None:
-            ranked = [group.replica(view.id) for view in decision.ranked]
-        else:
-            views = [r.view() for r in group.replicas if r.healthy]
-            ranked = [group.replica(v.id) for v in group.policy.rank(ctx, views)]
-        if not ranked:
-            raise NoReplica(f"no healthy replica for model '{group.name}'; retry shortly")
-        return ranked
 
     def record_failure(self, model: str, endpoint: str, error: GatewayError | None,
                        status: int, started: float) -> None:

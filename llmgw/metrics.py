@@ -86,6 +86,16 @@ class Metrics:
             ["model"], buckets=(-0.75, -0.5, -0.25, -0.1, -0.02, 0.02, 0.1, 0.25, 0.5, 0.75, 1),
             registry=r,
         )
+        self.shadow_decisions = Counter(
+            "llmgw_shadow_decisions", "Live requests a shadow policy ranked, by agreement "
+            "with the live pick.", ["model", "policy", "agreed"], registry=r)
+        self.shadow_picks = Counter(
+            "llmgw_shadow_picks", "The replica a shadow policy would have picked.",
+            ["model", "policy", "replica"], registry=r)
+        self.shadow_predicted_share = Histogram(
+            "llmgw_shadow_predicted_cache_share",
+            "Prompt share a shadow policy's pick would have found cached, by its index.",
+            ["model", "policy"], buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), registry=r)
         # Engine-reported signals, scraped by the pool on an interval (may lag by that much).
         engine = ["model", "replica"]
         self.engine_running = Gauge(
@@ -104,9 +114,6 @@ class Metrics:
         self.engine_prefix_queries = Gauge(
             "llmgw_engine_prefix_cache_query_tokens",
             "Prompt tokens looked up in the engine's prefix cache since it started.",
-            engine, registry=r)
-        self.engine_stats_age = Gauge(
-            "llmgw_engine_stats_age_seconds", "Seconds since the engine's stats were read.",
             engine, registry=r)
 
     def exposition(self) -> bytes:
@@ -162,3 +169,21 @@ class ReplicaMetrics:
         for gauge, value in zip(self.engine, values, strict=True):
             if value is not None:
                 gauge.set(value)
+
+
+class ShadowMetrics:
+    """One shadow policy's children for one model; picks bound per replica on first use."""
+
+    def __init__(self, metrics: Metrics, model: str, policy: str) -> None:
+        self._metrics, self._model, self._policy = metrics, model, policy
+        self.agreed = metrics.shadow_decisions.labels(model, policy, "true")
+        self.disagreed = metrics.shadow_decisions.labels(model, policy, "false")
+        self.predicted_share = metrics.shadow_predicted_share.labels(model, policy)
+        self._picks: dict[str, Counter] = {}
+
+    def picked(self, replica: str) -> None:
+        child = self._picks.get(replica)
+        if child is None:
+            child = self._picks[replica] = self._metrics.shadow_picks.labels(
+                self._model, self._policy, replica)
+        child.inc()

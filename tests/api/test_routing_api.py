@@ -26,7 +26,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             {"name": "chat", "engine": "fake", "url": [e.url for e in engines],
              "routing": "chat-affinity"},
             {"name": "prefix", "engine": "fake", "url": [e.url for e in engines],
-             "routing": "prefix-aware"},
+             "routing": "prefix-aware", "shadow": ["round-robin", "session-aware"]},
         ],
     }
     try:
@@ -101,3 +101,27 @@ def test_routing_yaml_documents_every_policy_knob() -> None:
                  "/debug/route"):
         assert knob in text, knob
     assert Path(ROOT / "configs" / "routing.yaml").exists()
+
+
+def metric_sum(text: str, name: str, *labels: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and all(label in line for label in labels))
+
+
+def test_shadow_policies_rank_every_request_without_deciding(gateway: Server) -> None:
+    before = httpx.get(gateway.url + "/metrics").text
+    picks = [chat(gateway, "prefix", [{"role": "system", "content": SYSTEM},
+                                      {"role": "user", "content": f"shadowed {i}"}]
+                  ).headers["x-llmgw-replica"] for i in range(8)]
+    assert len(set(picks)) == 1  # the live prefix-aware policy decided
+    after = httpx.get(gateway.url + "/metrics").text
+    for policy in ("round-robin", "session-aware"):
+        key = ("llmgw_shadow_decisions_total", 'model="prefix"', f'policy="{policy}"')
+        assert metric_sum(after, *key) - metric_sum(before, *key) == 8
+    rr = [line for line in after.splitlines() if line.startswith("llmgw_shadow_picks_total{")
+          and 'policy="round-robin"' in line]
+    assert len(rr) == 4  # round-robin would have spread them over all 4 replicas
+    # session-aware has a prefix scorer too: its picks' cached share is recorded
+    share = ("llmgw_shadow_predicted_cache_share_count", 'model="prefix"',
+             'policy="session-aware"')
+    assert metric_sum(after, *share) - metric_sum(before, *share) == 8
