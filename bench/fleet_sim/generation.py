@@ -72,7 +72,6 @@ async def serve_generation(replica: SimReplica, model: str, request: Request,
     reply = Reply.new(f"sim-{key}", str(data.get("model") or model), chat, replica.name)
     pieces = reply_pieces(prompt, n)
     generated, completed = 0, False
-    replica.arrive(key, prompt)
     try:
         async with replica.slot() as queue_ms:
             pf = await replica.prefill(prompt, queue_ms, key)

@@ -158,8 +158,10 @@ class Replay:
         started = time.perf_counter()
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             workers = [asyncio.create_task(self._worker(http)) for _ in range(self.concurrency)]
-            _, pending = await asyncio.wait(workers, timeout=time_limit_s)
+            done, pending = await asyncio.wait(workers, timeout=time_limit_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            for task in done:
+                task.result()  # a worker's bug surfaces here, not as missing requests
         return time.perf_counter() - started

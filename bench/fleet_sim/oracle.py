@@ -2,30 +2,49 @@
 with the longest true cached prefix of its prompt (ties: fewest requests in flight from
 this proxy, then a seeded coin), asking the simulator's ``/sim/match`` before each one.
 
-"True" counts the blocks of requests already queued or prefilling on a replica
-(``expected``): they are cached before a request sent now would prefill, and without
-them concurrent requests sharing a new prefix would scatter while it is being computed.
-It bounds the hit rate a router without the engines' state can reach; it is not a good
-router, since it ignores load whenever one replica has more cached.
+"True" also counts the prompts this proxy has sent to a replica and not yet seen
+answered: their blocks are cached before a request sent now would prefill (slots and the
+prefill lane are FIFO). Without them, concurrent requests that share a new prefix would
+scatter while the first one computes it. The oracle bounds the hit rate of a router
+that lacks the engines' state; it is not a good router, since it ignores load whenever
+one replica has more cached.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import aiohttp
+import orjson
 from aiohttp import web
+
+from bench.fleet_sim.tokens import block_hashes, render_body, token_count
+
+
+def _common_prefix(a: list[bytes], b: list[bytes]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class OracleProxy:
     """Owns its server and its client session; start with :meth:`start`, stop with
-    :meth:`stop`. Runs on the harness's event loop."""
+    :meth:`stop`. Runs on the harness's event loop; ``block_tokens`` must be the sims'."""
 
-    def __init__(self, urls: dict[str, str], seed: int) -> None:
+    def __init__(self, urls: dict[str, str], seed: int, block_tokens: int,
+                 load_factor: float | None = None) -> None:
         self.urls = urls  # replica name (sim-<port>) -> base URL
+        self.load_factor = load_factor
         self.rng = random.Random(seed)
+        self.block_tokens = block_tokens
         self.url = ""
-        self.in_flight = dict.fromkeys(urls, 0)  # exact: this proxy is the only router
+        # replica -> request number -> the block hashes of its prompt, while in flight
+        self.in_flight: dict[str, dict[int, list[bytes]]] = {name: {} for name in urls}
+        self._ids = itertools.count()
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -47,24 +66,37 @@ class OracleProxy:
         if self._http is not None:
             await self._http.close()
 
-    async def pick(self, body: bytes) -> str:
+    async def pick(self, body: bytes, hashes: list[bytes]) -> str:
         assert self._http is not None
         any_url = next(iter(self.urls.values()))  # one process answers for all replicas
         async with self._http.post(any_url + "/sim/match", data=body) as response:
-            truth = await response.json()
-        cached: dict[str, int] = truth["expected"]
-        return min(self.urls, key=lambda name: (-cached[name], self.in_flight[name],
-                                                self.rng.random()))
+            cached: dict[str, int] = (await response.json())["cached"]
+
+        def blocks(name: str) -> int:
+            coming = (_common_prefix(hashes, h) for h in self.in_flight[name].values())
+            return max([cached[name] // self.block_tokens, *coming])
+
+        def load(name: str) -> int:
+            return len(self.in_flight[name])
+
+        names = list(self.urls)
+        if self.load_factor is not None:
+            mean = sum(map(load, names)) / len(names)
+            names = [n for n in names if load(n) < self.load_factor * mean + 1]
+        return min(names, key=lambda name: (-blocks(name), load(name), self.rng.random()))
 
     async def proxy(self, request: web.Request) -> web.StreamResponse:
-        assert self._http is not None
         body = await request.read()
-        name = await self.pick(body)
-        self.in_flight[name] += 1
+        prompt = render_body(orjson.loads(body))
+        limit = max(0, token_count(prompt) - 1) // self.block_tokens  # as the sims count
+        hashes = block_hashes(prompt, self.block_tokens)[:limit]
+        name = await self.pick(body, hashes)
+        key = next(self._ids)
+        self.in_flight[name][key] = hashes
         try:
             return await self._relay(request, name, body)
         finally:
-            self.in_flight[name] -= 1
+            del self.in_flight[name][key]
 
     async def _relay(self, request: web.Request, name: str, body: bytes) -> web.StreamResponse:
         assert self._http is not None

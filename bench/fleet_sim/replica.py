@@ -61,15 +61,6 @@ class _Counters:
     since: float = field(default_factory=time.monotonic)
 
 
-def _common_prefix(a: list[bytes], b: list[bytes]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class SimReplica:
     """A simulated engine. Event-loop only; every method is called from one loop."""
 
@@ -83,7 +74,6 @@ class SimReplica:
         self._step: asyncio.Future[None] | None = None
         self._stepper: asyncio.Task[None] | None = None
         self._kv_tokens: dict[int, int] = {}  # request key -> tokens it holds, while running
-        self._coming: dict[int, list[bytes]] = {}  # request key -> blocks, until prefilled
         self.counters = _Counters()
         self._load_mark = time.monotonic()
 
@@ -138,24 +128,14 @@ class SimReplica:
         only full blocks within the first n-1 tokens count."""
         return max(0, prompt_tokens - 1) // self.cost.block_tokens
 
-    def arrive(self, key: int, prompt: str) -> None:
-        """A request entered the replica; its blocks count as coming until it prefills."""
-        self._coming[key] = block_hashes(prompt, self.cost.block_tokens)
-
-    def match(self, prompt: str) -> tuple[int, int]:
-        """(tokens cached now, tokens cached by the time a request arriving now would
-        prefill). The second adds the prompts of requests already queued or prefilling:
-        slots and the prefill lane are FIFO, so their blocks are in before it starts."""
-        hashes = block_hashes(prompt, self.cost.block_tokens)[:self._hit_limit(
-            token_count(prompt))]
-        now = self.cache.cached_prefix(hashes)
-        coming = max((_common_prefix(hashes, other) for other in self._coming.values()),
-                     default=0)
-        bt = self.cost.block_tokens
-        return now * bt, max(now, coming) * bt
+    def match(self, prompt: str) -> int:
+        """Tokens of ``prompt`` cached here now (a lookup, not a use)."""
+        hashes = block_hashes(prompt, self.cost.block_tokens)
+        return self.cache.cached_prefix(hashes[:self._hit_limit(token_count(prompt))]) \
+            * self.cost.block_tokens
 
     async def prefill(self, prompt: str, queue_ms: float, key: int) -> Prefill:
-        hashes = self._coming.get(key) or block_hashes(prompt, self.cost.block_tokens)
+        hashes = block_hashes(prompt, self.cost.block_tokens)
         n = token_count(prompt)
         lane_started = time.monotonic()
         async with self._lane:
@@ -166,7 +146,6 @@ class SimReplica:
             result.prefill_ms = (n - cached) * self.cost.prefill_ms_per_token
             await asyncio.sleep(result.prefill_ms / 1000)
             self.cache.use(hashes)  # inside the lane: the next prefill sees these blocks
-        self._coming.pop(key, None)
         self.counters.prompt_tokens += n
         self.counters.cached_tokens += cached
         self._kv_tokens[key] = n
@@ -192,7 +171,6 @@ class SimReplica:
     def finish(self, key: int, full_text: str, generated: int, completed: bool) -> None:
         """The request left: count it, and cache its generated blocks when it completed."""
         self._kv_tokens.pop(key, None)
-        self._coming.pop(key, None)
         self.counters.requests += 1
         self.counters.generation_tokens += generated
         if not completed:

@@ -4,6 +4,7 @@ tables. Pure functions over data; nothing here does I/O except :func:`write_json
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class Row:
     count_imbalance: float = 0.0
     evicted_blocks: int = 0
     cpu_busy: float = 0.0  # the machine's busy CPUs during the replay (of all its CPUs)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPUs used by sims, router, client
     per_replica: dict[str, int] = field(default_factory=dict)
     error_sample: str = ""
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -50,7 +52,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+    return ordered[min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1]
 
 
 def _imbalance(values: list[float]) -> float:
@@ -59,7 +61,8 @@ def _imbalance(values: list[float]) -> float:
 
 
 def summarize(target: str, workload: str, results: list[Result], wall_s: float,
-              fleet: dict[str, dict[str, Any]], cpu_busy: float) -> Row:
+              fleet: dict[str, dict[str, Any]], cpu_busy: float,
+              cpu: dict[str, float]) -> Row:
     good = [r for r in results if r.ok]
     prompt = sum(r.prompt_tokens for r in good)
     ttft = [r.ttft_ms for r in good]
@@ -77,7 +80,7 @@ def summarize(target: str, workload: str, results: list[Result], wall_s: float,
         load_imbalance=_imbalance([s["load_avg"] for s in fleet.values()]),
         count_imbalance=_imbalance([float(s["requests"]) for s in fleet.values()]),
         evicted_blocks=sum(int(s["evicted_blocks"]) for s in fleet.values()),
-        cpu_busy=cpu_busy,
+        cpu_busy=cpu_busy, cpu=cpu,
         per_replica={name: int(s["requests"]) for name, s in sorted(fleet.items())},
         error_sample=bad[0].error if bad else "",
         requests=[{k: v for k, v in asdict(r).items() if k != "content"} for r in results],

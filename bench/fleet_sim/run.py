@@ -30,11 +30,12 @@ import psutil
 from bench.fleet_sim import targets as tg
 from bench.fleet_sim.loadgen import Replay, Result, send
 from bench.fleet_sim.oracle import OracleProxy
+from bench.fleet_sim.replica import CostModel
 from bench.fleet_sim.report import Row, summarize, summary, table, write_json
 from bench.fleet_sim.workloads import NAMES, Workload, build
 
 TARGETS = ("direct-random", "llmgw/round-robin", "llmgw/least-load", "llmgw/prefix-aware",
-           "llmgw/session-aware", "sglang-router/cache_aware", "oracle")
+           "llmgw/session-aware", "sglang-router/cache_aware", "oracle", "oracle-bounded")
 CHAT = "/v1/chat/completions"
 
 
@@ -46,6 +47,11 @@ class Context:
     sims: tg.Proc
     urls: dict[str, str]  # sim-<port> -> base URL
     seed: int
+    block_tokens: int
+
+    @property
+    def process(self) -> psutil.Process:
+        return psutil.Process(self.sims.process.pid)
 
     async def fleet(self, http: aiohttp.ClientSession) -> dict[str, dict[str, Any]]:
         async with http.get(self.sims.url + "/sim/fleet") as response:
@@ -58,19 +64,28 @@ class Context:
                 response.raise_for_status()
 
 
+@dataclass
+class Running:
+    """A started target: each request's URL, and the router's process (None when the
+    routing happens in this process, or nowhere)."""
+
+    pick_url: Callable[[], str]
+    process: psutil.Process | None = None
+
+
 @contextlib.asynccontextmanager
-async def open_target(name: str, ctx: Context) -> AsyncIterator[Callable[[], str]]:
-    """Yields the function that gives each request's URL while the target runs."""
+async def open_target(name: str, ctx: Context) -> AsyncIterator[Running]:
     kind, _, policy = name.partition("/")
     urls = list(ctx.urls.values())
     if kind == "direct-random":
         rng = random.Random(ctx.seed)
-        yield lambda: rng.choice(urls) + CHAT
-    elif kind == "oracle":
-        proxy = OracleProxy(ctx.urls, ctx.seed)
+        yield Running(lambda: rng.choice(urls) + CHAT)
+    elif kind in ("oracle", "oracle-bounded"):
+        bound = 1.5 if kind == "oracle-bounded" else None
+        proxy = OracleProxy(ctx.urls, ctx.seed, ctx.block_tokens, bound)
         await proxy.start(tg.free_ports(1)[0])
         try:
-            yield lambda: proxy.url + CHAT
+            yield Running(lambda: proxy.url + CHAT)
         finally:
             await proxy.stop()
     elif kind in ("llmgw", "sglang-router"):
@@ -78,11 +93,23 @@ async def open_target(name: str, ctx: Context) -> AsyncIterator[Callable[[], str
         proc = start(ctx.logs, policy, urls)
         try:
             await tg.wait_ready(proc, "/ready" if kind == "llmgw" else "/health", 60)
-            yield lambda: proc.url + CHAT
+            yield Running(lambda: proc.url + CHAT, psutil.Process(proc.process.pid))
         finally:
             proc.stop()
     else:
         raise tg.StartError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+
+
+def cpu_s(process: psutil.Process | None) -> float:
+    """User + system CPU seconds of a process and its children so far."""
+    if process is None:
+        return 0.0
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 async def probe(url: str) -> None:
@@ -99,18 +126,22 @@ async def probe(url: str) -> None:
 async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Namespace) -> Row:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         try:
-            async with open_target(name, ctx) as pick_url:
-                await probe(pick_url())
+            async with open_target(name, ctx) as target:
+                await probe(target.pick_url())
                 await ctx.reset(http)
-                replay = Replay(workload, pick_url, tg.MODEL, args.concurrency, args.active,
-                                ctx.seed)
+                replay = Replay(workload, target.pick_url, tg.MODEL, args.concurrency,
+                                args.active, ctx.seed)
+                parties = {"sims": ctx.process, "router": target.process,
+                           "client": psutil.Process()}
+                before = {k: cpu_s(p) for k, p in parties.items()}
                 psutil.cpu_percent()  # starts the interval measured below
                 wall = await replay.run(args.time_limit)
                 busy = psutil.cpu_percent() / 100 * (psutil.cpu_count() or 1)
+                cpu = {k: (cpu_s(p) - before[k]) / wall for k, p in parties.items()}
                 fleet = await ctx.fleet(http)
         except tg.StartError as exc:
-            return Row(name, workload.name, reason=str(exc))
-    return summarize(name, workload.name, replay.results, wall, fleet, busy)
+            return Row(name, workload.name, reason=" ".join(str(exc).split())[:300])
+    return summarize(name, workload.name, replay.results, wall, fleet, busy, cpu)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -125,13 +156,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=120.0, help="seconds per replay")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: 4 replicas, 48 requests per workload, concurrency 8")
+                   help="smoke test: 4 replicas, 48 requests per workload, concurrency 8, "
+                        "2 ms decode steps")
     p.add_argument("--out", type=Path, default=None, help="the JSON results file")
-    p.add_argument("--sim-flag", action="append", default=[], metavar="FLAG",
-                   help="passed to sim_engine, e.g. --sim-flag=--kv-blocks=512")
+    cost = CostModel()
+    p.add_argument("--prefill-ms-per-token", type=float, default=cost.prefill_ms_per_token)
+    p.add_argument("--decode-ms-per-token", type=float, default=cost.decode_ms_per_token)
+    p.add_argument("--max-running", type=int, default=cost.max_running)
+    p.add_argument("--kv-blocks", type=int, default=cost.kv_blocks)
+    p.add_argument("--block-tokens", type=int, default=cost.block_tokens)
     args = p.parse_args(argv)
-    if args.quick:
+    if args.quick:  # about a minute for every workload and target
         args.replicas, args.requests, args.concurrency = 4, 48, 8
+        args.decode_ms_per_token = 2.0
         args.time_limit = min(args.time_limit, 20.0)
     args.active = args.active or 2 * args.concurrency
     return args
@@ -142,8 +179,12 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
     workloads = list(NAMES) if args.workload == "all" else [args.workload]
     logs = Path(tempfile.mkdtemp(prefix="fleet-sim-"))
     ports = tg.free_ports(args.replicas)
-    sims = tg.start_sims(logs, ports, args.sim_flag)
-    ctx = Context(logs, sims, {f"sim-{p}": f"http://127.0.0.1:{p}" for p in ports}, args.seed)
+    flags = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in (
+        "prefill_ms_per_token", "decode_ms_per_token", "max_running", "kv_blocks",
+        "block_tokens")]
+    sims = tg.start_sims(logs, ports, flags)
+    ctx = Context(logs, sims, {f"sim-{p}": f"http://127.0.0.1:{p}" for p in ports}, args.seed,
+                  args.block_tokens)
     rows: list[Row] = []
     try:
         await tg.wait_ready(sims, "/health", 30)

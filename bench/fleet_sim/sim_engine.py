@@ -96,18 +96,15 @@ class Fleet:
             resp.send(404, error_body(f"no route {method} {path}"))
 
     def match(self, request: Request, resp: Responder) -> None:
-        """For the prompt of a generation body, each replica's true cached tokens now
-        (``cached``) and once the requests queued there have prefilled (``expected``)."""
+        """Each replica's true cached tokens for the prompt of a generation body."""
         try:
             prompt = render_body(orjson.loads(request.body))
         except (orjson.JSONDecodeError, AttributeError):
             resp.send(400, error_body("body must be a JSON generation request"))
             return
-        matches = {r.name: r.match(prompt) for r in self.replicas.values()}
         resp.send(200, orjson.dumps({
             "prompt_tokens": token_count(prompt),
-            "cached": {name: m[0] for name, m in matches.items()},
-            "expected": {name: m[1] for name, m in matches.items()},
+            "cached": {r.name: r.match(prompt) for r in self.replicas.values()},
             "load": {r.name: r.running + r.waiting for r in self.replicas.values()}}))
 
 
