@@ -89,9 +89,14 @@ async def serve_generation(replica: SimReplica, model: str, request: Request,
     finally:
         replica.finish(key, prompt + "".join(pieces[:generated]), generated, completed)
     counts = usage(pf.prompt_tokens, n, pf.cached_tokens)
-    if not stream:
+    if stream:
+        _end_stream(resp, reply, counts, sim, wants_usage)
+    else:
         resp.send(200, reply.full("".join(pieces), "length", counts, sim), headers=sim_headers(sim))
-        return
+
+
+def _end_stream(resp: Responder, reply: Reply, counts: dict[str, Any], sim: dict[str, Any],
+                wants_usage: bool) -> None:
     resp.chunk(reply.event(None, "length"))
     if wants_usage:
         resp.chunk(reply.usage_event(counts, sim))

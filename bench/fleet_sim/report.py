@@ -40,8 +40,9 @@ class Row:
     load_imbalance: float = 0.0
     count_imbalance: float = 0.0
     evicted_blocks: int = 0
-    cpu_busy: float = 0.0  # the machine's busy CPUs during the replay (of all its CPUs)
-    cpu: dict[str, float] = field(default_factory=dict)  # CPUs used by sims, router, client
+    # CPUs (cores) used during the replay by the sims, the router, the client (with the
+    # in-process oracle) and everything else on the machine.
+    cpu: dict[str, float] = field(default_factory=dict)
     per_replica: dict[str, int] = field(default_factory=dict)
     error_sample: str = ""
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -61,8 +62,7 @@ def _imbalance(values: list[float]) -> float:
 
 
 def summarize(target: str, workload: str, results: list[Result], wall_s: float,
-              fleet: dict[str, dict[str, Any]], cpu_busy: float,
-              cpu: dict[str, float]) -> Row:
+              fleet: dict[str, dict[str, Any]], cpu: dict[str, float]) -> Row:
     good = [r for r in results if r.ok]
     prompt = sum(r.prompt_tokens for r in good)
     ttft = [r.ttft_ms for r in good]
@@ -80,7 +80,7 @@ def summarize(target: str, workload: str, results: list[Result], wall_s: float,
         load_imbalance=_imbalance([s["load_avg"] for s in fleet.values()]),
         count_imbalance=_imbalance([float(s["requests"]) for s in fleet.values()]),
         evicted_blocks=sum(int(s["evicted_blocks"]) for s in fleet.values()),
-        cpu_busy=cpu_busy, cpu=cpu,
+        cpu=cpu,
         per_replica={name: int(s["requests"]) for name, s in sorted(fleet.items())},
         error_sample=bad[0].error if bad else "",
         requests=[{k: v for k, v in asdict(r).items() if k != "content"} for r in results],
@@ -88,7 +88,8 @@ def summarize(target: str, workload: str, results: list[Result], wall_s: float,
 
 
 _COLUMNS = ("target", "hit %", "TTFT p50/p99 ms", "engine TTFT p50/p99 ms", "req/s",
-            "out tok/s", "load imb.", "count imb.", "per-replica requests", "ok/err")
+            "out tok/s", "load imb.", "count imb.", "per-replica requests", "ok/err",
+            "CPU sim/rtr/cli/other")
 
 
 def _cells(row: Row) -> list[str]:
@@ -99,7 +100,8 @@ def _cells(row: Row) -> list[str]:
             f"{row.engine_ttft_p50_ms:.0f} / {row.engine_ttft_p99_ms:.0f}",
             f"{row.req_per_s:.1f}", f"{row.out_tok_per_s:.0f}",
             f"{row.load_imbalance:.2f}", f"{row.count_imbalance:.2f}",
-            " ".join(str(n) for n in row.per_replica.values()), f"{row.ok}/{row.errors}"]
+            " ".join(str(n) for n in row.per_replica.values()), f"{row.ok}/{row.errors}",
+            "/".join(f"{row.cpu.get(k, 0.0):.2f}" for k in ("sims", "router", "client", "other"))]
 
 
 def markdown(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:

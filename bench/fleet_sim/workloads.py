@@ -7,8 +7,8 @@ next request exists only after its previous reply. The harness interleaves sessi
 Sizes are in the simulator's tokens (4 characters each, see tokens.py).
 
 * ``chat``: multi-turn chats behind one shared product system prompt; 6 turns each.
-* ``agent``: tool-using loops of 3 agent types, each with a ~2-3k-token system prompt
-  and tool schemas; each step feeds back a tool result of 100-600 tokens.
+* ``agent``: tool-using loops of 3 agent types, each with a 3-3.5k-token system prompt
+  (instructions and 8 tool schemas); each step feeds back a tool result of 100-600 tokens.
 * ``fewshot``: one-shot requests on a few long few-shot templates (popular ones more
   often) with a short varying question.
 * ``noreuse``: unique random prompts; the control where no routing can find a hit.
