@@ -108,3 +108,16 @@ def engine_counter(url: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in {url}/metrics")
+
+
+def llmgw_up(config: str, timeout_s: float) -> Server:
+    """`llmgw up CONFIG` exactly as an operator runs it, on a free port."""
+    port = free_port()
+    return Server([sys.executable, "-m", "llmgw", "up", config, "--port", str(port)], port,
+                  "/ready", timeout_s=timeout_s)
+
+
+def launched_engine_urls(gateway: Server) -> list[str]:
+    """The launched replicas' own URLs, from the launcher's lines in the gateway's log."""
+    return [line.rsplit(" ", 1)[1] for line in gateway.output().splitlines()
+            if "ready at http://" in line]

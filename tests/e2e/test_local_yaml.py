@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,14 @@ import httpx
 import openai
 import pytest
 
-from tests.support import ROOT, Server, engine_counter, free_port, wait_until
+from tests.support import (
+    ROOT,
+    Server,
+    engine_counter,
+    launched_engine_urls,
+    llmgw_up,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "Tell me about gateways."}]
@@ -20,9 +26,7 @@ MESSAGES = [{"role": "user", "content": "Tell me about gateways."}]
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Server]:
-    port = free_port()
-    server = Server([sys.executable, "-m", "llmgw", "up", "configs/local.yaml", "--port",
-                     str(port)], port, "/ready", timeout_s=300)
+    server = llmgw_up("configs/local.yaml", timeout_s=300)
     yield server
     server.stop()
 
@@ -33,11 +37,7 @@ def client(gateway: Server) -> openai.OpenAI:
 
 
 def engine_urls(gateway: Server) -> list[str]:
-    """The replicas' own URLs, from the launch lines of the gateway's log."""
-    urls = []
-    for line in gateway.output().splitlines():
-        if "ready at http://" in line:
-            urls.append(line.rsplit(" ", 1)[1])
+    urls = launched_engine_urls(gateway)
     assert len(urls) == 2, gateway.output()[-2000:]
     return urls
 

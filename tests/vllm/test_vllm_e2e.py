@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import socket
-import sys
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
-from tests.support import ROOT, Server, free_port, wait_until
+from tests.support import ROOT, Server, launched_engine_urls, llmgw_up, wait_until
 
 pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "Tell me about gateways."}]
@@ -22,9 +21,7 @@ RUNNING = "vllm:num_requests_running"
 def gateway() -> Iterator[Server]:
     if not (ROOT / ".venv-vllm" / "bin" / "python").exists():
         pytest.fail("vLLM is not installed: run `make vllm` (make test does)")
-    port = free_port()
-    server = Server([sys.executable, "-m", "llmgw", "up", "configs/vllm.yaml", "--port",
-                     str(port)], port, "/ready", timeout_s=400)
+    server = llmgw_up("configs/vllm.yaml", timeout_s=400)
     yield server
     server.stop()
 
@@ -36,8 +33,7 @@ def client(gateway: Server) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def engines(gateway: Server) -> list[str]:
-    urls = [line.rsplit(" ", 1)[1] for line in gateway.output().splitlines()
-            if "ready at http://" in line]
+    urls = launched_engine_urls(gateway)
     assert len(urls) == 2
     return urls
 
