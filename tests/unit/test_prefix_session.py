@@ -203,3 +203,15 @@ def test_prediction_is_the_chosen_replicas_score_taken_once_and_bounded() -> Non
         policy.on_routed(lost, "r0")
     scorer = policy.scorers[0][0]  # type: ignore[attr-defined]
     assert len(scorer._predicted) <= 4096 and len(scorer._scores) <= 4096
+
+
+def test_a_prefix_every_replica_holds_does_not_hide_the_one_with_the_history() -> None:
+    scorer = PrefixCacheScorer(PrefixParams(block_chars=8))
+    shared = "S" * 80  # 10 blocks on every replica
+    for rid in ("r0", "r1", "r2"):
+        scorer.on_routed(ctx(shared, rid=f"warm-{rid}"), rid)
+    history = shared + "turn one and its answer " * 2
+    scorer.on_routed(ctx(history, rid="h"), "r2")
+    request = ctx(history + "next question", rid="q")
+    scores = scorer.score(request, views(0, 0, 0))
+    assert scores["r0"] == scores["r1"] == 0.0 and scores["r2"] > 0.75
