@@ -12,6 +12,7 @@ from llmgw.config import ConfigError, LoadGuardConfig, PluginSpec, PolicyConfig
 from llmgw.routing.base import Filter, LoadGuard, Pipeline, RoutingPolicy, Scorer
 from llmgw.routing.filters import HasCapacityFilter, RoleFilter
 from llmgw.routing.least_load import LeastLoadScorer
+from llmgw.routing.lora_affinity import HasAdapterFilter, LoraAffinityScorer
 from llmgw.routing.prefix_cache import PrefixCacheScorer
 from llmgw.routing.round_robin import RoundRobinPolicy
 from llmgw.routing.session import SessionScorer
@@ -20,10 +21,12 @@ SCORERS: dict[str, Any] = {
     LeastLoadScorer.type_name: LeastLoadScorer,
     PrefixCacheScorer.type_name: PrefixCacheScorer,
     SessionScorer.type_name: SessionScorer,
+    LoraAffinityScorer.type_name: LoraAffinityScorer,
 }
 FILTERS: dict[str, Any] = {
     HasCapacityFilter.type_name: HasCapacityFilter,
     RoleFilter.type_name: RoleFilter,
+    HasAdapterFilter.type_name: HasAdapterFilter,
 }
 
 

@@ -171,7 +171,8 @@ def test_session_scorer_gives_no_opinion_without_a_session() -> None:
     ("policies", "message"),
     [
         ({"p": {"scorers": [{"type": "nope"}]}},
-         "policies.p.scorers[0].type: unknown 'nope'; known: least-load, prefix-cache, session"),
+         "policies.p.scorers[0].type: unknown 'nope'; known: least-load, lora-affinity, "
+         "prefix-cache, session"),
         ({"p": {"scorers": [{"type": "prefix-cache", "params": {"block_chars": 2}}]}},
          "policies.p.scorers[0].params.block_chars: Input should be greater than or equal to 8"),
         ({"p": {"filters": [{"type": "has-capacity"}], "scorers": [{"type": "least-load"}]}},
@@ -215,3 +216,20 @@ def test_a_prefix_every_replica_holds_does_not_hide_the_one_with_the_history() -
     request = ctx(history + "next question", rid="q")
     scores = scorer.score(request, views(0, 0, 0))
     assert scores["r0"] == scores["r1"] == 0.0 and scores["r2"] > 0.75
+
+
+def test_lora_affinity_prefers_resident_then_free_slots() -> None:
+    from llmgw.routing.lora_affinity import HasAdapterFilter, LoraAffinityScorer
+
+    replicas = [ReplicaView(id="full", model="m", adapters=frozenset({"a", "b"}), max_adapters=2),
+                ReplicaView(id="free", model="m", adapters=frozenset({"a"}), max_adapters=2),
+                ReplicaView(id="has", model="m", adapters=frozenset({"sql"}), max_adapters=1)]
+    request = RequestContext(request_id="x", model="m", endpoint="chat", stream=False,
+                             adapter="sql")
+    assert LoraAffinityScorer().score(request, replicas) == {"full": 0.0, "free": 0.5,
+                                                              "has": 1.0}
+    assert [r.id for r in HasAdapterFilter().filter(request, replicas)] == ["has"]
+    cold = RequestContext(request_id="y", model="m", endpoint="chat", stream=False,
+                          adapter="new")
+    assert len(HasAdapterFilter().filter(cold, replicas)) == 3
+    assert LoraAffinityScorer().score(ctx(), replicas) == {}
