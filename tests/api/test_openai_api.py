@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import httpx
 import openai
 import orjson
@@ -128,3 +130,26 @@ def test_engine_stats_are_scraped_into_gateway_metrics(gateway: Server) -> None:
                    in text for i in range(2))
 
     wait_until(scraped, 10, "the stats loop to scrape both fake engines")
+
+
+def test_open_requests_count_as_load_streaming_or_not(gateway: Server) -> None:
+    """A request in flight on one replica, streamed or not, sends the next elsewhere
+    (least-load sees the gateway's own in-flight count at once, no scrape needed)."""
+    body = {"model": "fake", "messages": MESSAGES, "max_tokens": 400}  # ~0.8 s of tokens
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions",
+                      json={**body, "stream": True}) as streaming:
+        busy = streaming.headers["x-llmgw-replica"]
+        next(streaming.iter_raw())
+        for _ in range(3):
+            other = httpx.post(gateway.url + "/v1/chat/completions",
+                               json={**body, "max_tokens": 1})
+            assert other.headers["x-llmgw-replica"] != busy
+    with httpx.Client(base_url=gateway.url, timeout=30) as http, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(http.post, "/v1/chat/completions", json=body)
+        wait_until(lambda: 'llmgw_replica_in_flight_requests{model="fake",replica="fake-0"} 1.0'
+                   in (text := http.get("/metrics").text) or
+                   'llmgw_replica_in_flight_requests{model="fake",replica="fake-1"} 1.0' in text,
+                   10, "the non-streaming request to be in flight")
+        quick = http.post("/v1/chat/completions", json={**body, "max_tokens": 1})
+        assert quick.headers["x-llmgw-replica"] != slow.result().headers["x-llmgw-replica"]
