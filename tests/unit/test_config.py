@@ -104,3 +104,9 @@ def test_unknown_routing_policy_is_refused_before_launch(tmp: Path) -> None:
                                           r"known: least-load, prefix-aware, round-robin, "
                                           r"session-aware"):
         check_config(load_config([path]))
+
+
+def test_unknown_shadow_policy_is_refused_before_launch(tmp: Path) -> None:
+    path = write(tmp, "s.yaml", "models:\n  - {name: a, model: x, shadow: [least-load, best]}\n")
+    with pytest.raises(ConfigError, match=r"models\[0\].shadow\[1\]: unknown policy 'best'"):
+        check_config(load_config([path]))
