@@ -115,6 +115,9 @@ class Metrics:
             "llmgw_engine_prefix_cache_query_tokens",
             "Prompt tokens looked up in the engine's prefix cache since it started.",
             engine, registry=r)
+        self.engine_kv_capacity = Gauge(
+            "llmgw_engine_kv_cache_capacity_tokens",
+            "The engine's KV cache size in tokens (blocks x block size).", engine, registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -161,11 +164,12 @@ class ReplicaMetrics:
                        metrics.engine_waiting.labels(model, replica),
                        metrics.engine_kv_usage.labels(model, replica),
                        metrics.engine_prefix_hits.labels(model, replica),
-                       metrics.engine_prefix_queries.labels(model, replica))
+                       metrics.engine_prefix_queries.labels(model, replica),
+                       metrics.engine_kv_capacity.labels(model, replica))
 
     def record_engine(self, stats: EngineStats) -> None:
         values = (stats.running, stats.waiting, stats.kv_usage, stats.prefix_cache_hits,
-                  stats.prefix_cache_queries)
+                  stats.prefix_cache_queries, stats.kv_capacity_tokens)
         for gauge, value in zip(self.engine, values, strict=True):
             if value is not None:
                 gauge.set(value)

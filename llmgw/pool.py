@@ -44,6 +44,7 @@ class Replica:
             id=self.id, model=self.model, role=self.role,
             healthy=self.healthy, in_flight=self.in_flight,
             queue_depth=self.stats.waiting, kv_usage=self.stats.kv_usage,
+            kv_capacity_tokens=self.stats.kv_capacity_tokens,
         )
 
     def acquire(self) -> None:

@@ -27,6 +27,7 @@ class ReplicaView:
     kv_usage: float | None = None
     adapters: frozenset[str] = frozenset()
     max_adapters: int = 0
+    kv_capacity_tokens: int | None = None  # engine-reported KV cache size
     # Requests the replica holds: the gateway's exact count plus the engine's queue.
     # Derived once here: every scorer and the load guard read it.
     load: int = field(init=False, default=0)
@@ -71,3 +72,5 @@ class EngineStats:
     kv_usage: float | None = None
     prefix_cache_hits: float | None = None
     prefix_cache_queries: float | None = None
+    # KV cache size in tokens (blocks x block size), for sizing the prefix index.
+    kv_capacity_tokens: int | None = None

@@ -7,6 +7,7 @@ their label sets (an engine serving several model names reports one series each)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from llmgw.types import EngineStats
@@ -23,6 +24,9 @@ class StatsNames:
     prefix_cache_queries: str | None = None
     # Some engines report KV usage in percent (0..100) rather than as a ratio.
     kv_usage_scale: float = 1.0
+    # An info metric whose labels carry the KV cache size: (name, blocks label, block
+    # size label); capacity = blocks x block size, in tokens.
+    kv_capacity_labels: tuple[str, str, str] | None = None
 
 
 def parse_samples(text: str) -> dict[str, float]:
@@ -46,6 +50,28 @@ def parse_samples(text: str) -> dict[str, float]:
     return totals
 
 
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def info_labels(text: str, name: str) -> dict[str, str]:
+    """The labels of the first sample of info metric ``name`` ({} if absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            return dict(_LABEL.findall(line[len(name) : line.rfind("}") + 1]))
+    return {}
+
+
+def kv_capacity_tokens(text: str, names: StatsNames) -> int | None:
+    if names.kv_capacity_labels is None:
+        return None
+    metric, blocks_label, size_label = names.kv_capacity_labels
+    labels = info_labels(text, metric)
+    try:
+        return int(labels[blocks_label]) * int(labels[size_label])
+    except (KeyError, ValueError):
+        return None
+
+
 def stats_from_text(text: str, names: StatsNames) -> EngineStats:
     samples = parse_samples(text)
 
@@ -59,6 +85,7 @@ def stats_from_text(text: str, names: StatsNames) -> EngineStats:
         kv_usage=kv / names.kv_usage_scale if kv is not None else None,
         prefix_cache_hits=get(names.prefix_cache_hits),
         prefix_cache_queries=get(names.prefix_cache_queries),
+        kv_capacity_tokens=kv_capacity_tokens(text, names),
     )
 
 
@@ -69,4 +96,5 @@ VLLM_STATS = StatsNames(
     kv_usage="vllm:kv_cache_usage_perc",  # a ratio despite its name
     prefix_cache_hits="vllm:prefix_cache_hits_total",
     prefix_cache_queries="vllm:prefix_cache_queries_total",
+    kv_capacity_labels=("vllm:cache_config_info", "num_gpu_blocks", "block_size"),
 )

@@ -25,9 +25,12 @@ class PrefixParams(BaseModel):
     # shorter horizon sees only them and cannot tell which replica holds the loop's
     # history (bench/fleet_sim agent workload: 78% -> 81% hits going from 64 to 256).
     max_blocks: int = Field(default=256, ge=1)
-    # Remembered blocks per replica: keep near the engine's KV capacity in blocks, so the
-    # index forgets about when the engine evicts.
+    # Remembered blocks per replica when the engine does not report its KV cache size.
+    # When it does (vLLM), the bound follows it: the index should forget about when the
+    # engine evicts, or it promises cache hits the engine no longer has.
     capacity_per_replica: int = Field(default=100_000, ge=1)
+    # Converts the engine's KV size in tokens to characters of prompt text.
+    chars_per_token: float = Field(default=4.0, gt=0)
     ttl_s: float = Field(default=600.0, gt=0)
 
 
@@ -49,6 +52,7 @@ class PrefixCacheScorer:
         self._pending: OrderedDict[str, list[int]] = OrderedDict()
         self._scores: OrderedDict[str, dict[str, float]] = OrderedDict()
         self._predicted: OrderedDict[str, float] = OrderedDict()
+        self._known_capacity: dict[str, int] = {}  # replica id -> KV tokens, as last seen
 
     def _hashes(self, ctx: RequestContext) -> list[int]:
         hashes = self._pending.get(ctx.request_id)
@@ -58,6 +62,7 @@ class PrefixCacheScorer:
         return hashes
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
+        self._follow_engine_capacity(replicas)
         hashes = self._hashes(ctx)
         if not hashes:
             return {}
@@ -78,6 +83,14 @@ class PrefixCacheScorer:
         if scores is not None:
             _bounded_put(self._predicted, ctx.request_id, scores.get(replica_id, 0.0))
         self.index.insert(replica_id, hashes)
+
+    def _follow_engine_capacity(self, replicas: Sequence[ReplicaView]) -> None:
+        for r in replicas:
+            tokens = r.kv_capacity_tokens
+            if tokens is not None and self._known_capacity.get(r.id) != tokens:
+                self._known_capacity[r.id] = tokens
+                blocks = int(tokens * self.params.chars_per_token / self.params.block_chars)
+                self.index.set_capacity(r.id, blocks)
 
     def take_prediction(self, request_id: str) -> float | None:
         """The share of the prompt this scorer expected the chosen replica to have cached,

@@ -41,6 +41,13 @@ class PrefixIndex:
         self.capacity, self.ttl_s, self.clock = capacity_per_replica, ttl_s, clock
         self._holders: dict[int, set[str]] = {}
         self._lru: dict[str, OrderedDict[int, float]] = {}
+        # Replicas whose engine told us its KV size get a bound of their own.
+        self._capacity: dict[str, int] = {}
+
+    def set_capacity(self, replica_id: str, blocks: int) -> None:
+        """Bound one replica's memory (e.g. to its engine's KV cache size); takes effect
+        on its next insert."""
+        self._capacity[replica_id] = max(1, blocks)
 
     def matched(self, hashes: list[int], replica_ids: Iterable[str]) -> dict[str, int]:
         """Replica id -> how many leading blocks of ``hashes`` it holds."""
@@ -74,7 +81,8 @@ class PrefixIndex:
                 self._holders.setdefault(h, set()).add(replica_id)
             lru[h] = now
         oldest = now - self.ttl_s
-        while lru and (len(lru) > self.capacity or next(iter(lru.values())) < oldest):
+        capacity = self._capacity.get(replica_id, self.capacity)
+        while lru and (len(lru) > capacity or next(iter(lru.values())) < oldest):
             self._drop(replica_id, lru.popitem(last=False)[0])
 
     def _drop(self, replica_id: str, h: int) -> None:
@@ -96,3 +104,4 @@ class PrefixIndex:
         for gone in set(self._lru) - replica_ids:
             for h in self._lru.pop(gone):
                 self._drop(gone, h)
+            self._capacity.pop(gone, None)

@@ -97,6 +97,7 @@ def test_debug_route_is_a_dry_run_matching_the_real_decision(gateway: Server) ->
 def test_routing_yaml_documents_every_policy_knob() -> None:
     text = (ROOT / "configs" / "routing.yaml").read_text()
     for knob in ("load_factor", "block_chars", "max_blocks", "capacity_per_replica", "ttl_s",
+                 "chars_per_token",
                  "abs_threshold", "rel_threshold", "max_load", "x-llmgw-explain",
                  "/debug/route"):
         assert knob in text, knob

@@ -16,13 +16,14 @@ vllm:prefix_cache_queries_total{engine="0",model_name="demo"} 1762.0
 vllm:prefix_cache_hits_total{engine="0",model_name="demo"} 768.0
 vllm:iteration_tokens_total_bucket{engine="0",le="1.0",model_name="demo"} 0.0
 vllm:spec_decode_draft_acceptance_rate{engine="0",model_name="demo"} NaN
+vllm:cache_config_info{block_size="16",cache_dtype="auto",enable_prefix_caching="True",engine="0",num_gpu_blocks="4096",prefix_caching_hash_algo="sha256"} 1.0
 """
 
 
 def test_vllm_metrics_become_engine_stats() -> None:
     assert stats_from_text(VLLM_TEXT, VLLM_STATS) == EngineStats(
         running=3, waiting=2, kv_usage=0.25, prefix_cache_hits=768.0,
-        prefix_cache_queries=1762.0)
+        prefix_cache_queries=1762.0, kv_capacity_tokens=4096 * 16)
 
 
 def test_samples_are_summed_over_label_sets_and_nan_skipped() -> None:
@@ -33,3 +34,8 @@ def test_samples_are_summed_over_label_sets_and_nan_skipped() -> None:
 def test_unknown_names_give_none_and_percent_is_scaled() -> None:
     names = StatsNames(running="nope", kv_usage="usage_pct", kv_usage_scale=100.0)
     assert stats_from_text("usage_pct 40\n", names) == EngineStats(kv_usage=0.4)
+
+
+def test_kv_capacity_needs_both_labels() -> None:
+    text = 'vllm:cache_config_info{block_size="16",engine="0"} 1.0\n'
+    assert stats_from_text(text, VLLM_STATS).kv_capacity_tokens is None

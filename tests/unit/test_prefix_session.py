@@ -233,3 +233,19 @@ def test_lora_affinity_prefers_resident_then_free_slots() -> None:
                           adapter="new")
     assert len(HasAdapterFilter().filter(cold, replicas)) == 3
     assert LoraAffinityScorer().score(ctx(), replicas) == {}
+
+
+def test_prefix_memory_follows_the_engines_kv_capacity() -> None:
+    scorer = PrefixCacheScorer(PrefixParams(block_chars=8, chars_per_token=4.0))
+    small = [ReplicaView(id="r0", model="m", kv_capacity_tokens=20)]  # 20 x 4 / 8 = 10 blocks
+    for i in range(50):
+        request = ctx(f"prompt number {i:04d} padded out " * 3, rid=str(i))
+        scorer.score(request, small)
+        scorer.on_routed(request, "r0")
+    assert scorer.index.size("r0") == 10
+    grown = [ReplicaView(id="r0", model="m", kv_capacity_tokens=200)]  # 100 blocks
+    for i in range(50):
+        request = ctx(f"another prompt {i:04d} padded out " * 3, rid=f"g{i}")
+        scorer.score(request, grown)
+        scorer.on_routed(request, "r0")
+    assert scorer.index.size("r0") == 100

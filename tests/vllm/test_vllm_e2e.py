@@ -160,5 +160,6 @@ def test_engine_metrics_are_visible_on_the_gateway(gateway: Server,
         text = httpx.get(gateway.url + "/metrics").text
         return all(f'llmgw_engine_prefix_cache_query_tokens{{model="demo",replica="demo-{i}"}}'
                    in text for i in range(2)) and \
-            'llmgw_engine_kv_cache_usage_ratio{model="demo",replica="demo-0"}' in text
+            'llmgw_engine_kv_cache_usage_ratio{model="demo",replica="demo-0"}' in text and \
+            'llmgw_engine_kv_cache_capacity_tokens{model="demo",replica="demo-1"}' in text
     wait_until(scraped, 10, "engine stats on the gateway's /metrics")
