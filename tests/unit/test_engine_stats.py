@@ -16,7 +16,7 @@ vllm:prefix_cache_queries_total{engine="0",model_name="demo"} 1762.0
 vllm:prefix_cache_hits_total{engine="0",model_name="demo"} 768.0
 vllm:iteration_tokens_total_bucket{engine="0",le="1.0",model_name="demo"} 0.0
 vllm:spec_decode_draft_acceptance_rate{engine="0",model_name="demo"} NaN
-vllm:cache_config_info{block_size="16",cache_dtype="auto",enable_prefix_caching="True",engine="0",num_gpu_blocks="4096",prefix_caching_hash_algo="sha256"} 1.0
+vllm:cache_config_info{block_size="16",engine="0",num_gpu_blocks="4096",sliding="None"} 1.0
 """
 
 
