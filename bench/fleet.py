@@ -15,23 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadgen import Workload, new_session, run_round
+from processes import Proc, StartError, machine_busy_s, own_cpu_s, wait_ready
 from report import DIRECT, Sample
 from targets import (
     READY_PATHS,
     Layout,
-    StartError,
-    Target,
-    machine_busy_s,
-    own_cpu_s,
     start_baseline,
     start_engine,
     start_llmgw,
     start_sglang_router,
-    wait_ready,
 )
 
 REQUEST_TIMEOUT_S = 60.0
-Starter = Callable[[Path, str, int | None], Target]
+Starter = Callable[[Path, str, int | None], Proc]
 STARTERS: dict[str, Starter] = {
     "llmgw": start_llmgw, "baseline": start_baseline, "sglang-router": start_sglang_router,
     # A what-if: llmgw with gc.freeze() after its imports (bench/gc_probe.py --freeze).
@@ -45,14 +41,14 @@ class Fleet:
     def __init__(self, stack: contextlib.ExitStack, logs: Path, layout: Layout,
                  starters: dict[str, Starter]) -> None:
         self.stack, self.logs, self.layout, self.starters = stack, logs, layout, starters
-        self.targets: dict[str, Target] = {}
+        self.targets: dict[str, Proc] = {}
         self.unavailable: dict[str, str] = {}
 
     @property
-    def engine(self) -> Target:
+    def engine(self) -> Proc:
         return self.targets[DIRECT]
 
-    def _spawn(self, name: str, start: Callable[[], Target]) -> Target | None:
+    def _spawn(self, name: str, start: Callable[[], Proc]) -> Proc | None:
         try:
             target = start()
         except StartError as exc:
@@ -67,7 +63,7 @@ class Fleet:
                                                           self.layout.engine))
         assert engine is not None
         await ready(engine)
-        spawned: list[Target] = []
+        spawned: list[Proc] = []
         for name in (n for n in names if n != DIRECT):
             start = functools.partial(self.starters[name], self.logs, engine.url, cpu)
             target = self._spawn(name, start)
@@ -83,7 +79,7 @@ class Fleet:
                 self.targets[target.name] = target
 
 
-async def ready(target: Target) -> None:
+async def ready(target: Proc) -> None:
     """Up, and answers one stream and one non-stream request correctly."""
     await wait_ready(target, READY_PATHS[target.name], timeout_s=60)
     for stream in (False, True):
@@ -94,11 +90,11 @@ async def ready(target: Target) -> None:
             raise StartError(f"probe request failed: {result.error_sample}")
 
 
-def url(target: Target) -> str:
+def url(target: Proc) -> str:
     return target.url + "/v1/chat/completions"
 
 
-async def measure(target: Target, fleet: Fleet, w: Workload, requests: int,
+async def measure(target: Proc, fleet: Fleet, w: Workload, requests: int,
                   time_limit_s: float) -> Sample:
     """One round on one target: fresh connections, a warm-up, then the measured phase.
     The direct row's proxy is the engine itself."""
@@ -111,7 +107,7 @@ async def measure(target: Target, fleet: Fleet, w: Workload, requests: int,
     return Sample(result, proxy, engine, max(0.0, busy - ours))
 
 
-def _cpu(target: Target, fleet: Fleet) -> tuple[float, float, float, float]:
+def _cpu(target: Proc, fleet: Fleet) -> tuple[float, float, float, float]:
     """CPU seconds so far: (target, engine, all our processes, the whole machine)."""
     ours = sum(t.cpu_s() for t in fleet.targets.values()) + own_cpu_s()
     return target.cpu_s(), fleet.engine.cpu_s(), ours, machine_busy_s()
@@ -126,7 +122,7 @@ class Noise:
     retries: int = 2
 
 
-async def measure_quietly(target: Target, fleet: Fleet, w: Workload, requests: int,
+async def measure_quietly(target: Proc, fleet: Fleet, w: Workload, requests: int,
                           time_limit_s: float, noise: Noise) -> tuple[Sample, int]:
     """The quietest of up to 1 + noise.retries rounds, and how many were re-measured."""
     best = await measure(target, fleet, w, requests, time_limit_s)

@@ -25,11 +25,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
+from http11 import LAST_CHUNK, http_chunk, response_head, take_request
 
 _MAX_CACHED = 512  # distinct answers kept; the cache is cleared when it is full
-_MAX_HEAD = 64 * 1024  # request line + headers
-_MAX_BODY = 8 * 1024 * 1024
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 413: b"Payload Too Large"}
 
 
 # --- answers (pure; cached by key) ------------------------------------------------------
@@ -39,18 +37,8 @@ def _event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def _http_chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def _head(status: int, content_type: bytes, length: int | None) -> bytes:
-    framing = b"transfer-encoding: chunked" if length is None else b"content-length: %d" % length
-    return b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\n%s\r\n\r\n" % (
-        status, _REASONS.get(status, b"Error"), content_type, framing)
-
-
 def json_answer(status: int, body: bytes) -> list[bytes]:
-    return [_head(status, b"application/json", len(body)) + body]
+    return [response_head(status, "application/json", len(body)) + body]
 
 
 def _choice(chat: bool, text: str | None, finish: str | None, first: bool = False) -> Any:
@@ -75,8 +63,8 @@ def stream_answer(chat: bool, model: str, n: int, usage: bool) -> list[bytes]:
         counts = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": 8 + n}
         events.append(_event({**base, "choices": [], "usage": counts}))
     events.append(b"data: [DONE]\n\n")
-    head = _head(200, b"text/event-stream", None)
-    return [head, *(_http_chunk(e) for e in events), b"0\r\n\r\n"]
+    head = response_head(200, "text/event-stream", None)
+    return [head, *(http_chunk(e) for e in events), LAST_CHUNK]
 
 
 def full_answer(chat: bool, model: str, n: int) -> list[bytes]:
@@ -137,67 +125,7 @@ class Answers:
         return self.not_found, False
 
 
-# --- HTTP/1.1 ---------------------------------------------------------------------------
-
-
-class Request:
-    __slots__ = ("method", "path", "body", "close")
-
-    def __init__(self, method: bytes, path: str, body: bytes, close: bool) -> None:
-        self.method, self.path, self.body, self.close = method, path, body, close
-
-
-def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
-    """A chunked body starting at ``pos``: (body, end) or None while incomplete."""
-    parts: list[bytes] = []
-    while True:
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            return None
-        size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
-        start = eol + 2
-        if size == 0:
-            end = buf.find(b"\r\n\r\n", eol)  # the blank line after optional trailers
-            return (b"".join(parts), end + 4) if end >= 0 else None
-        if len(buf) < start + size + 2:
-            return None
-        parts.append(bytes(buf[start:start + size]))
-        pos = start + size + 2
-
-
-def parse_request(buf: bytearray) -> tuple[Request, int] | None:
-    """The first complete request in ``buf`` and its length; None while incomplete.
-    Raises ValueError on a request this server will not read."""
-    head_end = buf.find(b"\r\n\r\n")
-    if head_end < 0:
-        if len(buf) > _MAX_HEAD:
-            raise ValueError("request head too large")
-        return None
-    lines = bytes(buf[:head_end]).split(b"\r\n")
-    method, target, version = lines[0].split(b" ", 2)
-    length, chunked = 0, False
-    close = version == b"HTTP/1.0"
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-        elif name == b"connection":
-            close = b"close" in value.lower()
-    if length > _MAX_BODY:
-        raise ValueError("request body too large")
-    path = target.split(b"?", 1)[0].decode("latin-1")
-    start = head_end + 4
-    if chunked:
-        found = _dechunk(buf, start)
-        if found is None:
-            return None
-        return Request(method, path, found[0], close), found[1]
-    if len(buf) < start + length:
-        return None
-    return Request(method, path, bytes(buf[start:start + length]), close), start + length
+# --- HTTP/1.1 (the parsing is http11.py) -----------------------------------------------
 
 
 class EngineConnection(asyncio.Protocol):
@@ -228,16 +156,9 @@ class EngineConnection(asyncio.Protocol):
 
     def _serve(self) -> None:
         while self._transport is not None and not self._busy:
-            try:
-                found = parse_request(self._buf)
-            except ValueError:
-                self._transport.writelines(json_answer(413, b"{}"))
-                self._transport.close()
+            request = take_request(self._buf, self._transport)
+            if request is None:
                 return
-            if found is None:
-                return
-            request, used = found
-            del self._buf[:used]
             pieces, stream = self._answers.route(request.method, request.path, request.body)
             if stream and self._delay > 0:
                 self._start_paced(pieces, request.close)

@@ -39,9 +39,10 @@ import psutil
 from fleet import STARTERS, Fleet, Noise, measure, measure_quietly
 from instant_engine import loop_factory
 from loadgen import Workload
+from processes import StartError
 from profiling import Sampler, gc_lines, pyspy, render, summarize
 from report import DIRECT, LLMGW, SUMMARY_HEAD, Pooled, goals, ratios, summary_row, table
-from targets import BENCH, Layout, StartError, start_llmgw
+from targets import BENCH, Layout, start_llmgw
 
 
 @dataclass(frozen=True)

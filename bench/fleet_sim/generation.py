@@ -13,10 +13,11 @@ from typing import Any
 
 import orjson
 
-from bench.fleet_sim.http11 import Request, Responder
+from bench.fleet_sim.http_server import Responder
 from bench.fleet_sim.openai_format import Reply, error_body, reply_pieces, usage
 from bench.fleet_sim.replica import Prefill, SimReplica
 from bench.fleet_sim.tokens import render_body
+from bench.http11 import Request
 
 _ids = itertools.count(1)
 

@@ -5,30 +5,27 @@ this proxy, then a seeded coin), asking the simulator's ``/sim/match`` before ea
 "True" also counts the prompts this proxy has sent to a replica and not yet seen
 answered: their blocks are cached before a request sent now would prefill (slots and the
 prefill lane are FIFO). Without them, concurrent requests that share a new prefix would
-scatter while the first one computes it. The oracle bounds the hit rate of a router
-that lacks the engines' state; it is not a good router, since it ignores load whenever
-one replica has more cached.
+scatter while the first one computes it.
+
+With ``load_factor`` (the harness's headline ``oracle``) only replicas with fewer
+requests in flight than ``load_factor`` x the mean + 1 compete on prefix. Without it
+(``oracle-unbounded``, a reference row) load is ignored whenever one replica has more
+cached, so a prefix every request shares sends them all to one replica. Either is greedy:
+it knows the caches, not the future, so it is a reference point, not an upper bound on
+what a router can hit.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+from os.path import commonprefix  # any sequences, not only paths
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from bench.fleet_sim.tokens import block_hashes, render_body, token_count
-
-
-def _common_prefix(a: list[bytes], b: list[bytes]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class OracleProxy:
@@ -73,7 +70,7 @@ class OracleProxy:
             cached: dict[str, int] = (await response.json())["cached"]
 
         def blocks(name: str) -> int:
-            coming = (_common_prefix(hashes, h) for h in self.in_flight[name].values())
+            coming = (len(commonprefix([hashes, h])) for h in self.in_flight[name].values())
             return max([cached[name] // self.block_tokens, *coming])
 
         def load(name: str) -> int:

@@ -7,8 +7,9 @@ same simulated replicas, cold caches each time.
 For every workload and target: start the target (a router process, the in-process
 oracle, or nothing for ``direct-random``), check one request goes through, empty the
 sims' caches (``POST /sim/reset``), replay the workload, read the sims' counters, stop
-the target. Prints a table per workload and a summary; writes everything, with every
-request's record, to ``bench/out/fleet_sim-<time>.json``.
+the target. Prints a table per workload, a summary and the goals checked on chat
+(``goals.py``); writes everything, with every request's record, to
+``bench/out/fleet_sim-<time>.json``.
 """
 
 from __future__ import annotations
@@ -27,15 +28,23 @@ from typing import Any
 import aiohttp
 import psutil
 
+from bench.fleet_sim import goals
 from bench.fleet_sim import targets as tg
 from bench.fleet_sim.loadgen import Replay, Result, send
 from bench.fleet_sim.oracle import OracleProxy
 from bench.fleet_sim.replica import CostModel
 from bench.fleet_sim.report import Row, summarize, summary, table, write_json
 from bench.fleet_sim.workloads import NAMES, Workload, build
+from bench.processes import REPO, Proc, StartError, cpu_s, free_ports, machine_busy_s, wait_ready
 
 TARGETS = ("direct-random", "llmgw/round-robin", "llmgw/least-load", "llmgw/prefix-aware",
-           "llmgw/session-aware", "sglang-router/cache_aware", "oracle", "oracle-bounded")
+           "llmgw/session-aware", "sglang-router/cache_aware",
+           "sglang-router/cache_aware-abs4-rel1.5", "oracle", "oracle-unbounded")
+# The headline oracle is load-bounded: only replicas with fewer requests in flight than
+# ORACLE_LOAD_FACTOR x the mean + 1 compete on prefix (llmgw's session bound). Without a
+# bound, longest-prefix sends every request sharing a system prompt to one replica; that
+# oracle stays as a reference row, "oracle-unbounded".
+ORACLE_LOAD_FACTOR = 1.5
 CHAT = "/v1/chat/completions"
 
 
@@ -44,7 +53,7 @@ class Context:
     """What every run shares: the fleet, its URLs by replica name, where logs go."""
 
     logs: Path
-    sims: tg.Proc
+    sims: Proc
     urls: dict[str, str]  # sim-<port> -> base URL
     seed: int
     block_tokens: int
@@ -80,10 +89,10 @@ async def open_target(name: str, ctx: Context) -> AsyncIterator[Running]:
     if kind == "direct-random":
         rng = random.Random(ctx.seed)
         yield Running(lambda: rng.choice(urls) + CHAT)
-    elif kind in ("oracle", "oracle-bounded"):
-        bound = 1.5 if kind == "oracle-bounded" else None
+    elif kind in ("oracle", "oracle-unbounded"):
+        bound = ORACLE_LOAD_FACTOR if kind == "oracle" else None
         proxy = OracleProxy(ctx.urls, ctx.seed, ctx.block_tokens, bound)
-        await proxy.start(tg.free_ports(1)[0])
+        await proxy.start(free_ports(1)[0])
         try:
             yield Running(lambda: proxy.url + CHAT)
         finally:
@@ -92,31 +101,12 @@ async def open_target(name: str, ctx: Context) -> AsyncIterator[Running]:
         start = tg.start_llmgw if kind == "llmgw" else tg.start_sglang_router
         proc = start(ctx.logs, policy, urls)
         try:
-            await tg.wait_ready(proc, "/ready" if kind == "llmgw" else "/health", 60)
+            await wait_ready(proc, "/ready" if kind == "llmgw" else "/health", 60)
             yield Running(lambda: proc.url + CHAT, psutil.Process(proc.process.pid))
         finally:
             proc.stop()
     else:
-        raise tg.StartError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has spent busy, all CPUs together."""
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0)
-                 + getattr(t, "softirq", 0.0))
-
-
-def cpu_s(process: psutil.Process | None) -> float:
-    """User + system CPU seconds of a process and its children so far."""
-    if process is None:
-        return 0.0
-    total = 0.0
-    for p in [process, *process.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = p.cpu_times()
-            total += times.user + times.system
-    return total
+        raise StartError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
 
 
 async def probe(url: str) -> None:
@@ -127,7 +117,7 @@ async def probe(url: str) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
         await send(http, url, body, {"content-type": "application/json"}, result)
     if not result.ok:
-        raise tg.StartError(f"probe request failed: {result.error}")
+        raise StartError(f"probe request failed: {result.error}")
 
 
 async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Namespace) -> Row:
@@ -147,7 +137,7 @@ async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Na
                 # Whatever else ran meanwhile (a shared machine) competes for the same CPUs.
                 cpu["other"] = max(0.0, (machine_busy_s() - busy_before) / wall - sum(cpu.values()))
                 fleet = await ctx.fleet(http)
-        except tg.StartError as exc:
+        except StartError as exc:
             return Row(name, workload.name, reason=" ".join(str(exc).split())[:300])
     return summarize(name, workload.name, replay.results, wall, fleet, cpu)
 
@@ -186,7 +176,7 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
     workloads = list(NAMES) if args.workload == "all" else [args.workload]
     logs = Path(tempfile.mkdtemp(prefix="fleet-sim-"))
-    ports = tg.free_ports(args.replicas)
+    ports = free_ports(args.replicas)
     flags = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in (
         "prefill_ms_per_token", "decode_ms_per_token", "max_running", "kv_blocks",
         "block_tokens")]
@@ -195,7 +185,7 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
                   args.block_tokens)
     rows: list[Row] = []
     try:
-        await tg.wait_ready(sims, "/health", 30)
+        await wait_ready(sims, "/health", 30)
         for workload_name in workloads:
             workload = build(workload_name, args.requests, args.seed)
             print(f"\n## {workload_name}: {workload.requests} requests in "
@@ -212,7 +202,8 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
             rows += batch
     finally:
         sims.stop()
-    print("\n## Summary\n\n" + summary(rows) + f"\n\nprocess logs: {logs}")
+    print("\n## Summary\n\n" + summary(rows) + "\n\n" + "\n".join(goals.check(rows))
+          + f"\n\nprocess logs: {logs}")
     return rows
 
 
@@ -220,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     rows = asyncio.run(main_async(args))
-    out = args.out or (tg.REPO / "bench" / "out" / time.strftime("fleet_sim-%Y%m%d-%H%M%S.json"))
+    out = args.out or (REPO / "bench" / "out" / time.strftime("fleet_sim-%Y%m%d-%H%M%S.json"))
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     write_json(out, config, rows)
     print(f"\n{len(rows)} rows in {time.monotonic() - started:.0f}s; raw results: {out}")

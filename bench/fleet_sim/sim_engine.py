@@ -29,10 +29,11 @@ from collections.abc import Callable
 import orjson
 
 from bench.fleet_sim.generation import serve_generation
-from bench.fleet_sim.http11 import Handler, Request, Responder, serve
+from bench.fleet_sim.http_server import Handler, Responder, serve
 from bench.fleet_sim.openai_format import error_body
 from bench.fleet_sim.replica import CostModel, SimReplica
 from bench.fleet_sim.tokens import render_body, token_count
+from bench.http11 import Request
 
 log = logging.getLogger("fleet_sim")
 _GENERATION = ("/v1/chat/completions", "/v1/completions")
@@ -73,27 +74,27 @@ class Fleet:
 
     async def route(self, replica: SimReplica, request: Request, resp: Responder) -> None:
         method, path = request.method, request.path
-        if method == "POST" and path in _GENERATION:
+        if method == b"POST" and path in _GENERATION:
             await serve_generation(replica, self.model, request, resp)
-        elif method == "GET" and path == "/metrics":
+        elif method == b"GET" and path == "/metrics":
             resp.send(200, metrics_text(replica, self.model), "text/plain; version=0.0.4")
-        elif method == "GET" and path == "/v1/models":
+        elif method == b"GET" and path == "/v1/models":
             resp.send(200, orjson.dumps({"object": "list", "data": [
                 {"id": self.model, "object": "model", "created": 0, "owned_by": "sim",
                  "max_model_len": 131072}]}))
-        elif method == "GET" and path == "/sim/state":
+        elif method == b"GET" and path == "/sim/state":
             resp.send(200, orjson.dumps(replica.state()))
-        elif method == "POST" and path == "/sim/reset":
+        elif method == b"POST" and path == "/sim/reset":
             replica.reset()
             resp.send(200, orjson.dumps(replica.state()))
-        elif method == "GET" and path == "/sim/fleet":
+        elif method == b"GET" and path == "/sim/fleet":
             resp.send(200, orjson.dumps({r.name: r.state() for r in self.replicas.values()}))
-        elif method == "POST" and path == "/sim/match":
+        elif method == b"POST" and path == "/sim/match":
             self.match(request, resp)
-        elif method == "GET":
+        elif method == b"GET":
             resp.send(200, b"{}")  # /health, and the info paths routers probe
         else:
-            resp.send(404, error_body(f"no route {method} {path}"))
+            resp.send(404, error_body(f"no route {method.decode('latin-1')} {path}"))
 
     def match(self, request: Request, resp: Responder) -> None:
         """Each replica's true cached tokens for the prompt of a generation body."""

@@ -4,7 +4,8 @@ One sim process serves two replicas with a 32-block cache of 16-token blocks, 2 
 slots, 0.05 ms/token prefill and 2 ms/token decode. Prompts are sized in whole blocks:
 the tokenizer stand-in is 4 characters per token and a one-message chat renders as
 ``<|user|>`` + content + ``<|end|><|assistant|>`` (28 characters around the content).
-Assertions are on the sim's reported simulated times, never on wall-clock.
+Assertions are on the sim's reported simulated times, never on wall-clock. The goals
+check (bench/fleet_sim/goals.py) is pure and tested on rows made here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.fleet_sim import goals
+from bench.fleet_sim.report import Row
 from tests.support import Server, engine_counter, free_port, wait_until
 
 BLOCK_CHARS = 16 * 4
@@ -156,3 +159,35 @@ def test_client_disconnect_aborts_the_request(urls: list[str]) -> None:
     state = httpx.get(a + "/sim/state", timeout=5).json()
     assert (state["running"], state["requests"]) == (0, 1)
     assert state["generation_tokens"] < 5000
+
+
+def _row(target: str, hit: float, p50: float, p99: float, load: float) -> Row:
+    return Row(target, "chat", hit_rate=hit, ttft_p50_ms=p50, ttft_p99_ms=p99,
+               load_imbalance=load)
+
+
+def test_goals_compare_each_policy_with_the_reference_rows() -> None:
+    rows = [_row("llmgw/round-robin", 0.5, 24, 60, 1.0),
+            _row("oracle", 0.8, 8, 60, 1.6),
+            _row("sglang-router/cache_aware", 0.7, 1700, 2000, 8.0),
+            _row("sglang-router/cache_aware-abs4-rel1.5", 0.8, 48, 40, 1.3),
+            _row("llmgw/session-aware", 0.75, 7, 45, 1.35),
+            Row("llmgw/prefix-aware", "chat", reason="llmgw check: unknown policy")]
+    assert goals.check(rows) == [
+        "goal  llmgw/prefix-aware hit rate >= 90% of oracle's (chat): n/a (no row)",
+        "goal  llmgw/prefix-aware TTFT p50 >= 2x lower than llmgw/round-robin's (chat): "
+        "n/a (no row)",
+        "goal  llmgw/prefix-aware TTFT p99 lower than sglang-router/cache_aware's (chat): "
+        "n/a (no row)",
+        "goal  llmgw/prefix-aware TTFT p99 lower than sglang-router/cache_aware-abs4-rel1.5's "
+        "(chat): n/a (no row)",
+        "goal  llmgw/prefix-aware max/mean load < 1.3 (chat): n/a (no row)",
+        "goal  llmgw/session-aware hit rate >= 90% of oracle's (chat): 75.0% vs 80.0% -> met",
+        "goal  llmgw/session-aware TTFT p50 >= 2x lower than llmgw/round-robin's (chat): "
+        "7 ms vs 24 ms -> met",
+        "goal  llmgw/session-aware TTFT p99 lower than sglang-router/cache_aware's (chat): "
+        "45 ms vs 2000 ms -> met",
+        "goal  llmgw/session-aware TTFT p99 lower than sglang-router/cache_aware-abs4-rel1.5's "
+        "(chat): 45 ms vs 40 ms -> NOT met",
+        "goal  llmgw/session-aware max/mean load < 1.3 (chat): 1.35 vs 1.30 -> NOT met",
+    ]
