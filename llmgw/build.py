@@ -9,16 +9,21 @@ import random
 from collections.abc import Mapping, Sequence
 
 import aiohttp
+import zmq.asyncio
 
 from llmgw.config import ConfigError, GatewayConfig, ModelConfig
 from llmgw.dispatcher import Dispatcher, ModelGroup
 from llmgw.engines.embedded_client import EmbeddedEngine, FakeEngineClient
 from llmgw.engines.openai_http import OpenAIHTTPEngine
+from llmgw.engines.prompt_tokens import PromptTokenizer
 from llmgw.engines.sglang import SGLangEngine
 from llmgw.engines.vllm import VLLMEngine
-from llmgw.metrics import Metrics, ModelMetrics, ReplicaMetrics, ShadowMetrics
+from llmgw.kv_events import KVEventStream, KVEventSubscriber
+from llmgw.metrics import KVEventMetrics, Metrics, ModelMetrics, ReplicaMetrics, ShadowMetrics
 from llmgw.pool import Replica, ReplicaPool
-from llmgw.routing.registry import make_policy, policy_names
+from llmgw.routing.base import RoutingPolicy
+from llmgw.routing.kv_block_index import KVBlockIndex
+from llmgw.routing.registry import make_policy, policy_names, policy_spec, uses_kv_index
 from llmgw.shadow import Shadow
 from llmgw.types import ReplicaAddress
 
@@ -43,6 +48,38 @@ def check_config(cfg: GatewayConfig) -> None:
                                   f"known: {', '.join(known)}")
     for name in cfg.policies:  # plugin names and params, checked by the plugins
         make_policy(name, random.Random(0), cfg.policies)
+    for index, model in enumerate(cfg.models):
+        _check_kv_routing(cfg, index, model)
+
+
+def reads_kv_events(cfg: GatewayConfig, model: ModelConfig) -> bool:
+    """Whether the model's live or shadow policy scores engine-reported KV blocks."""
+    specs = (policy_spec(name, cfg.policies) for name in (model.routing, *model.shadow))
+    return any(spec is not None and uses_kv_index(spec) for spec in specs)
+
+
+def _check_kv_routing(cfg: GatewayConfig, index: int, model: ModelConfig) -> None:
+    if not reads_kv_events(cfg, model):
+        return
+    if not model.publishes_kv_events:
+        raise ConfigError(
+            f"models[{index}].routing: {model.name!r} routes on the KV blocks its engines "
+            f"report (scorer 'kv-cache'): set launch.kv_events: true (vLLM) or give "
+            f"kv_events_url for attached engines")
+    if model.tokenizer is None and model.model is None:
+        raise ConfigError(
+            f"models[{index}].tokenizer: token-level routing (scorer 'kv-cache') needs the "
+            f"model's tokenizer: give 'tokenizer' (a path or hub id) or 'model'")
+
+
+def load_tokenizer(model: ModelConfig) -> PromptTokenizer:
+    source = model.tokenizer or model.model
+    assert source is not None  # check_config
+    if source == "demo":
+        from llmgw.engines.demo_model import ensure_demo_model
+
+        source = str(ensure_demo_model())
+    return PromptTokenizer.load(source)
 
 
 class Gateway:
@@ -62,6 +99,8 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
             auto_decompress=False, raise_for_status=False,
         )
+        self._zmq = zmq.asyncio.Context()
+        self.kv_subscribers: list[KVEventSubscriber] = []
         groups: dict[str, ModelGroup] = {}
         for model in config.models:
             replicas = [
@@ -69,21 +108,36 @@ class Gateway:
                         ReplicaMetrics(self.metrics, model.name, addr.id, model.routing))
                 for addr in addresses[model.name]
             ]
+            kv_index = self._subscribe(model, addresses[model.name]) \
+                if reads_kv_events(config, model) else None
+
+            def policy(name: str, kv_index: KVBlockIndex | None = kv_index) -> RoutingPolicy:
+                return make_policy(name, random.Random(rng.random()), config.policies, kv_index)
+
             groups[model.name] = ModelGroup(
                 name=model.name, upstream_model=model.upstream_model, replicas=replicas,
-                policy=make_policy(model.routing, random.Random(rng.random()), config.policies),
+                policy=policy(model.routing),
                 policy_name=model.routing, timeouts=model.timeouts,
                 max_attempts=model.max_attempts, metrics=ModelMetrics(self.metrics, model.name),
-                shadows=[Shadow(name, make_policy(name, random.Random(rng.random()),
-                                                  config.policies),
-                                ShadowMetrics(self.metrics, model.name, name))
+                shadows=[Shadow(name, policy(name), ShadowMetrics(self.metrics, model.name, name))
                          for name in model.shadow],
+                tokenizer=load_tokenizer(model) if kv_index is not None else None,
             )
         self.pool = ReplicaPool(
             [r for g in groups.values() for r in g.replicas], interval_s=config.health.interval_s,
             stats_interval_s=config.health.stats_interval_s,
         )
         self.dispatcher = Dispatcher(groups, ModelMetrics(self.metrics, "unknown"))
+
+    def _subscribe(self, model: ModelConfig, addresses: Sequence[ReplicaAddress]) -> KVBlockIndex:
+        """One index per model, fed by every replica's KV event publisher."""
+        index = KVBlockIndex()
+        for addr in addresses:
+            if addr.kv_events is not None:
+                stream = KVEventStream(addr.id, index,
+                                       KVEventMetrics(self.metrics, model.name, addr.id))
+                self.kv_subscribers.append(KVEventSubscriber(addr.kv_events, stream, self._zmq))
+        return index
 
     def _engine(self, model: ModelConfig, url: str) -> OpenAIHTTPEngine:
         return ENGINES[model.engine](
@@ -95,9 +149,17 @@ class Gateway:
         self.dispatcher.group(model).replica(replica_id).metrics.restarts.inc()
 
     async def start(self) -> None:
+        for subscriber in self.kv_subscribers:
+            subscriber.start()
         await self.pool.check_all()
         self.pool.start()
 
     async def close(self) -> None:
         await self.pool.stop()
+        for subscriber in self.kv_subscribers:
+            await subscriber.stop()
+        self._zmq.term()
+        for group in self.dispatcher.groups.values():
+            if group.tokenizer is not None:
+                group.tokenizer.close()
         await self.session.close()

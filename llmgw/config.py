@@ -73,6 +73,9 @@ class LaunchConfig(_Strict):
     max_lora_rank: int | None = Field(default=None, ge=1)
     # Adapters loaded at engine start: name -> path.
     lora_modules: dict[str, str] = Field(default_factory=dict)
+    # vLLM only: publish KV cache events (ZMQ) on a free port per replica, for the precise
+    # prefix scorer (`kv-cache`, policy `precise-prefix-aware`).
+    kv_events: bool = False
 
 
 class ModelConfig(_Strict):
@@ -88,6 +91,12 @@ class ModelConfig(_Strict):
     model: str | None = None
     replicas: int | None = Field(default=None, ge=1, le=256)
     url: list[str] | None = Field(default=None, min_length=1)
+    # Attached vLLM replicas' KV event publishers (`tcp://host:port`), one per `url`, in
+    # the same order: the engine's --kv-events-config endpoint as seen from the gateway.
+    kv_events_url: list[str] | None = None
+    # Where the gateway loads the tokenizer from for token-level routing (the precise
+    # prefix scorer): a path or hub id. Defaults to ``model``.
+    tokenizer: str | None = None
     # The model name the upstream engine knows; defaults to ``name``.
     served_model_name: str | None = None
     routing: str = "least-load"
@@ -113,6 +122,38 @@ class ModelConfig(_Strict):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"must be an http(s) URL, got {url!r}")
         return [u.rstrip("/") for u in value] if value else value
+
+    @field_validator("kv_events_url", mode="before")
+    @classmethod
+    def _one_events_url_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("kv_events_url")
+    @classmethod
+    def _events_urls_are_zmq_tcp(cls, value: list[str] | None) -> list[str] | None:
+        for url in value or []:
+            if not url.startswith("tcp://") or "*" in url:
+                raise ValueError(f"must be a ZMQ address to connect to, tcp://HOST:PORT, "
+                                 f"got {url!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _kv_events_match_replicas(self) -> ModelConfig:
+        if self.kv_events_url is not None:
+            if self.url is None:
+                raise ValueError("'kv_events_url' is for attached engines ('url'); launched "
+                                 "vLLM replicas publish with launch.kv_events: true")
+            if len(self.kv_events_url) != len(self.url):
+                raise ValueError(f"'kv_events_url' needs one address per 'url' "
+                                 f"({len(self.url)}), got {len(self.kv_events_url)}")
+        if self.launch.kv_events and self.engine != "vllm":
+            raise ValueError(f"launch.kv_events is supported by engine 'vllm' only, "
+                             f"not {self.engine!r}")
+        return self
+
+    @property
+    def publishes_kv_events(self) -> bool:
+        return self.launch.kv_events or self.kv_events_url is not None
 
     @model_validator(mode="after")
     def _launch_or_attach(self) -> ModelConfig:

@@ -18,6 +18,7 @@ import orjson
 
 from llmgw.config import TimeoutConfig
 from llmgw.engines.base import UpstreamResponse
+from llmgw.engines.prompt_tokens import PromptTokenizer
 from llmgw.errors import (
     GatewayError,
     ModelNotFound,
@@ -29,7 +30,7 @@ from llmgw.errors import (
 )
 from llmgw.metrics import ModelMetrics
 from llmgw.pool import Replica
-from llmgw.routing.base import Decision, RoutingPolicy
+from llmgw.routing.base import Decision, Need, RoutingPolicy
 from llmgw.shadow import Shadow
 from llmgw.types import Outcome, RequestContext
 
@@ -57,10 +58,15 @@ class ModelGroup:
     metrics: ModelMetrics
     # Candidate policies that see every request but decide nothing (shadow.py).
     shadows: list[Shadow] = field(default_factory=list)
+    # The model's tokenizer, when a policy routes on the prompt's tokens.
+    tokenizer: PromptTokenizer | None = None
     _by_id: dict[str, Replica] = field(init=False, repr=False)
+    # What the live and shadow policies need computed per request.
+    needs: frozenset[Need] = field(init=False)
 
     def __post_init__(self) -> None:
         self._by_id = {r.id: r for r in self.replicas}
+        self.needs = self.policy.needs.union(*(s.policy.needs for s in self.shadows))
 
     def replica(self, replica_id: str) -> Replica:
         return self._by_id[replica_id]

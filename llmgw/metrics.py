@@ -119,6 +119,18 @@ class Metrics:
             "llmgw_engine_kv_cache_capacity_tokens",
             "The engine's KV cache size in tokens (blocks x block size).", engine, registry=r)
 
+        # KV cache events (vLLM), feeding the precise prefix scorer's index.
+        self.kv_events = Counter(
+            "llmgw_kv_events", "KV cache events received from engines, by type "
+            "(stored/removed/cleared blocks).", ["model", "replica", "type"], registry=r)
+        self.kv_event_gaps = Counter(
+            "llmgw_kv_event_gaps", "Event batches missed (sequence gaps) or engine restarts "
+            "seen on the KV event stream; the index is then partly blind.",
+            ["model", "replica", "kind"], registry=r)
+        self.kv_index_blocks = Gauge(
+            "llmgw_kv_index_blocks", "KV blocks the gateway believes each engine holds, "
+            "from its events.", engine, registry=r)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -191,3 +203,15 @@ class ShadowMetrics:
             child = self._picks[replica] = self._metrics.shadow_picks.labels(
                 self._model, self._policy, replica)
         child.inc()
+
+
+class KVEventMetrics:
+    """One replica's KV event stream children."""
+
+    def __init__(self, metrics: Metrics, model: str, replica: str) -> None:
+        self.stored = metrics.kv_events.labels(model, replica, "stored")
+        self.removed = metrics.kv_events.labels(model, replica, "removed")
+        self.cleared = metrics.kv_events.labels(model, replica, "cleared")
+        self.missed = metrics.kv_event_gaps.labels(model, replica, "missed")
+        self.restarted = metrics.kv_event_gaps.labels(model, replica, "restart")
+        self.blocks = metrics.kv_index_blocks.labels(model, replica)

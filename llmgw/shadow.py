@@ -28,7 +28,7 @@ class Shadow:
             pick = decision.ranked[0].id
             (self.metrics.agreed if pick == chosen_id else self.metrics.disagreed).inc()
             self.metrics.picked(pick)
-            share = decision.scores.get("prefix-cache", {}).get(pick)
+            share = decision.predicted.get(pick)
             if share is not None:
                 self.metrics.predicted_share.observe(share)
         self.policy.on_routed(ctx, chosen_id)

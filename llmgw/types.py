@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,6 +48,9 @@ class RequestContext:
     session_id: str | None = None
     # Normalized prompt text, for prefix-aware scorers. Empty when not needed.
     prompt: str = ""
+    # The prompt's token ids as the engine will see them (chat template applied), for
+    # the precise prefix scorer. None when not needed or not computable.
+    prompt_tokens: Sequence[int] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -57,6 +60,8 @@ class ReplicaAddress:
 
     id: str
     url: str
+    # The engine's KV cache event publisher (ZMQ, tcp://host:port), when it has one.
+    kv_events: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

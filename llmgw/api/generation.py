@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_response
 from llmgw.api.sse import relay_json, relay_stream
-from llmgw.dispatcher import Dispatcher, Exchange
+from llmgw.dispatcher import Dispatcher, Exchange, ModelGroup
 from llmgw.errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamTimeout
 from llmgw.protocol import (
     ChatCompletionRequest,
@@ -27,7 +27,6 @@ from llmgw.protocol import (
     GenerationRequest,
     prompt_text,
 )
-from llmgw.routing.base import Need
 from llmgw.routing.session import session_key
 from llmgw.types import Outcome, RequestContext
 
@@ -74,15 +73,20 @@ def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], Gene
 EXPLAIN_HEADER = "x-llmgw-explain"
 
 
-def request_context(request_id: str, model: str, endpoint: Endpoint, stream: bool,
-                    headers: Headers, parsed: dict[str, Any],
-                    needs: frozenset[Need]) -> RequestContext:
-    """What routing may know; the prompt text and session key only when the model's
-    policy uses them (rendering a long history costs)."""
+async def request_context(request_id: str, group: ModelGroup, endpoint: Endpoint,
+                          stream: bool, headers: Headers,
+                          parsed: dict[str, Any]) -> RequestContext:
+    """What routing may know; the prompt text, its tokens and the session key only when
+    the model's policies use them (rendering or tokenizing a long history costs)."""
+    needs = group.needs
+    tokens = None
+    if "tokens" in needs and group.tokenizer is not None:
+        tokens = await group.tokenizer.tokens(endpoint, parsed)
     return RequestContext(
-        request_id=request_id, model=model, endpoint=endpoint, stream=stream,
+        request_id=request_id, model=group.name, endpoint=endpoint, stream=stream,
         headers=headers,
         prompt=prompt_text(parsed) if "prompt" in needs else "",
+        prompt_tokens=tokens,
         session_id=session_key(headers, parsed) if "session" in needs else None,
     )
 
@@ -108,8 +112,8 @@ class GenerationRoute:
             parsed, req = parse_request(body, self.endpoint)
             group = dispatcher.group(req.model)
             model, stream = group.name, bool(req.stream)
-            ctx = request_context(request_id, group.name, self.endpoint, stream, headers,
-                                  parsed, group.policy.needs)
+            ctx = await request_context(request_id, group, self.endpoint, stream, headers,
+                                        parsed)
             # Unique per engine request (never the client's id, which may repeat): engines
             # that abort by id must not stop someone else's request.
             upstream_id = os.urandom(12).hex()

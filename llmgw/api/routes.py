@@ -52,8 +52,8 @@ async def debug_route(request: Request) -> Response:
         group = dispatcher.group(req.model)
     except GatewayError as exc:
         return error_response(exc)
-    ctx = request_context(os.urandom(8).hex(), group.name, endpoint, bool(req.stream),
-                          request.headers, parsed, group.policy.needs)
+    ctx = await request_context(os.urandom(8).hex(), group, endpoint, bool(req.stream),
+                                request.headers, parsed)
     decision = dispatcher.explain(ctx, group)
     replica = decision.ranked[0].id if decision.ranked else None
     return Response(orjson.dumps({"model": group.name, "replica": replica,

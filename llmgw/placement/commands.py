@@ -15,6 +15,8 @@ from typing import Any
 from llmgw.config import ConfigError, GatewayConfig, LaunchConfig, ModelConfig
 
 DEMO_MODEL = "demo"
+# The ZMQ topic launched vLLM replicas publish KV cache events under.
+KV_EVENTS_TOPIC = "kv"
 # Knob -> flag, per engine. A pair is (flag when true, flag when false).
 _VLLM_FLAGS: dict[str, str | tuple[str, str]] = {
     "tensor_parallel_size": "--tensor-parallel-size",
@@ -74,7 +76,8 @@ def engine_args_to_flags(args: dict[str, Any]) -> list[str]:
 def launch_flags(engine: str, launch: LaunchConfig) -> list[str]:
     """The typed knobs as ``engine``'s flags. Raises ValueError naming an unsupported knob."""
     _, _, table, lora_flag = _ENGINES[engine]
-    knobs = launch.model_dump(exclude={"python", "env", "lora_modules"}, exclude_none=True)
+    knobs = launch.model_dump(exclude={"python", "env", "lora_modules", "kv_events"},
+                              exclude_none=True)
     flags: list[str] = []
     for knob, value in knobs.items():
         flag = table.get(knob)
@@ -93,8 +96,18 @@ def launch_flags(engine: str, launch: LaunchConfig) -> list[str]:
     return flags
 
 
-def engine_command(model: ModelConfig, host: str, port: int, model_path: str) -> list[str]:
-    """``model_path`` is ``model.model`` with ``demo`` resolved (see ``resolve_model``)."""
+def kv_events_flags(port: int) -> list[str]:
+    """vLLM publishes KV cache events on ``port``. It must bind ``tcp://*``: vLLM binds
+    nothing, silently, for ``tcp://127.0.0.1:PORT`` (../shared/VLLM_CPU.md)."""
+    config = {"enable_kv_cache_events": True, "publisher": "zmq",
+              "endpoint": f"tcp://*:{port}", "topic": KV_EVENTS_TOPIC}
+    return ["--kv-events-config", json.dumps(config)]
+
+
+def engine_command(model: ModelConfig, host: str, port: int, model_path: str,
+                   kv_events_port: int | None = None) -> list[str]:
+    """``model_path`` is ``model.model`` with ``demo`` resolved (see ``resolve_model``);
+    ``kv_events_port`` is where a vLLM replica publishes KV events (``launch.kv_events``)."""
     if model.engine not in _ENGINES:
         raise ValueError(f"engine {model.engine!r} cannot be launched")
     module, model_flag, _, _ = _ENGINES[model.engine]
@@ -103,6 +116,7 @@ def engine_command(model: ModelConfig, host: str, port: int, model_path: str) ->
         python, "-m", module, model_flag, model_path,
         "--served-model-name", model.upstream_model, "--host", host, "--port", str(port),
         *launch_flags(model.engine, model.launch), *engine_args_to_flags(model.engine_args),
+        *(kv_events_flags(kv_events_port) if kv_events_port is not None else []),
     ]
 
 

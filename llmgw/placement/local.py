@@ -156,7 +156,10 @@ class EngineProcess:
 
 
 def attached_addresses(model: ModelConfig) -> list[ReplicaAddress]:
-    return [ReplicaAddress(f"{model.name}-{i}", url) for i, url in enumerate(model.url or [])]
+    events: list[str | None] = [*model.kv_events_url] if model.kv_events_url \
+        else [None] * model.replica_count
+    return [ReplicaAddress(f"{model.name}-{i}", url, kv_events)
+            for i, (url, kv_events) in enumerate(zip(model.url or [], events, strict=True))]
 
 
 class LocalLauncher:
@@ -189,13 +192,18 @@ class LocalLauncher:
         for index in range(model.replica_count):
             replica_id, host, port = f"{model.name}-{index}", "127.0.0.1", free_port()
             url = f"http://{host}:{port}"
+            # A restarted engine binds the same ports again, so subscribers reconnect.
+            events_port = free_port() if model.launch.kv_events else None
             self.processes.append(EngineProcess(
-                model.name, replica_id, engine_command(model, host, port, model_path),
+                model.name, replica_id,
+                engine_command(model, host, port, model_path, events_port),
                 engine_env(model), url,
                 self.log_dir / f"{replica_id}.log", model.startup_timeout_s,
                 lambda m, r: self.on_restart(m, r),
             ))
-            planned.append(ReplicaAddress(replica_id, url))
+            planned.append(ReplicaAddress(
+                replica_id, url,
+                f"tcp://{host}:{events_port}" if events_port is not None else None))
         return planned
 
     async def stop(self) -> None:

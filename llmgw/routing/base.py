@@ -9,7 +9,7 @@ can overrule the scores when the replicas are too unevenly loaded.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from llmgw.types import Outcome, ReplicaView, RequestContext
 
 # What a policy needs the API layer to compute per request (work skipped otherwise).
-Need = Literal["prompt", "session"]
+Need = Literal["prompt", "session", "tokens"]
 
 
 class NoParams(BaseModel):
@@ -80,6 +80,10 @@ class PredictsCache(Protocol):
 
     def take_prediction(self, request_id: str) -> float | None: ...
 
+    def offered(self, request_id: str) -> Mapping[str, float] | None:
+        """The cached share predicted for every candidate of a scored request."""
+        ...
+
 
 @dataclass(slots=True)
 class Decision:
@@ -91,12 +95,15 @@ class Decision:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     totals: dict[str, float] = field(default_factory=dict)
     guard: str | None = None
+    # Replica id -> the prompt share the policy expects it to have cached.
+    predicted: Mapping[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "ranked": [r.id for r in self.ranked], "dropped": self.dropped,
             "scores": {k: {r: round(v, 4) for r, v in s.items()} for k, s in self.scores.items()},
             "totals": {r: round(v, 4) for r, v in self.totals.items()}, "guard": self.guard,
+            "predicted_cached_share": {r: round(v, 6) for r, v in self.predicted.items()},
         }
 
 
@@ -172,7 +179,10 @@ class Pipeline:
         rand = self.rng.random
         keyed = sorted((-totals[r.id], rand(), i) for i, r in enumerate(eligible))
         decision.ranked = [eligible[i] for _, _, i in keyed]
-        decision.totals = totals if explain else {}
+        if explain:
+            decision.totals = totals
+            offered = self._predictors[0].offered(ctx.request_id) if self._predictors else None
+            decision.predicted = offered or {}
         return decision
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
@@ -183,8 +193,6 @@ class Pipeline:
         return None
 
     def take_prediction(self, ctx: RequestContext) -> float | None:
-        for predictor in self._predictors:
-            predicted = predictor.take_prediction(ctx.request_id)
-            if predicted is not None:
-                return predicted
-        return None
+        # Every predictor's entry is taken (so none lingers); the first scorer's counts.
+        taken = [p.take_prediction(ctx.request_id) for p in self._predictors]
+        return next((t for t in taken if t is not None), None)

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmgw.routing.affinity import (
+    CapacityWatch,
+    PredictionLedger,
+    beyond_common_prefix,
+    bounded_put,
+)
 from llmgw.routing.base import Need
 from llmgw.routing.prefix_index import PrefixIndex, block_hashes
 from llmgw.types import ReplicaView, RequestContext
@@ -50,55 +56,40 @@ class PrefixCacheScorer:
         # is kept until the engine reports what it really had cached (take_prediction).
         # Both bounded: requests that fail or are never routed leave entries behind.
         self._pending: OrderedDict[str, list[int]] = OrderedDict()
-        self._scores: OrderedDict[str, dict[str, float]] = OrderedDict()
-        self._predicted: OrderedDict[str, float] = OrderedDict()
-        self._known_capacity: dict[str, int] = {}  # replica id -> KV tokens, as last seen
+        self._predictions = PredictionLedger()
+        self._capacity = CapacityWatch()
 
     def _hashes(self, ctx: RequestContext) -> list[int]:
         hashes = self._pending.get(ctx.request_id)
         if hashes is None:
             hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
-            _bounded_put(self._pending, ctx.request_id, hashes)
+            bounded_put(self._pending, ctx.request_id, hashes)
         return hashes
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
-        self._follow_engine_capacity(replicas)
+        for rid, tokens in self._capacity.changed(replicas):
+            # The engine's KV size in prompt characters, in blocks of this index.
+            self.index.set_capacity(
+                rid, int(tokens * self.params.chars_per_token / self.params.block_chars))
         hashes = self._hashes(ctx)
         if not hashes:
             return {}
         depths = self.index.matched(hashes, (r.id for r in replicas))
-        # What every replica holds (a system prompt cached fleet-wide) separates nothing:
-        # score the share of the rest of the prompt each replica holds beyond that.
-        floor = min(depths.values(), default=0)
-        rest = len(hashes) - floor
-        scores = {rid: (depth - floor) / rest if rest else 1.0 for rid, depth in depths.items()}
-        _bounded_put(self._scores, ctx.request_id, scores)
-        return scores
+        self._predictions.offer(ctx.request_id,
+                                {rid: depth / len(hashes) for rid, depth in depths.items()})
+        return beyond_common_prefix(depths, len(hashes))
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         hashes = self._pending.pop(ctx.request_id, None)
         if hashes is None:
             hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
-        scores = self._scores.pop(ctx.request_id, None)
-        if scores is not None:
-            _bounded_put(self._predicted, ctx.request_id, scores.get(replica_id, 0.0))
+        self._predictions.routed(ctx.request_id, replica_id)
         self.index.insert(replica_id, hashes)
 
-    def _follow_engine_capacity(self, replicas: Sequence[ReplicaView]) -> None:
-        for r in replicas:
-            tokens = r.kv_capacity_tokens
-            if tokens is not None and self._known_capacity.get(r.id) != tokens:
-                self._known_capacity[r.id] = tokens
-                blocks = int(tokens * self.params.chars_per_token / self.params.block_chars)
-                self.index.set_capacity(r.id, blocks)
+    def offered(self, request_id: str) -> Mapping[str, float] | None:
+        return self._predictions.offered(request_id)
 
     def take_prediction(self, request_id: str) -> float | None:
         """The share of the prompt this scorer expected the chosen replica to have cached,
         once; None when it made no prediction for the request."""
-        return self._predicted.pop(request_id, None)
-
-
-def _bounded_put(entries: OrderedDict[str, Any], key: str, value: Any, limit: int = 4096) -> None:
-    entries[key] = value
-    if len(entries) > limit:
-        entries.popitem(last=False)
+        return self._predictions.take(request_id)

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ValidationError
 from llmgw.config import ConfigError, LoadGuardConfig, PluginSpec, PolicyConfig
 from llmgw.routing.base import Filter, LoadGuard, Pipeline, RoutingPolicy, Scorer
 from llmgw.routing.filters import HasCapacityFilter, RoleFilter
+from llmgw.routing.kv_block_index import KVBlockIndex
+from llmgw.routing.kv_cache import KVCacheScorer
 from llmgw.routing.least_load import LeastLoadScorer
 from llmgw.routing.lora_affinity import HasAdapterFilter, LoraAffinityScorer
 from llmgw.routing.prefix_cache import PrefixCacheScorer
@@ -22,7 +24,10 @@ SCORERS: dict[str, Any] = {
     PrefixCacheScorer.type_name: PrefixCacheScorer,
     SessionScorer.type_name: SessionScorer,
     LoraAffinityScorer.type_name: LoraAffinityScorer,
+    KVCacheScorer.type_name: KVCacheScorer,
 }
+# Scorers built on the engines' own reports: they share the model's KV block index.
+_USES_KV_INDEX = frozenset({KVCacheScorer.type_name})
 FILTERS: dict[str, Any] = {
     HasCapacityFilter.type_name: HasCapacityFilter,
     RoleFilter.type_name: RoleFilter,
@@ -42,6 +47,10 @@ PRESETS: dict[str, PolicyConfig] = {
     "prefix-aware": _spec(("prefix-cache", 2.0), ("least-load", 1.0)),
     # Sessions stick to their replica; without a session, prefix then load decide.
     "session-aware": _spec(("session", 3.0), ("prefix-cache", 1.0), ("least-load", 1.0)),
+    # What the engines report holding (vLLM KV events), matched on the prompt's tokens.
+    # The approximate scorer, at a lower weight, covers the moments before the engine
+    # reports a prompt just sent (a burst of one prefix would otherwise scatter).
+    "precise-prefix-aware": _spec(("kv-cache", 2.0), ("prefix-cache", 0.5), ("least-load", 1.0)),
 }
 ROUND_ROBIN = "round-robin"
 
@@ -50,24 +59,38 @@ def policy_names(custom: dict[str, PolicyConfig] | None = None) -> list[str]:
     return sorted({ROUND_ROBIN, *PRESETS, *(custom or {})})
 
 
-def make_policy(name: str, rng: random.Random,
-                custom: dict[str, PolicyConfig] | None = None) -> RoutingPolicy:
-    """Raises KeyError for an unknown name, ConfigError for bad plugin params."""
+def uses_kv_index(spec: PolicyConfig) -> bool:
+    return any(s.type in _USES_KV_INDEX for s in spec.scorers)
+
+
+def policy_spec(name: str, custom: dict[str, PolicyConfig] | None = None) -> PolicyConfig | None:
+    """The pipeline a name stands for; None for round-robin. KeyError when unknown."""
     if name == ROUND_ROBIN:
+        return None
+    return (custom or {}).get(name) or PRESETS[name]
+
+
+def make_policy(name: str, rng: random.Random,
+                custom: dict[str, PolicyConfig] | None = None,
+                kv_index: KVBlockIndex | None = None) -> RoutingPolicy:
+    """Raises KeyError for an unknown name, ConfigError for bad plugin params.
+    ``kv_index`` feeds the scorers that read engine-reported KV blocks."""
+    spec = policy_spec(name, custom)
+    if spec is None:
         return RoundRobinPolicy(rng)
-    custom = custom or {}
-    where = f"policies.{name}" if name in custom else f"<built-in policy {name}>"
-    spec = custom[name] if name in custom else PRESETS[name]
+    where = f"policies.{name}" if name in (custom or {}) else f"<built-in policy {name}>"
     filters: list[Filter] = [_plugin(FILTERS, f, f"{where}.filters[{i}]")
                              for i, f in enumerate(spec.filters)]
-    scorers: list[tuple[Scorer, float]] = [(_plugin(SCORERS, s, f"{where}.scorers[{i}]"), s.weight)
-                                           for i, s in enumerate(spec.scorers)]
+    scorers: list[tuple[Scorer, float]] = [
+        (_plugin(SCORERS, s, f"{where}.scorers[{i}]", kv_index), s.weight)
+        for i, s in enumerate(spec.scorers)]
     guard = spec.load_guard
     return Pipeline(filters, scorers, rng,
                     LoadGuard(guard.abs_threshold, guard.rel_threshold) if guard else None)
 
 
-def _plugin(table: dict[str, Any], spec: PluginSpec, where: str) -> Any:
+def _plugin(table: dict[str, Any], spec: PluginSpec, where: str,
+            kv_index: KVBlockIndex | None = None) -> Any:
     cls = table.get(spec.type)
     if cls is None:
         raise ConfigError(f"{where}.type: unknown {spec.type!r}; known: {', '.join(sorted(table))}")
@@ -78,4 +101,8 @@ def _plugin(table: dict[str, Any], spec: PluginSpec, where: str) -> Any:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"{where}.params.{loc}: {first['msg']}") from None
+    if spec.type in _USES_KV_INDEX:
+        # Without events the index stays empty and the scorer has no opinion; the config
+        # check names models whose replicas publish none.
+        return cls(params, kv_index or KVBlockIndex())
     return cls(params)

@@ -171,8 +171,8 @@ def test_session_scorer_gives_no_opinion_without_a_session() -> None:
     ("policies", "message"),
     [
         ({"p": {"scorers": [{"type": "nope"}]}},
-         "policies.p.scorers[0].type: unknown 'nope'; known: least-load, lora-affinity, "
-         "prefix-cache, session"),
+         "policies.p.scorers[0].type: unknown 'nope'; known: kv-cache, least-load, "
+         "lora-affinity, prefix-cache, session"),
         ({"p": {"scorers": [{"type": "prefix-cache", "params": {"block_chars": 2}}]}},
          "policies.p.scorers[0].params.block_chars: Input should be greater than or equal to 8"),
         ({"p": {"filters": [{"type": "has-capacity"}], "scorers": [{"type": "least-load"}]}},
@@ -203,7 +203,8 @@ def test_prediction_is_the_chosen_replicas_score_taken_once_and_bounded() -> Non
         policy.rank(lost, views(0, 0))
         policy.on_routed(lost, "r0")
     scorer = policy.scorers[0][0]  # type: ignore[attr-defined]
-    assert len(scorer._predicted) <= 4096 and len(scorer._scores) <= 4096
+    ledger = scorer._predictions
+    assert len(ledger._predicted) <= 4096 and len(ledger._offered) <= 4096
 
 
 def test_a_prefix_every_replica_holds_does_not_hide_the_one_with_the_history() -> None:

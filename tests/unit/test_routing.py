@@ -64,6 +64,7 @@ def test_ranking_lists_every_replica_once_for_failover() -> None:
 
 
 def test_registry_names_are_kebab_case() -> None:
-    assert policy_names() == ["least-load", "prefix-aware", "round-robin", "session-aware"]
+    assert policy_names() == [
+        "least-load", "precise-prefix-aware", "prefix-aware", "round-robin", "session-aware"]
     with pytest.raises(KeyError):
         make_policy("nope", random.Random(0))

@@ -1,0 +1,86 @@
+"""A request's prompt as the engine's token ids, for token-level routing (the precise
+prefix scorer matches them against the KV blocks engines report).
+
+Mirrors vLLM's OpenAI server: chat messages go through the tokenizer's chat template
+(``tokenize=False``, then encoded without special tokens unless the request asks);
+a completion prompt is encoded with special tokens. Work runs in a small thread pool
+so a long prompt does not stall the event loop; any failure gives ``None`` (the scorer
+then has no opinion), never a failed request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, Protocol
+
+log = logging.getLogger("llmgw.tokens")
+_TEMPLATE_FIELDS = ("add_generation_prompt", "continue_final_message")
+
+
+class _HFTokenizer(Protocol):
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+
+
+class PromptTokenizer:
+    def __init__(self, tokenizer: _HFTokenizer, workers: int = 2) -> None:
+        self._tokenizer = tokenizer
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tokenize")
+
+    @classmethod
+    def load(cls, source: str) -> PromptTokenizer:
+        """``source``: a model directory or hub id holding the tokenizer files."""
+        from transformers import AutoTokenizer  # heavy: only when token routing is on
+
+        return cls(AutoTokenizer.from_pretrained(source))
+
+    async def tokens(self, endpoint: Literal["chat", "completions"],
+                     body: dict[str, Any]) -> Sequence[int] | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.tokens_now, endpoint, body)
+
+    def tokens_now(self, endpoint: Literal["chat", "completions"],
+                   body: dict[str, Any]) -> Sequence[int] | None:
+        try:
+            if endpoint == "chat":
+                return self._chat(body)
+            return self._completion(body)
+        except Exception as exc:  # an odd template or content: route without tokens
+            log.debug("cannot tokenize the prompt: %s", exc)
+            return None
+
+    def _chat(self, body: dict[str, Any]) -> list[int]:
+        kwargs: dict[str, Any] = {k: body[k] for k in _TEMPLATE_FIELDS if k in body}
+        kwargs.setdefault("add_generation_prompt", True)
+        if body.get("tools"):
+            kwargs["tools"] = body["tools"]
+        kwargs.update(body.get("chat_template_kwargs") or {})
+        messages = [_text_message(m) for m in body["messages"]]
+        text = self._tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+        return self._tokenizer.encode(
+            text, add_special_tokens=bool(body.get("add_special_tokens", False)))
+
+    def _completion(self, body: dict[str, Any]) -> list[int] | None:
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return self._tokenizer.encode(
+                prompt, add_special_tokens=bool(body.get("add_special_tokens", True)))
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            return prompt
+        return None  # a batch of prompts has no single place to go
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _text_message(message: dict[str, Any]) -> dict[str, Any]:
+    """Text parts joined with newlines, as vLLM renders content lists for text models."""
+    content = message.get("content")
+    if isinstance(content, list):
+        text = "\n".join(p.get("text", "") for p in content
+                         if isinstance(p, dict) and p.get("type") == "text")
+        return {**message, "content": text}
+    return message

@@ -1,0 +1,69 @@
+"""What the prefix scorers share: turning matched prefix depths into scores, and keeping
+each request's prediction until the engine reports what it really had cached."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from llmgw.types import ReplicaView
+
+# Requests that fail or are never routed leave entries behind: every table is bounded.
+PENDING_LIMIT = 4096
+
+
+def beyond_common_prefix(depths: Mapping[str, int], total: int) -> dict[str, float]:
+    """Replica id -> the share of the prompt's ``total`` blocks it holds beyond the prefix
+    that every candidate holds. A system prompt cached fleet-wide separates nothing; the
+    rest of the prompt does."""
+    floor = min(depths.values(), default=0)
+    rest = total - floor
+    return {rid: (depth - floor) / rest if rest else 1.0 for rid, depth in depths.items()}
+
+
+def bounded_put(entries: OrderedDict[str, Any], key: str, value: Any,
+                limit: int = PENDING_LIMIT) -> None:
+    entries[key] = value
+    if len(entries) > limit:
+        entries.popitem(last=False)
+
+
+class PredictionLedger:
+    """Per request: the predicted cached share for every candidate (at scoring), then the
+    chosen replica's (at routing), handed out once for calibration."""
+
+    def __init__(self) -> None:
+        self._offered: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._predicted: OrderedDict[str, float] = OrderedDict()
+
+    def offer(self, request_id: str, shares: dict[str, float]) -> None:
+        bounded_put(self._offered, request_id, shares)
+
+    def routed(self, request_id: str, replica_id: str) -> None:
+        shares = self._offered.pop(request_id, None)
+        if shares is not None:
+            bounded_put(self._predicted, request_id, shares.get(replica_id, 0.0))
+
+    def offered(self, request_id: str) -> Mapping[str, float] | None:
+        return self._offered.get(request_id)
+
+    def take(self, request_id: str) -> float | None:
+        return self._predicted.pop(request_id, None)
+
+
+class CapacityWatch:
+    """Reports each replica's engine KV size (tokens) when it is first seen or changes,
+    so an index can follow what the engine can really hold."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, int] = {}
+
+    def changed(self, replicas: Sequence[ReplicaView]) -> list[tuple[str, int]]:
+        changes = []
+        for r in replicas:
+            tokens = r.kv_capacity_tokens
+            if tokens is not None and self._known.get(r.id) != tokens:
+                self._known[r.id] = tokens
+                changes.append((r.id, tokens))
+        return changes
