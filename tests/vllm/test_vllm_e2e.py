@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.support import ROOT, Server, launched_engine_urls, llmgw_up, wait_until
@@ -83,9 +84,9 @@ def test_prefix_cache_is_reported_in_usage(client: openai.OpenAI) -> None:
             model="demo", messages=long_prompt, max_tokens=1)  # type: ignore[arg-type]
         details = raw.parse().usage.prompt_tokens_details  # type: ignore[union-attr]
         return details.cached_tokens if details else 0  # type: ignore[return-value]
-    # prefix-aware routing sends the repeats where the prompt went first, so vLLM serves
-    # them from its prefix cache (and with any policy, 3 requests on 2 replicas would
-    # repeat on one of them).
+    # prefix routing sends the repeats where the prompt went first, so vLLM serves them
+    # from its prefix cache (and with any policy, 3 requests on 2 replicas would repeat
+    # on one of them).
     assert max(cached() for _ in range(3)) > 0
 
 
@@ -98,6 +99,53 @@ def test_prefix_predictions_are_calibrated_against_vllm(gateway: Server,
     count = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                  if line.startswith('llmgw_prefix_prediction_error_ratio_count{model="demo"}'))
     assert count >= 3  # every request was predicted and checked against vLLM's usage
+
+
+def block_size(engines: list[str]) -> int:
+    info = next(line for line in httpx.get(engines[0] + "/metrics").text.splitlines()
+                if line.startswith("vllm:cache_config_info{"))
+    return int(info.split('block_size="', 1)[1].split('"', 1)[0])
+
+
+def test_precise_scorer_agrees_with_vllms_cached_tokens(
+        gateway: Server, client: openai.OpenAI, engines: list[str]) -> None:
+    """configs/vllm.yaml routes on the KV events each vLLM publishes: for every turn of a
+    conversation, the cached share the gateway predicted when it routed the request is
+    exactly what vLLM then reports in usage.prompt_tokens_details.cached_tokens."""
+    size = block_size(engines)
+    conversation: list[dict[str, str]] = [
+        {"role": "system", "content": "You are agent seven. " + " ".join(
+            f"rule{i}" for i in range(200))}]
+
+    def predicted_now(replica: str) -> float:
+        route = httpx.post(gateway.url + "/debug/route", json={
+            "model": "demo", "messages": conversation}).json()
+        return float(route["predicted_cached_share"].get(replica, 0.0))
+
+    cached_per_turn: list[int] = []
+    for turn in range(4):
+        conversation.append({"role": "user", "content": f"question {turn}: " + " ".join(
+            f"q{turn}w{i}" for i in range(40))})
+        raw = client.chat.completions.with_raw_response.create(
+            model="demo", messages=conversation, max_tokens=1,  # type: ignore[arg-type]
+            extra_headers={"x-llmgw-explain": "1"})
+        reply, route = raw.parse(), orjson.loads(raw.headers["x-llmgw-route"])
+        assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
+        prompt = reply.usage.prompt_tokens
+        cached = reply.usage.prompt_tokens_details.cached_tokens or 0
+        replica = route["replica"]
+        assert round(route["predicted_cached_share"][replica] * prompt) == cached, route
+        cached_per_turn.append(cached)
+        # The engine's events for this prompt reach the gateway before the next turn.
+        full = (prompt - 1) // size * size
+        def learned(replica: str = replica, prompt: int = prompt, full: int = full) -> bool:
+            return round(predicted_now(replica) * prompt) == full
+        wait_until(learned, 10, f"the gateway to learn the {full} tokens {replica} cached")
+        conversation.append({"role": "assistant", "content": "noted"})
+    assert cached_per_turn[0] == 0 and all(c >= size for c in cached_per_turn[1:])
+    # The same agreement, as operators see it: calibration error 0 on the gateway.
+    assert 'llmgw_kv_index_blocks{model="demo",replica="demo-0"}' in \
+        httpx.get(gateway.url + "/metrics").text
 
 
 def test_engine_errors_pass_through_with_status_and_message(client: openai.OpenAI) -> None:
