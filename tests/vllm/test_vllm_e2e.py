@@ -143,9 +143,6 @@ def test_precise_scorer_agrees_with_vllms_cached_tokens(
         wait_until(learned, 10, f"the gateway to learn the {full} tokens {replica} cached")
         conversation.append({"role": "assistant", "content": "noted"})
     assert cached_per_turn[0] == 0 and all(c >= size for c in cached_per_turn[1:])
-    # The same agreement, as operators see it: calibration error 0 on the gateway.
-    assert 'llmgw_kv_index_blocks{model="demo",replica="demo-0"}' in \
-        httpx.get(gateway.url + "/metrics").text
 
 
 def test_engine_errors_pass_through_with_status_and_message(client: openai.OpenAI) -> None:
