@@ -147,7 +147,9 @@ class Exchange:
         self._finished = True
         self.upstream.close()
         self.replica.release()
-        self.group.policy.on_done(self.ctx, self.replica.id, outcome)
+        prompt = self.usage.get("prompt_tokens") if self.usage else None
+        self.group.policy.on_done(self.ctx, self.replica.id, outcome,
+                                  prompt if isinstance(prompt, int) else None)
         m = self.group.metrics
         m.requests(self.ctx.endpoint, status).inc()
         now = time.perf_counter()
@@ -157,7 +159,6 @@ class Exchange:
             if self.events > 1:
                 m.inter_token_latency.observe((now - self.first_chunk_at) / (self.events - 1))
         if self.usage:
-            prompt = self.usage.get("prompt_tokens")
             completion = self.usage.get("completion_tokens")
             if isinstance(prompt, int):
                 m.prompt_tokens.inc(prompt)

@@ -59,6 +59,9 @@ class CapacityWatch:
     def __init__(self) -> None:
         self._known: dict[str, int] = {}
 
+    def known(self) -> dict[str, int]:
+        return dict(self._known)
+
     def changed(self, replicas: Sequence[ReplicaView]) -> list[tuple[str, int]]:
         changes = []
         for r in replicas:

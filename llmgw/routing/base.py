@@ -64,8 +64,10 @@ class RoutingPolicy(Protocol):
         """The request was sent to ``replica_id``."""
         ...
 
-    def on_done(self, ctx: RequestContext, replica_id: str, outcome: Outcome) -> None:
-        """The request on ``replica_id`` finished with ``outcome``."""
+    def on_done(self, ctx: RequestContext, replica_id: str, outcome: Outcome,
+                prompt_tokens: int | None = None) -> None:
+        """The request on ``replica_id`` finished with ``outcome``; the engine counted
+        ``prompt_tokens`` (when it said)."""
         ...
 
     def take_prediction(self, ctx: RequestContext) -> float | None:
@@ -83,6 +85,13 @@ class PredictsCache(Protocol):
     def offered(self, request_id: str) -> Mapping[str, float] | None:
         """The cached share predicted for every candidate of a scored request."""
         ...
+
+
+@runtime_checkable
+class LearnsPromptLength(Protocol):
+    """A scorer that calibrates itself on the engine's token count of finished prompts."""
+
+    def on_prompt_tokens(self, ctx: RequestContext, prompt_tokens: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -143,6 +152,8 @@ class Pipeline:
         self.needs: frozenset[Need] = frozenset().union(*(s.needs for s, _ in scorers))
         self._predictors: list[PredictsCache] = [
             s for s, _ in scorers if isinstance(s, PredictsCache)]
+        self._learners: list[LearnsPromptLength] = [
+            s for s, _ in scorers if isinstance(s, LearnsPromptLength)]
 
     def rank(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> list[ReplicaView]:
         return self._decide(ctx, replicas, explain=False).ranked
@@ -189,8 +200,11 @@ class Pipeline:
         for scorer, _ in self.scorers:
             scorer.on_routed(ctx, replica_id)
 
-    def on_done(self, ctx: RequestContext, replica_id: str, outcome: Outcome) -> None:
-        return None
+    def on_done(self, ctx: RequestContext, replica_id: str, outcome: Outcome,
+                prompt_tokens: int | None = None) -> None:
+        if prompt_tokens:
+            for learner in self._learners:
+                learner.on_prompt_tokens(ctx, prompt_tokens)
 
     def take_prediction(self, ctx: RequestContext) -> float | None:
         # Every predictor's entry is taken (so none lingers); the first scorer's counts.

@@ -35,8 +35,10 @@ class PrefixParams(BaseModel):
     # When it does (vLLM), the bound follows it: the index should forget about when the
     # engine evicts, or it promises cache hits the engine no longer has.
     capacity_per_replica: int = Field(default=100_000, ge=1)
-    # Converts the engine's KV size in tokens to characters of prompt text.
+    # Converts the engine's KV size in tokens to characters of prompt text: the starting
+    # value, then learned from the engines' prompt token counts (usage.prompt_tokens).
     chars_per_token: float = Field(default=4.0, gt=0)
+    learn_chars_per_token: bool = True
     ttl_s: float = Field(default=600.0, gt=0)
 
 
@@ -58,6 +60,8 @@ class PrefixCacheScorer:
         self._pending: OrderedDict[str, list[int]] = OrderedDict()
         self._predictions = PredictionLedger()
         self._capacity = CapacityWatch()
+        self.chars_per_token = self._applied_chars_per_token = p.chars_per_token
+        self._samples = 0
 
     def _hashes(self, ctx: RequestContext) -> list[int]:
         hashes = self._pending.get(ctx.request_id)
@@ -68,9 +72,7 @@ class PrefixCacheScorer:
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
         for rid, tokens in self._capacity.changed(replicas):
-            # The engine's KV size in prompt characters, in blocks of this index.
-            self.index.set_capacity(
-                rid, int(tokens * self.params.chars_per_token / self.params.block_chars))
+            self._size_for(rid, tokens)
         hashes = self._hashes(ctx)
         if not hashes:
             return {}
@@ -85,6 +87,27 @@ class PrefixCacheScorer:
             hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
         self._predictions.routed(ctx.request_id, replica_id)
         self.index.insert(replica_id, hashes)
+
+    def _size_for(self, replica_id: str, kv_tokens: int) -> None:
+        """The engine's KV size in prompt characters, in blocks of this index."""
+        self.index.set_capacity(
+            replica_id, int(kv_tokens * self.chars_per_token / self.params.block_chars))
+
+    def on_prompt_tokens(self, ctx: RequestContext, prompt_tokens: int) -> None:
+        """Learn how many characters of rendered prompt make one engine token (a moving
+        average), and resize the index when it drifts: the closed calibration loop that
+        keeps the index forgetting when the engine evicts, whatever the language or
+        tokenizer."""
+        if not self.params.learn_chars_per_token or not ctx.prompt:
+            return
+        self._samples += 1
+        weight = max(1 / self._samples, 0.02)
+        self.chars_per_token += weight * (len(ctx.prompt) / prompt_tokens - self.chars_per_token)
+        drift = abs(self.chars_per_token / self._applied_chars_per_token - 1)
+        if self._samples >= 16 and drift > 0.1:
+            self._applied_chars_per_token = self.chars_per_token
+            for rid, tokens in self._capacity.known().items():
+                self._size_for(rid, tokens)
 
     def offered(self, request_id: str) -> Mapping[str, float] | None:
         return self._predictions.offered(request_id)

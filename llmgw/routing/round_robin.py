@@ -29,7 +29,8 @@ class RoundRobinPolicy:
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         return None
 
-    def on_done(self, ctx: RequestContext, replica_id: str, outcome: Outcome) -> None:
+    def on_done(self, ctx: RequestContext, replica_id: str, outcome: Outcome,
+                prompt_tokens: int | None = None) -> None:
         return None
 
     def take_prediction(self, ctx: RequestContext) -> float | None:
