@@ -33,8 +33,9 @@ class Decoder(Protocol):
     def keep(self, rows: list[int]) -> None:
         """Keep only these row indices (ascending); the others are forgotten."""
 
-    def step(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """Feed one token per row at the given positions; returns logits [rows, vocab]."""
+    def step(self, tokens: list[int], positions: list[int], adapters: list[int]) -> torch.Tensor:
+        """Feed one token per row at the given positions, each row through its own
+        LoRA slot (0: the base); returns logits [rows, vocab]."""
 
 
 class SequentialDecoder:
@@ -50,14 +51,17 @@ class SequentialDecoder:
     def keep(self, rows: list[int]) -> None:
         self._caches = [self._caches[i] for i in rows]
 
-    def step(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+    def step(self, tokens: list[int], positions: list[int], adapters: list[int]) -> torch.Tensor:
         rows = [
             self._runner.forward(
                 torch.tensor([[token]], dtype=torch.long),
                 cache,
                 position_ids=torch.tensor([[position]], dtype=torch.long),
+                adapters=[adapter],
             )
-            for token, cache, position in zip(tokens, self._caches, positions, strict=True)
+            for token, cache, position, adapter in zip(
+                tokens, self._caches, positions, adapters, strict=True
+            )
         ]
         return torch.cat(rows, dim=0)
 
@@ -101,7 +105,7 @@ class BatchedDecoder:
         set_layer_tensors(self._cache, keys, values)
         self._pads = [self._pads[i] - trim for i in rows]
 
-    def step(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+    def step(self, tokens: list[int], positions: list[int], adapters: list[int]) -> torch.Tensor:
         assert self._cache is not None, "step() without rows"
         mask = None
         if any(self._pads):  # an all-ones mask would only slow attention down
@@ -115,6 +119,7 @@ class BatchedDecoder:
             self._cache,
             attention_mask=mask,
             position_ids=torch.tensor(positions, dtype=torch.long).unsqueeze(1),
+            adapters=adapters,
         )
 
 

@@ -5,29 +5,37 @@ Each step the scheduler thread (1) takes new requests and aborts from its inbox,
 and sampling its first token, then (3) decodes one more token for every running
 sequence in a single batched forward. Torch work never runs on the event loop;
 events travel back through `loop.call_soon_threadsafe` into a per-request queue.
+
+Each sequence carries a LoRA slot (0: the base model), so one decode step serves
+rows of different adapters together. Work that must not race a forward, such as
+installing an adapter, goes through the same inbox (`run_on_scheduler`) and runs
+between two steps, after every request submitted before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from llmgw.engines.embedded.decoders import BatchedDecoder, Decoder, SequentialDecoder
+from llmgw.engines.embedded.lora_layers import BASE_SLOT
 from llmgw.engines.embedded.model_runner import ModelRunner
 from llmgw.engines.embedded.sampling import SamplingParams, make_rng, select_token
 from llmgw.engines.embedded.text_output import TextAssembler
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +55,13 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerStats:
+    """A snapshot; `*_adapters` hold the LoRA slot of each running / waiting request."""
+
     running: int
     waiting: int
     aborted_total: int
+    running_adapters: tuple[int, ...] = ()
+    waiting_adapters: tuple[int, ...] = ()
 
 
 class RequestHandle:
@@ -91,6 +103,7 @@ class _Sequence:
     queue: asyncio.Queue[Event]
     text: TextAssembler
     rng: torch.Generator | None
+    adapter: int = BASE_SLOT
     output_ids: list[int] = field(default_factory=list)
 
     @property
@@ -102,6 +115,22 @@ class _Sequence:
 @dataclass(frozen=True, slots=True)
 class _Abort:
     request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    fn: Callable[[], Any]
+    future: concurrent.futures.Future[Any]
+
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            result = self.fn()
+        except Exception as exc:  # handed to the caller, whose await re-raises it
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(result)
 
 
 _STOP = object()
@@ -155,11 +184,22 @@ class Generator:
         return self._thread.is_alive()
 
     def stats(self) -> SchedulerStats:
-        # Plain int reads of scheduler-owned lists: fine across threads under the GIL.
-        return SchedulerStats(len(self._running), len(self._waiting), self._aborted_total)
+        # Reads of scheduler-owned containers: list() copies each one in a single step
+        # under the GIL, so a concurrent scheduler step cannot break the iteration.
+        running, waiting = list(self._running), list(self._waiting)
+        return SchedulerStats(
+            len(running),
+            len(waiting),
+            self._aborted_total,
+            tuple(s.adapter for s in running),
+            tuple(s.adapter for s in waiting),
+        )
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> RequestHandle:
-        """Queue a validated request; call from a running event loop."""
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, adapter: int = BASE_SLOT
+    ) -> RequestHandle:
+        """Queue a validated request, to run through LoRA slot `adapter`; call from a
+        running event loop."""
         handle = RequestHandle(self, next(self._ids), len(prompt_ids))
         text = TextAssembler(
             self._tokenizer,
@@ -170,13 +210,35 @@ class Generator:
         )
         loop = asyncio.get_running_loop()
         seq = _Sequence(
-            handle.request_id, prompt_ids, params, loop, handle.queue, text, make_rng(params)
+            handle.request_id,
+            prompt_ids,
+            params,
+            loop,
+            handle.queue,
+            text,
+            make_rng(params),
+            adapter,
         )
         self._inbox.put(seq)
         return handle
 
     def abort(self, request_id: int) -> None:
         self._inbox.put(_Abort(request_id))
+
+    def run_on_scheduler(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Run `fn` on the scheduler thread between two steps, after everything put in
+        the inbox before it; its result or exception arrives through the future."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if not self._thread.is_alive():
+            future.set_exception(RuntimeError("the scheduler thread is not running"))
+        else:
+            self._inbox.put(_Call(fn, future))
+        return future
+
+    def adapters_in_use(self) -> set[int]:
+        """LoRA slots of queued and running requests; scheduler thread only (say, in
+        a `run_on_scheduler` call)."""
+        return {s.adapter for s in self._running} | {s.adapter for s in self._waiting}
 
     # -- scheduler thread --------------------------------------------------------------
 
@@ -198,6 +260,8 @@ class Generator:
                     aborts.add(item.request_id)
                 elif isinstance(item, _Sequence):
                     self._waiting.append(item)
+                elif isinstance(item, _Call):
+                    item.run()
                 item = self._inbox.get_nowait()
         except queue.Empty:
             pass
@@ -218,7 +282,7 @@ class Generator:
         while self._waiting and len(self._running) < self._max_batch:
             seq = self._waiting.popleft()
             try:
-                logits, cache = self._runner.prefill(seq.prompt_ids)
+                logits, cache = self._runner.prefill(seq.prompt_ids, seq.adapter)
                 finished, event = self._advance(seq, logits)
             except Exception:
                 log.exception("prefill failed (request %d)", seq.request_id)
@@ -237,7 +301,7 @@ class Generator:
         tokens = [s.output_ids[-1] for s in batch]
         positions = [s.next_position for s in batch]
         try:
-            logits = self._decoder.step(tokens, positions)
+            logits = self._decoder.step(tokens, positions, [s.adapter for s in batch])
             results = [self._advance(s, logits[i]) for i, s in enumerate(batch)]
         except Exception:
             log.exception("decode step failed; failing %d requests", len(batch))

@@ -1,4 +1,8 @@
-"""Load a model directory or hub id (or `demo`) into a ready `Generator`."""
+"""Load a model directory or hub id (or `demo`) into a ready `Generator`.
+
+With LoRA options the model's linear layers are wrapped for adapters first
+(see `lora_layers`); adapters themselves are loaded later, by name.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from typing import Any
 import torch
 
 from llmgw.engines.demo_model import ensure_demo_model
+from llmgw.engines.embedded.adapters import LoRAOptions
 from llmgw.engines.embedded.generator import Generator
+from llmgw.engines.embedded.lora_layers import AdapterBank
 from llmgw.engines.embedded.model_runner import ModelRunner
 
 log = logging.getLogger(__name__)
@@ -26,6 +32,7 @@ class LoadedModel:
     tokenizer: Any
     root: str  # what `--model` resolved to: a directory or a hub id
     max_model_len: int
+    adapters: AdapterBank | None = None  # None: LoRA not enabled
 
 
 def resolve_model(model: str) -> str:
@@ -39,6 +46,7 @@ def load_model(
     max_model_len: int | None = None,
     max_batch_size: int = 16,
     batched: bool | None = None,
+    lora: LoRAOptions | None = None,
 ) -> LoadedModel:
     """Load weights and tokenizer on CPU, warm the model up; the thread is not started."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,7 +61,10 @@ def load_model(
         if max_model_len > limit:
             raise ValueError(f"--max-model-len {max_model_len} exceeds the model's {limit}")
         limit = max_model_len
-    runner = ModelRunner(hf_model)
+    bank = None
+    if lora is not None:
+        bank = AdapterBank(hf_model, max_rank=lora.max_rank, max_loras=lora.max_loras)
+    runner = ModelRunner(hf_model, bank)
     runner.prefill([_any_token(tokenizer)])  # first forward allocates; keep it off requests
     generator = Generator(
         runner,
@@ -64,7 +75,7 @@ def load_model(
         batched=batched,
     )
     log.info("loaded %s (max_model_len=%d, dtype=%s)", root, limit, dtype)
-    return LoadedModel(generator, tokenizer, root, limit)
+    return LoadedModel(generator, tokenizer, root, limit, bank)
 
 
 def _context_limit(config: Any, tokenizer: Any) -> int:

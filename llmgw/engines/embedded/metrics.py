@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from llmgw.engines.embedded.adapters import LoRAStats
 from llmgw.engines.embedded.generator import SchedulerStats
 
 
@@ -45,7 +47,38 @@ class SchedulerCollector(Collector):
             yield gauge
 
 
-def engine_registry(stats: Callable[[], SchedulerStats], model: str) -> CollectorRegistry:
+class LoRACollector(Collector):
+    """Loaded adapters, plus vLLM's `vllm:lora_requests_info`: one series whose labels
+    carry `max_lora` and the comma-joined adapter names of running and waiting
+    requests, valued at the scrape's unix time (vLLM sets it to the time of its last
+    stats update; readers take the newest series)."""
+
+    def __init__(self, stats: Callable[[], LoRAStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        yield GaugeMetricFamily(
+            "llmgw_engine_lora_adapters", "LoRA adapters loaded now.", value=s.loaded
+        )
+        info = GaugeMetricFamily(
+            "vllm:lora_requests_info",
+            "Running stats on lora requests.",
+            labels=["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
+        )
+        labels = [str(s.max_loras), ",".join(s.running), ",".join(s.waiting)]
+        info.add_metric(labels, time.time())
+        yield info
+
+
+def engine_registry(
+    stats: Callable[[], SchedulerStats],
+    model: str,
+    lora: Callable[[], LoRAStats] | None = None,
+) -> CollectorRegistry:
+    """`lora` is given when LoRA is enabled; vLLM exports its gauge only then too."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SchedulerCollector(stats, model))
+    if lora is not None:
+        registry.register(LoRACollector(lora))
     return registry

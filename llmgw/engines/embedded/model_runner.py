@@ -1,24 +1,34 @@
 """Forward passes of a Hugging Face causal LM with an explicit KV cache.
 
-Kept apart from scheduling so that the decoders only deal with tensors. The two
+Kept apart from scheduling so that the decoders only deal with tensors. With LoRA
+enabled each forward also names one adapter slot per batch row (0: the base). The two
 transformers differences we meet are bridged here: the cache keyword (`cache` in
 transformers 5, `past_key_values` before) and where a cache layer keeps its tensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
+from llmgw.engines.embedded.lora_layers import BASE_SLOT, AdapterBank
+
 
 class ModelRunner:
-    """Wraps one model in eval mode; call only from the scheduler thread."""
+    """Wraps one model in eval mode; call only from the scheduler thread.
 
-    def __init__(self, model: Any) -> None:
+    `adapters` is the model's LoRA bank when LoRA is enabled (its layers are already
+    wrapped into `model`); without one, every row must use the base slot.
+    """
+
+    def __init__(self, model: Any, adapters: AdapterBank | None = None) -> None:
         self.model = model.eval()
+        self.adapters = adapters
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
@@ -42,27 +52,40 @@ class ModelRunner:
         cache: DynamicCache,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        adapters: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Run `input_ids` [batch, seq] through the model, growing `cache` in place.
 
-        Returns float32 logits of the last position only: [batch, vocab].
+        `adapters` holds one LoRA slot per row (None: all base). Returns float32
+        logits of the last position only: [batch, vocab].
         """
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_kw: cache},
-        )
+        with self._select(adapters):
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kw: cache},
+            )
         logits: torch.Tensor = out.logits[:, -1, :].float()
         return logits
 
-    def prefill(self, prompt_ids: list[int]) -> tuple[torch.Tensor, DynamicCache]:
+    def prefill(
+        self, prompt_ids: list[int], adapter: int = BASE_SLOT
+    ) -> tuple[torch.Tensor, DynamicCache]:
         """Process a whole prompt; returns (logits [vocab], its new cache)."""
         cache = self.new_cache()
-        logits = self.forward(torch.tensor([prompt_ids], dtype=torch.long), cache)
+        ids = torch.tensor([prompt_ids], dtype=torch.long)
+        logits = self.forward(ids, cache, adapters=[adapter])
         return logits[0], cache
+
+    def _select(self, adapters: Sequence[int] | None) -> contextlib.AbstractContextManager[None]:
+        if self.adapters is not None:
+            return self.adapters.select(adapters)
+        if adapters is not None and any(a != BASE_SLOT for a in adapters):
+            raise ValueError("a LoRA slot was asked for but LoRA is not enabled")
+        return contextlib.nullcontext()
 
 
 def layer_tensors(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

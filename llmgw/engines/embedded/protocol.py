@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from llmgw.engines.embedded.sampling import SamplingParams
-from llmgw.errors import ContextTooLong, InvalidRequest, ModelNotFound
+from llmgw.errors import ContextTooLong, InvalidRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +37,38 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def check_model(body: dict[str, Any], served_name: str) -> None:
-    model = _opt(body, "model", str)
-    if model is not None and model != served_name:
-        raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
+@dataclass(frozen=True, slots=True)
+class LoadAdapterRequest:
+    """vLLM's `LoadLoRAAdapterRequest`; empty names are checked by the adapter manager."""
+
+    lora_name: str
+    lora_path: str
+    load_inplace: bool = False
+
+
+def requested_model(body: dict[str, Any]) -> str | None:
+    """The request's `model`: the base model's name, an adapter's, or None."""
+    model: str | None = _opt(body, "model", str)
+    return model
+
+
+def load_adapter_request(body: dict[str, Any]) -> LoadAdapterRequest:
+    return LoadAdapterRequest(
+        lora_name=_required_str(body, "lora_name"),
+        lora_path=_required_str(body, "lora_path"),
+        load_inplace=_opt(body, "load_inplace", bool, False),
+    )
+
+
+def unload_adapter_name(body: dict[str, Any]) -> str:
+    return _required_str(body, "lora_name")
+
+
+def _required_str(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"`{name}` is required and must be a string", param=name)
+    return value
 
 
 def chat_prompt_ids(body: dict[str, Any], tokenizer: Any) -> list[int]:

@@ -1,9 +1,14 @@
 """The embedded engine's HTTP face: vLLM's OpenAI routes on Starlette.
 
 Routes: `GET /health`, `GET /v1/models`, `GET /metrics`, `POST /v1/chat/completions`
-and `POST /v1/completions` (streaming or not). Bodies are relayed byte for byte by
-the gateway, so their shapes follow vLLM's server. A non-streaming answer is the
-concatenation of the same events a stream would carry, so both always agree.
+and `POST /v1/completions` (streaming or not), `POST /v1/load_lora_adapter` and
+`POST /v1/unload_lora_adapter`. Bodies are relayed byte for byte by the gateway, so
+their shapes follow vLLM's server. A non-streaming answer is the concatenation of
+the same events a stream would carry, so both always agree.
+
+A request whose `model` names a loaded LoRA adapter runs with it and answers under
+that name, as in vLLM; /v1/models lists each adapter with `root` = its path and
+`parent` = the base model.
 """
 
 from __future__ import annotations
@@ -22,17 +27,26 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from llmgw.engines.embedded.adapters import (
+    AdapterManager,
+    LoadedAdapter,
+    LoRAOptions,
+    LoRAStats,
+)
 from llmgw.engines.embedded.disconnect import ClientDisconnected, cancel_on_disconnect
 from llmgw.engines.embedded.generator import RequestHandle
 from llmgw.engines.embedded.loader import LoadedModel
+from llmgw.engines.embedded.lora_layers import BASE_SLOT
 from llmgw.engines.embedded.metrics import engine_registry
 from llmgw.engines.embedded.protocol import (
     GenerationRequest,
     chat_prompt_ids,
-    check_model,
     completion_prompt_ids,
     generation_request,
+    load_adapter_request,
     parse_body,
+    requested_model,
+    unload_adapter_name,
 )
 from llmgw.engines.embedded.responses import DONE, Kind, ResponseBuilder, sse
 from llmgw.errors import GatewayError
@@ -85,21 +99,32 @@ class EventStreamResponse(StreamingResponse):
 
 
 class EngineServer:
-    """Owns the loaded model, its generator thread (started by the app lifespan)
-    and its own metrics registry; one per process."""
+    """Owns the loaded model, its generator thread (started by the app lifespan),
+    its LoRA adapters and its own metrics registry; one per process.
 
-    def __init__(self, loaded: LoadedModel, served_name: str) -> None:
+    `lora` must be given exactly when the model was loaded with LoRA enabled; its
+    `modules` are loaded during startup, and one that fails stops the start.
+    """
+
+    def __init__(
+        self, loaded: LoadedModel, served_name: str, lora: LoRAOptions | None = None
+    ) -> None:
         self._loaded = loaded
         self._generator = loaded.generator
         self._name = served_name
         self._loaded_at = int(time.time())
-        self.registry = engine_registry(self._generator.stats, served_name)
+        self._lora = lora
+        max_loras = lora.max_loras if lora is not None else 0
+        self.adapters = AdapterManager(self._generator, loaded.adapters, served_name, max_loras)
+        lora_stats = self._lora_stats if lora is not None else None
+        self.registry = engine_registry(self._generator.stats, served_name, lora_stats)
 
     def app(self) -> Starlette:
         @asynccontextmanager
         async def lifespan(_: Starlette) -> AsyncIterator[None]:
             self._generator.start()
             try:
+                await self._load_static_adapters()
                 yield
             finally:
                 self._generator.close()
@@ -110,6 +135,8 @@ class EngineServer:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/load_lora_adapter", self.load_lora_adapter, methods=["POST"]),
+            Route("/v1/unload_lora_adapter", self.unload_lora_adapter, methods=["POST"]),
         ]
         handlers = {Exception: self._unexpected}
         return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
@@ -119,16 +146,26 @@ class EngineServer:
         return Response(status_code=200 if self._generator.alive() else 503)
 
     async def models(self, _: Request) -> Response:
-        card = {
-            "id": self._name,
-            "object": "model",
-            "created": self._loaded_at,
-            "owned_by": "llmgw",
-            "root": self._loaded.root,
-            "parent": None,
-            "max_model_len": self._loaded.max_model_len,
-        }
-        return _json({"object": "list", "data": [card]})
+        loaded = self._loaded
+        base = _card(self._name, self._loaded_at, loaded.root, None, loaded.max_model_len)
+        adapters = [_card(a.name, a.created, a.path, self._name) for a in self.adapters.loaded()]
+        return _json({"object": "list", "data": [base, *adapters]})
+
+    async def load_lora_adapter(self, request: Request) -> Response:
+        try:
+            body = load_adapter_request(parse_body(await request.body()))
+            message = await self.adapters.load(body.lora_name, body.lora_path, body.load_inplace)
+        except GatewayError as exc:
+            return _error(exc)
+        return Response(message, media_type="text/plain")
+
+    async def unload_lora_adapter(self, request: Request) -> Response:
+        try:
+            name = unload_adapter_name(parse_body(await request.body()))
+            message = await self.adapters.unload(name)
+        except GatewayError as exc:
+            return _error(exc)
+        return Response(message, media_type="text/plain")
 
     async def metrics(self, _: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
@@ -141,13 +178,16 @@ class EngineServer:
 
     async def _generate(self, request: Request, kind: Kind) -> Response:
         try:
-            job = self._validate(parse_body(await request.body()), kind)
+            body = parse_body(await request.body())
+            adapter = self.adapters.resolve(requested_model(body))
+            job = self._validate(body, kind)
         except GatewayError as exc:
             return _error(exc)
         request_id = request.headers.get("x-request-id")
-        builder = ResponseBuilder(kind, self._name, request_id)
+        builder = ResponseBuilder(kind, adapter.name if adapter else self._name, request_id)
         headers = {"x-request-id": request_id} if request_id else None
-        handle = self._generator.submit(job.prompt_ids, job.params)
+        # No await since `resolve`: an unload cannot slip in between (see AdapterManager).
+        handle = self._generator.submit(job.prompt_ids, job.params, _slot(adapter))
         if job.stream:
             chunks = self._stream(handle, builder, job.include_usage)
             return EventStreamResponse(chunks, handle.abort, headers)
@@ -162,7 +202,6 @@ class EngineServer:
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
     def _validate(self, body: dict[str, Any], kind: Kind) -> GenerationRequest:
-        check_model(body, self._name)
         tokenizer = self._loaded.tokenizer
         if kind == "chat":
             prompt_ids, param = chat_prompt_ids(body, tokenizer), "messages"
@@ -208,3 +247,34 @@ class EngineServer:
     async def _unexpected(self, request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path, exc_info=exc)
         return _error(_internal_error())
+
+    async def _load_static_adapters(self) -> None:
+        """`--lora-modules`, like vLLM's static LoRAs: any failure aborts the start."""
+        for name, path in self._lora.modules if self._lora is not None else ():
+            try:
+                await self.adapters.load(name, path)
+            except GatewayError as exc:
+                raise RuntimeError(f"--lora-modules {name}={path}: {exc.message}") from None
+
+    def _lora_stats(self) -> LoRAStats:
+        stats = self._generator.stats()
+        return self.adapters.stats(stats.running_adapters, stats.waiting_adapters)
+
+
+def _slot(adapter: LoadedAdapter | None) -> int:
+    return adapter.slot if adapter is not None else BASE_SLOT
+
+
+def _card(
+    name: str, created: int, root: str, parent: str | None, max_model_len: int | None = None
+) -> dict[str, Any]:
+    """One /v1/models entry; an adapter's has `parent` set and no `max_model_len`."""
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "llmgw",
+        "root": root,
+        "parent": parent,
+        "max_model_len": max_model_len,
+    }
