@@ -1,0 +1,1 @@
+"""LoRA multiplexing: many adapters over shared base-model replicas, loaded on demand."""
