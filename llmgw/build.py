@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 import aiohttp
 import zmq.asyncio
 
-from llmgw.config import ConfigError, GatewayConfig, ModelConfig
+from llmgw.config import ConfigError, GatewayConfig, ModelConfig, PDPoolConfig, PDRole
+from llmgw.disagg.assemble import make_disaggregation
 from llmgw.dispatcher import Dispatcher, ModelGroup
 from llmgw.engines.embedded_client import EmbeddedEngine, FakeEngineClient
 from llmgw.engines.openai_http import OpenAIHTTPEngine
@@ -19,13 +20,22 @@ from llmgw.engines.prompt_tokens import PromptTokenizer
 from llmgw.engines.sglang import SGLangEngine
 from llmgw.engines.vllm import VLLMEngine
 from llmgw.kv_events import KVEventStream, KVEventSubscriber
-from llmgw.metrics import KVEventMetrics, Metrics, ModelMetrics, ReplicaMetrics, ShadowMetrics
+from llmgw.lora.group import LoraGroup
+from llmgw.lora.setup import make_catalog, make_lora_group
+from llmgw.metrics import (
+    KVEventMetrics,
+    Metrics,
+    ModelMetrics,
+    PDMetrics,
+    ReplicaMetrics,
+    ShadowMetrics,
+)
 from llmgw.pool import Replica, ReplicaPool
 from llmgw.routing.base import RoutingPolicy
 from llmgw.routing.kv_block_index import KVBlockIndex
 from llmgw.routing.registry import make_policy, policy_names, policy_spec, uses_kv_index
 from llmgw.shadow import Shadow
-from llmgw.types import ReplicaAddress
+from llmgw.types import ReplicaAddress, Role
 
 # Engine type (config ``engine:``) -> the client class the gateway talks to it with.
 ENGINES: dict[str, type[OpenAIHTTPEngine]] = {
@@ -42,7 +52,9 @@ def check_config(cfg: GatewayConfig) -> None:
     known = policy_names(cfg.policies)
     for index, model in enumerate(cfg.models):
         for key, name in [("routing", model.routing),
-                          *((f"shadow[{i}]", n) for i, n in enumerate(model.shadow))]:
+                          *((f"shadow[{i}]", n) for i, n in enumerate(model.shadow)),
+                          *((f"disaggregation.{role}.routing", pool.routing)
+                            for role, pool in _pools(model))]:
             if name not in known:
                 raise ConfigError(f"models[{index}].{key}: unknown policy {name!r}; "
                                   f"known: {', '.join(known)}")
@@ -54,8 +66,19 @@ def check_config(cfg: GatewayConfig) -> None:
 
 def reads_kv_events(cfg: GatewayConfig, model: ModelConfig) -> bool:
     """Whether the model's live or shadow policy scores engine-reported KV blocks."""
-    specs = (policy_spec(name, cfg.policies) for name in (model.routing, *model.shadow))
+    names = (model.routing, *model.shadow, *(pool.routing for _, pool in _pools(model)))
+    specs = (policy_spec(name, cfg.policies) for name in names)
     return any(spec is not None and uses_kv_index(spec) for spec in specs)
+
+
+def _pools(model: ModelConfig) -> list[tuple[PDRole, PDPoolConfig]]:
+    return model.disaggregation.pools if model.disaggregation is not None else []
+
+
+def _routing(model: ModelConfig, role: Role) -> str:
+    """The policy that routes among the model's replicas of ``role``."""
+    pool = next((pool for r, pool in _pools(model) if r == role), None)
+    return pool.routing if pool is not None else model.routing
 
 
 def _check_kv_routing(cfg: GatewayConfig, index: int, model: ModelConfig) -> None:
@@ -101,27 +124,40 @@ class Gateway:
         )
         self._zmq = zmq.asyncio.Context()
         self.kv_subscribers: list[KVEventSubscriber] = []
+        self.catalog = make_catalog(config)
         groups: dict[str, ModelGroup] = {}
         for model in config.models:
             replicas = [
                 Replica(addr.id, model.name, self._engine(model, addr.url),
-                        ReplicaMetrics(self.metrics, model.name, addr.id, model.routing))
-                for addr in addresses[model.name]
+                        ReplicaMetrics(self.metrics, model.name, addr.id, _routing(model, role)),
+                        role=role)
+                for addr, role in zip(addresses[model.name], model.replica_roles, strict=True)
             ]
             kv_index = self._subscribe(model, addresses[model.name]) \
                 if reads_kv_events(config, model) else None
 
-            def policy(name: str, kv_index: KVBlockIndex | None = kv_index) -> RoutingPolicy:
-                return make_policy(name, random.Random(rng.random()), config.policies, kv_index)
+            def policy(name: str, kv_index: KVBlockIndex | None = kv_index,
+                       lora: bool = model.lora is not None) -> RoutingPolicy:
+                return make_policy(name, random.Random(rng.random()), config.policies, kv_index,
+                                   lora=lora)
 
+            # A disaggregated model's own policy routes among its decode replicas.
+            live_name = _routing(model, "decode" if model.disaggregation else "mixed")
+            live = policy(live_name)
             groups[model.name] = ModelGroup(
                 name=model.name, upstream_model=model.upstream_model, replicas=replicas,
-                policy=policy(model.routing),
-                policy_name=model.routing, timeouts=model.timeouts,
+                policy=live,
+                policy_name=live_name, timeouts=model.timeouts,
                 max_attempts=model.max_attempts, metrics=ModelMetrics(self.metrics, model.name),
                 shadows=[Shadow(name, policy(name), ShadowMetrics(self.metrics, model.name, name))
                          for name in model.shadow],
                 tokenizer=load_tokenizer(model) if kv_index is not None else None,
+                lora=make_lora_group(model, replicas, self.catalog, self.session, self.metrics)
+                if model.lora is not None else None,
+                disagg=make_disaggregation(
+                    model, replicas, policy(_routing(model, "prefill")), live,
+                    PDMetrics(self.metrics, model.name), random.Random(rng.random()))
+                if model.disaggregation is not None else None,
             )
         self.pool = ReplicaPool(
             [r for g in groups.values() for r in g.replicas], interval_s=config.health.interval_s,
@@ -153,8 +189,15 @@ class Gateway:
             subscriber.start()
         await self.pool.check_all()
         self.pool.start()
+        for group in self.lora_groups():
+            group.start()
+
+    def lora_groups(self) -> list[LoraGroup]:
+        return [g.lora for g in self.dispatcher.groups.values() if g.lora is not None]
 
     async def close(self) -> None:
+        for lora in self.lora_groups():
+            await lora.stop()
         await self.pool.stop()
         for subscriber in self.kv_subscribers:
             await subscriber.stop()

@@ -37,6 +37,12 @@ class ServerConfig(_Strict):
     # On SIGTERM / Ctrl-C: stop accepting, let open requests finish for this long.
     drain_timeout_s: float = Field(default=30.0, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Key for the admin API (/admin/...), sent as `Authorization: Bearer KEY`; the
+    # environment variable LLMGW_ADMIN_KEY overrides it. Unset: the admin API refuses all.
+    admin_key: str | None = None
+    # Where runtime changes (adapters registered through the admin API) are kept, so a
+    # restart or config reload keeps them.
+    state_dir: str = "~/.local/state/llmgw"
 
 
 class HealthConfig(_Strict):
@@ -78,6 +84,156 @@ class LaunchConfig(_Strict):
     kv_events: bool = False
 
 
+class AdapterConfig(_Strict):
+    """One LoRA adapter of a base model. ``source``: a local directory in PEFT format, a
+    hub id (for users with hub access; the engine fetches it), or ``demo`` for the
+    built-in demo adapter of that name (``demo-lora-N``, built offline)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    source: str = Field(min_length=1)
+
+
+class HotnessConfig(_Strict):
+    """Pre-loading hot adapters on more replicas before requests queue behind a load."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=2.0, gt=0)
+    # An adapter is hot above this many requests/s (moving average over `window_s`);
+    # it should then be resident on 1 + rate // hot_rate replicas.
+    hot_rate: float = Field(default=2.0, gt=0)
+    window_s: float = Field(default=30.0, gt=0)
+
+
+class LoraConfig(_Strict):
+    """LoRA multiplexing over this model's replicas."""
+
+    adapters: list[AdapterConfig] = Field(default_factory=list)
+    # Adapters each replica holds at once (the engine's --max-loras); the gateway evicts
+    # the coldest idle one to load another.
+    max_adapters_per_replica: int = Field(default=4, ge=1, le=256)
+    max_rank: int = Field(default=16, ge=1)
+    # Directories that adapters registered at runtime (admin API) must lie under.
+    roots: list[str] = Field(default_factory=list)
+    # A failed load is not retried for this long (the request gets the error at once).
+    failure_cooldown_s: float = Field(default=30.0, ge=0)
+    load_timeout_s: float = Field(default=120.0, gt=0)
+    hotness: HotnessConfig = HotnessConfig()
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_names(cls, value: list[AdapterConfig]) -> list[AdapterConfig]:
+        names = [a.name for a in value]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"adapter {duplicate!r} is declared twice")
+        return value
+
+
+PDRole = Literal["prefill", "decode"]
+# SGLang's default --disaggregation-bootstrap-port.
+SGLANG_BOOTSTRAP_PORT = 8998
+
+
+class PDPoolConfig(_Strict):
+    """One side of a disaggregated model: its replicas, launched (``replicas``) or attached
+    (``url``), how its engines are started and how the gateway picks among them."""
+
+    replicas: int | None = Field(default=None, ge=1, le=256)
+    url: list[str] | None = Field(default=None, min_length=1)
+    # The routing policy over this pool alone (llm-d's prefill / decode profiles).
+    routing: str = "least-load"
+    # Launched only: flags over the model's ``engine_args`` and variables over its
+    # ``launch.env``, for this pool's engines.
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    # vLLM, launched: this pool's --kv-transfer-config (kv_connector, kv_role, ...).
+    kv_transfer: dict[str, Any] | None = None
+    # SGLang prefill pool: the bootstrap port the decode side fetches KV from; launched
+    # replica i listens on bootstrap_port + i, attached prefill servers all on this one.
+    bootstrap_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _one_url_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _urls_are_http(cls, value: list[str] | None) -> list[str] | None:
+        for url in value or []:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"must be an http(s) URL, got {url!r}")
+        return [u.rstrip("/") for u in value] if value else value
+
+    @model_validator(mode="after")
+    def _launch_or_attach(self) -> PDPoolConfig:
+        if (self.url is None) == (self.replicas is None):
+            raise ValueError("give either 'replicas' (launch) or 'url' (attach)")
+        if self.url is not None and (self.engine_args or self.env or self.kv_transfer):
+            raise ValueError("'engine_args', 'env' and 'kv_transfer' apply to launched "
+                             "engines only, not to 'url' (attach)")
+        return self
+
+    @property
+    def count(self) -> int:
+        return len(self.url) if self.url is not None else (self.replicas or 1)
+
+    def bootstrap_port_of(self, index: int) -> int:
+        """Where prefill replica ``index`` serves SGLang's KV bootstrap: launched replicas
+        count up from the pool's port, attached ones all use it."""
+        base = self.bootstrap_port or SGLANG_BOOTSTRAP_PORT
+        return base + index if self.url is None else base
+
+
+class ConditionalPDConfig(_Strict):
+    """When a request is worth splitting. Aggregated serving on a decode replica wins
+    for short prompts, for prompts the chosen decode replica already holds in its prefix
+    cache, and while the prefill pool is saturated (queueing there would cost more time
+    than it saves)."""
+
+    # False: every request is disaggregated while a prefill replica is healthy.
+    enabled: bool = True
+    # Prompts shorter than this (engine tokens; estimated from characters when the
+    # gateway does not tokenize) are served aggregated.
+    min_prompt_tokens: int = Field(default=256, ge=0)
+    chars_per_token: float = Field(default=4.0, gt=0)
+    # Served aggregated when the decode policy predicts this share (0..1) of the prompt
+    # is cached on the chosen decode replica (prefix-aware policies predict it).
+    max_cached_share: float = Field(default=0.5, gt=0, le=1)
+    # Served aggregated when every healthy prefill replica holds this many requests
+    # (gateway in-flight + engine queue); null: never.
+    max_prefill_load: int | None = Field(default=8, ge=1)
+
+
+class DisaggConfig(_Strict):
+    """Prefill-decode disaggregation: two pools, two routing pipelines, one served name."""
+
+    # How the two legs talk: "vllm" (prefill leg first, its kv_transfer_params to the
+    # decode leg) or "sglang" (bootstrap host/port/room sent to both legs at once).
+    # Defaults to the model's engine; required for engine "openai".
+    protocol: Literal["vllm", "sglang"] | None = None
+    prefill: PDPoolConfig
+    decode: PDPoolConfig
+    conditional: ConditionalPDConfig = ConditionalPDConfig()
+    # Limit on the prefill leg (vLLM: until the prefill answered; SGLang: until the decode
+    # leg's first token). On expiry the request is served aggregated, or fails cleanly.
+    prefill_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _same_mode(self) -> DisaggConfig:
+        if (self.prefill.url is None) != (self.decode.url is None):
+            raise ValueError("prefill and decode are both launched ('replicas') or both "
+                             "attached ('url')")
+        if self.decode.bootstrap_port is not None:
+            raise ValueError("decode.bootstrap_port: only the prefill side has one")
+        return self
+
+    @property
+    def pools(self) -> list[tuple[PDRole, PDPoolConfig]]:
+        """Both pools, prefill first: the order of their replicas everywhere."""
+        return [("prefill", self.prefill), ("decode", self.decode)]
+
+
 class ModelConfig(_Strict):
     """One served model name and the engine replicas behind it.
 
@@ -109,6 +265,12 @@ class ModelConfig(_Strict):
     startup_timeout_s: float = Field(default=600.0, gt=0)
     # Tries on other replicas when one cannot be reached before any byte was sent.
     max_attempts: int = Field(default=2, ge=1, le=8)
+    # LoRA adapters multiplexed over this model's replicas (engines vllm, sglang,
+    # transformers); launched engines get LoRA enabled with these limits.
+    lora: LoraConfig | None = None
+    # Prefill-decode disaggregation: separate prefill and decode pools instead of
+    # `replicas` / `url` (see configs/disagg.yaml).
+    disaggregation: DisaggConfig | None = None
 
     @field_validator("url", mode="before")
     @classmethod
@@ -146,6 +308,9 @@ class ModelConfig(_Strict):
             if len(self.kv_events_url) != len(self.url):
                 raise ValueError(f"'kv_events_url' needs one address per 'url' "
                                  f"({len(self.url)}), got {len(self.kv_events_url)}")
+        if self.lora is not None and self.engine not in ("vllm", "sglang", "transformers"):
+            raise ValueError(f"lora: engine {self.engine!r} has no adapter API; use vllm, "
+                             "sglang or transformers")
         if self.launch.kv_events and self.engine != "vllm":
             raise ValueError(f"launch.kv_events is supported by engine 'vllm' only, "
                              f"not {self.engine!r}")
@@ -157,6 +322,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _launch_or_attach(self) -> ModelConfig:
+        if self.disaggregation is not None:
+            return self._disaggregation_fits()
         if self.url is not None:
             if self.replicas is not None:
                 raise ValueError("give either 'url' (attach) or 'replicas' (launch), not both")
@@ -169,13 +336,68 @@ class ModelConfig(_Strict):
             raise ValueError("a launched engine needs 'model' (a path, hub id or 'demo')")
         return self
 
+    def _disaggregation_fits(self) -> ModelConfig:
+        pd = self.disaggregation
+        assert pd is not None
+        if self.url is not None or self.replicas is not None or self.kv_events_url:
+            raise ValueError("a disaggregated model gives its replicas under "
+                             "disaggregation.prefill and .decode, not 'replicas' or 'url'")
+        if self.shadow or self.lora is not None:
+            raise ValueError("'shadow' policies and 'lora' are not supported on a "
+                             "disaggregated model")
+        protocol = self.pd_protocol
+        if protocol is None:
+            raise ValueError(f"disaggregation: engine {self.engine!r} has no prefill-decode "
+                             f"protocol; use vllm or sglang (or openai with 'protocol')")
+        for role, pool in pd.pools:
+            if pool.kv_transfer is not None and protocol != "vllm":
+                raise ValueError(f"disaggregation.{role}.kv_transfer is vLLM's "
+                                 f"--kv-transfer-config; protocol is {protocol!r}")
+        if pd.prefill.bootstrap_port is not None and protocol != "sglang":
+            raise ValueError("disaggregation.prefill.bootstrap_port is SGLang's; protocol "
+                             f"is {protocol!r}")
+        if pd.prefill.url is not None:
+            if self.launch != LaunchConfig() or self.engine_args:
+                raise ValueError("'launch' and 'engine_args' apply to launched engines only, "
+                                 "not to attached prefill / decode pools")
+        elif self.engine == "openai":
+            raise ValueError("engine 'openai' is attach-only: give disaggregation.prefill.url "
+                             "and .decode.url")
+        elif self.model is None:
+            raise ValueError("a launched engine needs 'model' (a path, hub id or 'demo')")
+        return self
+
+    @property
+    def pd_protocol(self) -> Literal["vllm", "sglang"] | None:
+        """The prefill-decode protocol of a disaggregated model (None otherwise)."""
+        if self.disaggregation is None:
+            return None
+        if self.disaggregation.protocol is not None:
+            return self.disaggregation.protocol
+        if self.engine == "vllm":
+            return "vllm"
+        return "sglang" if self.engine == "sglang" else None
+
     @property
     def launched(self) -> bool:
+        if self.disaggregation is not None:
+            return self.disaggregation.prefill.url is None
         return self.url is None
 
     @property
     def replica_count(self) -> int:
+        if self.disaggregation is not None:
+            return self.disaggregation.prefill.count + self.disaggregation.decode.count
         return len(self.url) if self.url is not None else (self.replicas or 1)
+
+    @property
+    def replica_roles(self) -> list[Literal["mixed", "prefill", "decode"]]:
+        """The role of each replica, in the order launchers and ``url`` lists give them:
+        prefill replicas first, then decode ones."""
+        pd = self.disaggregation
+        if pd is None:
+            return ["mixed"] * self.replica_count
+        return [role for role, pool in pd.pools for _ in range(pool.count)]
 
     @property
     def upstream_model(self) -> str:
@@ -218,6 +440,13 @@ class GatewayConfig(_Strict):
             if model.name in seen:
                 raise ValueError(f"model name {model.name!r} is declared twice")
             seen.add(model.name)
+        # `model: <adapter>` must name one thing: adapters are unique across all models.
+        for model in self.models:
+            for adapter in model.lora.adapters if model.lora else []:
+                if adapter.name in seen:
+                    raise ValueError(f"models[{model.name}].lora: adapter name "
+                                     f"{adapter.name!r} is already a model or adapter name")
+                seen.add(adapter.name)
         return self
 
 

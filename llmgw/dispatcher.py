@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from llmgw.config import TimeoutConfig
+from llmgw.disagg.orchestrator import Disaggregation
 from llmgw.engines.base import UpstreamResponse
 from llmgw.engines.prompt_tokens import PromptTokenizer
 from llmgw.errors import (
@@ -28,6 +29,9 @@ from llmgw.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from llmgw.lora.catalog import Adapter
+from llmgw.lora.group import LoraGroup
+from llmgw.lora.residency import Lease, SlotsBusy
 from llmgw.metrics import ModelMetrics
 from llmgw.pool import Replica
 from llmgw.routing.base import Decision, Need, RoutingPolicy
@@ -60,6 +64,11 @@ class ModelGroup:
     shadows: list[Shadow] = field(default_factory=list)
     # The model's tokenizer, when a policy routes on the prompt's tokens.
     tokenizer: PromptTokenizer | None = None
+    # LoRA adapters multiplexed over the replicas (lora: in the config).
+    lora: LoraGroup | None = None
+    # Prefill-decode disaggregation: prefill and decode pools among ``replicas``; then
+    # ``policy`` is the decode pool's.
+    disagg: Disaggregation | None = None
     _by_id: dict[str, Replica] = field(init=False, repr=False)
     # What the live and shadow policies need computed per request.
     needs: frozenset[Need] = field(init=False)
@@ -67,6 +76,8 @@ class ModelGroup:
     def __post_init__(self) -> None:
         self._by_id = {r.id: r for r in self.replicas}
         self.needs = self.policy.needs.union(*(s.policy.needs for s in self.shadows))
+        if self.disagg is not None:
+            self.needs |= self.disagg.needs
 
     def replica(self, replica_id: str) -> Replica:
         return self._by_id[replica_id]
@@ -89,6 +100,7 @@ class Exchange:
         self.first_chunk_at: float | None = None
         self.usage: Mapping[str, Any] | None = None
         self.decision: Decision | None = None
+        self.lease: Lease | None = None  # the LoRA adapter held for this request
         self.events = 0
         self._finished = False
 
@@ -147,6 +159,8 @@ class Exchange:
         self._finished = True
         self.upstream.close()
         self.replica.release()
+        if self.lease is not None:
+            self.lease.release()
         prompt = self.usage.get("prompt_tokens") if self.usage else None
         self.group.policy.on_done(self.ctx, self.replica.id, outcome,
                                   prompt if isinstance(prompt, int) else None)
@@ -199,10 +213,38 @@ class Dispatcher:
         except KeyError:
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model") from None
 
+    def resolve(self, model: str, multiplexed: str | None = None
+                ) -> tuple[ModelGroup, Adapter | None]:
+        """The group and LoRA adapter a request names: ``model: <adapter>`` (as vLLM),
+        ``model: <base>:<adapter>``, or the base in ``model`` and the adapter in the
+        ``serve_multiplexed_model_id`` header (as Ray Serve)."""
+        if multiplexed:
+            group = self.group(model)
+            return group, self._adapter_of(group, multiplexed, model)
+        if model in self.groups:
+            return self.groups[model], None
+        base, colon, name = model.partition(":")
+        if colon and base in self.groups:
+            return self.groups[base], self._adapter_of(self.groups[base], name, model)
+        for group in self.groups.values():
+            adapter = group.lora.adapter(model) if group.lora else None
+            if adapter is not None:
+                return group, adapter
+        raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
+
+    @staticmethod
+    def _adapter_of(group: ModelGroup, name: str, asked: str) -> Adapter:
+        adapter = group.lora.adapter(name) if group.lora else None
+        if adapter is None:
+            raise ModelNotFound(f"The adapter '{name}' of model '{group.name}' does not exist "
+                                f"(asked for '{asked}').", param="model")
+        return adapter
+
     def upstream_body(self, group: ModelGroup, body: bytes, parsed: dict[str, Any],
-                      stream: bool, wants_usage: bool, upstream_id: str) -> bytes:
+                      stream: bool, wants_usage: bool, upstream_id: str,
+                      adapter: Adapter | None = None) -> bytes:
         """The client's bytes unless the engine must see something else."""
-        rename = group.upstream_model != group.name
+        rename = adapter is not None or parsed.get("model") != group.upstream_model
         force_usage = stream and not wants_usage
         engine_fields = group.replicas[0].engine.body_fields(upstream_id)
         if not rename and not force_usage and not engine_fields:
@@ -210,6 +252,8 @@ class Dispatcher:
         patched = {**parsed, **engine_fields}
         if rename:
             patched["model"] = group.upstream_model
+        if adapter is not None and group.lora is not None:
+            patched.update(group.lora.residency.request_fields(adapter.name))
         if force_usage:
             patched["stream_options"] = {**(parsed.get("stream_options") or {}),
                                          "include_usage": True}
@@ -222,33 +266,49 @@ class Dispatcher:
         is safe here and nowhere later."""
         started = self._clock()
         deadline = _deadline(group.timeouts)
+        if group.disagg is not None:  # two legs on two pools; the decode leg comes back
+            opened = await group.disagg.open(ctx, PATHS[ctx.endpoint], body, upstream_id,
+                                             deadline, explain)
+            exchange = Exchange(ctx, group, opened.replica, opened.upstream, started, deadline,
+                                upstream_id)
+            exchange.decision = opened.decision
+            return exchange
         views = [r.view() for r in group.replicas if r.healthy]
         decision = group.policy.explain(ctx, views) if explain else None
         ranked = [group.replica(v.id) for v in (
             decision.ranked if decision is not None else group.policy.rank(ctx, views))]
         if not ranked:
             raise NoReplica(f"no healthy replica for model '{group.name}'; retry shortly")
-        error: UpstreamError | None = None
+        error: UpstreamError | NoReplica | None = None
+        adapter = group.lora.adapter(ctx.adapter) if group.lora and ctx.adapter else None
         for attempt, replica in enumerate(ranked[: group.max_attempts]):
             if attempt:
                 replica.metrics.retries.inc()
             # Counted while being sent, so concurrent picks see it; the Exchange takes the
             # count over once the engine answered.
             replica.acquire()
+            lease: Lease | None = None
             try:
+                if adapter is not None:
+                    assert group.lora is not None
+                    lease = await group.lora.ensure(replica.id, adapter)
                 upstream = await _send(replica, PATHS[ctx.endpoint], body, deadline)
             except UpstreamRejected:
-                replica.release()
+                _give_back(replica, lease)
                 raise
             except UpstreamError as exc:
-                replica.release()
+                _give_back(replica, lease)
                 log.warning("replica %s/%s failed: %s", group.name, replica.id, exc.message)
                 if isinstance(exc, UpstreamUnreachable):
                     replica.set_health(False)  # the health loop brings it back
                 error = exc
                 continue
+            except SlotsBusy as exc:
+                _give_back(replica, lease)
+                error = NoReplica(f"adapter '{ctx.adapter}' cannot be placed: {exc}")
+                continue
             except BaseException:
-                replica.release()
+                _give_back(replica, lease)
                 raise
             group.policy.on_routed(ctx, replica.id)
             replica.metrics.routed.inc()
@@ -256,12 +316,15 @@ class Dispatcher:
                 shadow.observe(ctx, views, replica.id)
             exchange = Exchange(ctx, group, replica, upstream, started, deadline, upstream_id)
             exchange.decision = decision
+            exchange.lease = lease
             return exchange
         assert error is not None
         raise error
 
     def explain(self, ctx: RequestContext, group: ModelGroup) -> Decision:
         """The policy's decision with its reasons, without sending anything."""
+        if group.disagg is not None:
+            return group.disagg.explain(ctx)
         return group.policy.explain(ctx, [r.view() for r in group.replicas if r.healthy])
 
     def record_failure(self, model: str, endpoint: str, error: GatewayError | None,
@@ -273,6 +336,12 @@ class Dispatcher:
             metrics.errors(error.code or error.type).inc()
         metrics.requests(endpoint, status).inc()
         metrics.request_duration.observe(self._clock() - started)
+
+
+def _give_back(replica: Replica, lease: Lease | None) -> None:
+    replica.release()
+    if lease is not None:
+        lease.release()
 
 
 async def _send(replica: Replica, path: str, body: bytes,

@@ -55,6 +55,13 @@ class ContextTooLong(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class AdapterLoadFailed(InvalidRequest):
+    """An engine could not load a LoRA adapter (missing files, rank too high, wrong base):
+    the same on every replica, so retried neither elsewhere nor in a loop."""
+
+    code = "adapter_load_failed"
+
+
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "payload_too_large"
@@ -117,3 +124,24 @@ class UpstreamRejected(GatewayError):
         body = super().body()
         body["error"]["code"] = self._code
         return body
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_admin_key"
+
+
+class AdminRequestRejected(GatewayError):
+    """An admin change that cannot be made (unknown name 404, name taken 409, bad source
+    400); the status says which."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, status: int, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self._status = status
+
+    @property
+    def status_code(self) -> int:
+        return self._status

@@ -131,6 +131,53 @@ class Metrics:
             "llmgw_kv_index_blocks", "KV blocks the gateway believes each engine holds, "
             "from its events.", engine, registry=r)
 
+        # LoRA multiplexing.
+        self.lora_loads = Counter(
+            "llmgw_lora_loads", "Adapter loads on replicas, by result (ok/failed) and by "
+            "reason (demand: a request needed it; preload: it was hot).",
+            ["model", "adapter", "result", "reason"], registry=r)
+        self.lora_evictions = Counter(
+            "llmgw_lora_evictions", "Adapters unloaded from a replica to make room.",
+            ["model", "adapter"], registry=r)
+        self.lora_load_duration = Histogram(
+            "llmgw_lora_load_duration_seconds", "Time the engine took to load an adapter.",
+            ["model"], buckets=_LATENCY_S, registry=r)
+        self.lora_load_wait = Histogram(
+            "llmgw_lora_load_wait_seconds", "Time requests waited for their adapter to load.",
+            ["model"], buckets=_LATENCY_S, registry=r)
+        self.lora_requests = Counter(
+            "llmgw_lora_requests", "Requests per adapter.", ["model", "adapter"], registry=r)
+        self.lora_request_rate = Gauge(
+            "llmgw_lora_adapter_request_rate", "Requests/s per adapter (moving average), "
+            "what hotness control acts on.", ["model", "adapter"], registry=r)
+        self.lora_resident = Gauge(
+            "llmgw_lora_adapter_resident", "1 when the replica holds the adapter.",
+            ["model", "adapter", "replica"], registry=r)
+        self.lora_resident_count = Gauge(
+            "llmgw_lora_resident_adapters", "Adapters each replica holds.",
+            ["model", "replica"], registry=r)
+        self.lora_drift = Counter(
+            "llmgw_lora_residency_drift", "Adapters the gateway believed resident that the "
+            "engine's own listing lacked (or the reverse); the belief was corrected.",
+            ["model", "replica"], registry=r)
+
+        # Prefill-decode disaggregation (llmgw/disagg).
+        self.pd_requests = Counter(
+            "llmgw_pd_requests", "Requests to disaggregated models by the path they took "
+            "(disaggregated; aggregated: decided up front; fallback: the prefill leg failed) "
+            "and why (long_prompt, short_prompt, cached_prefix, prefill_saturated, "
+            "no_prefill_replica, unsupported_request, prefill_timeout, prefill_unreachable, "
+            "prefill_error, ...).", ["model", "path", "reason"], registry=r)
+        self.pd_leg_duration = Histogram(
+            "llmgw_pd_leg_duration_seconds", "Duration of each leg of disaggregated "
+            "requests: prefill (sent to answered) and decode (sent to finished).",
+            ["model", "leg"], buckets=_LATENCY_S, registry=r)
+        self.pd_decode_first_token = Histogram(
+            "llmgw_pd_decode_first_token_seconds", "Decode leg: time from sending it to its "
+            "first token. Holds the KV transfer (connectors that pull load before the first "
+            "step) plus one decode step: an upper bound on the transfer time.",
+            ["model"], buckets=_LATENCY_S, registry=r)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -215,3 +262,53 @@ class KVEventMetrics:
         self.missed = metrics.kv_event_gaps.labels(model, replica, "missed")
         self.restarted = metrics.kv_event_gaps.labels(model, replica, "restart")
         self.blocks = metrics.kv_index_blocks.labels(model, replica)
+
+
+class LoraMetrics:
+    """One base model's LoRA children; per adapter and replica bound on first use (both
+    bounded by the adapters the config and the admin API declare)."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._m, self.model = metrics, model
+        self.load_duration = metrics.lora_load_duration.labels(model)
+        self.load_wait = metrics.lora_load_wait.labels(model)
+
+    def loaded(self, adapter: str, ok: bool, reason: str) -> None:
+        self._m.lora_loads.labels(self.model, adapter, "ok" if ok else "failed", reason).inc()
+
+    def evicted(self, adapter: str) -> None:
+        self._m.lora_evictions.labels(self.model, adapter).inc()
+
+    def requested(self, adapter: str) -> None:
+        self._m.lora_requests.labels(self.model, adapter).inc()
+
+    def rate(self, adapter: str, value: float) -> None:
+        self._m.lora_request_rate.labels(self.model, adapter).set(value)
+
+    def residency(self, replica: str, adapters: frozenset[str], known: list[str]) -> None:
+        self._m.lora_resident_count.labels(self.model, replica).set(len(adapters))
+        for adapter in known:
+            self._m.lora_resident.labels(self.model, adapter, replica).set(
+                int(adapter in adapters))
+
+    def drift(self, replica: str, amount: int) -> None:
+        self._m.lora_drift.labels(self.model, replica).inc(amount)
+
+
+class PDMetrics:
+    """One disaggregated model's children; path/reason pairs bound on first use (both
+    come from fixed sets in llmgw.disagg)."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._m, self.model = metrics, model
+        self.prefill_leg = metrics.pd_leg_duration.labels(model, "prefill")
+        self.decode_leg = metrics.pd_leg_duration.labels(model, "decode")
+        self.decode_first_token = metrics.pd_decode_first_token.labels(model)
+        self._paths: dict[tuple[str, str], Counter] = {}
+
+    def routed(self, path: str, reason: str) -> None:
+        child = self._paths.get((path, reason))
+        if child is None:
+            child = self._paths[(path, reason)] = self._m.pd_requests.labels(
+                self.model, path, reason)
+        child.inc()

@@ -22,7 +22,8 @@ log = logging.getLogger("llmgw.pool")
 class Replica:
     """One engine server behind a model. Mutated only from the event loop thread."""
 
-    __slots__ = ("id", "model", "engine", "role", "healthy", "in_flight", "metrics", "stats")
+    __slots__ = ("id", "model", "engine", "role", "healthy", "in_flight", "metrics", "stats",
+                 "adapters", "max_adapters")
 
     def __init__(
         self, id: str, model: str, engine: Engine, metrics: ReplicaMetrics, *,
@@ -36,6 +37,9 @@ class Replica:
         self.in_flight = 0
         self.metrics = metrics
         self.stats = EngineStats()
+        # LoRA adapters the engine holds and its slots, kept by llmgw.lora.residency.
+        self.adapters: frozenset[str] = frozenset()
+        self.max_adapters = 0
         metrics.in_flight.set(0)
         metrics.healthy.set(0)
 
@@ -45,6 +49,7 @@ class Replica:
             healthy=self.healthy, in_flight=self.in_flight,
             queue_depth=self.stats.waiting, kv_usage=self.stats.kv_usage,
             kv_capacity_tokens=self.stats.kv_capacity_tokens,
+            adapters=self.adapters, max_adapters=self.max_adapters,
         )
 
     def acquire(self) -> None:
@@ -88,7 +93,8 @@ class ReplicaPool:
         return [r for group in self._by_model.values() for r in group]
 
     def ready(self, model: str) -> bool:
-        return any(r.healthy for r in self.replicas(model))
+        # Prefill replicas alone cannot answer a request; a decode or mixed one can.
+        return any(r.healthy and r.role != "prefill" for r in self.replicas(model))
 
     async def check_all(self) -> None:
         replicas = self.all()

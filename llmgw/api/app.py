@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from llmgw.api import routes
+from llmgw.api import admin, routes
 from llmgw.api.errors import install_error_handlers
 from llmgw.api.generation import GenerationRoute
 from llmgw.build import Gateway
@@ -30,6 +30,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.metrics = gateway.metrics
     app.state.max_body_bytes = gateway.config.server.max_body_bytes
     app.state.created = int(time.time())
+    app.state.catalog = gateway.catalog
+    app.state.admin_key = admin.admin_key(gateway.config.server.admin_key)
     install_error_handlers(app)
     # Generation routes are raw ASGI apps: no per-request Request/Response objects and
     # one disconnect watch per request (bench/overhead.py measured both).
@@ -42,4 +44,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.add_route("/ready", routes.ready, methods=["GET"])
     app.add_route("/metrics", routes.metrics, methods=["GET"])
     app.add_route("/debug/route", routes.debug_route, methods=["POST"])
+    app.add_route("/admin/adapters", admin.list_adapters, methods=["GET"])
+    app.add_route("/admin/adapters", admin.register_adapter, methods=["POST"])
+    app.add_route("/admin/adapters/{name}", admin.remove_adapter, methods=["DELETE"])
     return app

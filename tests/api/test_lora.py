@@ -1,0 +1,247 @@
+"""LoRA multiplexing through a real gateway in front of real embedded engines (two
+replicas, two adapter slots each) serving the demo model and offline demo adapters."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from llmgw.engines.demo_lora import build_demo_adapters, write_high_rank_adapter
+from tests.support import Server, launched_engine_urls, start_gateway, wait_until
+
+ADMIN = {"authorization": "Bearer test-admin-key"}
+MESSAGES = [{"role": "user", "content": "Write a haiku about routers."}]
+ADAPTERS = [f"demo-lora-{i}" for i in range(6)]
+
+
+def lora_config(tmp: Path, roots: list[Path], **lora: Any) -> dict[str, Any]:
+    return {
+        "server": {"admin_key": "test-admin-key", "state_dir": str(tmp / "state")},
+        "health": {"interval_s": 0.5},
+        "models": [{
+            "name": "demo", "engine": "transformers", "model": "demo", "replicas": 2,
+            "routing": "least-load",
+            "lora": {"max_adapters_per_replica": 2, "max_rank": 16,
+                     "adapters": [{"name": n, "source": "demo"} for n in ADAPTERS],
+                     "roots": [str(r) for r in roots], "failure_cooldown_s": 300,
+                     "hotness": {"enabled": False, "interval_s": 0.5}, **lora},
+        }],
+    }
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("adapter-roots")
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, roots: Path) -> Iterator[Server]:
+    build_demo_adapters(len(ADAPTERS))
+    tmp = tmp_path_factory.mktemp("lora")
+    server = start_gateway(lora_config(tmp, [roots]), tmp)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gateway: Server) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def open_client(gateway: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+
+
+def engines(gateway: Server) -> dict[str, str]:
+    """Replica id -> its engine's URL, from the launcher's log lines."""
+    return {line.split(" ready at ")[0].rsplit(" ", 1)[1]: line.rsplit(" ", 1)[1]
+            for line in gateway.output().splitlines() if " ready at http://" in line}
+
+
+def chat(client: openai.OpenAI, model: str, **extra: Any) -> tuple[str, str]:
+    """Greedy answer and the replica that served it."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=MESSAGES, max_tokens=12, temperature=0,  # type: ignore[arg-type]
+        **extra)
+    return raw.parse().choices[0].message.content or "", raw.headers["x-llmgw-replica"]
+
+
+def metric(gateway: Server, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1])
+               for line in httpx.get(gateway.url + "/metrics").text.splitlines()
+               if line.startswith(prefix))
+
+
+def admin_listing(gateway: Server) -> dict[str, dict[str, Any]]:
+    data = httpx.get(gateway.url + "/admin/adapters", headers=ADMIN).json()["data"]
+    return {a["name"]: a for a in data}
+
+
+def test_models_lists_the_base_and_its_adapters(client: openai.OpenAI) -> None:
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {"demo", *ADAPTERS}
+    assert all(getattr(models[a], "parent", None) == "demo" for a in ADAPTERS)
+    assert getattr(models["demo"], "parent", None) is None
+
+
+def test_adapter_output_is_the_engines_own_and_differs_from_the_base(
+        gateway: Server, client: openai.OpenAI) -> None:
+    base, _ = chat(client, "demo")
+    text, replica = chat(client, "demo-lora-0")
+    other, _ = chat(client, "demo-lora-1")
+    assert text != base and other != text
+    direct = httpx.post(engines(gateway)[replica] + "/v1/chat/completions", json={
+        "model": "demo-lora-0", "messages": MESSAGES, "max_tokens": 12, "temperature": 0},
+        timeout=60).json()
+    assert direct["choices"][0]["message"]["content"] == text
+
+
+def test_three_ways_to_name_an_adapter_agree(client: openai.OpenAI) -> None:
+    by_name, _ = chat(client, "demo-lora-2")
+    by_pair, _ = chat(client, "demo:demo-lora-2")
+    by_header, _ = chat(client, "demo",
+                        extra_headers={"serve_multiplexed_model_id": "demo-lora-2"})
+    assert by_name == by_pair == by_header
+
+
+@pytest.mark.parametrize(("model", "headers"), [
+    ("demo-lora-99", {}), ("demo:nope", {}), ("demo", {"serve_multiplexed_model_id": "nope"}),
+])
+def test_unknown_adapters_are_404(client: openai.OpenAI, model: str,
+                                  headers: dict[str, str]) -> None:
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        chat(client, model, extra_headers=headers)
+
+
+def test_concurrent_requests_for_a_cold_adapter_share_one_load(
+        gateway: Server, client: openai.OpenAI) -> None:
+    loads = 'llmgw_lora_loads_total{adapter="demo-lora-5",model="demo",reason="demand",result="ok"}'
+    assert metric(gateway, loads) == 0
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: chat(client, "demo-lora-5"), range(8)))
+    assert len({text for text, _ in answers}) == 1
+    assert len({replica for _, replica in answers}) == 1  # all followed the one load
+    assert metric(gateway, loads) == 1
+
+
+def test_more_adapters_than_slots_churn_and_answer_the_same(
+        gateway: Server, client: openai.OpenAI) -> None:
+    first = {name: chat(client, name)[0] for name in ADAPTERS}
+    evictions = metric(gateway, "llmgw_lora_evictions_total{")
+    again = {name: chat(client, name)[0] for name in reversed(ADAPTERS)}
+    assert again == first  # evicted, loaded again, same weights
+    assert evictions > 0 and metric(gateway, "llmgw_lora_evictions_total{") > evictions
+    for url in engines(gateway).values():
+        listed = httpx.get(url + "/v1/models").json()["data"]
+        assert len([m for m in listed if m.get("parent")]) <= 2  # the slots hold
+
+
+def test_residency_follows_the_engines_own_listing(gateway: Server,
+                                                   client: openai.OpenAI) -> None:
+    text, replica = chat(client, "demo-lora-3")
+    assert replica in admin_listing(gateway)["demo-lora-3"]["resident_on"]
+    # Out of band: the engine drops the adapter (as a restarted engine would have).
+    httpx.post(engines(gateway)[replica] + "/v1/unload_lora_adapter",
+               json={"lora_name": "demo-lora-3"}).raise_for_status()
+    wait_until(lambda: replica not in admin_listing(gateway)["demo-lora-3"]["resident_on"],
+               10, "the gateway to notice the engine no longer holds demo-lora-3")
+    assert metric(gateway, "llmgw_lora_residency_drift_total{") >= 1
+    assert chat(client, "demo-lora-3")[0] == text  # loaded again where needed
+
+
+def test_an_adapter_that_cannot_load_fails_clearly_once_and_harms_nothing(
+        gateway: Server, client: openai.OpenAI, roots: Path) -> None:
+    write_high_rank_adapter(roots / "too-big", rank=32)
+    reply = httpx.post(gateway.url + "/admin/adapters", headers=ADMIN, json={
+        "model": "demo", "name": "too-big", "source": str(roots / "too-big")})
+    assert reply.status_code == 201, reply.text
+    for _ in range(2):
+        with pytest.raises(openai.BadRequestError) as info:
+            chat(client, "too-big")
+        error = info.value.body
+        assert isinstance(error, dict) and error["code"] == "adapter_load_failed"
+        assert "too-big" in error["message"] and "rank" in error["message"]
+    # Refused from the cooldown the second time: no retry loop against the engine.
+    failed = ('llmgw_lora_loads_total{adapter="too-big",model="demo",reason="demand",'
+              'result="failed"}')
+    assert metric(gateway, failed) == 1
+    assert chat(client, "demo")[0] and httpx.get(gateway.url + "/ready").status_code == 200
+
+
+def test_admin_api_needs_the_key_and_keeps_sources_inside_the_roots(
+        gateway: Server, roots: Path, tmp_path: Path) -> None:
+    url = gateway.url + "/admin/adapters"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"authorization": "Bearer wrong"}).status_code == 401
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    cases = [
+        ({"model": "demo", "name": "x1", "source": str(outside)}, 400, "outside"),
+        ({"model": "demo", "name": "x2", "source": str(roots / ".." / "elsewhere")}, 400, ".."),
+        ({"model": "demo", "name": "x3", "source": str(roots / "missing")}, 400, "directory"),
+        ({"model": "nope", "name": "x4", "source": str(roots)}, 404, "no LoRA"),
+        ({"model": "demo", "name": "demo-lora-0", "source": str(roots)}, 409, "taken"),
+        ({"model": "demo", "name": "demo", "source": str(roots)}, 409, "taken"),
+        ({"model": "demo", "name": "../x", "source": str(roots)}, 400, "name"),
+    ]
+    for body, status, words in cases:
+        reply = httpx.post(url, headers=ADMIN, json=body)
+        assert reply.status_code == status and words in reply.json()["error"]["message"], \
+            (body, reply.text)
+    assert httpx.delete(url + "/nope", headers=ADMIN).status_code == 404
+
+
+def test_runtime_adapters_survive_a_restart(tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    shutil.copytree(build_demo_adapters(1)["demo-lora-0"], roots / "mine")
+    config = lora_config(tmp_path, [roots])
+    gateway = start_gateway(config, tmp_path)
+    try:
+        reply = httpx.post(gateway.url + "/admin/adapters", headers=ADMIN, json={
+            "model": "demo", "name": "mine", "source": "mine"})  # relative to the root
+        assert reply.status_code == 201, reply.text
+        with open_client(gateway) as client:
+            expected = chat(client, "demo-lora-0")[0]
+            assert chat(client, "mine")[0] == expected  # the same weights, another name
+        assert httpx.delete(gateway.url + "/admin/adapters/demo-lora-1",
+                            headers=ADMIN).status_code == 200
+    finally:
+        gateway.stop()
+    gateway = start_gateway(config, tmp_path)
+    try:
+        listed = {m["id"] for m in httpx.get(gateway.url + "/v1/models").json()["data"]}
+        assert "mine" in listed and "demo-lora-1" not in listed
+        with open_client(gateway) as client:
+            assert chat(client, "mine")[0] == expected
+    finally:
+        gateway.stop()
+
+
+def test_hot_adapters_are_preloaded_on_more_replicas(tmp_path: Path) -> None:
+    config = lora_config(tmp_path, [], hotness={"enabled": True, "interval_s": 0.3,
+                                                 "hot_rate": 0.5, "window_s": 20})
+    gateway = start_gateway(config, tmp_path)
+    try:
+        with open_client(gateway) as client:
+            for _ in range(12):  # ~12 requests in a few seconds: well above 0.5/s
+                chat(client, "demo-lora-4")
+        wait_until(lambda: len(admin_listing(gateway)["demo-lora-4"]["resident_on"]) == 2,
+                   20, "demo-lora-4 to be pre-loaded on the second replica")
+        assert metric(gateway, 'llmgw_lora_loads_total{adapter="demo-lora-4",model="demo",'
+                               'reason="preload",result="ok"}') >= 1
+        assert admin_listing(gateway)["demo-lora-4"]["request_rate"] > 0.5
+    finally:
+        gateway.stop()
+
+
+def test_launched_engines_are_started_with_lora(gateway: Server) -> None:
+    for url in launched_engine_urls(gateway):
+        assert 'max_lora="2"' in httpx.get(url + "/metrics").text
