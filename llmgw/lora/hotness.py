@@ -3,7 +3,8 @@ hot adapters on more replicas before requests queue behind a load there.
 
 An adapter is hot when its rate reaches ``hot_rate`` requests/s, or when requests keep
 waiting for it to load (its load waits, decayed over the window, reach 3). A hot adapter
-should be resident on ``1 + rate // hot_rate`` replicas (at most all). Pre-loads go to a
+should be resident on ``1 + rate // hot_rate`` replicas, one more while requests keep
+waiting for its loads (at most all). Pre-loads go to a
 replica with a free slot first, else one whose coldest idle adapter is less than half as
 hot (never evicting something about as hot to make room).
 """
@@ -35,13 +36,15 @@ def plan_preloads(adapters: Sequence[Adapter], replicas: Sequence[str],
     """At most one pre-load per replica per round, hottest adapters first."""
     now = time.monotonic() if now is None else now
     rate = {a.name: rates.rate(a.name, now) for a in adapters}
-    hot = sorted((a for a in adapters if rate[a.name] >= hot_rate
-                  or rates.recent_waits(a.name, now) >= _WAITS_MAKE_HOT),
+    waiting = {a.name for a in adapters if rates.recent_waits(a.name, now) >= _WAITS_MAKE_HOT}
+    hot = sorted((a for a in adapters if rate[a.name] >= hot_rate or a.name in waiting),
                  key=lambda a: -rate[a.name])
     busy: set[str] = set()
     plan: list[Preload] = []
     for adapter in hot:
-        want = min(len(replicas), 1 + int(rate[adapter.name] // hot_rate))
+        # Requests kept waiting for its loads: one more replica than its rate alone asks.
+        want = min(len(replicas), 1 + int(rate[adapter.name] // hot_rate)
+                   + (adapter.name in waiting))
         holders = [r for r in replicas if adapter.name in resident(r)]
         for _ in range(want - len(holders)):
             target = _target(adapter, replicas, holders, busy, resident, slots, rate)

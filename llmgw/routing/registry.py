@@ -16,6 +16,7 @@ from llmgw.routing.kv_cache import KVCacheScorer
 from llmgw.routing.least_load import LeastLoadScorer
 from llmgw.routing.lora_affinity import HasAdapterFilter, LoraAffinityScorer
 from llmgw.routing.prefix_cache import PrefixCacheScorer
+from llmgw.routing.random_pick import RandomPolicy
 from llmgw.routing.round_robin import RoundRobinPolicy
 from llmgw.routing.session import SessionScorer
 
@@ -53,10 +54,11 @@ PRESETS: dict[str, PolicyConfig] = {
     "precise-prefix-aware": _spec(("kv-cache", 2.0), ("prefix-cache", 0.5), ("least-load", 1.0)),
 }
 ROUND_ROBIN = "round-robin"
+RANDOM = "random"
 
 
 def policy_names(custom: dict[str, PolicyConfig] | None = None) -> list[str]:
-    return sorted({ROUND_ROBIN, *PRESETS, *(custom or {})})
+    return sorted({ROUND_ROBIN, RANDOM, *PRESETS, *(custom or {})})
 
 
 def uses_kv_index(spec: PolicyConfig) -> bool:
@@ -64,8 +66,9 @@ def uses_kv_index(spec: PolicyConfig) -> bool:
 
 
 def policy_spec(name: str, custom: dict[str, PolicyConfig] | None = None) -> PolicyConfig | None:
-    """The pipeline a name stands for; None for round-robin. KeyError when unknown."""
-    if name == ROUND_ROBIN:
+    """The pipeline a name stands for; None for round-robin and random (no pipeline).
+    KeyError when unknown."""
+    if name in (ROUND_ROBIN, RANDOM):
         return None
     return (custom or {}).get(name) or PRESETS[name]
 
@@ -83,7 +86,7 @@ def make_policy(name: str, rng: random.Random,
     pipeline prefer replicas holding the request's adapter."""
     spec = policy_spec(name, custom)
     if spec is None:
-        return RoundRobinPolicy(rng)
+        return RandomPolicy(rng) if name == RANDOM else RoundRobinPolicy(rng)
     if lora and not any(s.type == LoraAffinityScorer.type_name for s in spec.scorers):
         spec = spec.model_copy(update={"scorers": [
             *spec.scorers, PluginSpec(type=LoraAffinityScorer.type_name,

@@ -4,7 +4,7 @@ replicas, two adapter slots each) serving the demo model and offline demo adapte
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,12 @@ import httpx
 import openai
 import pytest
 
-from llmgw.engines.demo_lora import build_demo_adapters, write_high_rank_adapter
+from llmgw.engines.demo_lora import (
+    build_demo_adapters,
+    write_high_rank_adapter,
+    write_incomplete_adapter,
+    write_wrong_base_adapter,
+)
 from tests.support import Server, launched_engine_urls, start_gateway, wait_until
 
 ADMIN = {"authorization": "Bearer test-admin-key"}
@@ -157,20 +162,31 @@ def test_residency_follows_the_engines_own_listing(gateway: Server,
     assert chat(client, "demo-lora-3")[0] == text  # loaded again where needed
 
 
+BAD_ADAPTERS: list[tuple[str, Callable[[Path], Path], str]] = [
+    ("too-big", lambda d: write_high_rank_adapter(d, rank=32), "rank 32"),
+    ("other-base", lambda d: write_wrong_base_adapter(d, "hidden-size"), "shape mismatch"),
+    ("no-weights", lambda d: write_incomplete_adapter(d, "adapter_model.safetensors"),
+     "adapter_model.safetensors"),
+]
+
+
+@pytest.mark.parametrize(("name", "write", "reason"), BAD_ADAPTERS,
+                         ids=[b[0] for b in BAD_ADAPTERS])
 def test_an_adapter_that_cannot_load_fails_clearly_once_and_harms_nothing(
-        gateway: Server, client: openai.OpenAI, roots: Path) -> None:
-    write_high_rank_adapter(roots / "too-big", rank=32)
+        gateway: Server, client: openai.OpenAI, roots: Path, name: str,
+        write: Callable[[Path], Path], reason: str) -> None:
+    write(roots / name)
     reply = httpx.post(gateway.url + "/admin/adapters", headers=ADMIN, json={
-        "model": "demo", "name": "too-big", "source": str(roots / "too-big")})
+        "model": "demo", "name": name, "source": str(roots / name)})
     assert reply.status_code == 201, reply.text
     for _ in range(2):
         with pytest.raises(openai.BadRequestError) as info:
-            chat(client, "too-big")
+            chat(client, name)
         error = info.value.body
         assert isinstance(error, dict) and error["code"] == "adapter_load_failed"
-        assert "too-big" in error["message"] and "rank" in error["message"]
+        assert f"adapter '{name}'" in error["message"] and reason in error["message"], error
     # Refused from the cooldown the second time: no retry loop against the engine.
-    failed = ('llmgw_lora_loads_total{adapter="too-big",model="demo",reason="demand",'
+    failed = (f'llmgw_lora_loads_total{{adapter="{name}",model="demo",reason="demand",'
               'result="failed"}')
     assert metric(gateway, failed) == 1
     assert chat(client, "demo")[0] and httpx.get(gateway.url + "/ready").status_code == 200

@@ -102,7 +102,7 @@ def test_unknown_routing_policy_is_refused_before_launch(tmp: Path) -> None:
     path = write(tmp, "r.yaml", "models:\n  - {name: a, model: x, routing: fastest}\n")
     with pytest.raises(ConfigError, match=r"models\[0\].routing: unknown policy 'fastest'; "
                                           r"known: least-load, precise-prefix-aware, prefix-aware, "
-                                          r"round-robin, "
+                                          r"random, round-robin, "
                                           r"session-aware"):
         check_config(load_config([path]))
 

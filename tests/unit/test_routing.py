@@ -65,6 +65,7 @@ def test_ranking_lists_every_replica_once_for_failover() -> None:
 
 def test_registry_names_are_kebab_case() -> None:
     assert policy_names() == [
-        "least-load", "precise-prefix-aware", "prefix-aware", "round-robin", "session-aware"]
+        "least-load", "precise-prefix-aware", "prefix-aware", "random", "round-robin",
+        "session-aware"]
     with pytest.raises(KeyError):
         make_policy("nope", random.Random(0))
