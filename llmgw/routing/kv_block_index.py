@@ -15,6 +15,8 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
+from llmgw.routing.affinity import matched_depths
+
 EngineHash = Hashable  # vLLM sends int (default) or bytes
 
 # Safety net for lost removal events: the engine's own evictions keep a replica's entry
@@ -136,19 +138,7 @@ class KVBlockIndex:
 
     def matched(self, hashes: Sequence[int], replica_ids: Iterable[str]) -> dict[str, int]:
         """Replica id -> how many of ``hashes`` it holds as an unbroken prefix."""
-        alive = set(replica_ids)
-        depths = dict.fromkeys(alive, 0)
-        for depth, block in enumerate(hashes):
-            held = self._holders.get(block)
-            survivors = alive & held if held else set()
-            for rid in alive - survivors:
-                depths[rid] = depth
-            alive = survivors
-            if not alive:
-                return depths
-        for rid in alive:
-            depths[rid] = len(hashes)
-        return depths
+        return matched_depths(hashes, self._holders, replica_ids)
 
     def _drop(self, replica_id: str, ours: int) -> None:
         holders = self._holders.get(ours)

@@ -14,7 +14,12 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmgw.routing.affinity import CapacityWatch, PredictionLedger, beyond_common_prefix
+from llmgw.routing.affinity import (
+    CachedShares,
+    CapacityWatch,
+    PredictionLedger,
+    beyond_common_prefix,
+)
 from llmgw.routing.base import Need
 from llmgw.routing.kv_block_index import KVBlockIndex, prompt_block_hashes
 from llmgw.types import ReplicaView, RequestContext
@@ -53,8 +58,8 @@ class KVCacheScorer:
         # vLLM computes at least the prompt's last token, so a fully cached prompt reports
         # one block less than it holds.
         reusable = (len(tokens) - 1) // block_size
-        self._predictions.offer(ctx.request_id, {
-            rid: min(depth, reusable) * block_size / len(tokens) for rid, depth in depths.items()})
+        self._predictions.offer(ctx.request_id,
+                                CachedShares(depths, reusable, block_size / len(tokens)))
         return beyond_common_prefix(depths, len(hashes))
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:

@@ -11,6 +11,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmgw.routing.affinity import (
+    CachedShares,
     CapacityWatch,
     PredictionLedger,
     beyond_common_prefix,
@@ -78,7 +79,7 @@ class PrefixCacheScorer:
             return {}
         depths = self.index.matched(hashes, (r.id for r in replicas))
         self._predictions.offer(ctx.request_id,
-                                {rid: depth / len(hashes) for rid, depth in depths.items()})
+                                CachedShares(depths, len(hashes), 1 / len(hashes)))
         return beyond_common_prefix(depths, len(hashes))
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from llmgw.routing.affinity import matched_depths
+
 
 def block_hashes(text: str, block_chars: int, max_blocks: int) -> list[int]:
     """Hashes of the first ``max_blocks`` full blocks of ``text``, each chained to its
@@ -51,23 +53,7 @@ class PrefixIndex:
 
     def matched(self, hashes: list[int], replica_ids: Iterable[str]) -> dict[str, int]:
         """Replica id -> how many leading blocks of ``hashes`` it holds."""
-        alive = set(replica_ids)
-        result: dict[str, int] = {}
-        depth = 0
-        for h in hashes:
-            holders = self._holders.get(h)
-            if not holders:
-                break
-            still = alive.intersection(holders)
-            for gone in alive.difference(still):
-                result[gone] = depth
-            alive = still
-            if not alive:
-                break
-            depth += 1
-        for replica_id in alive:
-            result[replica_id] = depth
-        return result
+        return matched_depths(hashes, self._holders, replica_ids)
 
     def insert(self, replica_id: str, hashes: list[int]) -> None:
         lru = self._lru.get(replica_id)
