@@ -149,8 +149,9 @@ class PDPoolConfig(_Strict):
     # vLLM, launched: this pool's --kv-transfer-config (kv_connector, kv_role, ...).
     kv_transfer: dict[str, Any] | None = None
     # SGLang prefill pool: the bootstrap port the decode side fetches KV from; launched
-    # replica i listens on bootstrap_port + i, attached prefill servers all on this one.
-    bootstrap_port: int | None = Field(default=None, ge=1, le=65535)
+    # replica i listens on bootstrap_port + i; attached servers all on this one, or one
+    # port per `url`.
+    bootstrap_port: int | list[int] | None = None
 
     @field_validator("url", mode="before")
     @classmethod
@@ -169,6 +170,12 @@ class PDPoolConfig(_Strict):
     def _launch_or_attach(self) -> PDPoolConfig:
         if (self.url is None) == (self.replicas is None):
             raise ValueError("give either 'replicas' (launch) or 'url' (attach)")
+        ports = self.bootstrap_port if isinstance(self.bootstrap_port, list) else \
+            [self.bootstrap_port or SGLANG_BOOTSTRAP_PORT]
+        if not all(1 <= port <= 65535 for port in ports):
+            raise ValueError(f"bootstrap_port must be a port number, got {self.bootstrap_port}")
+        if isinstance(self.bootstrap_port, list) and len(ports) != len(self.url or []):
+            raise ValueError("a list of bootstrap ports needs one per 'url'")
         if self.url is not None and (self.engine_args or self.env or self.kv_transfer):
             raise ValueError("'engine_args', 'env' and 'kv_transfer' apply to launched "
                              "engines only, not to 'url' (attach)")
@@ -180,7 +187,9 @@ class PDPoolConfig(_Strict):
 
     def bootstrap_port_of(self, index: int) -> int:
         """Where prefill replica ``index`` serves SGLang's KV bootstrap: launched replicas
-        count up from the pool's port, attached ones all use it."""
+        count up from the pool's port, attached ones use theirs or the shared one."""
+        if isinstance(self.bootstrap_port, list):
+            return self.bootstrap_port[index]
         base = self.bootstrap_port or SGLANG_BOOTSTRAP_PORT
         return base + index if self.url is None else base
 
