@@ -14,7 +14,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 
 from llmgw.engines.adapters import AdapterClient, AdapterLoadError
-from llmgw.errors import AdapterLoadFailed, UpstreamTimeout
+from llmgw.errors import AdapterLoadFailed, UpstreamError, UpstreamTimeout
 from llmgw.lora.catalog import Adapter
 from llmgw.lora.rates import AdapterRates
 from llmgw.metrics import LoraMetrics
@@ -58,6 +58,8 @@ class AdapterResidency:
         self._loading: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._reserved: Counter[str] = Counter()  # loads in progress per replica
         self._in_use: Counter[tuple[str, str]] = Counter()
+        self._changes: Counter[str] = Counter()  # belief changes per replica
+        self._freed: dict[str, asyncio.Event] = {}  # set when an adapter goes idle
         self._failed: dict[str, tuple[float, str]] = {}  # adapter -> (until, message)
         for replica in replicas:
             replica.max_adapters = slots
@@ -79,8 +81,12 @@ class AdapterResidency:
         if failure is not None and failure[0] > self._clock():
             raise AdapterLoadFailed(failure[1], param="model")
         held = self._resident[replica_id]
+        key = (replica_id, adapter.name)
+        # Held from before the wait: between the load finishing and this waiter resuming,
+        # another load must not pick the adapter as its eviction victim.
+        self._in_use[key] += 1
+        lease = Lease(lambda: self._release(key))
         if adapter.name not in held:
-            key = (replica_id, adapter.name)
             task = self._loading.get(key)
             if task is None:
                 task = self._loading[key] = asyncio.create_task(
@@ -89,34 +95,50 @@ class AdapterResidency:
                 # adapter follow this one and wait for the same load.
                 self._publish(replica_id)
             started = self._clock()
-            # Shielded: a waiter that gives up (client gone) must not cancel the load
-            # the other waiters share.
-            await asyncio.shield(task)
+            try:
+                # Shielded: a waiter that gives up (client gone) must not cancel the load
+                # the other waiters share.
+                await asyncio.shield(task)
+            except BaseException:
+                lease.release()
+                raise
             if reason == "demand":
                 self.metrics.load_wait.observe(self._clock() - started)
                 self.rates.waited(adapter.name, self._clock())
         held.move_to_end(adapter.name)
-        key = (replica_id, adapter.name)
-        self._in_use[key] += 1
+        return lease
 
-        def release() -> None:
-            self._in_use[key] -= 1
-            if self._in_use[key] <= 0:
-                del self._in_use[key]
-        return Lease(release)
+    def _release(self, key: tuple[str, str]) -> None:
+        self._in_use[key] -= 1
+        if self._in_use[key] <= 0:
+            del self._in_use[key]
+            freed = self._freed.get(key[0])
+            if freed is not None:
+                freed.set()
 
     async def _load(self, replica_id: str, adapter: Adapter, reason: str) -> None:
         try:
-            # Synchronous up to the first await: the slot check, the victim's removal
-            # and the reservation happen atomically with respect to other loads.
+            # No await between the slot check, the victim's removal and the reservation:
+            # they happen atomically with respect to other loads.
             held = self._resident[replica_id]
             victim = None
-            if len(held) + self._reserved[replica_id] >= self.slots:
+            deadline = self._clock() + self._load_timeout_s
+            while len(held) + self._reserved[replica_id] >= self.slots:
                 victim = self._victim(replica_id)
-                if victim is None:
-                    raise SlotsBusy(f"all {self.slots} adapter slots of {replica_id} are busy")
-                del held[victim]
-                self._publish(replica_id)
+                if victim is not None:
+                    del held[victim]
+                    self._publish(replica_id)
+                    break
+                # Every slot serves requests: wait for one to finish (bounded), then
+                # look again; other loads may have taken or freed slots meanwhile.
+                freed = self._freed.setdefault(replica_id, asyncio.Event())
+                freed.clear()
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                        await freed.wait()
+                except TimeoutError:
+                    raise SlotsBusy(f"all {self.slots} adapter slots of {replica_id} stayed "
+                                    f"busy for {self._load_timeout_s}s") from None
             self._reserved[replica_id] += 1
             try:
                 client = self._clients[replica_id]
@@ -129,6 +151,10 @@ class AdapterResidency:
                     async with asyncio.timeout(self._load_timeout_s):
                         await client.load(adapter.name, adapter.source)
                 except AdapterLoadError as exc:
+                    if await self._engine_was_full(replica_id):
+                        self.metrics.loaded(adapter.name, False, reason)
+                        raise UpstreamError(f"replica {replica_id} had no free adapter slot "
+                                            f"(residency corrected): {exc}") from None
                     message = f"adapter '{adapter.name}' failed to load on {replica_id}: {exc}"
                     self._failed[adapter.name] = (
                         self._clock() + self._failure_cooldown_s, message)
@@ -149,6 +175,22 @@ class AdapterResidency:
         finally:
             self._loading.pop((replica_id, adapter.name), None)
             self._publish(replica_id)
+
+    async def _engine_was_full(self, replica_id: str) -> bool:
+        """A refused load is the adapter's fault unless the engine turns out to hold more
+        than the gateway believed (changed behind its back): then the belief is corrected
+        and the load may be retried, rather than the adapter put in the cooldown."""
+        listed = await self._clients[replica_id].loaded()
+        held = self._resident[replica_id]
+        unknown = (listed or set()) - set(held)
+        if listed is None or len(listed) < self.slots or not unknown:
+            return False
+        self.metrics.drift(replica_id, len(unknown))
+        for name in unknown:
+            held[name] = None
+            held.move_to_end(name, last=False)
+        self._publish(replica_id)
+        return True
 
     def _victim(self, replica_id: str) -> str | None:
         """The coldest adapter no request is using; least recently used among equals."""
@@ -175,9 +217,13 @@ class AdapterResidency:
             self._publish(replica_id)
 
     async def reconcile(self, replica_id: str) -> None:
-        """Replace the belief with the engine's own listing, where it has one."""
+        """Replace the belief with the engine's own listing, where it has one. A listing
+        taken while the gateway itself changed the replica (a load or eviction between
+        asking and answering) is stale on arrival: skipped, the next round checks again."""
+        changes = self._changes[replica_id]
         loaded = await self._clients[replica_id].loaded()
-        if loaded is None:
+        if loaded is None or self._changes[replica_id] != changes \
+                or self._reserved[replica_id]:
             return
         busy = {name for rid, name in self._loading if rid == replica_id}
         held = self._resident[replica_id]
@@ -195,6 +241,7 @@ class AdapterResidency:
             self._publish(replica_id)
 
     def _publish(self, replica_id: str) -> None:
+        self._changes[replica_id] += 1
         adapters = self.resident(replica_id)
         loading = frozenset(name for rid, name in self._loading if rid == replica_id)
         self._replicas[replica_id].adapters = adapters | loading

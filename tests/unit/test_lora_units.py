@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def residency(client: StubClient, slots: int = 2,
     now = clock or [0.0]
     res = AdapterResidency("m", [replica], {"r0": client}, slots,  # type: ignore[dict-item]
                            AdapterRates(30), LoraMetrics(metrics, "m"), lambda: [],
-                           failure_cooldown_s=30, load_timeout_s=5, clock=lambda: now[0])
+                           failure_cooldown_s=30, load_timeout_s=0.2, clock=lambda: now[0])
     return res, replica
 
 
@@ -178,3 +179,84 @@ def test_requests_that_wait_for_loads_make_an_adapter_hot() -> None:
                          {"r0": frozenset({"a"}), "r1": frozenset()}.__getitem__,
                          slots=2, rates=rates, hot_rate=100.0, now=0.0)
     assert [(p.adapter.name, p.replica_id) for p in plan] == [("a", "r1")]
+
+
+def test_a_load_waits_for_a_busy_slot_to_free() -> None:
+    async def run() -> None:
+        client = StubClient()
+        res, _ = residency(client, slots=1)
+        busy = await res.ensure("r0", adapter("a"))
+        waiting = asyncio.create_task(res.ensure("r0", adapter("b")))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        busy.release()  # the only slot goes idle: "a" is evicted for "b"
+        (await waiting).release()
+        assert client.unloads == ["a"] and res.resident("r0") == {"b"}
+    asyncio.run(run())
+
+
+class SlowEngine:
+    """An engine with ``slots`` adapter slots whose calls take a little while; it refuses
+    a load beyond its slots, like the embedded engine."""
+
+    def __init__(self, slots: int, rng: random.Random) -> None:
+        self.held: set[str] = set()
+        self.most = 0
+        self.slots, self.rng = slots, rng
+
+    def request_fields(self, adapter: str) -> dict[str, str]:
+        return {"model": adapter}
+
+    async def load(self, name: str, source: str) -> None:
+        await asyncio.sleep(self.rng.uniform(0, 0.002))
+        if len(self.held) >= self.slots:
+            raise AdapterLoadError(f"max_loras={self.slots} adapters are loaded already")
+        self.held.add(name)
+        self.most = max(self.most, len(self.held))
+
+    async def unload(self, name: str) -> bool:
+        await asyncio.sleep(self.rng.uniform(0, 0.002))
+        self.held.discard(name)
+        return True
+
+    async def loaded(self) -> set[str] | None:
+        snapshot = set(self.held)
+        await asyncio.sleep(0.001)  # the answer is a little old when it arrives
+        return snapshot
+
+
+def test_churn_under_concurrency_with_residency_checks_never_breaks() -> None:
+    """Regression: waiters resuming after a shared load found their adapter evicted
+    (KeyError), and a listing taken during an eviction re-added the evicted adapter so the
+    engine refused the next load. 1000 requests over 12 adapters and 4 slots, 8 at a time,
+    while the residency is checked against the engine every few ms."""
+    async def run() -> None:
+        rng = random.Random(0)
+        engine = StubClient()
+        slow = SlowEngine(4, rng)
+        res, _ = residency(engine, slots=4)
+        res._clients["r0"] = slow  # type: ignore[assignment]
+        failures: list[BaseException] = []
+        gate = asyncio.Semaphore(8)
+
+        async def request() -> None:
+            async with gate:
+                try:
+                    lease = await res.ensure("r0", adapter(f"a{rng.randrange(12)}"))
+                except Exception as exc:
+                    failures.append(exc)
+                    return
+                await asyncio.sleep(rng.uniform(0, 0.003))
+                lease.release()
+
+        async def checks() -> None:
+            while True:
+                await res.reconcile("r0")
+                await asyncio.sleep(0.005)
+
+        checker = asyncio.create_task(checks())
+        await asyncio.gather(*(request() for _ in range(1000)))
+        checker.cancel()
+        assert failures == [] and slow.most <= 4
+        assert res.resident("r0") == slow.held
+    asyncio.run(run())
