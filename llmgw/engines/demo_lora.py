@@ -24,18 +24,16 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from llmgw.engines.demo_model import (
     DEMO_MODEL_NAME,
-    _file_lock,
+    build_atomically,
     default_cache_dir,
     ensure_demo_model,
+    file_lock,
 )
 
 DEMO_LORA_DIR = f"{DEMO_MODEL_NAME}-lora"  # under the cache root, beside the demo model
@@ -74,7 +72,7 @@ def build_demo_adapters(
     missing = [(i, name) for i, name in enumerate(adapters) if not _is_complete(adapters[name])]
     if missing:
         out.mkdir(parents=True, exist_ok=True)
-        with _file_lock(root / f"{DEMO_LORA_DIR}.lock"):
+        with file_lock(root / f"{DEMO_LORA_DIR}.lock"):
             for i, name in missing:
                 build = functools.partial(write_adapter, base_dir=base, rank=rank, seed=_SEED + i)
                 _build_once(adapters[name], build)
@@ -141,22 +139,9 @@ def _is_complete(path: Path) -> bool:
 
 
 def _build_once(target: Path, build: Callable[[Path], object]) -> None:
-    """Build into a temporary sibling, then rename; call with the build lock held."""
-    if _is_complete(target):  # another process built it while we waited
-        return
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build(tmp)
-        # mkdtemp and safetensors make owner-only files; engines may run as another user.
-        tmp.chmod(0o755)
-        for path in tmp.iterdir():
-            path.chmod(0o644)
-        if target.exists():  # only a damaged, hand-edited leftover can get here
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """Call with the build lock held."""
+    if not _is_complete(target):  # another process may have built it while we waited
+        build_atomically(target, build)
 
 
 def _lora_config(rank: int, target_modules: Sequence[str]) -> Any:

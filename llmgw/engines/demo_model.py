@@ -26,7 +26,7 @@ import os
 import shutil
 import sysconfig
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -117,23 +117,28 @@ def ensure_demo_model(cache_dir: Path | None = None) -> Path:
     if _is_complete(target):
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f"{DEMO_MODEL_NAME}.lock"):
-        if _is_complete(target):  # another process built it while we waited
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_MODEL_NAME}.", dir=root))
-        try:
-            build_demo_model(tmp)
-            # mkdtemp and safetensors make owner-only files; engines may run as another user.
-            tmp.chmod(0o755)
-            for path in tmp.iterdir():
-                path.chmod(0o644)
-            if target.exists():  # only a damaged, hand-edited leftover can get here
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with file_lock(root / f"{DEMO_MODEL_NAME}.lock"):
+        if not _is_complete(target):  # another process may have built it while we waited
+            build_atomically(target, build_demo_model)
     return target
+
+
+def build_atomically(target: Path, build: Callable[[Path], object]) -> None:
+    """Build into a temporary sibling directory, then rename it to ``target``: readers
+    see a whole build or none. Call with the build's file lock held."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        # mkdtemp and safetensors make owner-only files; engines may run as another user.
+        tmp.chmod(0o755)
+        for path in tmp.iterdir():
+            path.chmod(0o644)
+        if target.exists():  # only a damaged, hand-edited leftover can get here
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def build_demo_model(out_dir: Path) -> None:
@@ -151,7 +156,7 @@ def _is_complete(path: Path) -> bool:
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     with open(path, "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

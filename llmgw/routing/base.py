@@ -210,3 +210,26 @@ class Pipeline:
         # Every predictor's entry is taken (so none lingers); the first scorer's counts.
         taken = [p.take_prediction(ctx.request_id) for p in self._predictors]
         return next((t for t in taken if t is not None), None)
+
+
+class OrderPolicy:
+    """A policy that only orders replicas (round-robin, random): nothing to explain beyond
+    the order, nothing to learn, nothing to predict. Subclasses implement ``rank``."""
+
+    needs: frozenset[Need] = frozenset()
+
+    def rank(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> list[ReplicaView]:
+        raise NotImplementedError
+
+    def explain(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> Decision:
+        return Decision(ranked=self.rank(ctx, replicas))
+
+    def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
+        return None
+
+    def on_done(self, ctx: RequestContext, replica_id: str, outcome: Outcome,
+                prompt_tokens: int | None = None) -> None:
+        return None
+
+    def take_prediction(self, ctx: RequestContext) -> float | None:
+        return None
