@@ -78,6 +78,15 @@ def _signal(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def read_until(sock: socket.socket, received: bytes, done: bytes, count: int = 1) -> bytes:
+    """Read the gateway's answer until ``done`` appeared ``count`` times."""
+    while received.count(done) < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before {done!r}: {received[-300:]!r}"
+        received += chunk
+    return received
+
+
 def words(tag: str, n: int = 300) -> str:
     return " ".join(f"{tag}{i}" for i in range(n))
 
@@ -144,11 +153,11 @@ def test_pd_output_equals_aggregated_and_decode_does_not_redo_the_prefill(
 def test_streamed_chat_and_completions_through_pd(gateway: Server) -> None:
     prefill, decode = engine_url(gateway, "prefill"), engine_url(gateway, "decode")
     size = block_size(decode)
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
     body = chat_body(words("beta"))
     aggregated = direct(prefill, body)
-    chunks = list(client.chat.completions.create(  # type: ignore[call-overload]
-        **body, stream=True, stream_options={"include_usage": True}))
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as client:
+        chunks = list(client.chat.completions.create(  # type: ignore[call-overload]
+            **body, stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
         text(aggregated)
     usage = chunks[-1].usage
@@ -274,9 +283,8 @@ def test_a_client_leaving_mid_stream_aborts_the_decode_leg(gateway: Server) -> N
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
                      b"content-type: application/json\r\n"
                      + f"content-length: {len(body)}\r\n\r\n".encode() + body)
-        received = b""
-        while received.count(b'"content":') < 3:  # the decode leg is streaming
-            received += sock.recv(65536)
+        sock.settimeout(60)
+        read_until(sock, b"", b'"content":', 3)  # the decode leg is streaming
     wait_until(lambda: gauge(gateway, "llmgw_replica_in_flight_requests{") == 0, 10,
                "the gateway to release both legs")
     wait_until(lambda: vllm_sum(decode, "vllm:num_requests_running") == 0, 60,
@@ -324,14 +332,9 @@ def test_a_decode_server_killed_mid_stream_ends_the_stream_cleanly_and_comes_bac
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
                      b"content-type: application/json\r\n"
                      + f"content-length: {len(body)}\r\n\r\n".encode() + body)
-        received = b""
-        while received.count(b'"content":') < 3:
-            received += sock.recv(65536)
+        received = read_until(sock, b"", b'"content":', 3)
         os.killpg(pgid, signal.SIGKILL)
-        while b"data: [DONE]" not in received:  # the stream ends, it does not hang
-            chunk = sock.recv(65536)
-            assert chunk, "the gateway closed the stream without [DONE]"
-            received += chunk
+        received = read_until(sock, received, b"data: [DONE]")  # it ends, it does not hang
     assert received.startswith(b"HTTP/1.1 200")
     assert b'data: {"error": {"message"' in received or b'data: {"error":{"message"' in received
     # Until the launcher has restarted it, requests fail cleanly (OpenAI-shaped, no 500).
