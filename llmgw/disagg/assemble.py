@@ -33,5 +33,6 @@ def make_disaggregation(model: ModelConfig, replicas: Sequence[Replica],
         flow = SGLangFlow(pd.prefill_timeout_s, bootstrap, rng)
     else:
         flow = VLLMFlow(pd.prefill_timeout_s)
-    legs = Legs(prefill_policy, decode_policy, metrics, model.max_attempts)
+    legs = Legs(prefill_policy, decode_policy, metrics, model.max_attempts,
+                decode_timeout_s=pd.decode_timeout_s)
     return Disaggregation(model.name, prefill, decode, legs, flow, pd.conditional)

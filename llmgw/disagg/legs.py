@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmgw.engines.base import UpstreamResponse
-from llmgw.errors import GatewayError, UpstreamError, UpstreamRejected, UpstreamUnreachable
+from llmgw.errors import (
+    GatewayError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from llmgw.metrics import PDMetrics
 from llmgw.pool import Replica
 from llmgw.routing.base import RoutingPolicy
@@ -45,24 +51,35 @@ class Legs:
     decode_policy: RoutingPolicy
     metrics: PDMetrics
     max_attempts: int
+    # Seconds a decode engine gets to answer (headers) before the next one is tried.
+    decode_timeout_s: float = 60.0
     clock: Callable[[], float] = time.perf_counter
     # Aborts of legs the request no longer waits for (kept so they are not collected).
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def open_decode(self, ctx: RequestContext, ranked: list[Replica], path: str,
-                          body: bytes, timeout_at: float | None
+                          body: bytes, deadline: float | None
                           ) -> tuple[Replica, UpstreamResponse, float]:
         """Send the decode leg to the best decode replica that answers; the next ones are
-        tried when one cannot be reached. Returns the replica (its in-flight count held
-        for the caller), its answer and when it was sent."""
+        tried when one cannot be reached or does not answer within ``decode_timeout_s``.
+        Returns the replica (its in-flight count held for the caller), its answer and
+        when it was sent. ``deadline``: the request's own limit (event loop time)."""
         error: UpstreamError | None = None
+        loop = asyncio.get_running_loop()
         for attempt, replica in enumerate(ranked[: self.max_attempts]):
             if attempt:
                 replica.metrics.retries.inc()
             replica.acquire()
             sent_at = self.clock()
+            timeout_at = loop.time() + self.decode_timeout_s
+            if deadline is not None:
+                timeout_at = min(timeout_at, deadline)
             try:
-                upstream = await send_within(replica, path, body, timeout_at)
+                try:
+                    upstream = await send_within(replica, path, body, timeout_at)
+                except TimeoutError:
+                    raise UpstreamTimeout(f"decode replica {replica.id} did not answer in "
+                                          f"time") from None
             except UpstreamRejected:
                 replica.release()
                 raise

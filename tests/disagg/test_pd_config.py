@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from llmgw.build import check_config
-from llmgw.config import ConfigError, GatewayConfig, ModelConfig, load_config
+from llmgw.config import ConfigError, DisaggConfig, GatewayConfig, ModelConfig, load_config
 from llmgw.placement.commands import check_launchable, engine_command, launch_units
 from llmgw.placement.local import attached_addresses
 
@@ -126,7 +127,6 @@ POOLS = {"prefill": {"replicas": 1}, "decode": {"replicas": 1}}
 def test_bad_disaggregation_configs_name_the_key(tmp: Path, fields: dict[str, Any],
                                                  message: str) -> None:
     path = tmp / "x.yaml"
-    import yaml
     path.write_text(yaml.safe_dump({"models": [
         {"name": "m", "engine": "vllm", "model": "/w", **fields}]}))
     with pytest.raises(ConfigError) as info:
@@ -150,3 +150,11 @@ def test_shipped_disaggregation_configs_validate(name: str) -> None:
     check_config(cfg)
     check_launchable(cfg)
     assert all(m.disaggregation is not None for m in cfg.models)
+
+
+def test_the_readme_example_is_configs_disagg_yaml() -> None:
+    readme = (ROOT / "README.md").read_text().split("## Prefill-decode disaggregation", 1)[1]
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    shown = DisaggConfig.model_validate(yaml.safe_load(block)["disaggregation"])
+    [model] = load_config([ROOT / "configs" / "disagg.yaml"]).models
+    assert shown == model.disaggregation
