@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -31,6 +32,7 @@ from tests.support import ROOT, Server, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 PREFILL_TIMEOUT_S = 4.0
+DECODE_TIMEOUT_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     override.write_text(yaml.safe_dump({
         "health": {"interval_s": 1, "timeout_s": 2},
         "models": [{"name": "demo", "disaggregation": {
-            "prefill": storage, "decode": storage, "prefill_timeout_s": PREFILL_TIMEOUT_S}}]}))
+            "prefill": storage, "decode": storage, "prefill_timeout_s": PREFILL_TIMEOUT_S,
+            "decode_timeout_s": DECODE_TIMEOUT_S}}]}))
     port = free_port()
     server = Server([sys.executable, "-m", "llmgw", "up", "configs/disagg.yaml", str(override),
                      "--port", str(port)], port, "/ready", timeout_s=400)
@@ -173,6 +176,31 @@ def test_streamed_chat_and_completions_through_pd(gateway: Server) -> None:
         loaded_by_connector(answer["usage"]["prompt_tokens"], size)
 
 
+def test_concurrent_long_prompts_all_reach_decode_with_their_kv(gateway: Server) -> None:
+    """Several long prompts at once: the prefill engine batches them. Each decode leg
+    still finds its prompt's whole KV (a partially stored prompt crashes the decode
+    engine: configs/disagg.yaml prefills every prompt in one step)."""
+    size = block_size(engine_url(gateway, "decode"))
+
+    def one(i: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        return via_gateway(gateway, chat_body(words(f"c{i}x"), max_tokens=4))
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(6)))
+    split = [answer for answer, route in results
+             if route["disaggregation"]["path"] == "disaggregated"]
+    # Past max_prefill_load (4) requests in flight on the prefill replica, the rest are
+    # served whole on decode rather than queued.
+    assert {(r["disaggregation"]["path"], r["disaggregation"]["reason"])
+            for _, r in results} <= {("disaggregated", "long_prompt"),
+                                     ("aggregated", "prefill_saturated")}
+    assert len(split) >= 3
+    for answer in split:
+        assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] == \
+            loaded_by_connector(answer["usage"]["prompt_tokens"], size)
+    assert gauge(gateway, 'llmgw_replica_restarts_total{model="demo"') == 0
+
+
 def test_conditional_pd_short_and_cached_prompts_are_served_aggregated(
         gateway: Server) -> None:
     before = httpx.get(gateway.url + "/metrics").text
@@ -230,6 +258,8 @@ def test_a_hung_prefill_times_out_and_the_request_is_served_aggregated(
         assert PREFILL_TIMEOUT_S <= took < PREFILL_TIMEOUT_S + 30
         assert gauge(gateway, 'llmgw_replica_in_flight_requests{model="demo",'
                               'replica="demo-prefill-0"}') == 0
+        assert gauge(gateway, 'llmgw_pd_requests_total{model="demo",path="fallback",'
+                              'reason="prefill_timeout"}') == 1
         # Once the health loop sees it, the hung replica is not even tried.
         wait_until(lambda: gauge(gateway, 'llmgw_replica_healthy{model="demo",'
                                           'replica="demo-prefill-0"}') == 0, 20,
@@ -297,6 +327,26 @@ def vllm_sum(url: str, prefix: str) -> float:
                .splitlines() if line.startswith(prefix))
 
 
+def test_a_hung_decode_server_fails_the_request_cleanly_in_time(gateway: Server) -> None:
+    [pgid] = engine_group(gateway, "decode")
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        reply = httpx.post(gateway.url + "/v1/chat/completions", json=chat_body("hi"),
+                           timeout=60)
+        took = time.monotonic() - started
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+    # Sent before the health loop noticed: the decode leg's own limit ends it.
+    assert (reply.status_code, reply.json()["error"]["code"]) == (504, "upstream_timeout")
+    assert DECODE_TIMEOUT_S <= took < DECODE_TIMEOUT_S + 10
+    wait_until(lambda: gauge(gateway, 'llmgw_replica_healthy{model="demo",'
+                                      'replica="demo-decode-0"}') == 1, 30,
+               "the decode replica to be back")
+    answer, _ = via_gateway(gateway, chat_body("hi again"))
+    assert text(answer)
+
+
 def test_a_killed_prefill_server_means_aggregated_serving_until_it_is_back(
         gateway: Server) -> None:
     decode = engine_url(gateway, "decode")
@@ -336,6 +386,9 @@ def test_a_decode_server_killed_mid_stream_ends_the_stream_cleanly_and_comes_bac
         os.killpg(pgid, signal.SIGKILL)
         received = read_until(sock, received, b"data: [DONE]")  # it ends, it does not hang
     assert received.startswith(b"HTTP/1.1 200")
+    # A prefill replica alone cannot answer: the model is not ready without its decode.
+    wait_until(lambda: httpx.get(gateway.url + "/ready").status_code == 503, 20,
+               "/ready to report the model down")
     assert b'data: {"error": {"message"' in received or b'data: {"error":{"message"' in received
     # Until the launcher has restarted it, requests fail cleanly (OpenAI-shaped, no 500).
     reply = httpx.post(gateway.url + "/v1/chat/completions", json=chat_body("hi"), timeout=60)
