@@ -99,6 +99,12 @@ class Legs:
         assert error is not None
         raise error
 
+    def decode_split(self, ctx: RequestContext) -> None:
+        """The decode leg of a split request: its engine will count the transferred KV as
+        cached, which says nothing of its own prefix cache, so the decode policy's
+        prediction is not calibrated against it."""
+        self.decode_policy.take_prediction(ctx)
+
     def prefill_done(self, ctx: RequestContext, replica: Replica, ok: bool) -> None:
         self.prefill_policy.on_done(ctx, replica.id, "ok" if ok else "upstream_error")
         # The prefill engine reports no cache usage the gateway reads: drop the prediction.

@@ -102,6 +102,7 @@ class SGLangFlow:
             raise _translated(exc, leg, decode) from None
         legs.decode_policy.on_routed(ctx, decode.id)
         decode.metrics.routed.inc()
+        legs.decode_split(ctx)
 
         def end_prefill() -> None:
             if not leg.task.done():

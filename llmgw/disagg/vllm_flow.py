@@ -63,6 +63,7 @@ class VLLMFlow:
         decode_body = vllm_protocol.decode_body(parsed, params)
         replica, upstream, sent_at = await legs.open_decode(
             ctx, plan.decode, path, decode_body, deadline)
+        legs.decode_split(ctx)
         return replica, DecodeUpstream(upstream, legs.metrics, sent_at, legs.clock)
 
     async def _prefill(self, legs: Legs, plan: Plan, ctx: RequestContext, path: str,

@@ -224,6 +224,16 @@ def test_conditional_pd_short_and_cached_prompts_are_served_aggregated(
                    'path="disaggregated",reason="long_prompt"'):
         name = f'llmgw_pd_requests_total{{model="demo",{labels}}}'
         assert _sample(after, name) >= _sample(before, name) + 1, labels
+    for leg in ("prefill", "decode"):
+        name = f'llmgw_pd_leg_duration_seconds_count{{leg="{leg}",model="demo"}}'
+        assert _sample(after, name) >= _sample(before, name) + 1, leg
+    name = 'llmgw_pd_decode_first_token_seconds_count{model="demo"}'
+    assert _sample(after, name) >= _sample(before, name) + 1
+    # The long prompt served whole is checked against the decode engine's cached tokens;
+    # the split one is not (its engine counts the transferred KV as cached), nor the
+    # short one (shorter than one block of the prefix index: no prediction).
+    name = 'llmgw_prefix_prediction_error_ratio_count{model="demo"}'
+    assert _sample(after, name) == _sample(before, name) + 1
 
 
 def _sample(exposition: str, name: str) -> float:
@@ -231,6 +241,16 @@ def _sample(exposition: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def test_an_engine_rejection_on_the_prefill_leg_reaches_the_client(gateway: Server) -> None:
+    # Longer than the engines' max_model_len (2048): both would refuse it alike.
+    reply = httpx.post(gateway.url + "/v1/chat/completions",
+                       json=chat_body(words("omicron", 700)), timeout=60)
+    assert reply.status_code == 400
+    assert "context length" in reply.json()["error"]["message"] or \
+        "maximum" in reply.json()["error"]["message"]
+    assert gauge(gateway, "llmgw_replica_in_flight_requests{") == 0
 
 
 def test_debug_route_explains_both_pipelines(gateway: Server) -> None:
