@@ -227,9 +227,9 @@ class DisaggConfig(_Strict):
     # Limit on the prefill leg (vLLM: until the prefill answered; SGLang: until the decode
     # leg's first token). On expiry the request is served aggregated, or fails cleanly.
     prefill_timeout_s: float = Field(default=30.0, gt=0)
-    # Limit on the decode leg until its engine answers (response headers); past it the
-    # next decode replica is tried, or the client gets 504. The stream itself is bounded
-    # by the model's timeouts.request_s only.
+    # Limit on a streamed decode leg until its engine answers (response headers); past it
+    # the next decode replica is tried, or the client gets 504. The stream itself, and a
+    # request that is not streamed, are bounded by the model's timeouts.request_s only.
     decode_timeout_s: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")

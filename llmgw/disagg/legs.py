@@ -61,9 +61,10 @@ class Legs:
                           body: bytes, deadline: float | None
                           ) -> tuple[Replica, UpstreamResponse, float]:
         """Send the decode leg to the best decode replica that answers; the next ones are
-        tried when one cannot be reached or does not answer within ``decode_timeout_s``.
-        Returns the replica (its in-flight count held for the caller), its answer and
-        when it was sent. ``deadline``: the request's own limit (event loop time)."""
+        tried when one cannot be reached or, streaming, does not answer within
+        ``decode_timeout_s``. Returns the replica (its in-flight count held for the
+        caller), its answer and when it was sent. ``deadline``: the request's own limit
+        (event loop time)."""
         error: UpstreamError | None = None
         loop = asyncio.get_running_loop()
         for attempt, replica in enumerate(ranked[: self.max_attempts]):
@@ -71,9 +72,12 @@ class Legs:
                 replica.metrics.retries.inc()
             replica.acquire()
             sent_at = self.clock()
-            timeout_at = loop.time() + self.decode_timeout_s
+            # An engine answers a stream at once and a non-streamed request when it is
+            # done: only the first is a time to answer; the second is the whole request,
+            # bounded by the request's own limit alone.
+            timeout_at = loop.time() + self.decode_timeout_s if ctx.stream else None
             if deadline is not None:
-                timeout_at = min(timeout_at, deadline)
+                timeout_at = deadline if timeout_at is None else min(timeout_at, deadline)
             try:
                 try:
                     upstream = await send_within(replica, path, body, timeout_at)

@@ -91,11 +91,12 @@ class SGLangFlow:
         first: bytes | None = None
         blocks: AsyncIterator[bytes] | None = None
         try:
-            async with asyncio.timeout_at(timeout_at):
-                upstream = await _unless_failed(leg, send_within(decode, path, body, None))
+            async with asyncio.timeout_at(timeout_at) as limit:
+                upstream = await _unless_failed(leg, send_within(decode, path, body, None),
+                                                limit, deadline)
                 if stream:
                     blocks = upstream.event_blocks()
-                    first = await _unless_failed(leg, anext(blocks, b""))
+                    first = await _unless_failed(leg, anext(blocks, b""), limit, deadline)
         except BaseException as exc:
             decode.release()
             legs.in_background(_abandon(decode, upstream, rid, leg))
@@ -112,15 +113,21 @@ class SGLangFlow:
                                       on_close=end_prefill)
 
 
-async def _unless_failed(leg: PrefillLeg, work: Awaitable[T]) -> T:
-    """``work``'s result, unless the prefill leg fails first (then PrefillLegFailed)."""
+async def _unless_failed(leg: PrefillLeg, work: Awaitable[T], limit: asyncio.Timeout,
+                         deadline: float | None) -> T:
+    """``work``'s result, unless the prefill leg fails first (then PrefillLegFailed).
+    Once the prefill leg has ended well, ``limit`` (the prefill time limit) gives way to
+    the request's own ``deadline``: the KV is across, what is left is decoding, which a
+    request that is not streamed waits for in full."""
     task = asyncio.ensure_future(work)
     ended = asyncio.ensure_future(leg.ended.wait())
     try:
         await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done() and leg.failed:
-            raise PrefillLegFailed()
-        return await task  # the prefill leg ended well, or has not ended yet
+        if not task.done():
+            if leg.failed:
+                raise PrefillLegFailed()
+            limit.reschedule(deadline)
+        return await task
     finally:
         ended.cancel()
         if not task.done():

@@ -135,6 +135,15 @@ def test_both_legs_get_the_same_bootstrap_fields_and_the_answer_comes_from_decod
         "ds-decode-0", "disaggregated", "required", f"ds-prefill-{name[1]}")
 
 
+def test_a_long_answer_is_not_cut_by_the_prefill_time_limit(client: openai.OpenAI) -> None:
+    # 400 tokens at 10 ms each outlast prefill_timeout_s (3 s); the prefill leg ended long
+    # before, so only the request's own limit (none) applies, streamed or not.
+    reply = client.chat.completions.create(**chat(max_tokens=400))  # type: ignore[call-overload]
+    assert len(reply.choices[0].message.content.split()) == 400
+    chunks = list(client.chat.completions.create(**chat(max_tokens=400, stream=True)))  # type: ignore[call-overload]
+    assert sum(len((c.choices[0].delta.content or "").split()) for c in chunks if c.choices) == 400
+
+
 def test_completions_and_several_sequences_get_a_room_each(
         fleet: Fleet, client: openai.OpenAI) -> None:
     reply = client.completions.create(model="ds", prompt="alpha beta", max_tokens=3)

@@ -352,12 +352,13 @@ def test_a_hung_decode_server_fails_the_request_cleanly_in_time(gateway: Server)
     os.killpg(pgid, signal.SIGSTOP)
     try:
         started = time.monotonic()
-        reply = httpx.post(gateway.url + "/v1/chat/completions", json=chat_body("hi"),
-                           timeout=60)
+        reply = httpx.post(gateway.url + "/v1/chat/completions",
+                           json=chat_body("hi", stream=True), timeout=60)
         took = time.monotonic() - started
     finally:
         os.killpg(pgid, signal.SIGCONT)
-    # Sent before the health loop noticed: the decode leg's own limit ends it.
+    # Sent before the health loop noticed: the decode leg's own limit ends it, before
+    # anything reached the client, so the client gets a status, not a broken stream.
     assert (reply.status_code, reply.json()["error"]["code"]) == (504, "upstream_timeout")
     assert DECODE_TIMEOUT_S <= took < DECODE_TIMEOUT_S + 10
     wait_until(lambda: gauge(gateway, 'llmgw_replica_healthy{model="demo",'
