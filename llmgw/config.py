@@ -224,8 +224,9 @@ class DisaggConfig(_Strict):
     prefill: PDPoolConfig
     decode: PDPoolConfig
     conditional: ConditionalPDConfig = ConditionalPDConfig()
-    # Limit on the prefill leg (vLLM: until the prefill answered; SGLang: until the decode
-    # leg's first token). On expiry the request is served aggregated, or fails cleanly.
+    # Limit on the prefill leg (vLLM: until the prefill answered; SGLang: until the prefill
+    # answered or the decode leg's first token came). On expiry the request is served
+    # aggregated (vLLM), or both legs are aborted and the client gets 504 (SGLang).
     prefill_timeout_s: float = Field(default=30.0, gt=0)
     # Limit on a streamed decode leg until its engine answers (response headers); past it
     # the next decode replica is tried, or the client gets 504. The stream itself, and a
