@@ -87,7 +87,11 @@ def _check(paths: Sequence[str]) -> int:
     for model in cfg.models:
         how = "launched" if model.launched else "attached"
         where = f"{model.replica_count} {how}"
-        print(f"ok  {model.name}: engine={model.engine} replicas={where} routing={model.routing}")
+        pd = model.disaggregation
+        routing = (f"prefill:{pd.prefill.routing} decode:{pd.decode.routing}" if pd is not None
+                   else model.routing)
+        lora = f" adapters={len(model.lora.adapters)}" if model.lora is not None else ""
+        print(f"ok  {model.name}: engine={model.engine} replicas={where} routing={routing}{lora}")
     return 0
 
 
