@@ -11,14 +11,39 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # "fake" launches the deterministic stand-in of llmgw.engines.fake (tests, benchmarks).
 EngineType = Literal["transformers", "vllm", "sglang", "openai", "fake"]
 Origins = dict[tuple[str | int, ...], str]
+
+
+def _one_is_a_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _http_only(urls: list[str]) -> list[str]:
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {url!r}")
+    return [u.rstrip("/") for u in urls]
+
+
+# Attached engines' base URLs: one string or a list, http(s), no trailing slash.
+EngineURLs = Annotated[list[str], Field(min_length=1), BeforeValidator(_one_is_a_list),
+                       AfterValidator(_http_only)]
 
 
 class ConfigError(Exception):
@@ -139,7 +164,7 @@ class PDPoolConfig(_Strict):
     (``url``), how its engines are started and how the gateway picks among them."""
 
     replicas: int | None = Field(default=None, ge=1, le=256)
-    url: list[str] | None = Field(default=None, min_length=1)
+    url: EngineURLs | None = None
     # The routing policy over this pool alone (llm-d's prefill / decode profiles).
     routing: str = "least-load"
     # Launched only: flags over the model's ``engine_args`` and variables over its
@@ -152,19 +177,6 @@ class PDPoolConfig(_Strict):
     # replica i listens on bootstrap_port + i; attached servers all on this one, or one
     # port per `url`.
     bootstrap_port: int | list[int] | None = None
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _one_url_is_a_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("url")
-    @classmethod
-    def _urls_are_http(cls, value: list[str] | None) -> list[str] | None:
-        for url in value or []:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"must be an http(s) URL, got {url!r}")
-        return [u.rstrip("/") for u in value] if value else value
 
     @model_validator(mode="after")
     def _launch_or_attach(self) -> PDPoolConfig:
@@ -260,7 +272,7 @@ class ModelConfig(_Strict):
     engine: EngineType = "transformers"
     model: str | None = None
     replicas: int | None = Field(default=None, ge=1, le=256)
-    url: list[str] | None = Field(default=None, min_length=1)
+    url: EngineURLs | None = None
     # Attached vLLM replicas' KV event publishers (`tcp://host:port`), one per `url`, in
     # the same order: the engine's --kv-events-config endpoint as seen from the gateway.
     kv_events_url: list[str] | None = None
@@ -285,19 +297,6 @@ class ModelConfig(_Strict):
     # Prefill-decode disaggregation: separate prefill and decode pools instead of
     # `replicas` / `url` (see configs/disagg.yaml).
     disaggregation: DisaggConfig | None = None
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _one_url_is_a_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("url")
-    @classmethod
-    def _urls_are_http(cls, value: list[str] | None) -> list[str] | None:
-        for url in value or []:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"must be an http(s) URL, got {url!r}")
-        return [u.rstrip("/") for u in value] if value else value
 
     @field_validator("kv_events_url", mode="before")
     @classmethod
