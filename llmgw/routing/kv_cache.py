@@ -47,7 +47,10 @@ class KVCacheScorer:
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
         tokens, block_size = ctx.prompt_tokens, self.index.block_size
-        if not tokens or block_size is None:
+        if not tokens:
+            return {}
+        if block_size is None:  # no engine has reported a block yet: nothing is cached
+            self._predictions.offer(ctx.request_id, dict.fromkeys((r.id for r in replicas), 0.0))
             return {}
         for rid, capacity in self._capacity.changed(replicas):
             self.index.set_capacity(rid, capacity // block_size)
