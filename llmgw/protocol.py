@@ -10,6 +10,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Bounds on client-controlled work that every engine pays per generated token (stop
+# matching runs inside the batched decode step, so one request's list slows its batch).
+# OpenAI itself allows 4 stop sequences; these leave room for engine-specific clients.
+MAX_STOP_STRINGS = 64
+MAX_STOP_STRING_CHARS = 1024
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
