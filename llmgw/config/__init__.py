@@ -1,0 +1,50 @@
+"""The YAML config as typed, frozen data, and the loader that merges several files.
+
+One module per section (``server``, ``launch``, ``lora``, ``disagg``, ``routing``), the
+model that ties them together (``model``, whose ``cross_section_rules`` lists every rule
+across sections), the whole file (``gateway``) and loading (``load``). Data only: no I/O
+besides reading the files.
+"""
+
+from llmgw.config.base import ConfigError, EngineType, EngineURLs
+from llmgw.config.disagg import (
+    SGLANG_BOOTSTRAP_PORT,
+    ConditionalPDConfig,
+    DisaggConfig,
+    PDPoolConfig,
+    PDProtocol,
+    PDRole,
+)
+from llmgw.config.gateway import GatewayConfig
+from llmgw.config.launch import LaunchConfig, TimeoutConfig
+from llmgw.config.load import load_config
+from llmgw.config.lora import AdapterConfig, HotnessConfig, LoraConfig
+from llmgw.config.model import ModelConfig, cross_section_rules
+from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
+from llmgw.config.server import HealthConfig, ServerConfig
+
+__all__ = [
+    "SGLANG_BOOTSTRAP_PORT",
+    "AdapterConfig",
+    "ConditionalPDConfig",
+    "ConfigError",
+    "DisaggConfig",
+    "EngineType",
+    "EngineURLs",
+    "GatewayConfig",
+    "HealthConfig",
+    "HotnessConfig",
+    "LaunchConfig",
+    "LoadGuardConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "PDPoolConfig",
+    "PDProtocol",
+    "PDRole",
+    "PluginSpec",
+    "PolicyConfig",
+    "ServerConfig",
+    "TimeoutConfig",
+    "cross_section_rules",
+    "load_config",
+]

@@ -1,0 +1,35 @@
+"""The whole file: ``server``, ``health``, ``policies`` and ``models``, and the rules
+across models."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from llmgw.config.base import _Strict
+from llmgw.config.model import ModelConfig
+from llmgw.config.routing import PolicyConfig
+from llmgw.config.server import HealthConfig, ServerConfig
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = ServerConfig()
+    health: HealthConfig = HealthConfig()
+    # Named routing policies; models refer to them (or to a built-in) by ``routing:``.
+    policies: dict[str, PolicyConfig] = Field(default_factory=dict)
+    models: list[ModelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.name in seen:
+                raise ValueError(f"model name {model.name!r} is declared twice")
+            seen.add(model.name)
+        # `model: <adapter>` must name one thing: adapters are unique across all models.
+        for model in self.models:
+            for adapter in model.lora.adapters if model.lora else []:
+                if adapter.name in seen:
+                    raise ValueError(f"models[{model.name}].lora: adapter name "
+                                     f"{adapter.name!r} is already a model or adapter name")
+                seen.add(adapter.name)
+        return self

@@ -1,0 +1,52 @@
+"""A model's ``lora:`` section: its adapters and how they are multiplexed over replicas."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from llmgw.config.base import _Strict
+
+
+class AdapterConfig(_Strict):
+    """One LoRA adapter of a base model. ``source``: a local directory in PEFT format, a
+    hub id (for users with hub access; the engine fetches it), or ``demo`` for the
+    built-in demo adapter of that name (``demo-lora-N``, built offline)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    source: str = Field(min_length=1)
+
+
+class HotnessConfig(_Strict):
+    """Pre-loading hot adapters on more replicas before requests queue behind a load."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=2.0, gt=0)
+    # An adapter is hot above this many requests/s (moving average over `window_s`);
+    # it should then be resident on 1 + rate // hot_rate replicas.
+    hot_rate: float = Field(default=2.0, gt=0)
+    window_s: float = Field(default=30.0, gt=0)
+
+
+class LoraConfig(_Strict):
+    """LoRA multiplexing over this model's replicas."""
+
+    adapters: list[AdapterConfig] = Field(default_factory=list)
+    # Adapters each replica holds at once (the engine's --max-loras); the gateway evicts
+    # the coldest idle one to load another.
+    max_adapters_per_replica: int = Field(default=4, ge=1, le=256)
+    max_rank: int = Field(default=16, ge=1)
+    # Directories that adapters registered at runtime (admin API) must lie under.
+    roots: list[str] = Field(default_factory=list)
+    # A failed load is not retried for this long (the request gets the error at once).
+    failure_cooldown_s: float = Field(default=30.0, ge=0)
+    load_timeout_s: float = Field(default=120.0, gt=0)
+    hotness: HotnessConfig = HotnessConfig()
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_names(cls, value: list[AdapterConfig]) -> list[AdapterConfig]:
+        names = [a.name for a in value]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"adapter {duplicate!r} is declared twice")
+        return value

@@ -1,0 +1,32 @@
+"""The ``server:`` and ``health:`` sections: the gateway process itself."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from llmgw.config.base import _Strict
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # Bodies above this are refused with 413 before they are parsed.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # On SIGTERM / Ctrl-C: stop accepting, let open requests finish for this long.
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Key for the admin API (/admin/...), sent as `Authorization: Bearer KEY`; the
+    # environment variable LLMGW_ADMIN_KEY overrides it. Unset: the admin API refuses all.
+    admin_key: str | None = None
+    # Where runtime changes (adapters registered through the admin API) are kept, so a
+    # restart or config reload keeps them.
+    state_dir: str = "~/.local/state/llmgw"
+
+
+class HealthConfig(_Strict):
+    interval_s: float = Field(default=2.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+    # How often engines' own metrics (queue, KV usage, prefix cache) are scraped.
+    stats_interval_s: float = Field(default=1.0, gt=0)
