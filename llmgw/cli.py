@@ -70,15 +70,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(paths: Sequence[str], host: str | None, port: int | None) -> GatewayConfig:
-    from llmgw.build import check_config
-    from llmgw.placement.commands import check_launchable
+    """The config `check` reports on and `up` starts: both run the same validation."""
+    from llmgw.checks import validate
 
     cfg = load_config(paths)
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if overrides:
         cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=overrides)})
-    check_config(cfg)
-    check_launchable(cfg)
+    validate(cfg)
     return cfg
 
 
@@ -124,7 +123,9 @@ async def _up(cfg: GatewayConfig, log_level: str | None) -> int:
         server = uvicorn.Server(uvicorn.Config(
             create_app(gateway), host=cfg.server.host, port=cfg.server.port,
             log_level=log_level or cfg.server.log_level, access_log=False,
-            timeout_graceful_shutdown=int(cfg.server.drain_timeout_s) or None,
+            # Seconds as given: uvicorn hands it to asyncio.wait_for, where 0.5 waits half a
+            # second and 0 not at all (None would wait for every open stream, however long).
+            timeout_graceful_shutdown=cfg.server.drain_timeout_s,  # type: ignore[arg-type]
             loop="none", http="httptools", lifespan="on",
         ))
         serving = True

@@ -98,8 +98,19 @@ def start_gateway(config: dict[str, Any], tmp: Path, timeout_s: float = 180,
                                    "host": "127.0.0.1"}}
     path = tmp / f"gateway-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
-    argv = [sys.executable, "-m", "llmgw", "up", str(path), *map(str, extra_configs or [])]
+    files = [path, *(extra_configs or [])]
+    check_like_llmgw(files)
+    argv = [sys.executable, "-m", "llmgw", "up", *map(str, files)]
     return Server(argv, port, ready_path, timeout_s=timeout_s)
+
+
+def check_like_llmgw(files: list[Path]) -> None:
+    """What `llmgw check FILES` runs, in process: a test never starts a config that
+    `check` would refuse (and `up` then starts what `check` accepted)."""
+    from llmgw.checks import validate
+    from llmgw.config import load_config
+
+    validate(load_config(files))
 
 
 def engine_counter(url: str, name: str) -> float:
@@ -112,6 +123,7 @@ def engine_counter(url: str, name: str) -> float:
 
 def llmgw_up(config: str, timeout_s: float) -> Server:
     """`llmgw up CONFIG` exactly as an operator runs it, on a free port."""
+    check_like_llmgw([ROOT / config])
     port = free_port()
     return Server([sys.executable, "-m", "llmgw", "up", config, "--port", str(port)], port,
                   "/ready", timeout_s=timeout_s)

@@ -18,12 +18,21 @@ from llmgw.config.disagg import (
 from llmgw.config.gateway import GatewayConfig
 from llmgw.config.launch import LaunchConfig, TimeoutConfig
 from llmgw.config.load import load_config
-from llmgw.config.lora import AdapterConfig, HotnessConfig, LoraConfig
+from llmgw.config.lora import (
+    DEMO_ADAPTERS,
+    DEMO_SOURCE,
+    AdapterConfig,
+    HotnessConfig,
+    LoraConfig,
+    demo_adapter_index,
+)
 from llmgw.config.model import ModelConfig, cross_section_rules
 from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
 from llmgw.config.server import HealthConfig, ServerConfig
 
 __all__ = [
+    "DEMO_ADAPTERS",
+    "DEMO_SOURCE",
     "SGLANG_BOOTSTRAP_PORT",
     "AdapterConfig",
     "ConditionalPDConfig",
@@ -46,5 +55,6 @@ __all__ = [
     "ServerConfig",
     "TimeoutConfig",
     "cross_section_rules",
+    "demo_adapter_index",
     "load_config",
 ]

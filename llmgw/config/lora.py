@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+import re
+
+from pydantic import Field, field_validator, model_validator
 
 from llmgw.config.base import _Strict
+
+DEMO_SOURCE = "demo"
+# Demo adapters are built offline on first start, demo-lora-0 up to the highest N named,
+# so N is bounded: demo-lora-100000 would build 100 001 adapter directories.
+DEMO_ADAPTERS = 64
+_DEMO_NAME = re.compile(r"^demo-lora-(0|[1-9][0-9]*)$")
+
+
+def demo_adapter_index(name: str) -> int | None:
+    """N of an adapter named ``demo-lora-N`` (N in 0..DEMO_ADAPTERS-1), else None."""
+    match = _DEMO_NAME.match(name)
+    index = int(match.group(1)) if match else None
+    return index if index is not None and index < DEMO_ADAPTERS else None
 
 
 class AdapterConfig(_Strict):
@@ -14,6 +29,13 @@ class AdapterConfig(_Strict):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     source: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _demo_is_named(self) -> AdapterConfig:
+        if self.source == DEMO_SOURCE and demo_adapter_index(self.name) is None:
+            raise ValueError(f"adapter {self.name!r}: source 'demo' needs a name demo-lora-N "
+                             f"with N in 0..{DEMO_ADAPTERS - 1}")
+        return self
 
 
 class HotnessConfig(_Strict):

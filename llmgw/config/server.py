@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llmgw.config.base import _Strict
 
@@ -23,6 +23,16 @@ class ServerConfig(_Strict):
     # Where runtime changes (adapters registered through the admin API) are kept, so a
     # restart or config reload keeps them.
     state_dir: str = "~/.local/state/llmgw"
+
+    @field_validator("admin_key")
+    @classmethod
+    def _key_is_not_blank(cls, value: str | None) -> str | None:
+        # A templated config whose secret is unset renders "": refuse it rather than guess
+        # whether the operator meant "disabled" or forgot the key.
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty or blank (leave it out to disable the admin "
+                             "API)")
+        return value
 
 
 class HealthConfig(_Strict):

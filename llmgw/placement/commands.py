@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -120,7 +121,8 @@ def engine_command(model: ModelConfig, host: str, port: int, model_path: str,
     if model.engine not in _ENGINES:
         raise ValueError(f"engine {model.engine!r} cannot be launched")
     module, model_flag, _, _ = _ENGINES[model.engine]
-    python = model.launch.python or sys.executable
+    # "~" as in every other path of the config (exec itself would not expand it).
+    python = os.path.expanduser(model.launch.python or sys.executable)
     return [
         python, "-m", module, model_flag, model_path,
         "--served-model-name", model.upstream_model, "--host", host, "--port", str(port),
@@ -161,7 +163,8 @@ def engine_env(model: ModelConfig) -> dict[str, str]:
 
 
 def check_launchable(cfg: GatewayConfig) -> None:
-    """Every launched model's command can be built: run before anything starts."""
+    """Every launched model's command can be built and its Python run: checked before
+    anything starts, since a spawn that fails would stop the engines already started."""
     for index, model in enumerate(cfg.models):
         if not model.launched:
             continue
@@ -170,6 +173,18 @@ def check_launchable(cfg: GatewayConfig) -> None:
                 engine_command(unit, "127.0.0.1", 0, model.model or "")
         except ValueError as exc:
             raise ConfigError(f"models[{index}] ({model.name}): {exc}") from None
+        python = model.launch.python
+        if python is not None and not _runnable(python):
+            raise ConfigError(f"models[{index}].launch.python: {python!r} is not an "
+                              f"executable file")
+
+
+def _runnable(program: str) -> bool:
+    """What exec finds: a bare name on PATH, a path (relative to where `up` runs) as is."""
+    if os.sep not in program:
+        return shutil.which(program) is not None
+    path = os.path.expanduser(program)
+    return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 def launch_units(model: ModelConfig) -> list[tuple[str, ModelConfig]]:

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -36,6 +37,9 @@ from llmgw.types import ReplicaAddress
 log = logging.getLogger("llmgw.launcher")
 _PR_SET_PDEATHSIG = 1
 _LOG_TAIL_BYTES = 4000
+# Log file names keep letters, digits, "." "_" "-"; a model name may hold anything else.
+_UNSAFE_IN_FILE_NAMES = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_STEM = 200
 
 
 class LaunchError(Exception):
@@ -77,11 +81,14 @@ class EngineProcess:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         log.info("starting %s: %s", self.replica_id, " ".join(self.argv))
-        with open(self.log_path, "ab") as out:
-            return await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=self.env,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )
+        try:
+            with open(self.log_path, "ab") as out:
+                return await asyncio.create_subprocess_exec(
+                    *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                    env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
+                )
+        except OSError as exc:  # validation checks the Python; this is the machine changing
+            raise LaunchError(f"engine {self.replica_id} cannot start: {exc}") from None
 
     async def _wait_ready(self) -> None:
         assert self._process is not None
@@ -160,6 +167,19 @@ class EngineProcess:
         return self._process.pid if self._process else None
 
 
+def log_file_name(replica_id: str, taken: set[str]) -> str:
+    """A file name for the replica's log. The replica id keeps the model's name as is
+    (metrics, headers, logs say ``Qwen/Qwen2.5-0.5B-Instruct-0``); its log file is
+    ``Qwen_Qwen2.5-0.5B-Instruct-0.log``, numbered on when two ids map to one name."""
+    stem = _UNSAFE_IN_FILE_NAMES.sub("_", replica_id)[:_MAX_STEM].lstrip(".") or "replica"
+    name, n = f"{stem}.log", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}.{n}.log"
+    taken.add(name)
+    return name
+
+
 def attached_addresses(model: ModelConfig) -> list[ReplicaAddress]:
     if model.disaggregation is not None:  # prefill replicas first (model.replica_roles)
         return [ReplicaAddress(f"{model.name}-{role}-{i}", url)
@@ -177,6 +197,7 @@ class LocalLauncher:
     def __init__(self, log_dir: Path | None = None) -> None:
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="llmgw-logs-"))
         self.processes: list[EngineProcess] = []
+        self._log_names: set[str] = set()
         # (model, replica id) -> None; set by whoever counts restarts.
         self.on_restart: Callable[[str, str], None] = lambda model, replica_id: None
 
@@ -208,7 +229,8 @@ class LocalLauncher:
                 model.name, replica_id,
                 engine_command(unit, host, port, model_path, events_port),
                 engine_env(unit), url,
-                self.log_dir / f"{replica_id}.log", model.startup_timeout_s,
+                self.log_dir / log_file_name(replica_id, self._log_names),
+                model.startup_timeout_s,
                 lambda m, r: self.on_restart(m, r),
             ))
             planned.append(ReplicaAddress(

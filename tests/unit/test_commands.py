@@ -11,6 +11,7 @@ from llmgw.placement.commands import (
     engine_command,
     engine_env,
 )
+from llmgw.placement.local import log_file_name
 
 
 def model(**fields: object) -> ModelConfig:
@@ -71,3 +72,12 @@ def test_launch_settings_are_refused_for_attached_engines() -> None:
 )
 def test_engine_args_to_flags(args: dict[str, object], flags: list[str]) -> None:
     assert engine_args_to_flags(args) == flags
+
+
+def test_log_file_names_keep_replicas_apart_on_disk() -> None:
+    taken: set[str] = set()
+    ids = ["Qwen/Qwen2.5-0.5B-Instruct-0", "a/b-0", "a_b-0", "../up-0", "é x\x00-0", "." * 3,
+           "m" * 300]
+    assert [log_file_name(i, taken) for i in ids] == [
+        "Qwen_Qwen2.5-0.5B-Instruct-0.log", "a_b-0.log", "a_b-0.2.log", "_up-0.log",
+        "__x_-0.log", "replica.log", "m" * 200 + ".log"]

@@ -1,0 +1,57 @@
+"""Everything a config must pass before `llmgw up` launches anything; `llmgw check` runs
+exactly this, so whatever `check` accepts, `up` starts.
+
+Pydantic (llmgw.config) checks the shape of the data. This adds what needs the registries
+(policy and plugin names), the launch tables (engine flags, the engine's Python) and this
+machine's files (model, tokenizer and adapter directories). Nothing here starts a process,
+opens a socket or downloads; each check is cheap enough to run on every test's config too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from llmgw.build import check_config, reads_kv_events
+from llmgw.config import DEMO_SOURCE, ConfigError, GatewayConfig
+from llmgw.placement.commands import DEMO_MODEL, check_launchable
+
+# A Hugging Face repo id: `name` or `org/name`, as huggingface_hub validates them.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_HUB_ID_MAX = 96
+
+
+def validate(cfg: GatewayConfig) -> None:
+    """Raise ConfigError, naming the YAML path, for a config `up` could not start."""
+    check_config(cfg)
+    check_launchable(cfg)
+    check_local_sources(cfg)
+
+
+def check_local_sources(cfg: GatewayConfig) -> None:
+    """Models, tokenizers and adapters given as paths exist on this machine. A source that
+    is not here may still be a hub id, which only the engine (or the tokenizer loader) can
+    fetch; a source written as a path (``/``, ``~``, ``.``) must exist."""
+    for index, model in enumerate(cfg.models):
+        where = f"models[{index}]"
+        if model.launched and model.model not in (None, DEMO_MODEL) and model.engine != "fake":
+            _local_or_hub(f"{where}.model", model.model)
+        tokenizer = model.tokenizer or model.model
+        if tokenizer is not None and tokenizer != DEMO_MODEL and reads_kv_events(cfg, model):
+            _local_or_hub(f"{where}.tokenizer", tokenizer)
+        for position, adapter in enumerate(model.lora.adapters if model.lora else []):
+            if adapter.source != DEMO_SOURCE:
+                _local_or_hub(f"{where}.lora.adapters[{position}].source", adapter.source)
+
+
+def _local_or_hub(key: str, source: str | None) -> None:
+    assert source is not None
+    if os.path.exists(os.path.expanduser(source)):
+        return
+    if source.startswith(("/", "~", ".")) or not _is_hub_id(source):
+        raise ConfigError(f"{key}: {source!r}: no such file or directory (and not a hub id)")
+
+
+def _is_hub_id(source: str) -> bool:
+    return (len(source) <= _HUB_ID_MAX and _HUB_ID.match(source) is not None
+            and ".." not in source and "--" not in source)
