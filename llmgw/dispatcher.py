@@ -22,6 +22,7 @@ from llmgw.engines.base import UpstreamResponse
 from llmgw.engines.prompt_tokens import PromptTokenizer
 from llmgw.errors import (
     GatewayError,
+    InvalidRequest,
     ModelNotFound,
     NoReplica,
     UpstreamError,
@@ -257,7 +258,13 @@ class Dispatcher:
         if force_usage:
             patched["stream_options"] = {**(parsed.get("stream_options") or {}),
                                          "include_usage": True}
-        return orjson.dumps(patched)
+        try:
+            return orjson.dumps(patched)
+        except orjson.JSONEncodeError:
+            # orjson reads 1024 levels of nesting but writes only 254: a body in between
+            # is the client's to fix (no real request nests that deep).
+            raise InvalidRequest("request body is nested too deeply for the gateway to "
+                                 "rewrite it (at most 254 levels)") from None
 
     async def open(self, ctx: RequestContext, group: ModelGroup, body: bytes,
                    upstream_id: str, explain: bool = False) -> Exchange:
@@ -329,13 +336,16 @@ class Dispatcher:
 
     def record_failure(self, model: str, endpoint: str, error: GatewayError | None,
                        status: int, started: float) -> None:
-        """A request that ended before any engine answered (bad input, no replica, ...)."""
+        """A request that ended before any engine answered (bad input, no replica, the
+        client gone: status 499, counted as a disconnect too)."""
         group = self.groups.get(model)
         metrics = group.metrics if group is not None else self.unknown_model
         if error is not None:
             metrics.errors(error.code or error.type).inc()
         metrics.requests(endpoint, status).inc()
         metrics.request_duration.observe(self._clock() - started)
+        if status == 499:  # nginx's "client closed request": the client left
+            metrics.client_disconnects.inc()
 
 
 def _give_back(replica: Replica, lease: Lease | None) -> None:

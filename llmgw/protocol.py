@@ -6,15 +6,38 @@ forwarded: models allow extra fields, and the gateway relays the client's own by
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 # Bounds on client-controlled work that every engine pays per generated token (stop
 # matching runs inside the batched decode step, so one request's list slows its batch).
 # OpenAI itself allows 4 stop sequences; these leave room for engine-specific clients.
 MAX_STOP_STRINGS = 64
 MAX_STOP_STRING_CHARS = 1024
+
+
+def _bounded_stop(value: Any) -> Any:
+    """``stop`` as OpenAI defines it (a string or a list of strings), within the bounds
+    above. Checked here so that every engine is protected, vLLM included."""
+    if value is None:
+        return None
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise PydanticCustomError("stop_type", "must be a string or a list of strings")
+    if len(stops) > MAX_STOP_STRINGS:
+        raise PydanticCustomError("too_many_stops", "at most {limit} stop sequences",
+                                  {"limit": MAX_STOP_STRINGS})
+    if any(len(s) > MAX_STOP_STRING_CHARS for s in stops):
+        raise PydanticCustomError("stop_too_long",
+                                  "a stop sequence has at most {limit} characters",
+                                  {"limit": MAX_STOP_STRING_CHARS})
+    return value
+
+
+# Any, checked by one validator: errors name `stop` itself, not a member of a union.
+Stop = Annotated[Any, BeforeValidator(_bounded_stop)]
 
 
 class _Open(BaseModel):
@@ -39,6 +62,7 @@ class _GenerationRequest(_Open):
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1)
     user: str | None = None
+    stop: Stop = None
 
     @property
     def wants_usage(self) -> bool:
@@ -60,17 +84,27 @@ GenerationRequest = ChatCompletionRequest | CompletionRequest
 def prompt_text(body: dict[str, Any]) -> str:
     """The prompt as one string, for prefix hashing: chat messages rendered in order
     (role, then text content), or the completion prompt. Not the engine's chat template:
-    only a stable rendering whose prefixes line up with the engine's."""
+    only a stable rendering whose prefixes line up with the engine's. Only text counts:
+    whatever is not a string is skipped (the engine, not routing, judges it)."""
     messages = body.get("messages")
     if isinstance(messages, list):
         parts = []
         for message in messages:
-            if not isinstance(message, dict):
-                continue
-            content = message.get("content")
-            if isinstance(content, list):
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            parts.append(f"<{message.get('role')}>{content or ''}")
+            if isinstance(message, dict):
+                role = message.get("role")
+                parts.append(f"<{role if isinstance(role, str) else ''}>"
+                             f"{content_text(message.get('content'))}")
         return "".join(parts)
     prompt = body.get("prompt")
     return prompt if isinstance(prompt, str) else ""
+
+
+def content_text(content: Any) -> str:
+    """A message's text: the string itself, or its content parts' string ``text`` fields
+    joined; "" for anything else."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    return "".join(text for part in content if isinstance(part, dict)
+                   and isinstance(text := part.get("text"), str))

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from llmgw.api import admin, routes
 from llmgw.api.errors import install_error_handlers
 from llmgw.api.generation import GenerationRoute
+from llmgw.api.header_limit import HeaderLimit
 from llmgw.build import Gateway
 
 
@@ -33,6 +34,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.catalog = gateway.catalog
     app.state.admin_key = admin.admin_key(gateway.config.server.admin_key)
     install_error_handlers(app)
+    app.add_middleware(HeaderLimit)
     # Generation routes are raw ASGI apps: no per-request Request/Response objects and
     # one disconnect watch per request (bench/overhead.py measured both).
     app.router.routes += [

@@ -16,6 +16,20 @@ from llmgw.errors import GatewayError, InvalidRequest, NoReplica
 log = logging.getLogger("llmgw.api")
 
 
+class ClientGone(GatewayError):
+    """The client disconnected before its answer: there is nobody to send one to. Its
+    status, 499 (nginx's "client closed request"), is what the metrics record."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
+def internal_error(request_id: str) -> GatewayError:
+    """What a client sees of a gateway bug: the id to report, never the exception."""
+    return GatewayError(f"internal error (request_id={request_id})")
+
+
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
     headers = dict(headers or {})
     if isinstance(error, NoReplica):
@@ -52,8 +66,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        log.exception("unhandled error (request_id=%s)", request_id)
-        return error_response(GatewayError(f"internal error (request_id={request_id})"))
+        # Starlette re-raises after this handler and the server logs the traceback: one
+        # traceback per error, this line ties it to the id the client got.
+        log.error("unhandled error (request_id=%s): %s", request_id, type(exc).__name__)
+        return error_response(internal_error(request_id))
 
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -3,10 +3,12 @@
 The hot path skips Starlette's request/response wrappers: one function reads the body,
 validates it once, opens the engine request and relays the answer, with one disconnect
 watch spanning all of it, so a client that leaves at any point aborts the engine request.
+Whatever happens, the request ends in ``_close``, which records the status the client got.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any, Literal
@@ -17,7 +19,7 @@ from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from llmgw.api.disconnect import DisconnectWatch
-from llmgw.api.errors import error_response
+from llmgw.api.errors import ClientGone, error_response, internal_error
 from llmgw.api.sse import relay_json, relay_stream
 from llmgw.dispatcher import Dispatcher, Exchange, ModelGroup
 from llmgw.errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamTimeout
@@ -31,12 +33,16 @@ from llmgw.protocol import (
 from llmgw.routing.session import session_key
 from llmgw.types import Outcome, RequestContext
 
+log = logging.getLogger("llmgw.api")
+
 Endpoint = Literal["chat", "completions"]
 _MODELS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
     "chat": ChatCompletionRequest, "completions": CompletionRequest}
 
 
 async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it is known to exceed ``limit`` bytes.
+    Raises ClientGone when the client leaves before sending all of it."""
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
@@ -44,7 +50,7 @@ async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise InvalidRequest("the client disconnected while sending the body")
+            raise ClientGone("the client disconnected while sending the body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -54,20 +60,29 @@ async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], GenerationRequest]:
+def parse_json(body: bytes) -> dict[str, Any]:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise InvalidRequest("request body must be a JSON object")
+    return parsed
+
+
+def validate(parsed: dict[str, Any], endpoint: Endpoint) -> GenerationRequest:
     try:
-        return parsed, _MODELS[endpoint].model_validate(parsed)
+        return _MODELS[endpoint].model_validate(parsed)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
         raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"],
                              param=param) from None
+
+
+def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], GenerationRequest]:
+    parsed = parse_json(body)
+    return parsed, validate(parsed, endpoint)
 
 
 # Opt-in: a request carrying this header gets x-llmgw-route with the routing decision.
@@ -82,7 +97,8 @@ async def request_context(request_id: str, group: ModelGroup, endpoint: Endpoint
                           stream: bool, headers: Headers, parsed: dict[str, Any],
                           adapter: Adapter | None = None) -> RequestContext:
     """What routing may know; the prompt text, its tokens and the session key only when
-    the model's policies use them (rendering or tokenizing a long history costs)."""
+    the model's policies use them (rendering or tokenizing a long history costs).
+    ``request_id`` keys routing's per-request state: the gateway's own, unique id."""
     needs = group.needs
     tokens = None
     if "tokens" in needs and group.tokenizer is not None:
@@ -96,6 +112,44 @@ async def request_context(request_id: str, group: ModelGroup, endpoint: Endpoint
     )
 
 
+def model_label(dispatcher: Dispatcher, parsed: dict[str, Any]) -> str:
+    """The model a refused request named, for its metrics: trusted only when it names a
+    configured model or adapter, so labels stay bounded; "" (counted as unknown) else."""
+    model = parsed.get("model")
+    if not isinstance(model, str):
+        return ""
+    try:
+        return dispatcher.resolve(model)[0].name
+    except GatewayError:
+        return ""
+
+
+class _Call:
+    """One request's bookkeeping, read by ``_close`` however the request ends."""
+
+    __slots__ = ("headers", "started", "gateway_id", "request_id", "reply_headers", "parsed",
+                 "model", "exchange", "outcome", "status", "error")
+
+    def __init__(self, headers: Headers) -> None:
+        self.headers = headers
+        self.started = time.perf_counter()
+        # Unique per request: keys routing's per-request state and the engine request (to
+        # abort it). Never the client's x-request-id, which may repeat; that one is only
+        # echoed and logged.
+        self.gateway_id = os.urandom(12).hex()
+        self.request_id = headers.get("x-request-id") or self.gateway_id
+        # Headers are latin-1 on the wire: echo the client's exact bytes.
+        self.reply_headers = [(b"x-request-id", self.request_id.encode("latin-1"))]
+        self.parsed: dict[str, Any] | None = None
+        self.model = ""
+        self.exchange: Exchange | None = None
+        # Until the route says otherwise the client left: a disconnect cancels the route
+        # and the watch swallows that, so nothing else gets to set these.
+        self.outcome: Outcome = "cancelled"
+        self.status = 499
+        self.error: GatewayError | None = None
+
+
 class GenerationRoute:
     """An ASGI app for one generation endpoint; reads its collaborators from app.state."""
 
@@ -103,64 +157,74 @@ class GenerationRoute:
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = scope["app"].state
-        dispatcher: Dispatcher = state.dispatcher
-        started = time.perf_counter()
-        headers = Headers(scope=scope)
-        request_id = headers.get("x-request-id") or os.urandom(16).hex()
-        reply_headers = [(b"x-request-id", request_id.encode())]
-        model, exchange = "", None
-        outcome: Outcome = "cancelled"
-        status = 499
+        dispatcher: Dispatcher = scope["app"].state.dispatcher
+        call = _Call(Headers(scope=scope))
         try:
-            body = await read_body(receive, headers, state.max_body_bytes)
-            parsed, req = parse_request(body, self.endpoint)
-            group, adapter = dispatcher.resolve(req.model, headers.get(MULTIPLEX_HEADER))
-            model, stream = group.name, bool(req.stream)
-            if adapter is not None and group.lora is not None:
-                group.lora.note_request(adapter)
-            ctx = await request_context(request_id, group, self.endpoint, stream, headers,
-                                        parsed, adapter)
-            # Unique per engine request (never the client's id, which may repeat): engines
-            # that abort by id must not stop someone else's request.
-            upstream_id = os.urandom(12).hex()
-            upstream = dispatcher.upstream_body(group, body, parsed, stream, req.wants_usage,
-                                                upstream_id, adapter)
-            async with DisconnectWatch(receive) as watch:
-                exchange = await dispatcher.open(ctx, group, upstream, upstream_id,
-                                                 explain=EXPLAIN_HEADER in headers)
-                reply_headers.append((b"x-llmgw-replica", exchange.replica.id.encode()))
-                if exchange.decision is not None:
-                    reply_headers.append((b"x-llmgw-route", orjson.dumps(
-                        {"replica": exchange.replica.id, **exchange.decision.as_dict()})))
-                if stream:
-                    outcome, status = await relay_stream(
-                        exchange, send, req.wants_usage, reply_headers, watch), 200
-                else:
-                    status, outcome = await relay_json(exchange, send, reply_headers, watch), "ok"
+            await self._serve(call, scope, receive, send)
         except GatewayError as exc:
-            status = exc.status_code
-            outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
-            await self._fail(dispatcher, exchange, model, exc, started, reply_headers,
+            await self._fail(call, exc, dispatcher, (scope, receive, send))
+        except Exception:
+            # A gateway bug, not the client's doing: one traceback, a generic 500.
+            log.exception("unhandled error (request_id=%s)", call.request_id)
+            await self._fail(call, internal_error(call.request_id), dispatcher,
                              (scope, receive, send))
         finally:
-            await self._close(dispatcher, exchange, model, outcome, status, started)
+            await self._close(dispatcher, call)
 
-    async def _fail(self, dispatcher: Dispatcher, exchange: Exchange | None, model: str,
-                    error: GatewayError, started: float, headers: list[tuple[bytes, bytes]],
+    async def _serve(self, call: _Call, scope: Scope, receive: Receive, send: Send) -> None:
+        state, headers = scope["app"].state, call.headers
+        dispatcher: Dispatcher = state.dispatcher
+        body = await read_body(receive, headers, state.max_body_bytes)
+        call.parsed = parse_json(body)
+        req = validate(call.parsed, self.endpoint)
+        group, adapter = dispatcher.resolve(req.model, headers.get(MULTIPLEX_HEADER))
+        call.model, stream = group.name, bool(req.stream)
+        if adapter is not None and group.lora is not None:
+            group.lora.note_request(adapter)
+        ctx = await request_context(call.gateway_id, group, self.endpoint, stream, headers,
+                                    call.parsed, adapter)
+        upstream = dispatcher.upstream_body(group, body, call.parsed, stream, req.wants_usage,
+                                            call.gateway_id, adapter)
+        async with DisconnectWatch(receive) as watch:
+            call.exchange = exchange = await dispatcher.open(
+                ctx, group, upstream, call.gateway_id, explain=EXPLAIN_HEADER in headers)
+            call.reply_headers += _route_headers(exchange)
+            if stream:
+                call.outcome = await relay_stream(exchange, send, req.wants_usage,
+                                                  call.reply_headers, watch, call.request_id)
+                call.status = 200
+            else:
+                call.status = await relay_json(exchange, send, call.reply_headers, watch)
+                call.outcome = "ok"
+
+    async def _fail(self, call: _Call, error: GatewayError, dispatcher: Dispatcher,
                     asgi: tuple[Scope, Receive, Send]) -> None:
-        if exchange is not None:
-            exchange.record_error(error)
-        else:
-            dispatcher.record_failure(model, self.endpoint, error, error.status_code, started)
-        response = error_response(error, {k.decode(): v.decode() for k, v in headers})
-        await response(*asgi)
+        """Answer an error raised before the response started."""
+        call.error, call.status = error, error.status_code
+        call.outcome = ("cancelled" if isinstance(error, ClientGone) else
+                        "timeout" if isinstance(error, UpstreamTimeout) else "upstream_error")
+        if not call.model and call.parsed is not None:
+            call.model = model_label(dispatcher, call.parsed)
+        if not isinstance(error, ClientGone):  # nobody is left to answer
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in call.reply_headers}
+            await error_response(error, headers)(*asgi)
 
-    async def _close(self, dispatcher: Dispatcher, exchange: Exchange | None, model: str,
-                     outcome: Outcome, status: int, started: float) -> None:
-        if exchange is not None:
-            if outcome in ("cancelled", "timeout"):
-                await exchange.abort()
-            exchange.finish(outcome, status)
-        elif outcome == "cancelled":  # the client left before an engine answered
-            dispatcher.record_failure(model, self.endpoint, None, 499, started)
+    async def _close(self, dispatcher: Dispatcher, call: _Call) -> None:
+        exchange = call.exchange
+        if exchange is None:  # no engine answered: bad input, no replica, the client left
+            dispatcher.record_failure(call.model, self.endpoint, call.error, call.status,
+                                      call.started)
+            return
+        if call.error is not None:
+            exchange.record_error(call.error)
+        if call.outcome in ("cancelled", "timeout"):
+            await exchange.abort()
+        exchange.finish(call.outcome, call.status)
+
+
+def _route_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-llmgw-replica", exchange.replica.id.encode())]
+    if exchange.decision is not None:
+        headers.append((b"x-llmgw-route", orjson.dumps(
+            {"replica": exchange.replica.id, **exchange.decision.as_dict()})))
+    return headers

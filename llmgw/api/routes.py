@@ -9,8 +9,15 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from llmgw.api.admin import _authorize
 from llmgw.api.errors import error_response
-from llmgw.api.generation import MULTIPLEX_HEADER, Endpoint, parse_request, request_context
+from llmgw.api.generation import (
+    MULTIPLEX_HEADER,
+    Endpoint,
+    parse_request,
+    read_body,
+    request_context,
+)
 from llmgw.dispatcher import Dispatcher
 from llmgw.errors import GatewayError
 
@@ -49,11 +56,14 @@ async def metrics(request: Request) -> Response:
 
 async def debug_route(request: Request) -> Response:
     """Dry run: which replica a chat or completion body would get, and why. Sends
-    nothing and teaches the policy nothing."""
+    nothing and teaches the policy nothing. An admin call (it shows every replica's
+    scores), with the same body limit as /v1."""
     dispatcher: Dispatcher = request.app.state.dispatcher
-    body = await request.body()
-    endpoint: Endpoint = "chat" if b'"messages"' in body else "completions"
     try:
+        _authorize(request)
+        body = await read_body(request.receive, request.headers,
+                               request.app.state.max_body_bytes)
+        endpoint: Endpoint = "chat" if b'"messages"' in body else "completions"
         parsed, req = parse_request(body, endpoint)
         group, adapter = dispatcher.resolve(req.model, request.headers.get(MULTIPLEX_HEADER))
     except GatewayError as exc:

@@ -8,15 +8,17 @@ response has started: a failure mid-stream becomes an SSE error event followed b
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from starlette.types import Send
 
 from llmgw.api.disconnect import DisconnectWatch
-from llmgw.api.errors import error_event
+from llmgw.api.errors import error_event, internal_error
 from llmgw.dispatcher import DONE_EVENT, Exchange
 from llmgw.errors import GatewayError, UpstreamTimeout
 from llmgw.types import Outcome
 
+log = logging.getLogger("llmgw.api")
 Headers = list[tuple[bytes, bytes]]
 _SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -26,7 +28,8 @@ _SSE_HEADERS: Headers = [
 
 
 async def relay_stream(exchange: Exchange, send: Send, client_wants_usage: bool,
-                       headers: Headers, watch: DisconnectWatch) -> Outcome:
+                       headers: Headers, watch: DisconnectWatch, request_id: str) -> Outcome:
+    """``request_id``: the client's, named in the error event of a gateway bug."""
     await send({"type": "http.response.start", "status": 200,
                 "headers": _SSE_HEADERS + headers})
     error: GatewayError | None = None
@@ -40,6 +43,9 @@ async def relay_stream(exchange: Exchange, send: Send, client_wants_usage: bool,
         error = UpstreamTimeout("the request exceeded its time limit mid-stream")
     except GatewayError as exc:
         error = exc
+    except Exception:  # the status is sent: a bug too must end the stream in-band
+        log.exception("unhandled error mid-stream (request_id=%s)", request_id)
+        error = internal_error(request_id)
     watch.done = True
     if error is None:
         await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})

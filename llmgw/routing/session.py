@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmgw.protocol import content_text
 from llmgw.routing.base import Need
 from llmgw.types import ReplicaView, RequestContext
 
@@ -96,25 +97,38 @@ def _weight(key: str, replica_id: str) -> int:
 def session_key(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
     """The conversation a request belongs to: a session header, then the OpenAI fields
     ``prompt_cache_key`` and ``user``, then a fingerprint of what stays fixed across an
-    agent's turns (system prompt, tool schemas, first user turn)."""
+    agent's turns (system prompt, tool schemas, first user turn). Always a digest of
+    fixed size (``<source>:<hex>``): the client chooses how long its key is, and the
+    session cache keeps keys. Never raises, whatever the body holds."""
     for name in SESSION_HEADERS:
         value = headers.get(name)
         if value:
-            return f"h:{value}"
+            return _digest("h", value.encode("utf-8", "surrogatepass"))
     for field in ("prompt_cache_key", "user"):
         value = body.get(field)
         if isinstance(value, str) and value:
-            return f"{field[0]}:{value}"
+            return _digest(field[0], value.encode("utf-8", "surrogatepass"))
     return _fingerprint(body)
+
+
+def _digest(source: str, value: bytes) -> str:
+    # 128 bits: sessions of different clients never share a key by accident.
+    return f"{source}:{hashlib.blake2b(value, digest_size=16).hexdigest()}"
 
 
 def _fingerprint(body: Mapping[str, Any]) -> str | None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return None
-    system = [m.get("content") for m in messages
+    system = [content_text(m.get("content")) for m in messages
               if isinstance(m, dict) and m.get("role") in ("system", "developer")]
-    first_user = next((m.get("content") for m in messages
+    first_user = next((content_text(m.get("content")) for m in messages
                        if isinstance(m, dict) and m.get("role") == "user"), None)
-    parts = orjson.dumps([system, body.get("tools"), first_user], option=orjson.OPT_SORT_KEYS)
-    return "f:" + hashlib.blake2b(parts, digest_size=12).hexdigest()
+    try:
+        text = orjson.dumps([system, first_user])
+        tools = orjson.dumps(body.get("tools"), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # Nested deeper than orjson writes (254 levels), or not UTF-8: no fingerprint, and
+        # the request is routed as one without a session.
+        return None
+    return _digest("f", text + tools)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import Counter
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
+from llmgw.api.header_limit import MAX_HEADER_BYTES
+from llmgw.protocol import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS
 from tests.support import (
     Server,
     engine_counter,
@@ -87,17 +90,102 @@ def error_of(response: httpx.Response) -> dict[str, object]:
         ({"model": "nope", "messages": MESSAGES}, 404, "model", "model_not_found"),
         ({"model": "fake", "messages": [{"role": "user", "content": "x" * 5000}]}, 413, None,
          "payload_too_large"),
+        ({"model": "fake", "messages": MESSAGES, "stop": ["s"] * (MAX_STOP_STRINGS + 1)}, 400,
+         "stop", None),
+        ({"model": "fake", "messages": MESSAGES, "stop": "s" * (MAX_STOP_STRING_CHARS + 1)}, 400,
+         "stop", None),
+        ({"model": "fake", "messages": MESSAGES, "stop": ["ok", 5]}, 400, "stop", None),
+        ({"model": "fake", "prompt": "p", "stop": {"s": 1}}, 400, "stop", None),
     ],
     ids=["bad-json", "not-object", "no-model", "no-messages", "empty-messages", "wrong-type",
-         "stream-not-bool", "nested-field", "unknown-model", "too-large"],
+         "stream-not-bool", "nested-field", "unknown-model", "too-large", "too-many-stops",
+         "stop-too-long", "stop-not-text", "stop-not-a-list"],
 )
 def test_bad_input_gets_openai_error(fleet: dict[str, Server], body: bytes | dict[str, object],
                                      status: int, param: str | None, code: str | None) -> None:
-    response = post(fleet, body)
+    path = "/v1/completions" if isinstance(body, dict) and "prompt" in body else None
+    response = post(fleet, body, *([path] if path else []))
     assert response.status_code == status
     error = error_of(response)
     assert (error["param"], error["code"]) == (param, code)
     assert "Traceback" not in str(error["message"])
+
+
+def test_stops_within_the_bounds_reach_the_engine(fleet: dict[str, Server]) -> None:
+    for stop in (["s"] * MAX_STOP_STRINGS, "s" * MAX_STOP_STRING_CHARS, None, []):
+        response = post(fleet, {"model": "fake", "messages": MESSAGES, "max_tokens": 1,
+                                "stop": stop})
+        assert response.status_code == 200, response.text
+
+
+def requests_by_status(fleet: dict[str, Server], model: str) -> Counter[str]:
+    """llmgw_requests_total for ``model``, summed over endpoints: status -> count."""
+    counts: Counter[str] = Counter()
+    for line in httpx.get(fleet["gateway"].url + "/metrics").text.splitlines():
+        if line.startswith("llmgw_requests_total{") and f'model="{model}"' in line:
+            status = line.split('status="', 1)[1].split('"', 1)[0]
+            counts[status] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def gateway_sample(fleet: dict[str, Server], prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1])
+               for line in httpx.get(fleet["gateway"].url + "/metrics").text.splitlines()
+               if line.startswith(prefix))
+
+
+def nested(depth: int, stream: bool) -> bytes:
+    return (b'{"model":"fake","messages":[{"role":"user","content":"hi"}],"max_tokens":1,'
+            + b'"stream":' + (b"true" if stream else b"false")
+            + b',"x":' + b"[" * depth + b"]" * depth + b"}")
+
+
+@pytest.mark.parametrize(
+    ("depth", "stream", "status", "model"),
+    [(300, True, 400, "fake"), (300, False, 200, "fake"), (2000, False, 400, "unknown")],
+    ids=["rewritten-stream", "forwarded-as-is", "deeper-than-the-parser-takes"],
+)
+def test_a_deeply_nested_body_is_answered_and_counted_as_answered(
+        fleet: dict[str, Server], depth: int, stream: bool, status: int, model: str) -> None:
+    # A stream the engine must be asked for usage on is re-serialised by the gateway
+    # (orjson writes at most 254 levels, though it reads 1024): a clean 400, not a 500.
+    # Deeper than orjson reads, the body names no model the gateway could trust.
+    before = requests_by_status(fleet, model)
+    response = post(fleet, nested(depth, stream))
+    assert response.status_code == status, response.text
+    if status != 200:
+        assert error_of(response)["type"] == "invalid_request_error"
+    after = requests_by_status(fleet, model)
+    assert after - before == Counter({str(status): 1})
+
+
+def test_a_bad_request_for_a_real_model_is_counted_under_that_model(
+        fleet: dict[str, Server]) -> None:
+    before = requests_by_status(fleet, "fake"), requests_by_status(fleet, "unknown")
+    assert post(fleet, {"model": "fake", "messages": MESSAGES, "stream": "yes"}).status_code \
+        == 400
+    assert post(fleet, {"model": "fake", "messages": "hi"}).status_code == 400
+    # Labels stay bounded: a name that is no configured model is counted as "unknown".
+    assert post(fleet, {"model": "not-configured", "messages": "hi"}).status_code == 400
+    assert post(fleet, {"model": ["fake"], "messages": MESSAGES}).status_code == 400
+    after = requests_by_status(fleet, "fake"), requests_by_status(fleet, "unknown")
+    assert (after[0] - before[0], after[1] - before[1]) == (
+        Counter({"400": 2}), Counter({"400": 2}))
+
+
+def test_oversized_request_headers_are_431_on_every_route(fleet: dict[str, Server]) -> None:
+    big = {"x-session-id": "s" * (MAX_HEADER_BYTES + 1)}
+    before = requests_by_status(fleet, "unknown")
+    for method, path in (("POST", "/v1/chat/completions"), ("GET", "/health"),
+                         ("GET", "/v1/models"), ("POST", "/debug/route")):
+        response = httpx.request(method, fleet["gateway"].url + path, headers=big,
+                                 json={"model": "fake", "messages": MESSAGES})
+        assert response.status_code == 431, (path, response.text)
+        assert error_of(response)["type"] == "invalid_request_error"
+    assert requests_by_status(fleet, "unknown") - before == Counter({"431": 1})
+    fits = {"x-session-id": "s" * (MAX_HEADER_BYTES // 2)}
+    assert httpx.post(fleet["gateway"].url + "/v1/chat/completions", headers=fits, json={
+        "model": "fake", "messages": MESSAGES, "max_tokens": 1}).status_code == 200
 
 
 def test_no_healthy_replica_is_503_with_retry_after(fleet: dict[str, Server]) -> None:
@@ -186,9 +274,16 @@ def test_client_disconnect_aborts_the_engine_request(fleet: dict[str, Server],
     aborted_before = engine_counter(engine.url, "llmgw_engine_requests_aborted_total")
     body = httpx.Request("POST", "/", json={
         "model": "slow", "messages": MESSAGES, "max_tokens": 500, "stream": stream}).content
+    disconnects = 'llmgw_client_disconnects_total{model="slow"}'
+    disconnects_before = gateway_sample(fleet, disconnects)
+    before = requests_by_status(fleet, "slow")
     _open_and_drop(fleet["gateway"].url, body, read_first=stream)
     wait_until(lambda: engine_counter(engine.url, "llmgw_engine_requests_aborted_total")
                == aborted_before + 1, 10, "the engine to see the abort")
+    # Every request the client left is one disconnect and one 499, streamed or not.
+    wait_until(lambda: gateway_sample(fleet, disconnects) == disconnects_before + 1, 10,
+               "the gateway to count the disconnect")
+    assert requests_by_status(fleet, "slow") - before == Counter({"499": 1})
     assert engine_counter(engine.url, "llmgw_engine_requests_running") == 0
     gateway_metrics = httpx.get(fleet["gateway"].url + "/metrics").text
     assert 'llmgw_replica_in_flight_requests{model="slow",replica="slow-0"} 0.0' in gateway_metrics

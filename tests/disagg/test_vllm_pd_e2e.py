@@ -33,6 +33,7 @@ from tests.support import ROOT, Server, free_port, wait_until
 pytestmark = pytest.mark.e2e
 PREFILL_TIMEOUT_S = 4.0
 DECODE_TIMEOUT_S = 5.0
+ADMIN_KEY = "pd-e2e-admin-key"
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # configs/disagg.yaml as shipped, with a fresh KV directory and a short prefill limit.
     override = tmp / "override.yaml"
     override.write_text(yaml.safe_dump({
+        "server": {"admin_key": ADMIN_KEY},  # for /debug/route
         "health": {"interval_s": 1, "timeout_s": 2},
         "models": [{"name": "demo", "disaggregation": {
             "prefill": storage, "decode": storage, "prefill_timeout_s": PREFILL_TIMEOUT_S,
@@ -258,7 +260,8 @@ def test_an_engine_rejection_on_the_prefill_leg_reaches_the_client(gateway: Serv
 
 
 def test_debug_route_explains_both_pipelines(gateway: Server) -> None:
-    route = httpx.post(gateway.url + "/debug/route", json=chat_body(words("epsilon"))).json()
+    route = httpx.post(gateway.url + "/debug/route", json=chat_body(words("epsilon")),
+                       headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
     pd = route["disaggregation"]
     assert (route["replica"], pd["path"], pd["reason"], pd["prefill"]["ranked"]) == (
         "demo-decode-0", "disaggregated", "long_prompt", ["demo-prefill-0"])

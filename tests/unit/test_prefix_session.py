@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from hashlib import blake2b
 
 import pytest
 
@@ -139,17 +140,20 @@ def test_removing_a_replica_moves_only_its_sessions_and_adding_one_about_1_over_
 @pytest.mark.parametrize(
     ("headers", "body", "expected"),
     [
-        ({"x-session-id": "abc"}, {"user": "u"}, "h:abc"),
-        ({"x-claude-code-session-id": "cc"}, {}, "h:cc"),
-        ({}, {"prompt_cache_key": "k", "user": "u"}, "p:k"),
-        ({}, {"user": "u"}, "u:u"),
+        ({"x-session-id": "abc"}, {"user": "u"}, ("h", "abc")),
+        ({"x-claude-code-session-id": "cc"}, {}, ("h", "cc")),
+        ({}, {"prompt_cache_key": "k", "user": "u"}, ("p", "k")),
+        ({}, {"user": "u"}, ("u", "u")),
         ({}, {"prompt": "no messages"}, None),
     ],
     ids=["header", "agent-header", "prompt-cache-key", "user", "nothing"],
 )
 def test_session_key_sources(headers: dict[str, str], body: dict[str, object],
-                             expected: str | None) -> None:
-    assert session_key(headers, body) == expected
+                             expected: tuple[str, str] | None) -> None:
+    # Keys are digests of what named the session, tagged with where it came from.
+    assert session_key(headers, body) == (None if expected is None else f"{expected[0]}:"
+                                          + blake2b(expected[1].encode(), digest_size=16)
+                                          .hexdigest())
 
 
 def test_agents_without_a_key_get_a_stable_fingerprint() -> None:

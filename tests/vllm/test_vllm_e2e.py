@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -11,18 +12,24 @@ import openai
 import orjson
 import pytest
 
-from tests.support import ROOT, Server, launched_engine_urls, llmgw_up, wait_until
+from llmgw.api.admin import ADMIN_KEY_ENV
+from tests.support import ROOT, Server, free_port, launched_engine_urls, wait_until
 
 pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "Tell me about gateways."}]
 RUNNING = "vllm:num_requests_running"
+ADMIN_KEY = "vllm-e2e-admin-key"
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Server]:
     if not (ROOT / ".venv-vllm" / "bin" / "python").exists():
         pytest.fail("vLLM is not installed: run `make vllm` (make test does)")
-    server = llmgw_up("configs/vllm.yaml", timeout_s=400)
+    # As an operator runs it, with an admin key for /debug/route.
+    port = free_port()
+    server = Server([sys.executable, "-m", "llmgw", "up", "configs/vllm.yaml", "--port",
+                     str(port)], port, "/ready", timeout_s=400, env={ADMIN_KEY_ENV: ADMIN_KEY})
     yield server
     server.stop()
 
@@ -118,7 +125,7 @@ def test_precise_scorer_agrees_with_vllms_cached_tokens(
             f"rule{i}" for i in range(200))}]
 
     def predicted_now(replica: str) -> float:
-        route = httpx.post(gateway.url + "/debug/route", json={
+        route = httpx.post(gateway.url + "/debug/route", headers=ADMIN, json={
             "model": "demo", "messages": conversation}).json()
         return float(route["predicted_cached_share"].get(replica, 0.0))
 

@@ -1,0 +1,56 @@
+"""A bound on the request headers, checked before any route reads them.
+
+The server (uvicorn with httptools) takes headers of any size: one 8 MB header was
+accepted, and whatever is keyed by a header (a session id) could keep it. This pure
+ASGI middleware answers 431 in OpenAI's shape instead.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from llmgw.api.errors import error_response
+from llmgw.dispatcher import PATHS
+from llmgw.errors import InvalidRequest
+
+# Total bytes of header names and values. Clients send well under this (nginx refuses
+# a request line or header above 8 KiB by default, Node 16 KiB in all); 64 KiB leaves
+# room for long cookies and tracing baggage while a client can no longer make the
+# gateway parse, route on or keep megabytes of headers.
+MAX_HEADER_BYTES = 64 * 1024
+
+# Generation requests are counted in the request metrics even when refused here.
+_ENDPOINTS = {path: endpoint for endpoint, path in PATHS.items()}
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    code = "request_header_fields_too_large"
+
+
+class HeaderLimit:
+    """Refuses HTTP requests whose headers add up to more than ``limit`` bytes."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_HEADER_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _size(scope["headers"]) > self.limit:
+            await self._refuse(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        error = HeadersTooLarge(f"request headers are larger than {self.limit} bytes")
+        endpoint = _ENDPOINTS.get(scope["path"])
+        if endpoint is not None and scope["method"] == "POST":
+            scope["app"].state.dispatcher.record_failure("", endpoint, error,
+                                                         error.status_code, started)
+        await error_response(error)(scope, receive, send)
+
+
+def _size(headers: list[tuple[bytes, bytes]]) -> int:
+    return sum(len(name) + len(value) for name, value in headers)
