@@ -11,15 +11,51 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmgw.routing.affinity import (
+    PENDING_LIMIT,
     CachedShares,
     CapacityWatch,
     PredictionLedger,
     beyond_common_prefix,
-    bounded_put,
 )
 from llmgw.routing.base import Need
 from llmgw.routing.prefix_index import PrefixIndex, block_hashes
 from llmgw.types import ReplicaView, RequestContext
+
+# Block hashes held for requests between scoring and routing, all requests together:
+# ~40 bytes each (a list slot and an int), so ~10 MB. PENDING_LIMIT entries of the
+# longest prompts (256 blocks by default) would be 40 MB, pinned by requests that are
+# scored and never routed (an engine's 4xx, a client that left).
+PENDING_HASHES = 1 << 18
+
+
+class PendingHashes:
+    """Request id -> its prompt's block hashes, oldest first out, bounded in entries and
+    in hashes held. Losing an entry costs only time: routing hashes the prompt again."""
+
+    def __init__(self, max_entries: int = PENDING_LIMIT,
+                 max_hashes: int = PENDING_HASHES) -> None:
+        self.max_entries, self.max_hashes = max_entries, max_hashes
+        self._entries: OrderedDict[str, list[int]] = OrderedDict()
+        self._hashes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, request_id: str) -> list[int] | None:
+        return self._entries.get(request_id)
+
+    def put(self, request_id: str, hashes: list[int]) -> None:
+        self._entries[request_id] = hashes
+        self._hashes += len(hashes)
+        while self._entries and (self._hashes > self.max_hashes
+                                 or len(self._entries) > self.max_entries):
+            self._hashes -= len(self._entries.popitem(last=False)[1])
+
+    def pop(self, request_id: str) -> list[int] | None:
+        hashes = self._entries.pop(request_id, None)
+        if hashes is not None:
+            self._hashes -= len(hashes)
+        return hashes
 
 
 class PrefixParams(BaseModel):
@@ -58,7 +94,8 @@ class PrefixCacheScorer:
         # Hashes computed in score() are reused by on_routed(); the chosen replica's score
         # is kept until the engine reports what it really had cached (take_prediction).
         # Both bounded: requests that fail or are never routed leave entries behind.
-        self._pending: OrderedDict[str, list[int]] = OrderedDict()
+        # Keyed by the gateway's request id: unique, never the client's.
+        self._pending = PendingHashes()
         self._predictions = PredictionLedger()
         self._capacity = CapacityWatch()
         self.chars_per_token = self._applied_chars_per_token = p.chars_per_token
@@ -68,7 +105,7 @@ class PrefixCacheScorer:
         hashes = self._pending.get(ctx.request_id)
         if hashes is None:
             hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
-            bounded_put(self._pending, ctx.request_id, hashes)
+            self._pending.put(ctx.request_id, hashes)
         return hashes
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
@@ -83,7 +120,7 @@ class PrefixCacheScorer:
         return beyond_common_prefix(depths, len(hashes))
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
-        hashes = self._pending.pop(ctx.request_id, None)
+        hashes = self._pending.pop(ctx.request_id)
         if hashes is None:
             hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
         self._predictions.routed(ctx.request_id, replica_id)

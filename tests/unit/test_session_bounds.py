@@ -13,7 +13,7 @@ import pytest
 
 from llmgw.protocol import prompt_text
 from llmgw.routing.affinity import PENDING_LIMIT
-from llmgw.routing.prefix_cache import PrefixCacheScorer, PrefixParams
+from llmgw.routing.prefix_cache import PENDING_HASHES, PendingHashes, PrefixCacheScorer
 from llmgw.routing.session import SessionScorer, session_key
 from llmgw.types import ReplicaView, RequestContext
 
@@ -66,15 +66,30 @@ def test_the_session_cache_holds_digests_not_the_clients_keys() -> None:
 
 def test_unrouted_requests_leave_a_bounded_amount_in_the_prefix_scorer() -> None:
     # Scored, never routed (the engine refused, the client left): each leaves its block
-    # hashes and predictions behind, at most PENDING_LIMIT entries of max_blocks hashes.
-    params = PrefixParams(block_chars=8, max_blocks=16)
-    scorer = PrefixCacheScorer(params)
+    # hashes and prediction behind. Prompts as long as the scorer reads (256 blocks):
+    # PENDING_LIMIT of them would keep ~40 MB; the hashes held are bounded instead.
+    scorer = PrefixCacheScorer()
     prompt = "p" * BIG
-    per_entry = params.max_blocks * 40 + 1024  # ints, list, keys, the ledger's entries
     with retained() as grown:
         for i in range(PENDING_LIMIT * 2):
             scorer.score(request(prompt=f"{i}:{prompt}"), REPLICAS)
-        assert grown() < PENDING_LIMIT * per_entry
+        held = grown()
+    assert len(scorer._pending) < PENDING_LIMIT
+    # ~40 bytes a hash; ~400 bytes a ledger entry (4 replicas) and a pending entry's key.
+    assert held < PENDING_HASHES * 48 + PENDING_LIMIT * 1024
+
+
+def test_pending_hashes_evict_the_oldest_and_keep_count() -> None:
+    pending = PendingHashes(max_entries=3, max_hashes=10)
+    for rid, size in (("a", 4), ("b", 4), ("c", 2)):
+        pending.put(rid, list(range(size)))
+    assert [pending.get(r) is not None for r in "abc"] == [True, True, True]
+    pending.put("d", [7, 7, 7])  # 13 hashes: "a" goes
+    assert pending.get("a") is None and pending.pop("b") == [0, 1, 2, 3]
+    pending.put("e", list(range(11)))  # larger than the bound alone: nothing is kept
+    assert len(pending) == 0 and pending.pop("e") is None
+    pending.put("f", [1])
+    assert len(pending) == 1 and pending.get("f") == [1]
 
 
 @pytest.mark.parametrize(
