@@ -157,7 +157,7 @@ async def test_eos_stops_unless_ignored_or_below_min_tokens(model: Model) -> Non
 
 async def test_stop_token_ids_report_the_token(model: Model) -> None:
     ids = model.reference(PROMPTS[1], 24)
-    params = SamplingParams(max_tokens=24, temperature=0.0, stop_token_ids=(ids[3],))
+    params = SamplingParams(max_tokens=24, temperature=0.0, stop_token_ids=frozenset({ids[3]}))
     result = await run_one(model, PROMPTS[1], params)
     assert (result.tokens, result.finish, result.stop_reason) == (
         ids.index(ids[3]) + 1,
@@ -248,7 +248,8 @@ def _logits(values: list[float]) -> Any:
 )
 def test_select_token(params: SamplingParams, banned: tuple[int, ...], expected: int) -> None:
     rng = torch.Generator().manual_seed(0)
-    assert select_token(_logits([0.0, 1.0, 3.0, -1.0]), params, rng, banned) == expected
+    ids = torch.tensor(banned, dtype=torch.long)
+    assert select_token(_logits([0.0, 1.0, 3.0, -1.0]), params, rng, ids) == expected
 
 
 def _draws(params: SamplingParams, seed: int) -> Iterator[int]:

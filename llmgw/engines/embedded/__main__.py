@@ -15,7 +15,7 @@ import uvicorn
 
 from llmgw.engines.embedded.adapters import LoRAOptions
 from llmgw.engines.embedded.loader import load_model
-from llmgw.engines.embedded.server import EngineServer
+from llmgw.engines.embedded.server import DEFAULT_MAX_BODY_BYTES, EngineServer, RequestOptions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +44,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=PATH",
         help='adapters loaded at start: name=path or \'{"name": ..., "path": ...}\'; '
         "implies --enable-lora",
+    )
+    p.add_argument(
+        "--trust-request-chat-template",
+        action="store_true",
+        help="run chat templates sent in requests (vLLM's flag); refused with 400 otherwise",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="larger request bodies are refused with 413",
     )
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
@@ -92,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         batched={"auto": None, "batched": True, "sequential": False}[args.decode],
         lora=args.lora,
     )
-    server = EngineServer(loaded, args.served_model_name or args.model, args.lora)
+    options = RequestOptions(args.trust_request_chat_template, args.max_body_bytes)
+    server = EngineServer(loaded, args.served_model_name or args.model, args.lora, options)
     uvicorn.run(server.app(), host=args.host, port=args.port, log_level=args.log_level)
 
 

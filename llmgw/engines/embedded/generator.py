@@ -105,6 +105,9 @@ class _Sequence:
     rng: torch.Generator | None
     adapter: int = BASE_SLOT
     output_ids: list[int] = field(default_factory=list)
+    # Ids sampling must avoid below `min_tokens`; built on the scheduler thread when
+    # first needed (up to a vocabulary's worth: not work for the event loop).
+    banned: torch.Tensor | None = None
 
     @property
     def next_position(self) -> int:
@@ -317,8 +320,10 @@ class Generator:
         """Sample one token for `seq`; returns (done, the event to emit if any)."""
         params = seq.params
         below_min = len(seq.output_ids) < params.min_tokens
-        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self._eos)
-        token = select_token(logits, params, seq.rng, banned=stop_ids if below_min else ())
+        if below_min and seq.banned is None:
+            ends = params.stop_token_ids | (frozenset() if params.ignore_eos else self._eos)
+            seq.banned = torch.tensor(sorted(ends), dtype=torch.long)
+        token = select_token(logits, params, seq.rng, banned=seq.banned if below_min else None)
         seq.output_ids.append(token)
         count = len(seq.output_ids)
         delta = seq.text.push(token, check_stop=count >= params.min_tokens)

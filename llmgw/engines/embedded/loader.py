@@ -32,6 +32,7 @@ class LoadedModel:
     tokenizer: Any
     root: str  # what `--model` resolved to: a directory or a hub id
     max_model_len: int
+    vocab_size: int  # width of the logits: token ids are in [0, vocab_size)
     adapters: AdapterBank | None = None  # None: LoRA not enabled
 
 
@@ -75,7 +76,8 @@ def load_model(
         batched=batched,
     )
     log.info("loaded %s (max_model_len=%d, dtype=%s)", root, limit, dtype)
-    return LoadedModel(generator, tokenizer, root, limit, bank)
+    vocab_size = int(hf_model.config.get_text_config().vocab_size)  # the logits' width
+    return LoadedModel(generator, tokenizer, root, limit, vocab_size, bank)
 
 
 def _context_limit(config: Any, tokenizer: Any) -> int:

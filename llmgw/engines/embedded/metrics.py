@@ -71,14 +71,31 @@ class LoRACollector(Collector):
         yield info
 
 
+class PreparingCollector(Collector):
+    """Requests whose prompt is being rendered and tokenized (before the scheduler)."""
+
+    def __init__(self, preparing: Callable[[], int]) -> None:
+        self._preparing = preparing
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "llmgw_engine_requests_preparing",
+            "Requests whose prompt is being rendered and tokenized.",
+            value=self._preparing(),
+        )
+
+
 def engine_registry(
     stats: Callable[[], SchedulerStats],
     model: str,
     lora: Callable[[], LoRAStats] | None = None,
+    preparing: Callable[[], int] | None = None,
 ) -> CollectorRegistry:
     """`lora` is given when LoRA is enabled; vLLM exports its gauge only then too."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SchedulerCollector(stats, model))
+    if preparing is not None:
+        registry.register(PreparingCollector(preparing))
     if lora is not None:
         registry.register(LoRACollector(lora))
     return registry

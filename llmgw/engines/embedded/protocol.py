@@ -1,9 +1,11 @@
-"""Validate OpenAI request bodies into a prompt plus `SamplingParams`.
+"""Validate OpenAI request bodies into `SamplingParams` (the prompt: `prompts`).
 
 Lenient like vLLM about what it does not use (unknown fields, `tools`,
 `tool_choice`, `response_format`, penalties and `logprobs` are accepted and
 ignored), strict about what it does use: a wrong type or range is an
-`InvalidRequest` naming the field, never a 500.
+`InvalidRequest` naming the field, never a 500. What costs work on every generated
+token is bounded: `stop` by `llmgw.protocol`'s limits, `stop_token_ids` by the
+vocabulary.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import orjson
 
 from llmgw.engines.embedded.sampling import SamplingParams
 from llmgw.errors import ContextTooLong, InvalidRequest
+from llmgw.protocol import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,7 @@ class LoadAdapterRequest:
 
 def requested_model(body: dict[str, Any]) -> str | None:
     """The request's `model`: the base model's name, an adapter's, or None."""
-    model: str | None = _opt(body, "model", str)
+    model: str | None = opt(body, "model", str)
     return model
 
 
@@ -56,7 +59,7 @@ def load_adapter_request(body: dict[str, Any]) -> LoadAdapterRequest:
     return LoadAdapterRequest(
         lora_name=_required_str(body, "lora_name"),
         lora_path=_required_str(body, "lora_path"),
-        load_inplace=_opt(body, "load_inplace", bool, False),
+        load_inplace=opt(body, "load_inplace", bool, False),
     )
 
 
@@ -71,43 +74,16 @@ def _required_str(body: dict[str, Any], name: str) -> str:
     return value
 
 
-def chat_prompt_ids(body: dict[str, Any], tokenizer: Any) -> list[int]:
-    """Render `messages` with the tokenizer's chat template and tokenize them."""
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise InvalidRequest("this model has no chat template; use /v1/completions")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("`messages` must be a non-empty list", param="messages")
-    rendered = [_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
-    extra = _opt(body, "chat_template_kwargs", dict) or {}
-    try:
-        text = tokenizer.apply_chat_template(
-            rendered,
-            tools=_opt(body, "tools", list),
-            add_generation_prompt=_opt(body, "add_generation_prompt", bool, True),
-            tokenize=False,
-            **extra,
-        )
-    except Exception as exc:  # template errors (raise_exception, bad roles) are the caller's
-        raise InvalidRequest(f"chat template failed: {exc}", param="messages") from None
-    # The template already holds BOS and friends: do not add special tokens twice.
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
-
-
-def completion_prompt_ids(body: dict[str, Any], tokenizer: Any) -> list[int]:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise InvalidRequest("`prompt` must be a string (or a list of one string)", param="prompt")
-    return list(tokenizer(prompt).input_ids)
-
-
 def generation_request(
-    body: dict[str, Any], prompt_ids: list[int], max_model_len: int, prompt_param: str
+    body: dict[str, Any],
+    prompt_ids: list[int],
+    max_model_len: int,
+    vocab_size: int,
+    prompt_param: str,
 ) -> GenerationRequest:
-    """Check lengths against the context window and build the sampling parameters."""
-    n = _opt(body, "n", int, 1)
+    """Check lengths against the context window and build the sampling parameters;
+    `vocab_size` is the width of the model's logits (the valid token ids)."""
+    n = opt(body, "n", int, 1)
     if n != 1:
         raise InvalidRequest("only n=1 is supported", param="n")
     if not prompt_ids:
@@ -119,20 +95,20 @@ def generation_request(
             f"request has {len(prompt_ids)} input tokens. Please reduce the length of the input.",
             param=prompt_param,
         )
-    stream_options = _opt(body, "stream_options", dict) or {}
+    stream_options = opt(body, "stream_options", dict) or {}
     return GenerationRequest(
         prompt_ids=prompt_ids,
-        params=sampling_params(body, room),
-        stream=_opt(body, "stream", bool, False),
-        include_usage=_opt(stream_options, "include_usage", bool, False, "stream_options."),
+        params=sampling_params(body, room, vocab_size),
+        stream=opt(body, "stream", bool, False),
+        include_usage=opt(stream_options, "include_usage", bool, False, "stream_options."),
     )
 
 
-def sampling_params(body: dict[str, Any], room: int) -> SamplingParams:
+def sampling_params(body: dict[str, Any], room: int, vocab_size: int) -> SamplingParams:
     """`room` is how many tokens fit after the prompt; it is also the default budget."""
-    max_tokens, name = _opt(body, "max_completion_tokens", int), "max_completion_tokens"
+    max_tokens, name = opt(body, "max_completion_tokens", int), "max_completion_tokens"
     if max_tokens is None:
-        max_tokens, name = _opt(body, "max_tokens", int), "max_tokens"
+        max_tokens, name = opt(body, "max_tokens", int), "max_tokens"
     if max_tokens is not None and max_tokens < 1:
         raise InvalidRequest(f"`{name}` must be at least 1, got {max_tokens}", param=name)
     if max_tokens is not None and max_tokens > room:
@@ -142,16 +118,16 @@ def sampling_params(body: dict[str, Any], room: int) -> SamplingParams:
         )
     params = SamplingParams(
         max_tokens=max_tokens or room,
-        temperature=_opt(body, "temperature", float, 1.0),
-        top_p=_opt(body, "top_p", float, 1.0),
-        top_k=_opt(body, "top_k", int, 0),
-        seed=_opt(body, "seed", int),
+        temperature=opt(body, "temperature", float, 1.0),
+        top_p=opt(body, "top_p", float, 1.0),
+        top_k=opt(body, "top_k", int, 0),
+        seed=opt(body, "seed", int),
         stop=_stop_strings(body.get("stop")),
-        stop_token_ids=tuple(_int_list(body, "stop_token_ids")),
-        ignore_eos=_opt(body, "ignore_eos", bool, False),
-        min_tokens=_opt(body, "min_tokens", int, 0),
-        include_stop_str_in_output=_opt(body, "include_stop_str_in_output", bool, False),
-        skip_special_tokens=_opt(body, "skip_special_tokens", bool, True),
+        stop_token_ids=_token_ids(body, "stop_token_ids", vocab_size),
+        ignore_eos=opt(body, "ignore_eos", bool, False),
+        min_tokens=opt(body, "min_tokens", int, 0),
+        include_stop_str_in_output=opt(body, "include_stop_str_in_output", bool, False),
+        skip_special_tokens=opt(body, "skip_special_tokens", bool, True),
     )
     _check_ranges(params)
     return params
@@ -170,46 +146,42 @@ def _check_ranges(p: SamplingParams) -> None:
         raise InvalidRequest("`seed` is out of range", param="seed")
 
 
-def _message(message: Any, where: str) -> dict[str, Any]:
-    """One chat message with its content flattened to a string for the template."""
-    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-        raise InvalidRequest(f"`{where}` must be an object with a string `role`", param=where)
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "\n".join(_text_part(part, f"{where}.content") for part in content)
-    elif content is not None and not isinstance(content, str):
-        raise InvalidRequest(f"`{where}.content` must be a string or a list", param=where)
-    return {**message, "content": content or ""}
-
-
-def _text_part(part: Any, where: str) -> str:
-    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-        return str(part["text"])
-    raise InvalidRequest(f"`{where}`: only text content parts are supported", param=where)
-
-
 def _stop_strings(value: Any) -> tuple[str, ...]:
+    """Bounded: every generated token of the whole batch waits for stop matching."""
     if value is None:
         return ()
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
         raise InvalidRequest("`stop` must be a string or a list of strings", param="stop")
+    if len(value) > MAX_STOP_STRINGS:
+        raise InvalidRequest(
+            f"`stop` may hold at most {MAX_STOP_STRINGS} strings, got {len(value)}", param="stop"
+        )
+    if any(len(s) > MAX_STOP_STRING_CHARS for s in value):
+        raise InvalidRequest(
+            f"each `stop` string may have at most {MAX_STOP_STRING_CHARS} characters",
+            param="stop",
+        )
     return tuple(s for s in value if s)
 
 
-def _int_list(body: dict[str, Any], name: str) -> list[int]:
+def _token_ids(body: dict[str, Any], name: str, vocab_size: int) -> frozenset[int]:
+    """Distinct ids within the vocabulary (an id beyond it cannot be sampled, and
+    banning it below `min_tokens` would fail the decode step)."""
     value = body.get(name) or []
     if not isinstance(value, list) or not all(_is_int(v) for v in value):
         raise InvalidRequest(f"`{name}` must be a list of integers", param=name)
-    return value
+    if any(not 0 <= v < vocab_size for v in value):
+        raise InvalidRequest(f"`{name}` must hold token ids in [0, {vocab_size})", param=name)
+    return frozenset(value)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _opt(body: dict[str, Any], name: str, kind: type, default: Any = None, prefix: str = "") -> Any:
+def opt(body: dict[str, Any], name: str, kind: type, default: Any = None, prefix: str = "") -> Any:
     """`body[name]` checked against `kind`; `default` when missing or null."""
     value = body.get(name)
     if value is None:

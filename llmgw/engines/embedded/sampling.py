@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +28,7 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
+    stop_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
     min_tokens: int = 0
     include_stop_str_in_output: bool = False
@@ -53,13 +52,14 @@ def select_token(
     logits: torch.Tensor,
     params: SamplingParams,
     rng: torch.Generator | None,
-    banned: Collection[int] = (),
+    banned: torch.Tensor | None = None,
 ) -> int:
-    """Pick the next token id from a 1-D float logits row of vocabulary size."""
+    """Pick the next token id from a 1-D float logits row of vocabulary size;
+    `banned` holds token ids (int64, within the row) that must not be picked."""
     logits = logits.float()
-    if banned:
+    if banned is not None and banned.numel():
         logits = logits.clone()
-        logits[list(banned)] = float("-inf")
+        logits[banned] = float("-inf")
     if params.greedy or rng is None:
         return int(torch.argmax(logits).item())
     logits = logits / params.temperature

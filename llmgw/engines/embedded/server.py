@@ -9,6 +9,10 @@ the same events a stream would carry, so both always agree.
 A request whose `model` names a loaded LoRA adapter runs with it and answers under
 that name, as in vLLM; /v1/models lists each adapter with `root` = its path and
 `parent` = the base model.
+
+Client-controlled work stays off the event loop and bounded: bodies above
+`--max-body-bytes` are refused (413) while they arrive, and prompts are rendered and
+tokenized in `PromptWorker` threads (see `prompts`), so /health always answers.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -38,20 +43,29 @@ from llmgw.engines.embedded.generator import RequestHandle
 from llmgw.engines.embedded.loader import LoadedModel
 from llmgw.engines.embedded.lora_layers import BASE_SLOT
 from llmgw.engines.embedded.metrics import engine_registry
+from llmgw.engines.embedded.prompts import PromptBuilder, PromptWorker
 from llmgw.engines.embedded.protocol import (
-    GenerationRequest,
-    chat_prompt_ids,
-    completion_prompt_ids,
-    generation_request,
     load_adapter_request,
     parse_body,
     requested_model,
     unload_adapter_name,
 )
 from llmgw.engines.embedded.responses import DONE, Kind, ResponseBuilder, sse
-from llmgw.errors import GatewayError
+from llmgw.errors import GatewayError, PayloadTooLarge
 
 log = logging.getLogger(__name__)
+
+# 4x the gateway's default `max_body_bytes`; orjson parses 32 MiB of its worst shape
+# (many short strings) in ~0.2 s on one slow core, the most the event loop may stall.
+DEFAULT_MAX_BODY_BYTES = 32 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """The operator's flags about client-controlled work (same names, vLLM's first)."""
+
+    trust_request_chat_template: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -107,17 +121,31 @@ class EngineServer:
     """
 
     def __init__(
-        self, loaded: LoadedModel, served_name: str, lora: LoRAOptions | None = None
+        self,
+        loaded: LoadedModel,
+        served_name: str,
+        lora: LoRAOptions | None = None,
+        options: RequestOptions | None = None,
     ) -> None:
         self._loaded = loaded
         self._generator = loaded.generator
         self._name = served_name
         self._loaded_at = int(time.time())
         self._lora = lora
+        self._options = options or RequestOptions()
+        self._prompts = PromptBuilder(
+            loaded.tokenizer,
+            max_model_len=loaded.max_model_len,
+            vocab_size=loaded.vocab_size,
+            trust_request_chat_template=self._options.trust_request_chat_template,
+        )
+        self._worker = PromptWorker()
         max_loras = lora.max_loras if lora is not None else 0
         self.adapters = AdapterManager(self._generator, loaded.adapters, served_name, max_loras)
         lora_stats = self._lora_stats if lora is not None else None
-        self.registry = engine_registry(self._generator.stats, served_name, lora_stats)
+        self.registry = engine_registry(
+            self._generator.stats, served_name, lora_stats, lambda: self._worker.preparing
+        )
 
     def app(self) -> Starlette:
         @asynccontextmanager
@@ -127,6 +155,7 @@ class EngineServer:
                 await self._load_static_adapters()
                 yield
             finally:
+                self._worker.close()
                 self._generator.close()
 
         routes = [
@@ -153,7 +182,7 @@ class EngineServer:
 
     async def load_lora_adapter(self, request: Request) -> Response:
         try:
-            body = load_adapter_request(parse_body(await request.body()))
+            body = load_adapter_request(parse_body(await self._body(request)))
             message = await self.adapters.load(body.lora_name, body.lora_path, body.load_inplace)
         except GatewayError as exc:
             return _error(exc)
@@ -161,7 +190,7 @@ class EngineServer:
 
     async def unload_lora_adapter(self, request: Request) -> Response:
         try:
-            name = unload_adapter_name(parse_body(await request.body()))
+            name = unload_adapter_name(parse_body(await self._body(request)))
             message = await self.adapters.unload(name)
         except GatewayError as exc:
             return _error(exc)
@@ -178,9 +207,10 @@ class EngineServer:
 
     async def _generate(self, request: Request, kind: Kind) -> Response:
         try:
-            body = parse_body(await request.body())
-            adapter = self.adapters.resolve(requested_model(body))
-            job = self._validate(body, kind)
+            body = parse_body(await self._body(request))
+            self.adapters.resolve(requested_model(body))  # an unknown model is 404 first
+            job = await self._worker.run(self._prompts, body, kind)
+            adapter = self.adapters.resolve(requested_model(body))  # may be unloaded now
         except GatewayError as exc:
             return _error(exc)
         request_id = request.headers.get("x-request-id")
@@ -201,13 +231,19 @@ class EngineServer:
             handle.abort()  # frees the batch slot unless the request already finished
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
-    def _validate(self, body: dict[str, Any], kind: Kind) -> GenerationRequest:
-        tokenizer = self._loaded.tokenizer
-        if kind == "chat":
-            prompt_ids, param = chat_prompt_ids(body, tokenizer), "messages"
-        else:
-            prompt_ids, param = completion_prompt_ids(body, tokenizer), "prompt"
-        return generation_request(body, prompt_ids, self._loaded.max_model_len, param)
+    async def _body(self, request: Request) -> bytes:
+        """The whole body, refused (413) as soon as it is known to exceed the limit."""
+        limit = self._options.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _stream(
         self, handle: RequestHandle, builder: ResponseBuilder, include_usage: bool
