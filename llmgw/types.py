@@ -62,6 +62,9 @@ class ReplicaAddress:
     url: str
     # The engine's KV cache event publisher (ZMQ, tcp://host:port), when it has one.
     kv_events: str | None = None
+    # SGLang prefill servers: the port the decode side fetches KV from (its host is the
+    # URL's).
+    bootstrap_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

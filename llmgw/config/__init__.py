@@ -6,6 +6,8 @@ across sections), the whole file (``gateway``) and loading (``load``). Data only
 besides reading the files.
 """
 
+from llmgw.config.aliases import AliasConfig, AliasTarget
+from llmgw.config.autoscaling import AutoscalingConfig, RolloutConfig
 from llmgw.config.base import ConfigError, EngineType, EngineURLs
 from llmgw.config.disagg import (
     SGLANG_BOOTSTRAP_PORT,
@@ -31,6 +33,10 @@ from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
 from llmgw.config.server import HealthConfig, ServerConfig
 
 __all__ = [
+    "AliasConfig",
+    "AliasTarget",
+    "AutoscalingConfig",
+    "RolloutConfig",
     "DEMO_ADAPTERS",
     "DEMO_SOURCE",
     "SGLANG_BOOTSTRAP_PORT",

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from llmgw.config.autoscaling import AutoscalingConfig
 from llmgw.config.base import EngineURLs, _Strict
 
 PDRole = Literal["prefill", "decode"]
@@ -20,6 +21,8 @@ class PDPoolConfig(_Strict):
 
     replicas: int | None = Field(default=None, ge=1, le=256)
     url: EngineURLs | None = None
+    # Launched pools: scale this pool on its own load instead of a fixed `replicas`.
+    autoscaling: AutoscalingConfig | None = None
     # The routing policy over this pool alone (llm-d's prefill / decode profiles).
     routing: str = "least-load"
     # Launched only: flags over the model's ``engine_args`` and variables over its
@@ -35,8 +38,9 @@ class PDPoolConfig(_Strict):
 
     @model_validator(mode="after")
     def _launch_or_attach(self) -> PDPoolConfig:
-        if (self.url is None) == (self.replicas is None):
-            raise ValueError("give either 'replicas' (launch) or 'url' (attach)")
+        if sum(x is not None for x in (self.url, self.replicas, self.autoscaling)) != 1:
+            raise ValueError("give one of 'replicas' or 'autoscaling' (launch) or 'url' "
+                             "(attach)")
         ports = self.bootstrap_port if isinstance(self.bootstrap_port, list) else \
             [self.bootstrap_port or SGLANG_BOOTSTRAP_PORT]
         if not all(1 <= port <= 65535 for port in ports):
@@ -50,7 +54,12 @@ class PDPoolConfig(_Strict):
 
     @property
     def count(self) -> int:
-        return len(self.url) if self.url is not None else (self.replicas or 1)
+        """Replicas at start: attached URLs, the fixed count, or autoscaling's initial."""
+        if self.url is not None:
+            return len(self.url)
+        if self.autoscaling is not None:
+            return self.autoscaling.start_replicas
+        return self.replicas or 1
 
     def bootstrap_port_of(self, index: int) -> int:
         """Where prefill replica ``index`` serves SGLang's KV bootstrap: launched replicas

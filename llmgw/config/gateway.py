@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from llmgw.config.aliases import AliasConfig
 from llmgw.config.base import _Strict
 from llmgw.config.model import ModelConfig
 from llmgw.config.routing import PolicyConfig
@@ -17,6 +18,8 @@ class GatewayConfig(_Strict):
     # Named routing policies; models refer to them (or to a built-in) by ``routing:``.
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
     models: list[ModelConfig] = Field(min_length=1)
+    # Served names over several models with weights (canaries, traffic splits).
+    aliases: list[AliasConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -32,4 +35,14 @@ class GatewayConfig(_Strict):
                     raise ValueError(f"models[{model.name}].lora: adapter name "
                                      f"{adapter.name!r} is already a model or adapter name")
                 seen.add(adapter.name)
+        models = {m.name for m in self.models}
+        for index, alias in enumerate(self.aliases):
+            if alias.name in seen:
+                raise ValueError(f"aliases[{index}].name: {alias.name!r} is already a model, "
+                                 f"adapter or alias name")
+            seen.add(alias.name)
+            for position, target in enumerate(alias.targets):
+                if target.model not in models:
+                    raise ValueError(f"aliases[{index}].targets[{position}].model: no model "
+                                     f"named {target.model!r}")
         return self

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from llmgw.config.autoscaling import AutoscalingConfig, RolloutConfig
 from llmgw.config.base import EngineType, EngineURLs, _Strict
 from llmgw.config.disagg import DisaggConfig, PDProtocol
 from llmgw.config.launch import LaunchConfig, TimeoutConfig
@@ -56,6 +57,11 @@ class ModelConfig(_Strict):
     # Prefill-decode disaggregation: separate prefill and decode pools instead of
     # `replicas` / `url` (see configs/disagg.yaml).
     disaggregation: DisaggConfig | None = None
+    # Launched models: scale on load between min_replicas and max_replicas instead of a
+    # fixed `replicas` (Ray Serve's knobs; see configs/autoscale.yaml).
+    autoscaling: AutoscalingConfig | None = None
+    # How replicas are replaced on reload and removed on scale-down.
+    rollout: RolloutConfig = RolloutConfig()
 
     @field_validator("kv_events_url", mode="before")
     @classmethod
@@ -92,9 +98,13 @@ class ModelConfig(_Strict):
                              f"({len(self.url)}), got {len(self.kv_events_url)}")
 
     def _launch_or_attach(self) -> None:
+        if self.replicas is not None and self.autoscaling is not None:
+            raise ValueError("give either 'replicas' (a fixed count) or 'autoscaling', "
+                             "not both")
         if self.url is not None:
-            if self.replicas is not None:
-                raise ValueError("give either 'url' (attach) or 'replicas' (launch), not both")
+            if self.replicas is not None or self.autoscaling is not None:
+                raise ValueError("give either 'url' (attach) or 'replicas' / 'autoscaling' "
+                                 "(launch), not both")
             if self.launch != LaunchConfig() or self.engine_args:
                 raise ValueError("'launch' and 'engine_args' apply to launched engines only, "
                                  "not to 'url' (attach)")
@@ -106,9 +116,11 @@ class ModelConfig(_Strict):
     def _pools_replace_replicas(self) -> None:
         pd = self.disaggregation
         assert pd is not None
-        if self.url is not None or self.replicas is not None or self.kv_events_url:
+        if self.url is not None or self.replicas is not None or self.kv_events_url \
+                or self.autoscaling is not None:
             raise ValueError("a disaggregated model gives its replicas under "
-                             "disaggregation.prefill and .decode, not 'replicas' or 'url'")
+                             "disaggregation.prefill and .decode, not 'replicas', "
+                             "'autoscaling' or 'url' (each pool has its own)")
         if not pd.launched:
             if self.launch != LaunchConfig() or self.engine_args:
                 raise ValueError("'launch' and 'engine_args' apply to launched engines only, "
@@ -144,7 +156,11 @@ class ModelConfig(_Strict):
     def replica_count(self) -> int:
         if self.disaggregation is not None:
             return self.disaggregation.prefill.count + self.disaggregation.decode.count
-        return len(self.url) if self.url is not None else (self.replicas or 1)
+        if self.url is not None:
+            return len(self.url)
+        if self.autoscaling is not None:
+            return self.autoscaling.start_replicas
+        return self.replicas or 1
 
     @property
     def replica_roles(self) -> list[Literal["mixed", "prefill", "decode"]]:

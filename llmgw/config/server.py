@@ -40,3 +40,7 @@ class HealthConfig(_Strict):
     timeout_s: float = Field(default=2.0, gt=0)
     # How often engines' own metrics (queue, KV usage, prefix cache) are scraped.
     stats_interval_s: float = Field(default=1.0, gt=0)
+    # A refused connection or an error answer takes a replica out at once; checks that
+    # only time out must fail this many times in a row (a live engine busy with a huge
+    # prompt answers late without being down).
+    failure_threshold: int = Field(default=3, ge=1, le=100)

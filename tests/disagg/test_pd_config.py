@@ -99,11 +99,11 @@ POOLS = {"prefill": {"replicas": 1}, "decode": {"replicas": 1}}
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    ({"replicas": 2, "disaggregation": POOLS}, "not 'replicas' or 'url'"),
+    ({"replicas": 2, "disaggregation": POOLS}, "not 'replicas', 'autoscaling' or 'url'"),
     ({"engine": "transformers", "disaggregation": POOLS}, "has no prefill-decode protocol"),
     ({"disaggregation": {"prefill": {"replicas": 1}}}, "disaggregation.decode: Field required"),
     ({"disaggregation": {"prefill": {"replicas": 1, "url": "http://p"},
-                         "decode": {"replicas": 1}}}, "either 'replicas' (launch) or 'url'"),
+                         "decode": {"replicas": 1}}}, "one of 'replicas' or 'autoscaling' (launch) or 'url'"),
     ({"disaggregation": {"prefill": {"url": "http://p"}, "decode": {"replicas": 1}}},
      "both launched ('replicas') or both attached"),
     ({"disaggregation": {"prefill": {"replicas": 1, "bootstrap_port": 8998},
