@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import psutil
 import pytest
 
@@ -101,6 +105,55 @@ def test_gateway_killed_hard_leaves_no_orphan_engines(launched: Server) -> None:
     for child in children:
         wait_until(lambda c=child: not c.is_running() or c.status() == psutil.STATUS_ZOMBIE,
                    10, f"engine {child.pid} to die with the gateway")
+
+
+def test_up_serves_a_model_named_like_a_hub_id(tmp_path: Path) -> None:
+    """`org/name` is what clients send; the replica keeps that id (metrics, headers) and
+    only its engine's log file name is made safe for the file system."""
+    config = {"models": [{"name": "org/name", "engine": "fake", "model": "fake",
+                          "replicas": 1}]}
+    gateway = start_gateway(config, tmp_path, timeout_s=60)
+    try:
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.with_raw_response.create(
+            model="org/name", messages=MESSAGES, max_tokens=2)  # type: ignore[arg-type]
+        assert reply.headers["x-llmgw-replica"] == "org/name-0"
+        assert reply.parse().choices[0].message.content == "tok0 tok1"
+        [engine] = engine_children(gateway)
+        log = Path(os.readlink(f"/proc/{engine.pid}/fd/1"))
+        assert log.name == "org_name-0.log"
+        assert 'llmgw_replica_healthy{model="org/name",replica="org/name-0"} 1.0' in \
+            httpx.get(gateway.url + "/metrics").text
+    finally:
+        gateway.stop()
+    shutil.rmtree(log.parent)  # the launcher's log directory, kept after a normal exit
+
+
+@pytest.mark.parametrize("drain_s", [0.5, 0])
+def test_sigterm_cuts_streams_open_past_drain_timeout(tmp_path: Path, drain_s: float) -> None:
+    """A drain shorter than a second is a drain, not "wait forever"; 0 does not wait."""
+    config = {"server": {"drain_timeout_s": drain_s},
+              "models": [{"name": "fake", "engine": "fake", "model": "fake", "replicas": 1,
+                          "engine_args": {"token_delay_ms": 50}}]}
+    gateway = start_gateway(config, tmp_path, timeout_s=60)
+    body = {"model": "fake", "messages": MESSAGES, "max_tokens": 2000, "stream": True}
+    received: list[bytes] = []
+    try:
+        # 2000 tokens at 50 ms: the stream would stay open for 100 s.
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body,
+                          timeout=120) as r:
+            chunks = r.iter_raw()
+            received.append(next(chunks))
+            signalled = time.monotonic()
+            gateway.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(httpx.HTTPError):
+                received.extend(chunks)
+        assert gateway.proc.wait(30) == 0
+        took = time.monotonic() - signalled
+    finally:
+        gateway.stop(signal.SIGKILL)
+    assert not b"".join(received).endswith(b"data: [DONE]\n\n")  # cut, not finished
+    assert drain_s <= took < 15, f"exited {took:.1f}s after SIGTERM, drain {drain_s}s"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
