@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -115,6 +116,12 @@ async def _up(cfg: GatewayConfig, log_level: str | None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
 
+    # Not part of `check`: whether the port is free is this moment's state, not the
+    # config's (`check` runs while the old gateway still serves there).
+    unusable = _cannot_listen(cfg.server.host, cfg.server.port)
+    if unusable is not None:
+        log.error("cannot listen on %s:%d: %s", cfg.server.host, cfg.server.port, unusable)
+        return 1
     launcher = LocalLauncher()
     try:
         addresses = await launcher.start(cfg)
@@ -141,6 +148,23 @@ async def _up(cfg: GatewayConfig, log_level: str | None) -> int:
     finally:
         log.info("stopping %d engine process(es)", len(launcher.processes))
         await asyncio.shield(launcher.stop())
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why uvicorn could not bind ``host:port`` (None: it can), found before any engine is
+    launched: bound as asyncio's create_server binds it, every address, SO_REUSEADDR."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # as create_server: no v4 on the v6 socket
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,25 @@
+"""`llmgw up` refuses, before launching any engine, to start where it cannot listen."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import ROOT
+
+
+def test_up_on_a_port_in_use_fails_before_launching_engines(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "busy.yaml"
+        config.write_text(f"server: {{host: 127.0.0.1, port: {port}}}\n"
+                          "models: [{name: m, engine: fake, model: fake, replicas: 1}]\n")
+        up = subprocess.run([sys.executable, "-m", "llmgw", "up", str(config)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert up.returncode == 1, up.stderr
+    assert f"cannot listen on 127.0.0.1:{port}:" in up.stderr
+    assert "starting m-0" not in up.stderr  # no engine was launched to be stopped again
