@@ -14,11 +14,13 @@ class ServerConfig(_Strict):
     port: int = Field(default=8000, ge=0, le=65535)
     # Bodies above this are refused with 413 before they are parsed.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    # On SIGTERM / Ctrl-C: stop accepting, let open requests finish for this long.
+    # On SIGTERM / Ctrl-C: stop accepting, let open requests finish for this long (seconds,
+    # fractions too), then cut those still open; 0 cuts them at once.
     drain_timeout_s: float = Field(default=30.0, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # Key for the admin API (/admin/...), sent as `Authorization: Bearer KEY`; the
     # environment variable LLMGW_ADMIN_KEY overrides it. Unset: the admin API refuses all.
+    # Never empty or blank (a templated secret left unset must not open the API).
     admin_key: str | None = None
     # Where runtime changes (adapters registered through the admin API) are kept, so a
     # restart or config reload keeps them.
