@@ -291,6 +291,13 @@ class LoraMetrics:
             self._m.lora_resident.labels(self.model, adapter, replica).set(
                 int(adapter in adapters))
 
+    def forget(self, adapter: str, replicas: list[str]) -> None:
+        """The adapter left the catalog: its gauges go, so no series claims it resident
+        or requested forever (its counters stay: they are totals)."""
+        self._m.lora_request_rate.remove(self.model, adapter)
+        for replica in replicas:
+            self._m.lora_resident.remove(self.model, adapter, replica)
+
     def drift(self, replica: str, amount: int) -> None:
         self._m.lora_drift.labels(self.model, replica).inc(amount)
 

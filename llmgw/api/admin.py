@@ -1,10 +1,13 @@
 """The admin API: LoRA adapters registered and removed at runtime. Every call needs
 ``Authorization: Bearer <admin key>`` (``server.admin_key`` or LLMGW_ADMIN_KEY); without
-a configured key the admin API refuses everything.
+a configured key (or with a blank one) the admin API refuses everything.
 
     GET    /admin/adapters          adapters, their base model, source and residency
     POST   /admin/adapters          {"model": base, "name": ..., "source": dir under roots}
-    DELETE /admin/adapters/{name}   unregister and unload everywhere
+    DELETE /admin/adapters/{name}   unregister; unloaded everywhere once its requests end
+
+Every answer is JSON; every error OpenAI-shaped, whatever the body (bounded by
+``server.max_body_bytes``). A change the state file cannot keep is not made (500).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from llmgw.api.body import read_limited
 from llmgw.api.errors import error_response
 from llmgw.dispatcher import Dispatcher
 from llmgw.errors import AdminRequestRejected, GatewayError, InvalidRequest, Unauthorized
-from llmgw.lora.catalog import Adapter, AdapterCatalog, CatalogError
+from llmgw.lora.catalog import Adapter, AdapterCatalog, CatalogError, StateNotSaved
 
 ADMIN_KEY_ENV = "LLMGW_ADMIN_KEY"
 
@@ -35,17 +39,25 @@ class RegisterAdapter(BaseModel):
 
 
 def admin_key(configured: str | None) -> str | None:
-    return os.environ.get(ADMIN_KEY_ENV) or configured
+    """The key in effect: LLMGW_ADMIN_KEY, else the config's. Blank is no key (the admin
+    API is then disabled), and surrounding whitespace is not part of a key (HTTP strips
+    it from the header anyway)."""
+    for candidate in (os.environ.get(ADMIN_KEY_ENV), configured):
+        if candidate is not None and candidate.strip():
+            return candidate.strip()
+    return None
 
 
 def _authorize(request: Request) -> None:
     key: str | None = request.app.state.admin_key
-    if key is None:
+    if key is None or not key.strip():
         raise Unauthorized("the admin API is disabled: set server.admin_key or "
                            f"{ADMIN_KEY_ENV}")
-    given = request.headers.get("authorization", "")
-    scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    # An empty token never authenticates, whatever the key compares equal to.
+    if scheme.lower() != "bearer" or not token \
+            or not hmac.compare_digest(token.encode(), key.strip().encode()):
         raise Unauthorized("missing or wrong admin key (Authorization: Bearer <key>)")
 
 
@@ -61,6 +73,23 @@ def _describe(dispatcher: Dispatcher, adapter: Adapter) -> dict[str, Any]:
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _parse_registration(body: bytes) -> RegisterAdapter:
+    try:
+        return RegisterAdapter.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        # A field name from the client's JSON (lone surrogates are refused as bad JSON).
+        param = ".".join(str(p) for p in first["loc"])[:200]
+        raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"],
+                             param=param or None) from None
+
+
+def _rejected(exc: CatalogError) -> GatewayError:
+    if isinstance(exc, StateNotSaved):  # the gateway's fault, not the request's
+        return GatewayError(exc.message)
+    return AdminRequestRejected(exc.message, status=exc.status, param=exc.param)
 
 
 async def list_adapters(request: Request) -> Response:
@@ -79,18 +108,13 @@ async def register_adapter(request: Request) -> Response:
     dispatcher: Dispatcher = request.app.state.dispatcher
     try:
         _authorize(request)
-        try:
-            spec = RegisterAdapter.model_validate_json(await request.body())
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"],
-                                 param=param) from None
+        spec = _parse_registration(
+            await read_limited(request, request.app.state.max_body_bytes))
         try:
             adapter = catalog.register(spec.model, spec.name, spec.source,
                                        reserved_names=dispatcher.groups)
         except CatalogError as exc:
-            raise AdminRequestRejected(exc.message, status=exc.status, param=exc.param) from None
+            raise _rejected(exc) from None
     except GatewayError as exc:
         return error_response(exc)
     return _json(_describe(dispatcher, adapter), 201)
@@ -99,17 +123,15 @@ async def register_adapter(request: Request) -> Response:
 async def remove_adapter(request: Request) -> Response:
     catalog: AdapterCatalog = request.app.state.catalog
     dispatcher: Dispatcher = request.app.state.dispatcher
-    name = request.path_params["name"]
     try:
         _authorize(request)
         try:
-            adapter = catalog.remove(name)
+            adapter = catalog.remove(request.path_params["name"])
         except CatalogError as exc:
-            raise AdminRequestRejected(exc.message, status=exc.status, param=exc.param) from None
+            raise _rejected(exc) from None
     except GatewayError as exc:
         return error_response(exc)
     group = dispatcher.groups.get(adapter.base)
     if group is not None and group.lora is not None:
-        await group.lora.residency.unload_everywhere(adapter.name)
-        group.lora.rates.forget(adapter.name)
+        await group.lora.remove(adapter)
     return _json({"name": adapter.name, "deleted": True})

@@ -43,6 +43,14 @@ class LoraGroup:
     async def ensure(self, replica_id: str, adapter: Adapter) -> Lease:
         return await self.residency.ensure(replica_id, adapter)
 
+    async def remove(self, adapter: Adapter) -> None:
+        """``adapter`` left the catalog: off the replicas (each once its requests there
+        end), its rate and its gauges gone. A later adapter of the same name starts
+        afresh."""
+        await self.residency.retire(adapter)
+        self.rates.forget(adapter.name)
+        self._metrics.forget(adapter.name, [r.id for r in self._replicas])
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"lora-{self.base}")
 

@@ -1,46 +1,116 @@
 """From config to the LoRA objects of a gateway: one catalog shared by all base models
-(adapter names are unique across them), one LoraGroup per model with ``lora:``."""
+(adapter names are unique across them), one LoraGroup per model with ``lora:``; and
+``check_lora``, what `llmgw check` (and `up`, before launching anything) refuses."""
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import aiohttp
 
-from llmgw.config import AdapterConfig, GatewayConfig, ModelConfig
+from llmgw.config import (
+    DEMO_ADAPTERS,
+    DEMO_SOURCE,
+    AdapterConfig,
+    ConfigError,
+    GatewayConfig,
+    ModelConfig,
+    demo_adapter_index,
+)
 from llmgw.engines.adapters import SGLANG_ADAPTER_API, VLLM_ADAPTER_API, AdapterClient
 from llmgw.lora.catalog import Adapter, AdapterCatalog
 from llmgw.lora.group import LoraGroup
 from llmgw.lora.rates import AdapterRates
 from llmgw.lora.residency import AdapterResidency
+from llmgw.lora.state import StateError, read_state
 from llmgw.metrics import LoraMetrics, Metrics
 from llmgw.pool import Replica
 
-DEMO_SOURCE = "demo"
-_DEMO_NAME = re.compile(r"^demo-lora-(\d+)$")
+STATE_FILE = "adapters.json"  # under server.state_dir
 
 
-def adapter_source(adapter: AdapterConfig) -> str:
-    """``demo`` -> the built-in demo adapter of that name, built offline on first use."""
+def check_lora(cfg: GatewayConfig) -> None:
+    """Raises ConfigError, naming the YAML path: a ``demo`` adapter that cannot be built,
+    or (when any model has ``lora:``) a state directory that cannot be written or a state
+    file that cannot be read. Reads the file system; creates nothing."""
+    for where, _, adapter in _adapters(cfg):
+        if adapter.source == DEMO_SOURCE:
+            _demo_index(adapter, where)
+    if any(m.lora is not None for m in cfg.models):
+        _check_state(state_path(cfg))
+
+
+def state_path(cfg: GatewayConfig) -> Path:
+    return Path(os.path.expanduser(cfg.server.state_dir)) / STATE_FILE
+
+
+def _adapters(cfg: GatewayConfig) -> list[tuple[str, ModelConfig, AdapterConfig]]:
+    """Each configured adapter with its YAML path and its model."""
+    return [(f"models[{i}].lora.adapters[{j}]", model, adapter)
+            for i, model in enumerate(cfg.models) if model.lora is not None
+            for j, adapter in enumerate(model.lora.adapters)]
+
+
+def _demo_index(adapter: AdapterConfig, where: str) -> int:
+    index = demo_adapter_index(adapter.name)
+    if index is None:
+        raise ConfigError(f"{where}: source 'demo' needs a name demo-lora-N with N in "
+                          f"0..{DEMO_ADAPTERS - 1} (the demo adapters up to N are built at "
+                          f"start), got {adapter.name!r}")
+    return index
+
+
+def _check_state(file: Path) -> None:
+    """An unwritable state directory is refused now rather than found by the first
+    admin change (which could not be kept, so would not be made)."""
+    problem = _unwritable(file.parent)
+    if problem is not None:
+        raise ConfigError(f"server.state_dir: {problem}")
+    try:
+        saved = read_state(file)
+    except StateError as exc:
+        raise ConfigError(f"server.state_dir: the adapter state file {exc}; fix or remove "
+                          "it") from None
+    if saved is not None and saved.problems:
+        raise ConfigError(f"server.state_dir: the adapter state file {file}: "
+                          f"{'; '.join(saved.problems)}; fix or remove it")
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why the gateway could not write files in ``directory`` (creating it), if it could
+    not."""
+    if directory.exists():
+        if not directory.is_dir():
+            return f"{directory} is not a directory"
+        return None if os.access(directory, os.W_OK | os.X_OK) \
+            else f"{directory} is not writable"
+    ancestor = next(p for p in directory.parents if p.exists())
+    if not ancestor.is_dir():
+        return f"{directory} cannot be created: {ancestor} is not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{directory} cannot be created: {ancestor} is not writable"
+    return None
+
+
+def adapter_source(adapter: AdapterConfig, where: str) -> str:
+    """``demo`` -> the built-in demo adapter of that name, built offline on first use.
+    Raises ConfigError for a demo name that cannot be built."""
     if adapter.source != DEMO_SOURCE:
         return os.path.expanduser(adapter.source)
-    match = _DEMO_NAME.match(adapter.name)
-    if match is None:
-        raise ValueError(f"adapter {adapter.name!r}: source 'demo' needs a name demo-lora-N")
+    index = _demo_index(adapter, where)
     from llmgw.engines.demo_lora import build_demo_adapters  # torch + peft: only when used
 
-    index = int(match.group(1))
     return str(build_demo_adapters(index + 1)[adapter.name])
 
 
 def make_catalog(config: GatewayConfig) -> AdapterCatalog:
-    configured = [Adapter(a.name, m.name, adapter_source(a))
-                  for m in config.models if m.lora for a in m.lora.adapters]
+    """Raises ConfigError (never a bare ValueError) for what check_lora refuses."""
+    configured = [Adapter(adapter.name, model.name, adapter_source(adapter, where))
+                  for where, model, adapter in _adapters(config)]
     roots = {m.name: list(m.lora.roots) for m in config.models if m.lora}
-    state = Path(os.path.expanduser(config.server.state_dir)) / "adapters.json"
-    return AdapterCatalog(configured, roots, state if roots else None)
+    return AdapterCatalog(configured, roots, state_path(config) if roots else None,
+                          reserved=[m.name for m in config.models])
 
 
 def make_lora_group(model: ModelConfig, replicas: list[Replica], catalog: AdapterCatalog,
@@ -53,7 +123,6 @@ def make_lora_group(model: ModelConfig, replicas: list[Replica], catalog: Adapte
     lora_metrics = LoraMetrics(metrics, model.name)
     residency = AdapterResidency(
         model.name, replicas, clients, lora.max_adapters_per_replica,
-        AdapterRates(lora.hotness.window_s), lora_metrics,
-        lambda: [a.name for a in catalog.for_base(model.name)],
+        AdapterRates(lora.hotness.window_s), lora_metrics, catalog,
         failure_cooldown_s=lora.failure_cooldown_s, load_timeout_s=lora.load_timeout_s)
     return LoraGroup(model.name, catalog, residency, replicas, lora.hotness, lora_metrics)

@@ -261,3 +261,103 @@ def test_hot_adapters_are_preloaded_on_more_replicas(tmp_path: Path) -> None:
 def test_launched_engines_are_started_with_lora(gateway: Server) -> None:
     for url in launched_engine_urls(gateway):
         assert 'max_lora="2"' in httpx.get(url + "/metrics").text
+
+
+def register(gateway: Server, name: str, source: str) -> None:
+    reply = httpx.post(gateway.url + "/admin/adapters", headers=ADMIN,
+                       json={"model": "demo", "name": name, "source": source})
+    assert reply.status_code == 201, reply.text
+
+
+def delete(gateway: Server, name: str) -> None:
+    reply = httpx.delete(gateway.url + "/admin/adapters/" + name, headers=ADMIN)
+    assert reply.status_code == 200, reply.text
+
+
+def listed(url: str) -> set[str]:
+    """The adapters an engine itself says it holds."""
+    return {m["id"] for m in httpx.get(url + "/v1/models").json()["data"] if m.get("parent")}
+
+
+def copy_demo(roots: Path, demo: str, as_name: str) -> None:
+    if not (roots / as_name).exists():
+        shutil.copytree(build_demo_adapters(len(ADAPTERS))[demo], roots / as_name)
+
+
+class LongStream:
+    """A streamed request that runs for ~2000 tokens: started, its first chunk read, then
+    left running while the test works; ``finish`` reads it to the end."""
+
+    def __init__(self, gateway: Server, model: str) -> None:
+        self._http = httpx.Client(timeout=120)
+        self._response = self._http.send(self._http.build_request(
+            "POST", gateway.url + "/v1/chat/completions", json={
+                "model": model, "messages": MESSAGES, "stream": True, "temperature": 0,
+                "max_tokens": 2000, "ignore_eos": True}), stream=True)
+        assert self._response.status_code == 200
+        self.replica = self._response.headers["x-llmgw-replica"]
+        self._lines = self._response.iter_lines()
+        assert next(line for line in self._lines if line.startswith("data: "))
+
+    def finish(self) -> list[str]:
+        rest = [line for line in self._lines if line.startswith("data: ")]
+        self._response.close()
+        self._http.close()
+        return rest
+
+
+def serves(url: str, name: str, expected: str) -> bool:
+    """The engine does not hold ``name``, or answers it with ``expected``."""
+    if name not in listed(url):
+        return True
+    reply = httpx.post(url + "/v1/chat/completions", json={
+        "model": name, "messages": MESSAGES, "max_tokens": 12, "temperature": 0}, timeout=60)
+    return reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == \
+        expected
+
+
+def test_a_new_source_under_a_deleted_name_is_served_while_the_old_one_still_runs(
+        gateway: Server, client: openai.OpenAI, roots: Path) -> None:
+    """Rolling out a new version of an adapter (DELETE + POST under the same name) under
+    traffic: from then on the name means the new weights, on every replica."""
+    copy_demo(roots, "demo-lora-1", "rollout-v1")
+    copy_demo(roots, "demo-lora-2", "rollout-v2")
+    old, new = chat(client, "demo-lora-1")[0], chat(client, "demo-lora-2")[0]
+    assert old != new
+    register(gateway, "rollout", "rollout-v1")
+    assert chat(client, "rollout")[0] == old
+    running = LongStream(gateway, "rollout")
+    where = engines(gateway)[running.replica]
+    delete(gateway, "rollout")
+    assert "rollout" in listed(where)  # in use when deleted (an idle one is unloaded at once)
+    register(gateway, "rollout", "rollout-v2")
+    assert [chat(client, "rollout")[0] for _ in range(3)] == [new] * 3
+    assert len(running.finish()) > 100
+    wait_until(lambda: all(serves(url, "rollout", new) for url in engines(gateway).values()),
+               30, "no engine to answer 'rollout' with the old weights")
+    assert [chat(client, "rollout")[0] for _ in range(4)] == [new] * 4
+
+
+def gauges(gateway: Server, adapter: str) -> list[str]:
+    """The per-adapter gauge series of ``adapter`` on the gateway's /metrics."""
+    return [line for line in httpx.get(gateway.url + "/metrics").text.splitlines()
+            if f'adapter="{adapter}"' in line and line.startswith(
+                ("llmgw_lora_adapter_resident{", "llmgw_lora_adapter_request_rate{"))]
+
+
+def test_an_adapter_deleted_while_in_use_is_unloaded_when_its_request_ends(
+        gateway: Server, roots: Path) -> None:
+    copy_demo(roots, "demo-lora-3", "leaving")
+    register(gateway, "leaving", "leaving")
+    running = LongStream(gateway, "leaving")
+    where = engines(gateway)[running.replica]
+    wait_until(lambda: {line.split("{")[0] for line in gauges(gateway, "leaving")} == {
+        "llmgw_lora_adapter_resident", "llmgw_lora_adapter_request_rate"}, 10,
+        "the gauges of 'leaving' (where it is resident, its request rate)")
+    delete(gateway, "leaving")
+    assert gauges(gateway, "leaving") == []  # it left the catalog: its series leave too
+    assert "leaving" in listed(where)  # its request still runs on it
+    assert len(running.finish()) > 100
+    wait_until(lambda: "leaving" not in listed(where), 30, "'leaving' to be unloaded")
+    assert all("leaving" not in listed(url) for url in engines(gateway).values())
+    assert "leaving" not in admin_listing(gateway) and gauges(gateway, "leaving") == []

@@ -6,14 +6,16 @@ engines."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from llmgw.engines.adapters import AdapterLoadError
-from llmgw.errors import AdapterLoadFailed
+from llmgw.errors import AdapterLoadFailed, ModelNotFound
 from llmgw.lora.catalog import Adapter, AdapterCatalog, CatalogError
 from llmgw.lora.hotness import plan_preloads
 from llmgw.lora.rates import AdapterRates
@@ -59,11 +61,22 @@ def test_runtime_changes_survive_a_new_catalog(tmp_path: Path) -> None:
     assert catalog(tmp_path, [root]).all() == []
 
 
+def test_a_configured_adapter_replaced_at_runtime_stays_replaced(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "good").mkdir(parents=True)
+    first = catalog(tmp_path, [root])
+    first.remove("a0")
+    first.register("m", "a0", "good")  # the same name, now from a runtime source
+    assert catalog(tmp_path, [root]).all() == [
+        Adapter("a0", "m", str(root / "good"), "runtime", 1)]
+
+
 class StubClient:
     """Records calls; ``load`` waits on ``gate`` so tests can hold loads in flight."""
 
     def __init__(self, fail: set[str] | None = None) -> None:
         self.loads: list[str] = []
+        self.sources: list[str] = []  # what each load read, in order
         self.unloads: list[str] = []
         self.fail = fail or set()
         self.gate = asyncio.Event()
@@ -74,6 +87,7 @@ class StubClient:
 
     async def load(self, name: str, source: str) -> None:
         self.loads.append(name)
+        self.sources.append(source)
         await self.gate.wait()
         if name in self.fail:
             raise AdapterLoadError("LoRA rank 32 is greater than max_lora_rank 16")
@@ -86,19 +100,24 @@ class StubClient:
         return None
 
 
-def residency(client: StubClient, slots: int = 2,
-              clock: list[float] | None = None) -> tuple[AdapterResidency, Replica]:
+def adapter(name: str) -> Adapter:
+    return Adapter(name, "m", f"/adapters/{name}")
+
+
+# Every adapter the residency tests ask for, as configured adapters of base model "m".
+NAMES = ["a", "b", "hot", "cold", "new", "third", "bad", *(f"a{i}" for i in range(12))]
+
+
+def residency(client: StubClient, slots: int = 2, clock: list[float] | None = None,
+              cat: AdapterCatalog | None = None) -> tuple[AdapterResidency, Replica]:
     metrics = Metrics()
     replica = Replica("r0", "m", None, ReplicaMetrics(metrics, "m", "r0", "p"))  # type: ignore[arg-type]
     now = clock or [0.0]
+    cat = cat or AdapterCatalog([adapter(n) for n in NAMES], {"m": []})
     res = AdapterResidency("m", [replica], {"r0": client}, slots,  # type: ignore[dict-item]
-                           AdapterRates(30), LoraMetrics(metrics, "m"), lambda: [],
+                           AdapterRates(30), LoraMetrics(metrics, "m"), cat,
                            failure_cooldown_s=30, load_timeout_s=0.2, clock=lambda: now[0])
     return res, replica
-
-
-def adapter(name: str) -> Adapter:
-    return Adapter(name, "m", f"/adapters/{name}")
 
 
 def test_concurrent_requests_share_one_load_and_routing_sees_it_early() -> None:
@@ -260,3 +279,225 @@ def test_churn_under_concurrency_with_residency_checks_never_breaks() -> None:
         assert failures == [] and slow.most <= 4
         assert res.resident("r0") == slow.held
     asyncio.run(run())
+
+
+# --- adapters removed or replaced at runtime (review #5) ---------------------------------
+
+
+def rollout_catalog(tmp_path: Path, *configured: Adapter) -> AdapterCatalog:
+    """A catalog whose runtime adapters come from two versions under one root."""
+    for version in ("v1", "v2"):
+        (tmp_path / "root" / version).mkdir(parents=True, exist_ok=True)
+    return AdapterCatalog(configured, {"m": [str(tmp_path / "root")]})
+
+
+def test_an_adapter_removed_while_in_use_is_unloaded_when_its_last_request_ends(
+        tmp_path: Path) -> None:
+    async def run() -> None:
+        client = StubClient()
+        cat = rollout_catalog(tmp_path)
+        res, replica = residency(client, cat=cat)
+        old = cat.register("m", "sql", "v1")
+        first, second = [await res.ensure("r0", old) for _ in range(2)]
+        await res.retire(cat.remove("sql"))
+        assert client.unloads == []  # in use: kept, but routing neither sees it nor its slot
+        assert (replica.adapters, replica.max_adapters) == (frozenset(), 1)
+        with pytest.raises(ModelNotFound, match="'sql' was removed"):
+            await res.ensure("r0", old)  # a request resolved before the removal, arriving late
+        first.release()
+        await res.settle()
+        assert client.unloads == []
+        second.release()  # the last request on it ends
+        await res.settle()
+        assert client.unloads == ["sql"] and res.resident("r0") == frozenset()
+        assert replica.max_adapters == 2
+    asyncio.run(run())
+
+
+def test_a_new_source_under_a_removed_name_never_serves_the_old_weights(
+        tmp_path: Path) -> None:
+    async def run() -> None:
+        client = StubClient()
+        cat = rollout_catalog(tmp_path)
+        res, _ = residency(client, cat=cat)
+        old = cat.register("m", "sql", "v1")
+        running = await res.ensure("r0", old)
+        await res.retire(cat.remove("sql"))
+        new = cat.register("m", "sql", "v2")
+        assert new != old
+        waiting = asyncio.create_task(res.ensure("r0", new))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # the engine knows one "sql": the old one must go first
+        running.release()
+        (await waiting).release()
+        root = tmp_path / "root"
+        assert client.sources == [str(root / "v1"), str(root / "v2")]
+        assert client.unloads == ["sql"] and res.holders("sql") == ["r0"]
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("waiter_leaves", [False, True], ids=["waiter-served", "waiter-gone"])
+def test_an_adapter_removed_while_it_loads_is_unloaded_after_the_load(
+        tmp_path: Path, waiter_leaves: bool) -> None:
+    async def run() -> None:
+        client = StubClient()
+        client.gate.clear()
+        cat = rollout_catalog(tmp_path)
+        res, _ = residency(client, cat=cat)
+        old = cat.register("m", "sql", "v1")
+        waiter = asyncio.create_task(res.ensure("r0", old))
+        await asyncio.sleep(0)
+        await res.retire(cat.remove("sql"))
+        if waiter_leaves:
+            waiter.cancel()
+        client.gate.set()
+        if not waiter_leaves:
+            (await waiter).release()  # accepted before the removal: served, then unloaded
+        await res.settle()
+        assert client.loads == ["sql"] and client.unloads == ["sql"]
+        assert res.resident("r0") == frozenset() and res.holders("sql") == []
+    asyncio.run(run())
+
+
+def test_a_failed_source_does_not_block_its_replacement(tmp_path: Path) -> None:
+    async def run() -> None:
+        client = StubClient(fail={"sql"})
+        cat = rollout_catalog(tmp_path)
+        res, _ = residency(client, cat=cat)
+        with pytest.raises(AdapterLoadFailed):
+            await res.ensure("r0", cat.register("m", "sql", "v1"))
+        await res.retire(cat.remove("sql"))
+        client.fail.clear()
+        (await res.ensure("r0", cat.register("m", "sql", "v2"))).release()
+        assert client.loads == ["sql", "sql"]  # no cooldown carried over to the new source
+    asyncio.run(run())
+
+
+def test_listed_adapters_are_trusted_only_when_their_weights_are_known(
+        tmp_path: Path) -> None:
+    async def run() -> None:
+        client = ListingClient()
+        cat = rollout_catalog(tmp_path, adapter("configured"))
+        res, _ = residency(client, slots=4, cat=cat)
+        mine = cat.register("m", "mine", "v1")
+        (await res.ensure("r0", mine)).release()
+        res.forget("r0")  # one failed health check; the engine kept its adapters
+        # Listed without this gateway loading them: a configured adapter (as an engine
+        # started with --lora-modules holds it) and a runtime one of unknown version.
+        client.held |= {"configured", "other"}
+        await res.reconcile("r0")
+        assert res.resident("r0") == {"mine", "configured"}
+        for name in ("mine", "configured"):
+            (await res.ensure("r0", cat.get(name))).release()  # type: ignore[arg-type]
+        (await res.ensure("r0", cat.register("m", "other", "v2"))).release()
+        assert client.loads == ["mine", "other"] and client.unloads == ["other"]
+    asyncio.run(run())
+
+
+class ListingClient(StubClient):
+    """A stub engine that lists what it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: set[str] = set()
+
+    async def load(self, name: str, source: str) -> None:
+        await super().load(name, source)
+        self.held.add(name)
+
+    async def unload(self, name: str) -> bool:
+        self.held.discard(name)
+        return await super().unload(name)
+
+    async def loaded(self) -> set[str] | None:
+        return set(self.held)
+
+
+# --- the state file: read defensively, written before a change takes effect ------------
+
+STATES: list[tuple[str, object, set[str]]] = [
+    ("list", [], {"a0"}),
+    ("null", None, {"a0"}),
+    ("string", "x", {"a0"}),
+    ("registered-list", {"registered": []}, {"a0"}),
+    ("entry-string", {"registered": {"x": "s"}}, {"a0"}),
+    ("entry-no-source", {"registered": {"x": {"base": "m"}}}, {"a0"}),
+    ("entry-source-number", {"registered": {"x": {"base": "m", "source": 5}}}, {"a0"}),
+    ("removed-string", {"removed": "a0"}, {"a0"}),
+    ("removed-number", {"removed": [1, "a0"]}, set()),
+    ("bad-name", {"registered": {"../x": {"base": "m", "source": "{root}/good"}}}, {"a0"}),
+    ("model-name", {"registered": {"m": {"base": "m", "source": "{root}/good"}}}, {"a0"}),
+    ("unknown-base", {"registered": {"x": {"base": "gone", "source": "{root}/good"}}},
+     {"a0"}),
+    ("outside-roots", {"registered": {"x": {"base": "m", "source": "{tmp}/outside"}}},
+     {"a0"}),
+    ("missing-dir", {"registered": {"x": {"base": "m", "source": "{root}/missing"}}},
+     {"a0"}),
+    ("nul-byte", {"registered": {"x": {"base": "m", "source": "{root}/good\u0000"}}},
+     {"a0"}),
+    ("good-beside-bad", {"registered": {"g": {"base": "m", "source": "{root}/good"},
+                                        "x": "s"}}, {"a0", "g"}),
+]
+
+
+@pytest.mark.parametrize(("state", "names"), [s[1:] for s in STATES],
+                         ids=[s[0] for s in STATES])
+def test_a_wrong_state_file_is_logged_and_ignored_entry_by_entry(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, state: object,
+        names: set[str]) -> None:
+    root = tmp_path / "root"
+    (root / "good").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    text = json.dumps(state).replace("{root}", str(root)).replace("{tmp}", str(tmp_path))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "adapters.json").write_text(text)
+    cat = AdapterCatalog([Adapter("a0", "m", "/x")], {"m": [str(root)]},
+                         tmp_path / "state" / "adapters.json", reserved=["m"])
+    assert {a.name for a in cat.all()} == names
+    assert "ignored" in caplog.text and str(tmp_path / "state" / "adapters.json") in caplog.text
+
+
+def test_runtime_entries_follow_the_current_roots(tmp_path: Path) -> None:
+    """Narrowing lora.roots in the config stops adapters registered under the old roots."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    (old / "a").mkdir(parents=True)
+    (new / "b").mkdir(parents=True)
+    state = tmp_path / "adapters.json"
+    AdapterCatalog([], {"m": [str(old), str(new)]}, state).register("m", "a", "a")
+    AdapterCatalog([], {"m": [str(new)]}, state).register("m", "b", "b")
+    assert {a.name for a in AdapterCatalog([], {"m": [str(new)]}, state).all()} == {"b"}
+
+
+def unwritable(tmp_path: Path) -> Path:
+    """A state file whose directory cannot exist: its parent is a regular file (root
+    writes anywhere, so permissions would not do)."""
+    (tmp_path / "file").write_text("")
+    return tmp_path / "file" / "state" / "adapters.json"
+
+
+def test_a_change_that_cannot_be_saved_is_not_made(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "good").mkdir(parents=True)
+    cat = AdapterCatalog([Adapter("a0", "m", "/x")], {"m": [str(root)]}, unwritable(tmp_path))
+    changes: list[Callable[[], Adapter]] = [lambda: cat.register("m", "g", "good"),
+                                            lambda: cat.remove("a0")]
+    for change in changes:
+        with pytest.raises(CatalogError, match="NOT made.*cannot write the adapter state "
+                                               f"file {tmp_path}/file/state/adapters.json"
+                           ) as info:
+            change()
+        assert info.value.status == 500
+        assert [a.name for a in cat.all()] == ["a0"]
+
+
+@pytest.mark.parametrize(("source", "words"), [
+    ("good\u0000x", "NUL"),
+    ("a" * 3000, "cannot be used"),
+    ("\ud800", "cannot be used"),
+], ids=["nul", "name-too-long", "lone-surrogate"])
+def test_unusable_sources_are_400s(tmp_path: Path, source: str, words: str) -> None:
+    root = tmp_path / "root"
+    (root / "good").mkdir(parents=True)
+    with pytest.raises(CatalogError, match=words) as info:
+        catalog(tmp_path, [root]).register("m", "x", source)
+    assert info.value.status == 400 and info.value.param == "source"
