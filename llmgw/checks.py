@@ -2,8 +2,9 @@
 exactly this, so whatever `check` accepts, `up` starts.
 
 Pydantic (llmgw.config) checks the shape of the data. This adds what needs the registries
-(policy and plugin names), the launch tables (engine flags, the engine's Python) and this
-machine's files (model, tokenizer and adapter directories). Nothing here starts a process,
+(policy and plugin names), the launch tables (engine flags, the engine's Python), this
+machine's files (model, tokenizer and adapter directories) and the LoRA side (demo
+adapters, the adapter state file and its directory). Nothing here starts a process,
 opens a socket or downloads; each check is cheap enough to run on every test's config too.
 """
 
@@ -14,6 +15,7 @@ import re
 
 from llmgw.build import check_config, reads_kv_events
 from llmgw.config import DEMO_SOURCE, ConfigError, GatewayConfig
+from llmgw.lora.setup import check_lora
 from llmgw.placement.commands import DEMO_MODEL, check_launchable
 
 # A Hugging Face repo id: `name` or `org/name`, as huggingface_hub validates them.
@@ -26,6 +28,7 @@ def validate(cfg: GatewayConfig) -> None:
     check_config(cfg)
     check_launchable(cfg)
     check_local_sources(cfg)
+    check_lora(cfg)
 
 
 def check_local_sources(cfg: GatewayConfig) -> None:

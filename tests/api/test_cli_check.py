@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT
-from tests.unit.test_check import BAD_CONFIGS
+from tests.unit.test_check import BAD_CONFIGS, write_case
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -18,15 +18,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, cwd=ROOT, timeout=120)
 
 
-@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in BAD_CONFIGS],
+@pytest.mark.parametrize(("text", "expected", "files"), [c[1:] for c in BAD_CONFIGS],
                          ids=[c[0] for c in BAD_CONFIGS])
 def test_check_and_up_refuse_alike_before_launching(
-    tmp_path: Path, text: str, expected: str,
+    tmp_path: Path, text: str, expected: str, files: dict[str, str],
 ) -> None:
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
+    path = write_case(tmp_path, text, files)
     check, up = run_cli("check", str(path)), run_cli("up", str(path))
     assert (check.returncode, check.stdout) == (2, ""), check.stderr
-    assert expected in check.stderr
+    assert expected.replace("{tmp}", str(tmp_path)) in check.stderr
     assert up.returncode == 2, up.stderr
     assert up.stderr == check.stderr  # the same validation, nothing else in between
