@@ -85,7 +85,8 @@ models:
         ("models:\n  - {name: a, url: 'ftp://x'}\n",
          "bad.yaml: models[0].url: must be an http(s) URL, got 'ftp://x'"),
         ("models:\n  - {name: a, url: 'http://x', replicas: 2}\n",
-         "bad.yaml: models[0]: give either 'url' (attach) or 'replicas' / 'autoscaling' (launch), not both"),
+         "bad.yaml: models[0]: give either 'url' (attach) or 'replicas' / 'autoscaling' "
+         "(launch), not both"),
         ("models: []\n", "bad.yaml: models: List should have at least 1 item"),
         ("server: {port: http}\nmodels:\n  - {name: a, model: x}\n",
          "bad.yaml: server.port: Input should be a valid integer"),
