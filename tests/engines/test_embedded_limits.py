@@ -19,6 +19,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from llmgw.engines.demo_model import ensure_demo_model
+from llmgw.engines.embedded.__main__ import parse_args
+from llmgw.engines.embedded.server import DEFAULT_MAX_BODY_BYTES
+from llmgw.placement.commands import engine_args_to_flags
 from llmgw.protocol import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS
 from tests.engines.test_embedded_server import _poll
 from tests.support import Server, free_port
@@ -69,6 +72,19 @@ def _client(server: Server) -> openai.OpenAI:
 def _error(response: httpx.Response) -> dict[str, Any]:
     error: dict[str, Any] = response.json()["error"]
     return error
+
+
+def test_gateway_engine_args_reach_the_flags() -> None:
+    """`engine_args: {trust_request_chat_template: true}` means the same to vLLM and to
+    the embedded engine."""
+    default = parse_args(["--model", "demo"])
+    flags = engine_args_to_flags({"trust_request_chat_template": True, "max_body_bytes": 4096})
+    trusting = parse_args(["--model", "demo", *flags])
+    assert (default.trust_request_chat_template, default.max_body_bytes) == (
+        False,
+        DEFAULT_MAX_BODY_BYTES,
+    )
+    assert (trusting.trust_request_chat_template, trusting.max_body_bytes) == (True, 4096)
 
 
 TEMPLATE_FIELDS = {

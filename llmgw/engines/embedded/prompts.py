@@ -1,7 +1,7 @@
 """A request body as a `GenerationRequest`: chat template, length bound, tokenizer.
 
 Everything here is work whose size the client controls, so it runs in `PromptWorker`'s
-threads, never on the engine's event loop (a 8 MB prompt tokenizes for seconds; a
+threads, never on the engine's event loop (an 8 MB prompt tokenizes for seconds; a
 template can loop for ever). The tokenizer releases the GIL while it encodes and Jinja
 gives it up every switch interval, so /health keeps answering meanwhile.
 
@@ -42,6 +42,8 @@ def prompt_char_bound(tokenizer: Any, max_model_len: int) -> int:
     SentencePiece writes the piece itself or `<0xNN>` for a single byte, and added
     tokens match their own text. So `max_model_len` tokens hold at most
     `max_model_len * longest string` characters, times the normalizer slack above.
+    (A tokenizer that deletes characters, or fuses a run of unknown ones into one
+    `<unk>`, could fit more; generative models' tokenizers do neither.)
     """
     longest = max((len(piece) for piece in tokenizer.get_vocab()), default=1)
     return max_model_len * longest * _NORMALIZER_SLACK
