@@ -345,6 +345,9 @@ class AdapterResidency:
         busy = {name for rid, name in [*self._loading, *self._unloading] if rid == replica_id}
         held = self._resident[replica_id]
         believed, listed = set(held) - busy, loaded - busy
+        for rid, name in [k for k in self._loaded_as if k[0] == replica_id]:
+            if name not in loaded and name not in busy:  # gone from the engine
+                del self._loaded_as[(rid, name)]
         drift = len(believed ^ listed)
         if not drift:
             return
@@ -353,7 +356,6 @@ class AdapterResidency:
         self.metrics.drift(replica_id, drift)
         for name in believed - listed:
             del held[name]
-            self._loaded_as.pop((replica_id, name), None)
         for name in sorted(listed - believed):
             held[name] = identity = self._identity(replica_id, name)
             held.move_to_end(name, last=False)  # unknown recency: evict first

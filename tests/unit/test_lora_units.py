@@ -394,6 +394,22 @@ def test_listed_adapters_are_trusted_only_when_their_weights_are_known(
     asyncio.run(run())
 
 
+def test_an_adapter_removed_during_a_health_blip_is_unloaded_when_listed_again(
+        tmp_path: Path) -> None:
+    async def run() -> None:
+        client = ListingClient()
+        cat = rollout_catalog(tmp_path)
+        res, _ = residency(client, cat=cat)
+        (await res.ensure("r0", cat.register("m", "gone", "v1"))).release()
+        res.forget("r0")  # the replica missed a health check; the engine kept "gone"
+        await res.retire(cat.remove("gone"))
+        assert client.unloads == []  # nothing believed there to unload
+        await res.reconcile("r0")  # back: the engine lists it, known as the removed one
+        await res.settle()
+        assert client.unloads == ["gone"] and client.held == set()
+    asyncio.run(run())
+
+
 class ListingClient(StubClient):
     """A stub engine that lists what it holds."""
 
