@@ -43,7 +43,7 @@ class TextAssembler:
         self._read_offset = len(self._ids)
         self._stop = stop
         self._by_last_char: dict[str, list[str]] = {}
-        for s in stop:
+        for s in filter(None, stop):  # the protocol drops empty ones already
             self._by_last_char.setdefault(s[-1], []).append(s)
         self._include_stop = include_stop
         self._holdback = max((len(s) for s in stop), default=1) - 1
