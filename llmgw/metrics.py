@@ -6,6 +6,8 @@ and never carry request ids.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from llmgw.types import EngineStats
@@ -178,8 +180,67 @@ class Metrics:
             "step) plus one decode step: an upper bound on the transfer time.",
             ["model"], buckets=_LATENCY_S, registry=r)
 
+        self.fleet = FleetFamilies(r)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def forget_replica(self, model: str, replica: str) -> None:
+        """Remove every series of a replica that left the fleet, in every family that
+        has a ``replica`` label (engine gauges, LoRA residency, KV events, routing)."""
+        families = [*vars(self).values(), *vars(self.fleet).values()]
+        for family in families:
+            if isinstance(family, Counter | Gauge | Histogram):
+                for labels in _replica_label_sets(family, model, replica):
+                    with contextlib.suppress(KeyError):
+                        family.remove(*labels)
+
+
+def _replica_label_sets(family: Counter | Gauge | Histogram, model: str,
+                        replica: str) -> set[tuple[str, ...]]:
+    """The label values of ``family``'s children for one replica, read from its samples
+    (in label order; a histogram bucket's ``le`` is not a label of the child)."""
+    found = set()
+    for metric in family.collect():
+        for sample in metric.samples:
+            labels = sample.labels
+            if labels.get("replica") == replica and labels.get("model") == model:
+                found.add(tuple(v for k, v in labels.items() if k != "le"))
+    return found
+
+
+class FleetFamilies:
+    """Replicas coming and going: the autoscaler's wishes and acts, scale-from-zero
+    queues, starts, reloads and traffic splits."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        pool = ["model", "pool"]
+        self.replicas = Gauge(
+            "llmgw_fleet_replicas", "Replicas by lifecycle state (starting, ready, "
+            "draining) per model and pool (mixed, prefill, decode).", [*pool, "state"],
+            registry=r)
+        self.desired = Gauge(
+            "llmgw_autoscaler_desired_replicas", "Replicas the autoscaler (or the config) "
+            "wants per pool.", pool, registry=r)
+        self.decisions = Counter(
+            "llmgw_autoscaler_decisions", "Scaling acts by direction (up/down) and reason "
+            "(load, kv_pressure, engine_queue, cold_start, idle).",
+            [*pool, "direction", "reason"], registry=r)
+        self.starts = Counter(
+            "llmgw_replica_starts", "Replica launches by result (ok/failed).",
+            [*pool, "result"], registry=r)
+        self.start_duration = Histogram(
+            "llmgw_replica_start_duration_seconds", "Time from launching a replica to its "
+            "engine answering health checks.", pool, buckets=_LATENCY_S, registry=r)
+        self.queued = Gauge(
+            "llmgw_queued_requests", "Requests waiting for a replica of a model scaled to "
+            "zero (or whose first replica starts).", ["model"], registry=r)
+        self.reloads = Counter(
+            "llmgw_config_reloads", "Config reloads by result (applied/refused).",
+            ["result"], registry=r)
+        self.split_requests = Counter(
+            "llmgw_alias_requests", "Requests to an alias (traffic split) by the model "
+            "they were sent to.", ["alias", "target"], registry=r)
 
 
 class ModelMetrics:
@@ -214,6 +275,7 @@ class ReplicaMetrics:
     """The per-replica children, bound once per replica."""
 
     def __init__(self, metrics: Metrics, model: str, replica: str, policy: str) -> None:
+        self._metrics, self._model, self._replica = metrics, model, replica
         self.in_flight = metrics.replica_in_flight.labels(model, replica)
         self.healthy = metrics.replica_healthy.labels(model, replica)
         self.routed = metrics.routing_decisions.labels(model, policy, replica)
@@ -225,6 +287,10 @@ class ReplicaMetrics:
                        metrics.engine_prefix_hits.labels(model, replica),
                        metrics.engine_prefix_queries.labels(model, replica),
                        metrics.engine_kv_capacity.labels(model, replica))
+
+    def set_policy(self, policy: str) -> None:
+        """The model's routing changed (reload): picks count under the new policy."""
+        self.routed = self._metrics.routing_decisions.labels(self._model, policy, self._replica)
 
     def record_engine(self, stats: EngineStats) -> None:
         values = (stats.running, stats.waiting, stats.kv_usage, stats.prefix_cache_hits,
@@ -319,3 +385,42 @@ class PDMetrics:
             child = self._paths[(path, reason)] = self._m.pd_requests.labels(
                 self.model, path, reason)
         child.inc()
+
+
+class FleetMetrics:
+    """What the fleet reports; pools are ``mixed``, ``prefill`` or ``decode``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._f = metrics.fleet
+        self._pools: set[tuple[str, str]] = set()
+
+    def desired(self, model: str, pool: str, replicas: int) -> None:
+        self._f.desired.labels(model, pool).set(replicas)
+
+    def decided(self, model: str, pool: str, direction: str, reason: str) -> None:
+        self._f.decisions.labels(model, pool, direction, reason).inc()
+
+    def started(self, model: str, pool: str, *, ok: bool, seconds: float | None = None) -> None:
+        self._f.starts.labels(model, pool, "ok" if ok else "failed").inc()
+        if seconds is not None:
+            self._f.start_duration.labels(model, pool).observe(seconds)
+
+    def reloaded(self, *, ok: bool) -> None:
+        self._f.reloads.labels("applied" if ok else "refused").inc()
+
+    def counts(self, counts: dict[tuple[str, str], dict[str, int]],
+               queued: dict[str, int]) -> None:
+        """Replicas per (model, pool) and state, and queued requests per model; series of
+        pools and models that are gone are removed."""
+        for (model, pool), states in counts.items():
+            for state in ("starting", "ready", "draining"):
+                self._f.replicas.labels(model, pool, state).set(states.get(state, 0))
+        for model, pool in self._pools - set(counts):
+            for state in ("starting", "ready", "draining"):
+                with contextlib.suppress(KeyError):
+                    self._f.replicas.remove(model, pool, state)
+            with contextlib.suppress(KeyError):
+                self._f.desired.remove(model, pool)
+        self._pools = set(counts)
+        for model, waiting in queued.items():
+            self._f.queued.labels(model).set(waiting)
