@@ -5,13 +5,16 @@ The only module that reads both the config and the plugin registries.
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine
+from typing import Any
 
 import aiohttp
 import zmq.asyncio
 
 from llmgw.config import ConfigError, GatewayConfig, ModelConfig, PDPoolConfig, PDRole
+from llmgw.config.autoscaling import AutoscalingConfig
 from llmgw.disagg.assemble import make_disaggregation
 from llmgw.dispatcher import Dispatcher, ModelGroup
 from llmgw.engines.embedded_client import EmbeddedEngine, FakeEngineClient
@@ -20,8 +23,7 @@ from llmgw.engines.prompt_tokens import PromptTokenizer
 from llmgw.engines.sglang import SGLangEngine
 from llmgw.engines.vllm import VLLMEngine
 from llmgw.kv_events import KVEventStream, KVEventSubscriber
-from llmgw.lora.group import LoraGroup
-from llmgw.lora.setup import make_catalog, make_lora_group
+from llmgw.lora.setup import configured_adapters, lora_roots, make_catalog, make_lora_group
 from llmgw.metrics import (
     KVEventMetrics,
     Metrics,
@@ -30,10 +32,11 @@ from llmgw.metrics import (
     ReplicaMetrics,
     ShadowMetrics,
 )
-from llmgw.pool import Replica, ReplicaPool
+from llmgw.pool import Replica, ReplicaPool, ReplicaWait
 from llmgw.routing.base import RoutingPolicy
 from llmgw.routing.kv_block_index import KVBlockIndex
 from llmgw.routing.registry import make_policy, policy_names, policy_spec, uses_kv_index
+from llmgw.routing.traffic_split import TrafficSplit
 from llmgw.shadow import Shadow
 from llmgw.types import ReplicaAddress, Role
 
@@ -95,6 +98,13 @@ def _check_kv_routing(cfg: GatewayConfig, index: int, model: ModelConfig) -> Non
             f"model's tokenizer: give 'tokenizer' (a path or hub id) or 'model'")
 
 
+def make_splits(cfg: GatewayConfig, rng: random.Random) -> dict[str, TrafficSplit]:
+    """``aliases:`` as traffic splits, by served name."""
+    return {alias.name: TrafficSplit(alias.name, [(t.model, t.weight) for t in alias.targets],
+                                     random.Random(rng.random()))
+            for alias in cfg.aliases}
+
+
 def load_tokenizer(model: ModelConfig) -> PromptTokenizer:
     source = model.tokenizer or model.model
     assert source is not None  # check_config
@@ -102,78 +112,257 @@ def load_tokenizer(model: ModelConfig) -> PromptTokenizer:
         from llmgw.engines.demo_model import ensure_demo_model
 
         source = str(ensure_demo_model())
-    return PromptTokenizer.load(source)
+    return PromptTokenizer.load(source, trust_request_chat_template=_trusts_templates(model))
+
+
+def _trusts_templates(model: ModelConfig) -> bool:
+    """The operator let the engines run request-supplied chat templates (vLLM's
+    --trust-request-chat-template): then the gateway's tokenizer may render them too. A
+    disaggregated model's pools must all trust them."""
+    flag = "trust_request_chat_template"
+    args = [model.engine_args, *(pool.engine_args for _, pool in _pools(model))]
+    return all(bool({**model.engine_args, **a}.get(flag, False)) for a in args)
+
+
+def _scales_to_zero(model: ModelConfig) -> AutoscalingConfig | None:
+    """The autoscaling of the pool that answers requests, when it may sit at zero."""
+    pd = model.disaggregation
+    scaling = pd.decode.autoscaling if pd is not None else model.autoscaling
+    return scaling if scaling is not None and scaling.min_replicas == 0 else None
+
+
+class KVFeeds:
+    """Per model, the KV block index its engines' events feed (vLLM KV events), with one
+    subscription per replica that publishes: opened as a replica joins, closed as it
+    leaves. The index outlives routing changes (it mirrors the engines, not the config)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._zmq = zmq.asyncio.Context()
+        self.indexes: dict[str, KVBlockIndex] = {}
+        self._subscribers: dict[str, KVEventSubscriber] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    def index(self, model: str) -> KVBlockIndex:
+        return self.indexes.setdefault(model, KVBlockIndex())
+
+    def added(self, replica: Replica) -> None:
+        url = replica.address.kv_events
+        if url is None or replica.model not in self.indexes:
+            return
+        stream = KVEventStream(replica.id, self.indexes[replica.model],
+                               KVEventMetrics(self._metrics, replica.model, replica.id))
+        subscriber = KVEventSubscriber(url, stream, self._zmq)
+        self._subscribers[replica.id] = subscriber
+        subscriber.start()
+
+    def removed(self, replica: Replica) -> None:
+        subscriber = self._subscribers.pop(replica.id, None)
+        if subscriber is not None:
+            task = asyncio.ensure_future(subscriber.stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+        index = self.indexes.get(replica.model)
+        if index is not None:
+            index.clear(replica.id)
+
+    async def close(self) -> None:
+        for subscriber in self._subscribers.values():
+            await subscriber.stop()
+        for task in list(self._stopping):
+            await task
+        self._zmq.term()
+
+
+class SeriesCleanup:
+    """A replica that left takes its metric series with it (gauges would otherwise show
+    it forever, and label sets pile up with every scale-down and rollout)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def added(self, replica: Replica) -> None:
+        return None
+
+    def removed(self, replica: Replica) -> None:
+        self._metrics.forget_replica(replica.model, replica.id)
 
 
 class Gateway:
-    """Everything a running gateway owns. Build it inside the event loop that serves it."""
+    """Everything a running gateway owns. Build it inside the event loop that serves it.
 
-    def __init__(
-        self, config: GatewayConfig, addresses: Mapping[str, Sequence[ReplicaAddress]],
-        *, rng: random.Random | None = None, metrics: Metrics | None = None,
-    ) -> None:
+    Models come and go at run time (llmgw/fleet): ``add_model`` builds a model's group
+    (policies, LoRA, PD) with no replica, ``serve`` exposes it, ``wire`` / ``unwire`` add
+    and remove replicas through the pool, ``replace_group`` rebuilds a model's group
+    around the same replicas (routing or limits changed), ``retire_model`` hides it.
+    """
+
+    def __init__(self, config: GatewayConfig, *, rng: random.Random | None = None,
+                 metrics: Metrics | None = None) -> None:
         check_config(config)
         self.config = config
         self.metrics = metrics or Metrics()
-        rng = rng or random.Random(0)
+        self._rng = rng or random.Random(0)
         # One connection pool for all engines; keep-alive connections are the main saving
         # of a proxy's per-request cost. No limit: admission is the engines' business.
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
             auto_decompress=False, raise_for_status=False,
         )
-        self._zmq = zmq.asyncio.Context()
-        self.kv_subscribers: list[KVEventSubscriber] = []
         self.catalog = make_catalog(config)
-        groups: dict[str, ModelGroup] = {}
-        for model in config.models:
-            replicas = [
-                Replica(addr.id, model.name, self._engine(model, addr.url),
-                        ReplicaMetrics(self.metrics, model.name, addr.id, _routing(model, role)),
-                        role=role)
-                for addr, role in zip(addresses[model.name], model.replica_roles, strict=True)
-            ]
-            kv_index = self._subscribe(model, addresses[model.name]) \
-                if reads_kv_events(config, model) else None
+        self.pool = ReplicaPool(interval_s=config.health.interval_s,
+                                stats_interval_s=config.health.stats_interval_s,
+                                failure_threshold=config.health.failure_threshold)
+        self.dispatcher = Dispatcher(
+            {}, ModelMetrics(self.metrics, "unknown"), splits=make_splits(config, self._rng),
+            split_counter=lambda alias, target:
+                self.metrics.fleet.split_requests.labels(alias, target).inc())
+        self.kv = KVFeeds(self.metrics)
+        self._series = SeriesCleanup(self.metrics)
+        self._groups: dict[str, ModelGroup] = {}
+        self._started = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
-            def policy(name: str, kv_index: KVBlockIndex | None = kv_index,
-                       lora: bool = model.lora is not None) -> RoutingPolicy:
-                return make_policy(name, random.Random(rng.random()), config.policies, kv_index,
-                                   lora=lora)
+    @property
+    def models(self) -> set[str]:
+        return set(self._groups)
 
-            # A disaggregated model's own policy routes among its decode replicas.
-            live_name = _routing(model, "decode" if model.disaggregation else "mixed")
-            live = policy(live_name)
-            groups[model.name] = ModelGroup(
-                name=model.name, upstream_model=model.upstream_model, replicas=replicas,
-                policy=live,
-                policy_name=live_name, timeouts=model.timeouts,
-                max_attempts=model.max_attempts, metrics=ModelMetrics(self.metrics, model.name),
-                shadows=[Shadow(name, policy(name), ShadowMetrics(self.metrics, model.name, name))
-                         for name in model.shadow],
-                tokenizer=load_tokenizer(model) if kv_index is not None else None,
-                lora=make_lora_group(model, replicas, self.catalog, self.session, self.metrics)
-                if model.lora is not None else None,
-                disagg=make_disaggregation(
-                    model, replicas, policy(_routing(model, "prefill")), live,
-                    PDMetrics(self.metrics, model.name), random.Random(rng.random()))
-                if model.disaggregation is not None else None,
-            )
-        self.pool = ReplicaPool(
-            [r for g in groups.values() for r in g.replicas], interval_s=config.health.interval_s,
-            stats_interval_s=config.health.stats_interval_s,
+    def model_config(self, name: str) -> ModelConfig:
+        return next(m for m in self.config.models if m.name == name)
+
+    # --- models ---------------------------------------------------------------------
+
+    def add_model(self, model: ModelConfig) -> ModelGroup:
+        """Build ``model``'s group, listening for its replicas; not served yet."""
+        old = self._groups.get(model.name)
+        if old is not None:  # re-added while its old self still drains: cut it loose
+            self.pool.unwatch(model.name, old)
+        else:
+            self.pool.watch(model.name, self.kv)
+            self.pool.watch(model.name, self._series)
+        group = self._groups[model.name] = self._group(model)
+        self.pool.watch(model.name, group)
+        return group
+
+    def serve(self, group: ModelGroup) -> None:
+        self.dispatcher.groups[group.name] = group
+
+    def retire_model(self, name: str) -> None:
+        """New requests for ``name`` get 404; requests in flight finish."""
+        self.dispatcher.groups.pop(name, None)
+
+    def forget_model(self, name: str) -> None:
+        """After a retired model's replicas all left: drop what it kept."""
+        if name in self.dispatcher.groups:  # added again meanwhile
+            return
+        group = self._groups.pop(name, None)
+        if group is not None:
+            self.pool.unwatch(name, group)
+            self._close_group(group)
+        self.pool.unwatch(name, self.kv)
+        self.pool.unwatch(name, self._series)
+        self.kv.indexes.pop(name, None)
+
+    def replace_group(self, model: ModelConfig) -> ModelGroup:
+        """The same replicas under a group built from ``model`` (routing, policies,
+        limits, LoRA or PD settings changed). Requests in flight finish with the old
+        group; routing memory (prefix index, sessions) starts fresh with the new policy,
+        the KV block index and adapter residency carry over from the engines."""
+        old = self._groups[model.name]
+        group = self._groups[model.name] = self._group(model)
+        for replica in self.pool.replicas(model.name):
+            replica.metrics.set_policy(_routing(model, replica.role))
+            group.added(replica)
+        self.pool.unwatch(model.name, old)
+        self.pool.watch(model.name, group)
+        if model.name in self.dispatcher.groups:
+            self.dispatcher.groups[model.name] = group
+        self._close_group(old)
+        return group
+
+    def reconfigure(self, config: GatewayConfig) -> None:
+        """Settings outside the models that apply at once (health, aliases)."""
+        self.config = config
+        self.pool.configure(interval_s=config.health.interval_s,
+                            stats_interval_s=config.health.stats_interval_s,
+                            failure_threshold=config.health.failure_threshold)
+        self.dispatcher.splits = make_splits(config, self._rng)
+        gone = self.catalog.reconfigure(configured_adapters(config), lora_roots(config),
+                                        [m.name for m in config.models])
+        for adapter in gone:  # off their replicas as their last requests end
+            group = self._groups.get(adapter.base)
+            if group is not None and group.lora is not None:
+                self._spawn(group.lora.remove(adapter))
+
+    # --- replicas -------------------------------------------------------------------
+
+    def wire(self, model: str, address: ReplicaAddress, role: Role, version: str,
+             healthy: bool) -> Replica:
+        """Put a started replica in rotation; ``healthy`` when its launcher just saw it
+        answer (an attached engine waits for the first health check)."""
+        cfg = self.model_config(model)
+        replica = Replica(
+            address.id, model, self._engine(cfg, address.url),
+            ReplicaMetrics(self.metrics, model, address.id, _routing(cfg, role)),
+            role=role, version=version, address=address)
+        if healthy:
+            replica.set_health(True)
+        self.pool.add(replica)
+        return replica
+
+    def unwire(self, replica_id: str) -> None:
+        if self.pool.get(replica_id) is not None:
+            self.pool.remove(replica_id)
+
+    def count_restart(self, model: str, replica_id: str) -> None:
+        replica = self.pool.get(replica_id)
+        if replica is not None:
+            replica.metrics.restarts.inc()
+
+    # --- building -------------------------------------------------------------------
+
+    def _group(self, model: ModelConfig) -> ModelGroup:
+        kv_index = self.kv.index(model.name) if reads_kv_events(self.config, model) else None
+        rng, policies = self._rng, self.config.policies
+
+        def policy(name: str) -> RoutingPolicy:
+            return make_policy(name, random.Random(rng.random()), policies, kv_index,
+                               lora=model.lora is not None)
+
+        # A disaggregated model's own policy routes among its decode replicas.
+        live_name = _routing(model, "decode" if model.disaggregation else "mixed")
+        live = policy(live_name)
+        scaling = _scales_to_zero(model)
+        group = ModelGroup(
+            name=model.name, upstream_model=model.upstream_model, engine=ENGINES[model.engine],
+            policy=live, policy_name=live_name, timeouts=model.timeouts,
+            max_attempts=model.max_attempts, metrics=ModelMetrics(self.metrics, model.name),
+            shadows=[Shadow(name, policy(name), ShadowMetrics(self.metrics, model.name, name))
+                     for name in model.shadow],
+            tokenizer=load_tokenizer(model) if kv_index is not None else None,
+            lora=make_lora_group(model, self.catalog, self.session, self.metrics)
+            if model.lora is not None else None,
+            disagg=make_disaggregation(
+                model, policy(_routing(model, "prefill")), live,
+                PDMetrics(self.metrics, model.name), random.Random(rng.random()))
+            if model.disaggregation is not None else None,
+            waiter=ReplicaWait(model.name, scaling.max_queued_requests,
+                               scaling.queue_timeout_s) if scaling is not None else None,
         )
-        self.dispatcher = Dispatcher(groups, ModelMetrics(self.metrics, "unknown"))
+        if self._started and group.lora is not None:
+            group.lora.start()
+        return group
 
-    def _subscribe(self, model: ModelConfig, addresses: Sequence[ReplicaAddress]) -> KVBlockIndex:
-        """One index per model, fed by every replica's KV event publisher."""
-        index = KVBlockIndex()
-        for addr in addresses:
-            if addr.kv_events is not None:
-                stream = KVEventStream(addr.id, index,
-                                       KVEventMetrics(self.metrics, model.name, addr.id))
-                self.kv_subscribers.append(KVEventSubscriber(addr.kv_events, stream, self._zmq))
-        return index
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _close_group(self, group: ModelGroup) -> None:
+        if group.lora is not None:
+            group.lora.stop_soon()
+        if group.tokenizer is not None:
+            group.tokenizer.close()
 
     def _engine(self, model: ModelConfig, url: str) -> OpenAIHTTPEngine:
         return ENGINES[model.engine](
@@ -181,28 +370,25 @@ class Gateway:
             health_timeout_s=self.config.health.timeout_s,
         )
 
-    def count_restart(self, model: str, replica_id: str) -> None:
-        self.dispatcher.group(model).replica(replica_id).metrics.restarts.inc()
+    # --- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        for subscriber in self.kv_subscribers:
-            subscriber.start()
+        self._started = True
         await self.pool.check_all()
         self.pool.start()
-        for group in self.lora_groups():
-            group.start()
-
-    def lora_groups(self) -> list[LoraGroup]:
-        return [g.lora for g in self.dispatcher.groups.values() if g.lora is not None]
+        for group in self._groups.values():
+            if group.lora is not None:
+                group.lora.start()
 
     async def close(self) -> None:
-        for lora in self.lora_groups():
-            await lora.stop()
+        if self.session.closed:  # closed already (the app's lifespan, then the CLI)
+            return
+        for group in self._groups.values():
+            if group.lora is not None:
+                await group.lora.stop()
         await self.pool.stop()
-        for subscriber in self.kv_subscribers:
-            await subscriber.stop()
-        self._zmq.term()
-        for group in self.dispatcher.groups.values():
+        await self.kv.close()
+        for group in self._groups.values():
             if group.tokenizer is not None:
                 group.tokenizer.close()
         await self.session.close()

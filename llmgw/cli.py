@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -11,8 +12,12 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from llmgw.config import ConfigError, GatewayConfig, load_config
+
+if TYPE_CHECKING:
+    from llmgw.fleet.reload import Reloader
 
 log = logging.getLogger("llmgw")
 
@@ -33,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         cfg = _load(args.configs, args.host, args.port)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_up(cfg, args.log_level))
+            return runner.run(_up(cfg, args.configs, _overrides(args.host, args.port),
+                                  args.log_level))
     except ConfigError as exc:
         print(f"llmgw: invalid config:\n{exc}", file=sys.stderr)
         return 2
@@ -74,12 +80,22 @@ def _load(paths: Sequence[str], host: str | None, port: int | None) -> GatewayCo
     """The config `check` reports on and `up` starts: both run the same validation."""
     from llmgw.checks import validate
 
-    cfg = load_config(paths)
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    if overrides:
-        cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=overrides)})
+    cfg = _overrides(host, port)(load_config(paths))
     validate(cfg)
     return cfg
+
+
+def _overrides(host: str | None,
+               port: int | None) -> Callable[[GatewayConfig], GatewayConfig]:
+    """The command line's --host / --port over a config (reloads keep them too)."""
+    given = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+
+    def apply(cfg: GatewayConfig) -> GatewayConfig:
+        if not given:
+            return cfg
+        return cfg.model_copy(update={"server": cfg.server.model_copy(update=given)})
+
+    return apply
 
 
 def _check(paths: Sequence[str]) -> int:
@@ -95,12 +111,18 @@ def _check(paths: Sequence[str]) -> int:
     return 0
 
 
-async def _up(cfg: GatewayConfig, log_level: str | None) -> int:
+async def _up(cfg: GatewayConfig, paths: Sequence[str],
+              overrides: Callable[[GatewayConfig], GatewayConfig],
+              log_level: str | None) -> int:
     import uvicorn
 
     from llmgw.api.app import create_app
     from llmgw.build import Gateway
-    from llmgw.placement.local import LaunchError, LocalLauncher
+    from llmgw.checks import validate
+    from llmgw.fleet.controller import Fleet
+    from llmgw.fleet.reload import Reloader
+    from llmgw.placement.base import LaunchError
+    from llmgw.placement.local import LocalLauncher
 
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -122,13 +144,14 @@ async def _up(cfg: GatewayConfig, log_level: str | None) -> int:
     if unusable is not None:
         log.error("cannot listen on %s:%d: %s", cfg.server.host, cfg.server.port, unusable)
         return 1
-    launcher = LocalLauncher()
+    gateway = Gateway(cfg)
+    fleet = Fleet(gateway, LocalLauncher())
+    reloader = Reloader(fleet, paths, validate, overrides)
     try:
-        addresses = await launcher.start(cfg)
-        gateway = Gateway(cfg, addresses)
-        launcher.on_restart = gateway.count_restart
+        await fleet.start()
+        loop.add_signal_handler(signal.SIGHUP, lambda: fleet.spawn(_reload(reloader)))
         server = uvicorn.Server(uvicorn.Config(
-            create_app(gateway), host=cfg.server.host, port=cfg.server.port,
+            create_app(gateway, fleet, reloader), host=cfg.server.host, port=cfg.server.port,
             log_level=log_level or cfg.server.log_level, access_log=False,
             # Seconds as given: uvicorn hands it to asyncio.wait_for, where 0.5 waits half a
             # second and 0 not at all (None would wait for every open stream, however long).
@@ -146,8 +169,10 @@ async def _up(cfg: GatewayConfig, log_level: str | None) -> int:
         log.info("interrupted while starting engines")
         return 130
     finally:
-        log.info("stopping %d engine process(es)", len(launcher.processes))
-        await asyncio.shield(launcher.stop())
+        loop.remove_signal_handler(signal.SIGHUP)
+        log.info("stopping %d engine process(es)", len(gateway.pool.all()))
+        await asyncio.shield(fleet.close())
+        await asyncio.shield(gateway.close())
 
 
 def _cannot_listen(host: str, port: int) -> str | None:
@@ -165,6 +190,12 @@ def _cannot_listen(host: str, port: int) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
+
+
+async def _reload(reloader: Reloader) -> None:
+    """SIGHUP: the outcome is logged (and shown by GET /admin/status)."""
+    with contextlib.suppress(ConfigError):
+        await reloader.reload()
 
 
 if __name__ == "__main__":

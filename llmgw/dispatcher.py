@@ -18,7 +18,7 @@ import orjson
 
 from llmgw.config import TimeoutConfig
 from llmgw.disagg.orchestrator import Disaggregation
-from llmgw.engines.base import UpstreamResponse
+from llmgw.engines.base import Engine, UpstreamResponse
 from llmgw.engines.prompt_tokens import PromptTokenizer
 from llmgw.errors import (
     GatewayError,
@@ -34,10 +34,12 @@ from llmgw.lora.catalog import Adapter
 from llmgw.lora.group import LoraGroup
 from llmgw.lora.residency import Lease, SlotsBusy
 from llmgw.metrics import ModelMetrics
-from llmgw.pool import Replica
+from llmgw.pool import Replica, ReplicaWait
 from llmgw.routing.base import Decision, Need, RoutingPolicy
+from llmgw.routing.session import session_key
+from llmgw.routing.traffic_split import TrafficSplit
 from llmgw.shadow import Shadow
-from llmgw.types import Outcome, RequestContext
+from llmgw.types import Outcome, ReplicaView, RequestContext
 
 log = logging.getLogger("llmgw.dispatcher")
 
@@ -51,11 +53,17 @@ _USAGE_MARK = b'"choices":[]'
 
 @dataclass
 class ModelGroup:
-    """One served model name -> its replicas and the policy that picks among them."""
+    """One served model name -> its replicas and the policy that picks among them.
+
+    Replicas join and leave at run time: the group is the pool's membership listener
+    for its model (``added`` / ``removed``) and passes each change on to whatever it
+    keeps per replica (policies' memories, LoRA residency, the PD pools). The request
+    path reads ``replicas`` afresh on every request."""
 
     name: str
     upstream_model: str
-    replicas: list[Replica]
+    # The engine client class: what it adds to request bodies (``body_fields``).
+    engine: type[Engine]
     policy: RoutingPolicy
     policy_name: str
     timeouts: TimeoutConfig
@@ -70,6 +78,9 @@ class ModelGroup:
     # Prefill-decode disaggregation: prefill and decode pools among ``replicas``; then
     # ``policy`` is the decode pool's.
     disagg: Disaggregation | None = None
+    # Requests wait here while the model has no routable replica (scaled to zero).
+    waiter: ReplicaWait | None = None
+    replicas: list[Replica] = field(default_factory=list)
     _by_id: dict[str, Replica] = field(init=False, repr=False)
     # What the live and shadow policies need computed per request.
     needs: frozenset[Need] = field(init=False)
@@ -82,6 +93,34 @@ class ModelGroup:
 
     def replica(self, replica_id: str) -> Replica:
         return self._by_id[replica_id]
+
+    def views(self) -> list[ReplicaView]:
+        """The replicas a request may go to now: ready (not draining) and healthy."""
+        return [r.view() for r in self.replicas if r.routable]
+
+    def routable(self) -> bool:
+        return any(r.routable and r.role != "prefill" for r in self.replicas)
+
+    def added(self, replica: Replica) -> None:
+        self.replicas.append(replica)
+        self._by_id[replica.id] = replica
+        if self.lora is not None:
+            self.lora.added(replica)
+        if self.disagg is not None:
+            self.disagg.added(replica)
+        if self.waiter is not None:
+            self.waiter.notify()
+
+    def removed(self, replica: Replica) -> None:
+        if self._by_id.pop(replica.id, None) is None:
+            return
+        self.replicas.remove(replica)
+        for policy in (self.policy, *(s.policy for s in self.shadows)):
+            policy.forget(replica.id)
+        if self.lora is not None:
+            self.lora.removed(replica)
+        if self.disagg is not None:
+            self.disagg.removed(replica)
 
 
 class Exchange:
@@ -202,11 +241,26 @@ class Dispatcher:
     def __init__(
         self, groups: Mapping[str, ModelGroup], unknown_model: ModelMetrics,
         clock: Callable[[], float] = time.perf_counter,
+        splits: Mapping[str, TrafficSplit] | None = None,
+        split_counter: Callable[[str, str], None] = lambda alias, target: None,
     ) -> None:
         self.groups = dict(groups)
         # Requests for models that do not exist are counted under one bounded label.
         self.unknown_model = unknown_model
         self._clock = clock
+        # Served names that split traffic over several models (``aliases:``).
+        self.splits: dict[str, TrafficSplit] = dict(splits or {})
+        self._split_counter = split_counter
+
+    def target(self, model: str, headers: Mapping[str, str], body: Mapping[str, Any]) -> str:
+        """The model a request for ``model`` goes to: itself, or for an alias the target
+        its session sticks to (weighted at random without a session)."""
+        split = self.splits.get(model)
+        if split is None:
+            return model
+        target = split.pick(session_key(headers, body))
+        self._split_counter(model, target)
+        return target
 
     def group(self, model: str) -> ModelGroup:
         try:
@@ -247,7 +301,7 @@ class Dispatcher:
         """The client's bytes unless the engine must see something else."""
         rename = adapter is not None or parsed.get("model") != group.upstream_model
         force_usage = stream and not wants_usage
-        engine_fields = group.replicas[0].engine.body_fields(upstream_id)
+        engine_fields = group.engine.body_fields(upstream_id)
         if not rename and not force_usage and not engine_fields:
             return body
         patched = {**parsed, **engine_fields}
@@ -267,12 +321,15 @@ class Dispatcher:
                                  "rewrite it (at most 254 levels)") from None
 
     async def open(self, ctx: RequestContext, group: ModelGroup, body: bytes,
-                   upstream_id: str, explain: bool = False) -> Exchange:
+                   upstream_id: str, explain: bool = False,
+                   adapter: Adapter | None = None) -> Exchange:
         """Pick a replica and send the request; try the next ranked replica when one cannot
         be reached or fails before answering. Nothing reached the client yet, so failover
         is safe here and nowhere later."""
         started = self._clock()
         deadline = _deadline(group.timeouts)
+        if group.waiter is not None and not group.routable():  # scaled to zero: wait
+            await group.waiter.wait(group.routable)
         if group.disagg is not None:  # two legs on two pools; the decode leg comes back
             opened = await group.disagg.open(ctx, PATHS[ctx.endpoint], body, upstream_id,
                                              deadline, explain)
@@ -280,14 +337,15 @@ class Dispatcher:
                                 upstream_id)
             exchange.decision = opened.decision
             return exchange
-        views = [r.view() for r in group.replicas if r.healthy]
+        views = group.views()
         decision = group.policy.explain(ctx, views) if explain else None
         ranked = [group.replica(v.id) for v in (
             decision.ranked if decision is not None else group.policy.rank(ctx, views))]
         if not ranked:
             raise NoReplica(f"no healthy replica for model '{group.name}'; retry shortly")
         error: UpstreamError | NoReplica | None = None
-        adapter = group.lora.adapter(ctx.adapter) if group.lora and ctx.adapter else None
+        if adapter is None and group.lora and ctx.adapter:
+            adapter = group.lora.adapter(ctx.adapter)
         for attempt, replica in enumerate(ranked[: group.max_attempts]):
             if attempt:
                 replica.metrics.retries.inc()
@@ -332,7 +390,7 @@ class Dispatcher:
         """The policy's decision with its reasons, without sending anything."""
         if group.disagg is not None:
             return group.disagg.explain(ctx)
-        return group.policy.explain(ctx, [r.view() for r in group.replicas if r.healthy])
+        return group.policy.explain(ctx, group.views())
 
     def record_failure(self, model: str, endpoint: str, error: GatewayError | None,
                        status: int, started: float) -> None:

@@ -1,8 +1,21 @@
-"""Replicas and their health: the only owner of mutable per-replica state.
+"""Replicas, their health and their membership: the only owner of per-replica state.
 
 A :class:`Replica` counts its own in-flight requests and health; routing sees only the
-frozen :class:`ReplicaView` it hands out. The pool's loop checks health on an interval, so
-a dead replica leaves rotation within one interval (sooner when a request fails to connect).
+frozen :class:`ReplicaView` it hands out. Membership changes at run time: placement
+backends (the local launcher, Ray) start replicas and hand them to the pool, and take
+them away through a drain. Every table keyed by replica elsewhere (routing indexes,
+LoRA residency, KV-event subscriptions, metric series) follows through the
+:class:`MembershipListener` each owner registers, so none keeps a replica that left.
+
+Lifecycle of a member::
+
+    starting --add--> ready --drain--> draining --remove--> stopped
+                       (in rotation)    (no new requests; in-flight ones finish)
+
+A replica is routable while it is ready and healthy. Health is checked on an interval:
+a refused connection or an error answer takes a replica out at once; a check that only
+timed out counts, and ``failure_threshold`` in a row are needed, because a live engine
+busy with a huge prompt answers slowly without being down.
 """
 
 from __future__ import annotations
@@ -10,24 +23,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
-from llmgw.engines.base import Engine
+from llmgw.engines.base import Engine, Health
+from llmgw.errors import NoReplica
 from llmgw.metrics import ReplicaMetrics
-from llmgw.types import EngineStats, ReplicaView, Role
+from llmgw.types import EngineStats, ReplicaAddress, ReplicaView, Role
 
 log = logging.getLogger("llmgw.pool")
+
+ReplicaState = Literal["starting", "ready", "draining", "stopped"]
 
 
 class Replica:
     """One engine server behind a model. Mutated only from the event loop thread."""
 
     __slots__ = ("id", "model", "engine", "role", "healthy", "in_flight", "metrics", "stats",
-                 "adapters", "max_adapters")
+                 "adapters", "max_adapters", "state", "version", "address", "timeouts",
+                 "_idle")
 
     def __init__(
         self, id: str, model: str, engine: Engine, metrics: ReplicaMetrics, *,
-        role: Role = "mixed",
+        role: Role = "mixed", version: str = "", address: ReplicaAddress | None = None,
     ) -> None:
         self.id = id
         self.model = model
@@ -40,8 +60,20 @@ class Replica:
         # LoRA adapters the engine holds and its slots, kept by llmgw.lora.residency.
         self.adapters: frozenset[str] = frozenset()
         self.max_adapters = 0
+        self.state: ReplicaState = "ready"
+        # What the replica was launched from (a digest of its engine settings): a rollout
+        # replaces the replicas whose version differs from the config's.
+        self.version = version
+        # Where it serves, as its launcher reported (KV events, SGLang's bootstrap port).
+        self.address = address or ReplicaAddress(id, engine.url)
+        self.timeouts = 0  # consecutive health checks that timed out
+        self._idle: asyncio.Event | None = None
         metrics.in_flight.set(0)
         metrics.healthy.set(0)
+
+    @property
+    def routable(self) -> bool:
+        return self.healthy and self.state == "ready"
 
     def view(self) -> ReplicaView:
         return ReplicaView(
@@ -59,6 +91,23 @@ class Replica:
     def release(self) -> None:
         self.in_flight -= 1
         self.metrics.in_flight.dec()
+        if self.in_flight <= 0 and self._idle is not None:
+            self._idle.set()
+
+    async def idle(self, timeout_s: float) -> bool:
+        """Wait until no request is open on the replica; False when ``timeout_s`` passed
+        first."""
+        if self.in_flight <= 0:
+            return True
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        self._idle.clear()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def set_stats(self, stats: EngineStats | None) -> None:
         # Stale numbers are worse than none: a replica whose stats cannot be read
@@ -68,39 +117,131 @@ class Replica:
             self.metrics.record_engine(stats)
 
     def set_health(self, healthy: bool) -> None:
+        if healthy:
+            self.timeouts = 0
         if healthy != self.healthy:
             log.info("replica %s/%s is %s", self.model, self.id, "up" if healthy else "down")
             self.healthy = healthy
             self.metrics.healthy.set(int(healthy))
 
+    def checked(self, health: Health, failure_threshold: int) -> None:
+        """Apply one health check's result."""
+        if health == "timeout":
+            self.timeouts += 1
+            if self.timeouts >= failure_threshold:
+                self.set_health(False)
+        else:
+            self.set_health(health == "ok")
+
+
+class MembershipListener(Protocol):
+    """Whoever keeps something per replica of a model. Called on the event loop, in
+    membership order: ``added`` when a replica enters rotation, ``removed`` once it has
+    left for good (drained, or dead and given up). Must not raise."""
+
+    def added(self, replica: Replica) -> None: ...
+
+    def removed(self, replica: Replica) -> None: ...
+
+
+@dataclass(slots=True)
+class Pending:
+    """A replica being started: no address yet (a Ray actor learns its own once placed)."""
+
+    id: str
+    model: str
+    role: Role
+    version: str
+    since: float
+
 
 class ReplicaPool:
-    """All replicas of all models, with a background health loop."""
+    """Every replica of every model, with background health and stats loops."""
 
-    def __init__(self, replicas: Iterable[Replica], *, interval_s: float,
-                 stats_interval_s: float) -> None:
-        self._by_model: dict[str, list[Replica]] = {}
-        for replica in replicas:
-            self._by_model.setdefault(replica.model, []).append(replica)
+    def __init__(self, *, interval_s: float, stats_interval_s: float,
+                 failure_threshold: int = 3,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._members: dict[str, Replica] = {}
+        self._pending: dict[str, Pending] = {}
+        self._listeners: dict[str, list[MembershipListener]] = {}
         self._interval = interval_s
         self._stats_interval = stats_interval_s
+        self.failure_threshold = failure_threshold
+        self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
 
+    # --- membership -----------------------------------------------------------------
+
+    def watch(self, model: str, listener: MembershipListener) -> None:
+        self._listeners.setdefault(model, []).append(listener)
+
+    def unwatch(self, model: str, listener: MembershipListener) -> None:
+        listeners = self._listeners.get(model, [])
+        if listener in listeners:
+            listeners.remove(listener)
+
+    def starting(self, model: str, replica_id: str, role: Role, version: str = "") -> None:
+        self._pending[replica_id] = Pending(replica_id, model, role, version, self._clock())
+
+    def start_failed(self, replica_id: str) -> None:
+        self._pending.pop(replica_id, None)
+
+    def add(self, replica: Replica) -> None:
+        """Put a started replica in rotation (it serves once a health check passes)."""
+        if replica.id in self._members:
+            raise ValueError(f"replica {replica.id!r} is already a member")
+        self._pending.pop(replica.id, None)
+        replica.state = "ready"
+        self._members[replica.id] = replica
+        for listener in self._listeners.get(replica.model, ()):
+            listener.added(replica)
+
+    async def drain(self, replica_id: str, timeout_s: float) -> bool:
+        """Take the replica out of rotation and wait for its open requests and streams to
+        finish, up to ``timeout_s``; True when it went idle in time. It stays a member
+        (health-checked, counted) until ``remove``."""
+        replica = self._members[replica_id]
+        replica.state = "draining"
+        return await replica.idle(timeout_s)
+
+    def remove(self, replica_id: str) -> Replica:
+        """Forget a member for good; every listener drops what it kept for it."""
+        replica = self._members.pop(replica_id)
+        replica.state = "stopped"
+        for listener in self._listeners.get(replica.model, ()):
+            listener.removed(replica)
+        return replica
+
+    def get(self, replica_id: str) -> Replica | None:
+        return self._members.get(replica_id)
+
     def replicas(self, model: str) -> list[Replica]:
-        return self._by_model.get(model, [])
+        return [r for r in self._members.values() if r.model == model]
+
+    def pending(self, model: str) -> list[Pending]:
+        return [p for p in self._pending.values() if p.model == model]
 
     def all(self) -> list[Replica]:
-        return [r for group in self._by_model.values() for r in group]
+        return list(self._members.values())
 
     def ready(self, model: str) -> bool:
         # Prefill replicas alone cannot answer a request; a decode or mixed one can.
-        return any(r.healthy and r.role != "prefill" for r in self.replicas(model))
+        return any(r.routable and r.role != "prefill" for r in self.replicas(model))
+
+    # --- health and stats -----------------------------------------------------------
+
+    def configure(self, *, interval_s: float, stats_interval_s: float,
+                  failure_threshold: int) -> None:
+        """New health settings (reload): the loops pick them up on their next round."""
+        self._interval, self._stats_interval = interval_s, stats_interval_s
+        self.failure_threshold = failure_threshold
 
     async def check_all(self) -> None:
         replicas = self.all()
         results = await asyncio.gather(*(r.engine.health() for r in replicas))
-        for replica, healthy in zip(replicas, results, strict=True):
-            replica.set_health(healthy)
+        for replica, health in zip(replicas, results, strict=True):
+            if replica.state != "stopped":  # removed while its check was in flight
+                replica.checked(health, self.failure_threshold)
 
     async def scrape_all(self) -> None:
         replicas = [r for r in self.all() if r.healthy]
@@ -110,8 +251,9 @@ class ReplicaPool:
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._every(self._interval, self.check_all), name="health"),
-            asyncio.create_task(self._every(self._stats_interval, self.scrape_all),
+            asyncio.create_task(self._every(lambda: self._interval, self.check_all),
+                                name="health"),
+            asyncio.create_task(self._every(lambda: self._stats_interval, self.scrape_all),
                                 name="engine-stats"),
         ]
 
@@ -123,10 +265,49 @@ class ReplicaPool:
                 await task
 
     @staticmethod
-    async def _every(interval_s: float, work: Callable[[], Awaitable[None]]) -> None:
+    async def _every(interval_s: Callable[[], float],
+                     work: Callable[[], Awaitable[None]]) -> None:
         while True:
             try:
                 await work()
             except Exception:  # a bug here must not stop the loop for good
                 log.exception("%s failed", getattr(work, "__name__", work))
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(interval_s())
+
+
+class ReplicaWait:
+    """Requests for a model that has no routable replica (scaled to zero, or its first
+    replica still starting), waiting for one: at most ``limit`` at once, each at most
+    ``timeout_s``; beyond either bound the client gets 503 with Retry-After. A waiter that
+    leaves (client gone, cancelled) leaves nothing behind."""
+
+    def __init__(self, model: str, limit: int, timeout_s: float) -> None:
+        self.model, self.limit, self.timeout_s = model, limit, timeout_s
+        self.waiting = 0
+        self._arrived: asyncio.Event | None = None
+        # Called as a request starts waiting: the fleet decides at once (cold start).
+        self.on_wait: Callable[[], None] = lambda: None
+
+    async def wait(self, ready: Callable[[], bool]) -> None:
+        if self.waiting >= self.limit:
+            raise NoReplica(f"model '{self.model}' has no replica ready and {self.limit} "
+                            f"requests already wait for one; retry shortly")
+        self.waiting += 1
+        try:
+            self.on_wait()
+            async with asyncio.timeout(self.timeout_s):
+                while not ready():
+                    if self._arrived is None:
+                        self._arrived = asyncio.Event()
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        except TimeoutError:
+            raise NoReplica(f"no replica of model '{self.model}' became ready within "
+                            f"{self.timeout_s:.0f}s; retry shortly") from None
+        finally:
+            self.waiting -= 1
+
+    def notify(self) -> None:
+        """A replica may have become routable: waiters look again."""
+        if self._arrived is not None:
+            self._arrived.set()

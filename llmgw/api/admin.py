@@ -48,7 +48,7 @@ def admin_key(configured: str | None) -> str | None:
     return None
 
 
-def _authorize(request: Request) -> None:
+def authorize(request: Request) -> None:
     key: str | None = request.app.state.admin_key
     if key is None or not key.strip():
         raise Unauthorized("the admin API is disabled: set server.admin_key or "
@@ -94,7 +94,7 @@ def _rejected(exc: CatalogError) -> GatewayError:
 
 async def list_adapters(request: Request) -> Response:
     try:
-        _authorize(request)
+        authorize(request)
     except GatewayError as exc:
         return error_response(exc)
     catalog: AdapterCatalog = request.app.state.catalog
@@ -107,7 +107,7 @@ async def register_adapter(request: Request) -> Response:
     catalog: AdapterCatalog = request.app.state.catalog
     dispatcher: Dispatcher = request.app.state.dispatcher
     try:
-        _authorize(request)
+        authorize(request)
         spec = _parse_registration(
             await read_limited(request, request.app.state.max_body_bytes))
         try:
@@ -124,7 +124,7 @@ async def remove_adapter(request: Request) -> Response:
     catalog: AdapterCatalog = request.app.state.catalog
     dispatcher: Dispatcher = request.app.state.dispatcher
     try:
-        _authorize(request)
+        authorize(request)
         try:
             adapter = catalog.remove(request.path_params["name"])
         except CatalogError as exc:

@@ -10,29 +10,44 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from llmgw.api import admin, routes
+from llmgw.api import fleet as fleet_routes
 from llmgw.api.errors import install_error_handlers
 from llmgw.api.generation import GenerationRoute
 from llmgw.api.header_limit import HeaderLimit
 from llmgw.build import Gateway
+from llmgw.config import GatewayConfig
+from llmgw.fleet.controller import Fleet
+from llmgw.fleet.reload import Reloader
 
 
-def create_app(gateway: Gateway) -> FastAPI:
+def create_app(gateway: Gateway, fleet: Fleet | None = None,
+               reloader: Reloader | None = None) -> FastAPI:
+    """``fleet`` and ``reloader``: what `llmgw up` runs beside the app (replicas started,
+    scaled and reloaded); without them the admin fleet routes answer that there is none."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
         try:
             yield
         finally:
+            if fleet is not None:  # no scaling decision while the gateway closes
+                await fleet.stop_loop()
             await gateway.close()
 
-    app = FastAPI(title="llmgw", docs_url=None, redoc_url=None, lifespan=lifespan)
+    # No redirects for a trailing slash: an API client gets its answer or an
+    # OpenAI-shaped 404/405, never a 307 it may not follow.
+    app = FastAPI(title="llmgw", docs_url=None, redoc_url=None, lifespan=lifespan,
+                  redirect_slashes=False)
     app.state.dispatcher = gateway.dispatcher
     app.state.pool = gateway.pool
     app.state.metrics = gateway.metrics
-    app.state.max_body_bytes = gateway.config.server.max_body_bytes
     app.state.created = int(time.time())
     app.state.catalog = gateway.catalog
-    app.state.admin_key = admin.admin_key(gateway.config.server.admin_key)
+    app.state.fleet, app.state.reloader = fleet, reloader
+    _apply_server(app, gateway.config)
+    if reloader is not None:
+        reloader.listeners.append(lambda config: _apply_server(app, config))
     install_error_handlers(app)
     app.add_middleware(HeaderLimit)
     # Generation routes are raw ASGI apps: no per-request Request/Response objects and
@@ -49,4 +64,12 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.add_route("/admin/adapters", admin.list_adapters, methods=["GET"])
     app.add_route("/admin/adapters", admin.register_adapter, methods=["POST"])
     app.add_route("/admin/adapters/{name}", admin.remove_adapter, methods=["DELETE"])
+    app.add_route("/admin/status", fleet_routes.status, methods=["GET"])
+    app.add_route("/admin/reload", fleet_routes.reload, methods=["POST"])
     return app
+
+
+def _apply_server(app: FastAPI, config: GatewayConfig) -> None:
+    """The server settings the app reads per request; a reload changes them in place."""
+    app.state.max_body_bytes = config.server.max_body_bytes
+    app.state.admin_key = admin.admin_key(config.server.admin_key)

@@ -177,7 +177,8 @@ class GenerationRoute:
         body = await read_body(receive, headers, state.max_body_bytes)
         call.parsed = parse_json(body)
         req = validate(call.parsed, self.endpoint)
-        group, adapter = dispatcher.resolve(req.model, headers.get(MULTIPLEX_HEADER))
+        model = dispatcher.target(req.model, headers, call.parsed)  # an alias: its target
+        group, adapter = dispatcher.resolve(model, headers.get(MULTIPLEX_HEADER))
         call.model, stream = group.name, bool(req.stream)
         if adapter is not None and group.lora is not None:
             group.lora.note_request(adapter)
@@ -187,7 +188,8 @@ class GenerationRoute:
                                             call.gateway_id, adapter)
         async with DisconnectWatch(receive) as watch:
             call.exchange = exchange = await dispatcher.open(
-                ctx, group, upstream, call.gateway_id, explain=EXPLAIN_HEADER in headers)
+                ctx, group, upstream, call.gateway_id, explain=EXPLAIN_HEADER in headers,
+                adapter=adapter)
             call.reply_headers += _route_headers(exchange)
             if stream:
                 call.outcome = await relay_stream(exchange, send, req.wants_usage,

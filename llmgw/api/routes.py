@@ -9,7 +9,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmgw.api.admin import _authorize
+from llmgw.api.admin import authorize
 from llmgw.api.errors import error_response
 from llmgw.api.generation import (
     MULTIPLEX_HEADER,
@@ -33,6 +33,8 @@ async def list_models(request: Request) -> Response:
             data += [{"id": a.name, "object": "model", "created": created, "owned_by": "llmgw",
                       "parent": group.name, "root": group.name}
                      for a in group.lora.catalog.for_base(group.name)]
+    data += [{"id": name, "object": "model", "created": created, "owned_by": "llmgw",
+              "targets": split.weights()} for name, split in dispatcher.splits.items()]
     return Response(orjson.dumps({"object": "list", "data": data}),
                     media_type="application/json")
 
@@ -42,8 +44,11 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
+    """Ready when every model can answer now, or (scaled to zero) starts a replica for
+    the first request that comes."""
     pool = request.app.state.pool
-    models = {name: pool.ready(name) for name in request.app.state.dispatcher.groups}
+    models = {name: pool.ready(name) or group.waiter is not None
+              for name, group in request.app.state.dispatcher.groups.items()}
     ok = all(models.values())
     return Response(orjson.dumps({"ready": ok, "models": models}),
                     status_code=200 if ok else 503, media_type="application/json")
@@ -60,12 +65,13 @@ async def debug_route(request: Request) -> Response:
     scores), with the same body limit as /v1."""
     dispatcher: Dispatcher = request.app.state.dispatcher
     try:
-        _authorize(request)
+        authorize(request)
         body = await read_body(request.receive, request.headers,
                                request.app.state.max_body_bytes)
         endpoint: Endpoint = "chat" if b'"messages"' in body else "completions"
         parsed, req = parse_request(body, endpoint)
-        group, adapter = dispatcher.resolve(req.model, request.headers.get(MULTIPLEX_HEADER))
+        model = dispatcher.target(req.model, request.headers, parsed)
+        group, adapter = dispatcher.resolve(model, request.headers.get(MULTIPLEX_HEADER))
     except GatewayError as exc:
         return error_response(exc)
     ctx = await request_context(os.urandom(8).hex(), group, endpoint, bool(req.stream),

@@ -7,7 +7,7 @@ decode leg, relayed and accounted like any other request.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,26 +49,39 @@ class Opened:
 class Disaggregation:
     """One disaggregated model. Used from the event loop only."""
 
-    def __init__(self, model: str, prefill: Sequence[Replica], decode: Sequence[Replica],
-                 legs: Legs, flow: Flow, conditional: ConditionalPDConfig) -> None:
+    def __init__(self, model: str, legs: Legs, flow: Flow,
+                 conditional: ConditionalPDConfig) -> None:
         self.model = model
-        self.prefill, self.decode = list(prefill), list(decode)
+        # Both pools fill as replicas join (``added``) and shrink as they leave.
+        self.prefill: list[Replica] = []
+        self.decode: list[Replica] = []
         self.legs, self.flow, self.conditional = legs, flow, conditional
-        self._by_id = {r.id: r for r in (*self.prefill, *self.decode)}
+        self._by_id: dict[str, Replica] = {}
         # The prompt's length decides the path (unless every request is split).
         own: frozenset[Need] = frozenset({"prompt"}) if conditional.enabled else frozenset()
         self.needs = legs.prefill_policy.needs | legs.decode_policy.needs | own
+
+    def added(self, replica: Replica) -> None:
+        (self.prefill if replica.role == "prefill" else self.decode).append(replica)
+        self._by_id[replica.id] = replica
+
+    def removed(self, replica: Replica) -> None:
+        if self._by_id.pop(replica.id, None) is None:
+            return
+        (self.prefill if replica.role == "prefill" else self.decode).remove(replica)
+        self.legs.prefill_policy.forget(replica.id)
+        self.legs.decode_policy.forget(replica.id)
 
     def plan(self, ctx: RequestContext, parsed: Mapping[str, Any] | None) -> Plan:
         """Both pools' rankings and the path. Pure apart from the policies' per-request
         bookkeeping; ``parsed`` None (a dry run without a body) counts as splittable."""
         decode = self.legs.decode_policy.explain(
-            ctx, [r.view() for r in self.decode if r.healthy])
+            ctx, [r.view() for r in self.decode if r.routable])
         if not decode.ranked:
             raise NoReplica(f"no healthy decode replica for model '{self.model}'; "
                             f"retry shortly")
         cached = decode.predicted.get(decode.ranked[0].id) if decode.predicted else None
-        prefill_views = [r.view() for r in self.prefill if r.healthy]
+        prefill_views = [r.view() for r in self.prefill if r.routable]
         tokens = prompt_tokens(ctx, self.conditional.chars_per_token)
         path, reason = choose_path(
             self.conditional, tokens=tokens, cached_share=cached, prefill=prefill_views,

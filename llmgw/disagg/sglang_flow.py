@@ -16,7 +16,9 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+from llmgw.config import SGLANG_BOOTSTRAP_PORT
 from llmgw.disagg import sglang_protocol
 from llmgw.disagg.legs import DecodeUpstream, Legs, PrefillLeg, send_within
 from llmgw.disagg.plan import Plan
@@ -42,10 +44,8 @@ class PrefillLegFailed(Exception):
 class SGLangFlow:
     serves_aggregated = False
 
-    def __init__(self, prefill_timeout_s: float, bootstrap: Mapping[str, tuple[str, int]],
-                 rng: random.Random) -> None:
+    def __init__(self, prefill_timeout_s: float, rng: random.Random) -> None:
         self.prefill_timeout_s = prefill_timeout_s
-        self.bootstrap = bootstrap  # prefill replica id -> (host, bootstrap port)
         self.rng = rng
 
     def splittable(self, parsed: Mapping[str, Any]) -> bool:
@@ -76,7 +76,7 @@ class SGLangFlow:
     async def _pair(self, legs: Legs, plan: Plan, ctx: RequestContext, prefill: Replica,
                     decode: Replica, path: str, parsed: Mapping[str, Any], rid: str,
                     deadline: float | None) -> tuple[Replica, UpstreamResponse]:
-        host, port = self.bootstrap[prefill.id]
+        host, port = bootstrap_of(prefill)
         body = sglang_protocol.with_bootstrap(parsed, host, port, self.rng)
         stream = bool(parsed.get("stream"))
         plan.prefill_on(prefill)
@@ -159,3 +159,10 @@ def _translated(exc: BaseException, leg: PrefillLeg, decode: Replica) -> BaseExc
     if isinstance(exc, UpstreamUnreachable):
         decode.set_health(False)  # the health loop brings it back
     return exc
+
+
+def bootstrap_of(prefill: Replica) -> tuple[str, int]:
+    """Where the decode server fetches a prefill replica's KV: its host, at the bootstrap
+    port its launcher (or the config, when attached) gave it."""
+    host = urlsplit(prefill.engine.url).hostname or "127.0.0.1"
+    return host, prefill.address.bootstrap_port or SGLANG_BOOTSTRAP_PORT

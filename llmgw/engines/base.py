@@ -8,9 +8,13 @@ behaviour (health path, stats scraping, LoRA endpoints, abort) lives in subclass
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Literal, Protocol
 
 from llmgw.types import EngineStats
+
+# One health check: "ok" (200), "down" (refused, reset or an error answer: the engine is
+# not serving), "timeout" (no answer in time: maybe down, maybe busy; the pool decides).
+Health = Literal["ok", "down", "timeout"]
 
 
 class UpstreamResponse(Protocol):
@@ -37,8 +41,8 @@ class Engine(Protocol):
 
     url: str
 
-    async def health(self) -> bool:
-        """True when the engine answers its health route within the health timeout."""
+    async def health(self) -> Health:
+        """Whether the engine answers its health route with 200 within the timeout."""
         ...
 
     async def stats(self) -> EngineStats | None:
@@ -46,9 +50,11 @@ class Engine(Protocol):
         cannot be reached."""
         ...
 
-    def body_fields(self, request_id: str) -> dict[str, str]:
+    @staticmethod
+    def body_fields(request_id: str) -> dict[str, str]:
         """Fields to merge into every request body so the engine knows the request by
-        ``request_id`` (for ``abort``); empty for engines that abort on disconnect."""
+        ``request_id`` (for ``abort``); empty for engines that abort on disconnect. The
+        same for every replica of an engine type: read from the class."""
         ...
 
     async def abort(self, request_id: str) -> bool:

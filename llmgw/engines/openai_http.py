@@ -13,6 +13,7 @@ from typing import ClassVar
 import aiohttp
 import orjson
 
+from llmgw.engines.base import Health
 from llmgw.engines.stats import StatsNames, stats_from_text
 from llmgw.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnreachable
 from llmgw.types import EngineStats
@@ -83,14 +84,16 @@ class OpenAIHTTPEngine:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s)
         self._health_timeout = aiohttp.ClientTimeout(total=health_timeout_s)
 
-    async def health(self) -> bool:
+    async def health(self) -> Health:
         try:
             async with self._session.get(
                 self.url + self.health_path, timeout=self._health_timeout
             ) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+                return "ok" if response.status == 200 else "down"
+        except TimeoutError:
+            return "timeout"
+        except aiohttp.ClientError:
+            return "down"
 
     async def stats(self) -> EngineStats | None:
         """The engine's load and cache signals, or None when unavailable."""
@@ -107,7 +110,8 @@ class OpenAIHTTPEngine:
             return None
         return stats_from_text(text, self.stats_names)
 
-    def body_fields(self, request_id: str) -> dict[str, str]:
+    @staticmethod
+    def body_fields(request_id: str) -> dict[str, str]:
         return {}
 
     async def abort(self, request_id: str) -> bool:

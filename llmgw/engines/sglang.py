@@ -70,7 +70,8 @@ class SGLangEngine(OpenAIHTTPEngine):
     async def stats(self) -> EngineStats | None:
         return zero_missing_hits(await super().stats())
 
-    def body_fields(self, request_id: str) -> dict[str, str]:
+    @staticmethod
+    def body_fields(request_id: str) -> dict[str, str]:
         """Fields to merge into the request body so that :meth:`abort` can name the
         request: SGLang's OpenAI endpoints take the engine's request id from ``rid``.
         The id must be unique among the requests the engine is running."""

@@ -69,6 +69,25 @@ class AdapterCatalog:
     def get(self, name: str) -> Adapter | None:
         return self._adapters.get(name)
 
+    def reconfigure(self, configured: Iterable[Adapter], roots: dict[str, list[str]],
+                    reserved: Iterable[str]) -> list[Adapter]:
+        """A reload's adapters and roots. Runtime registrations stay (their model still
+        has ``lora:``), as do runtime removals of configured adapters; a configured
+        adapter whose name, base and source are unchanged stays the same adapter (its
+        residency holds). Returns the adapters that left, to be retired."""
+        self._roots = {base: [Path(os.path.realpath(os.path.expanduser(r))) for r in dirs]
+                       for base, dirs in roots.items()}
+        self._reserved = frozenset(reserved)
+        self._configured = {a.name: a for a in configured}
+        adapters = {n: a for n, a in self._adapters.items()
+                    if a.origin == "runtime" and a.base in self._roots}
+        for name, adapter in self._configured.items():
+            if name not in self._removed and name not in adapters:
+                adapters[name] = adapter
+        gone = [a for n, a in self._adapters.items() if adapters.get(n) != a]
+        self._adapters = adapters
+        return gone
+
     def for_base(self, base: str) -> list[Adapter]:
         return [a for a in self._adapters.values() if a.base == base]
 

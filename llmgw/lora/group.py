@@ -24,11 +24,11 @@ log = logging.getLogger("llmgw.lora")
 
 class LoraGroup:
     def __init__(self, base: str, catalog: AdapterCatalog, residency: AdapterResidency,
-                 replicas: list[Replica], hotness: HotnessConfig, metrics: LoraMetrics,
+                 hotness: HotnessConfig, metrics: LoraMetrics,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.base, self.catalog, self.residency = base, catalog, residency
         self.rates: AdapterRates = residency.rates
-        self._replicas = replicas
+        self._replicas: list[Replica] = []
         self._hotness, self._metrics, self._clock = hotness, metrics, clock
         self._task: asyncio.Task[None] | None = None
 
@@ -51,8 +51,23 @@ class LoraGroup:
         self.rates.forget(adapter.name)
         self._metrics.forget(adapter.name, [r.id for r in self._replicas])
 
+    def added(self, replica: Replica) -> None:
+        """A replica joined the model: it starts holding nothing (as far as we know)."""
+        self._replicas.append(replica)
+        self.residency.add_replica(replica)
+
+    def removed(self, replica: Replica) -> None:
+        if replica in self._replicas:
+            self._replicas.remove(replica)
+        self.residency.remove_replica(replica.id)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"lora-{self.base}")
+
+    def stop_soon(self) -> None:
+        """Stop the upkeep loop without waiting (a group replaced by reload)."""
+        if self._task is not None:
+            self._task.cancel()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -72,7 +87,7 @@ class LoraGroup:
         """One round: residency from the engines' listings, rates exported, hot adapters
         pre-loaded."""
         healthy = []
-        for replica in self._replicas:
+        for replica in list(self._replicas):
             if replica.healthy:
                 healthy.append(replica.id)
                 await self.residency.reconcile(replica.id)
@@ -94,5 +109,7 @@ class LoraGroup:
                 result.release()  # resident now; the slot is free to be used or evicted
                 log.info("pre-loaded hot adapter %s on %s", preload.adapter.name,
                          preload.replica_id)
+            elif isinstance(result, asyncio.CancelledError):
+                continue  # its replica left meanwhile (remove_replica cancels its loads)
             elif not isinstance(result, GatewayError | Exception):
                 raise result

@@ -19,7 +19,7 @@ import functools
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -61,21 +61,23 @@ class AdapterResidency:
     """One base model's replicas and the adapters they hold. Runs on one event loop;
     nothing here is thread-safe. ``catalog`` says which adapters are current."""
 
-    def __init__(self, model: str, replicas: list[Replica],
-                 clients: Mapping[str, AdapterClient], slots: int, rates: AdapterRates,
-                 metrics: LoraMetrics, catalog: AdapterCatalog, *,
+    def __init__(self, model: str, client: Callable[[Replica], AdapterClient], slots: int,
+                 rates: AdapterRates, metrics: LoraMetrics, catalog: AdapterCatalog, *,
                  failure_cooldown_s: float, load_timeout_s: float,
+                 request_field: str = "model",
                  clock: Callable[[], float] = time.monotonic) -> None:
+        self.request_field = request_field
         self.model, self.slots, self.rates, self.metrics = model, slots, rates, metrics
-        self._replicas = {r.id: r for r in replicas}
-        self._clients = dict(clients)
+        # Replicas join and leave at run time (add_replica / remove_replica).
+        self._replicas: dict[str, Replica] = {}
+        self._client = client
+        self._clients: dict[str, AdapterClient] = {}
         self._catalog = catalog
         self._failure_cooldown_s, self._load_timeout_s = failure_cooldown_s, load_timeout_s
         self._clock = clock
         # replica -> name -> the adapter the engine holds under that name, least recently
         # used first; None: the engine lists it but its weights are unknown.
-        self._resident: dict[str, OrderedDict[str, Adapter | None]] = {
-            r: OrderedDict() for r in clients}
+        self._resident: dict[str, OrderedDict[str, Adapter | None]] = {}
         # What this gateway loaded where: outlives a health blip (forget), so a listing
         # afterwards is trusted for what it was.
         self._loaded_as: dict[tuple[str, str], Adapter] = {}
@@ -86,8 +88,32 @@ class AdapterResidency:
         self._changes: Counter[str] = Counter()  # belief changes per replica
         self._freed: dict[str, asyncio.Event] = {}  # set when an adapter goes idle
         self._failed: dict[Adapter, tuple[float, str]] = {}  # adapter -> (until, message)
-        for replica in replicas:
-            replica.max_adapters = slots
+
+    def add_replica(self, replica: Replica) -> None:
+        """A replica joined: it holds nothing the gateway knows of (the listing on the
+        next reconcile says what it really holds)."""
+        self._replicas[replica.id] = replica
+        self._clients[replica.id] = self._client(replica)
+        self._resident[replica.id] = OrderedDict()
+        replica.max_adapters = self.slots
+        self._publish(replica.id)
+
+    def remove_replica(self, replica_id: str) -> None:
+        """A replica left for good (drained, so no request uses an adapter there): loads
+        and unloads still under way on it stop, and nothing of it is kept."""
+        for (rid, _), load in list(self._loading.items()):
+            if rid == replica_id:
+                load.task.cancel()
+        for (rid, _), task in list(self._unloading.items()):
+            if rid == replica_id:
+                task.cancel()
+        for table in (self._replicas, self._clients, self._resident, self._changes,
+                      self._reserved, self._freed):
+            table.pop(replica_id, None)
+        for loaded in [k for k in self._loaded_as if k[0] == replica_id]:
+            del self._loaded_as[loaded]
+        for used in [k for k in self._in_use if k[0] == replica_id]:
+            del self._in_use[used]
 
     def current(self, adapter: Adapter) -> bool:
         """Still in the catalog as this very registration."""
@@ -102,7 +128,8 @@ class AdapterResidency:
         return [rid for rid in self._resident if adapter in self.resident(rid)]
 
     def request_fields(self, adapter: str) -> dict[str, str]:
-        return next(iter(self._clients.values())).request_fields(adapter)
+        """How a request names its adapter (the engine type decides: one per model)."""
+        return {self.request_field: adapter}
 
     async def ensure(self, replica_id: str, adapter: Adapter, reason: str = "demand") -> Lease:
         """Return once ``adapter`` is resident on the replica, holding it there until the
@@ -305,6 +332,8 @@ class AdapterResidency:
 
     def _drop_if_retired(self, replica_id: str, adapter: Adapter) -> None:
         """A removed adapter leaves the replica once no request there uses it."""
+        if replica_id not in self._resident:  # the replica itself left
+            return
         if (self._resident[replica_id].get(adapter.name) == adapter
                 and not self._busy(replica_id, adapter) and not self.current(adapter)):
             self._drop(replica_id, adapter.name)
@@ -328,7 +357,7 @@ class AdapterResidency:
 
     def forget(self, replica_id: str) -> None:
         """The replica went down: a restarted engine holds no runtime-loaded adapter."""
-        if self._resident[replica_id]:
+        if self._resident.get(replica_id):
             self._resident[replica_id].clear()
             self._publish(replica_id)
 
@@ -337,10 +366,13 @@ class AdapterResidency:
         taken while the gateway itself changed the replica (a load, eviction or unload
         between asking and answering) is stale on arrival: skipped, the next round checks
         again."""
+        client = self._clients.get(replica_id)
+        if client is None:  # the replica left
+            return
         changes = self._changes[replica_id]
-        loaded = await self._clients[replica_id].loaded()
-        if loaded is None or self._changes[replica_id] != changes \
-                or self._reserved[replica_id]:
+        loaded = await client.loaded()
+        if loaded is None or replica_id not in self._resident \
+                or self._changes[replica_id] != changes or self._reserved[replica_id]:
             return
         busy = {name for rid, name in [*self._loading, *self._unloading] if rid == replica_id}
         held = self._resident[replica_id]
@@ -377,6 +409,8 @@ class AdapterResidency:
         return None
 
     def _publish(self, replica_id: str) -> None:
+        if replica_id not in self._replicas:  # a load or unload outlived its replica
+            return
         self._changes[replica_id] += 1
         adapters = self.resident(replica_id)
         loading = frozenset(name for (rid, name), load in self._loading.items()

@@ -104,25 +104,38 @@ def adapter_source(adapter: AdapterConfig, where: str) -> str:
     return str(build_demo_adapters(index + 1)[adapter.name])
 
 
+def configured_adapters(config: GatewayConfig) -> list[Adapter]:
+    """Raises ConfigError (never a bare ValueError) for what check_lora refuses."""
+    return [Adapter(adapter.name, model.name, adapter_source(adapter, where))
+            for where, model, adapter in _adapters(config)]
+
+
+def lora_roots(config: GatewayConfig) -> dict[str, list[str]]:
+    return {m.name: list(m.lora.roots) for m in config.models if m.lora}
+
+
 def make_catalog(config: GatewayConfig) -> AdapterCatalog:
     """Raises ConfigError (never a bare ValueError) for what check_lora refuses."""
-    configured = [Adapter(adapter.name, model.name, adapter_source(adapter, where))
-                  for where, model, adapter in _adapters(config)]
-    roots = {m.name: list(m.lora.roots) for m in config.models if m.lora}
-    return AdapterCatalog(configured, roots, state_path(config) if roots else None,
+    roots = lora_roots(config)
+    return AdapterCatalog(configured_adapters(config), roots,
+                          state_path(config) if roots else None,
                           reserved=[m.name for m in config.models])
 
 
-def make_lora_group(model: ModelConfig, replicas: list[Replica], catalog: AdapterCatalog,
+def make_lora_group(model: ModelConfig, catalog: AdapterCatalog,
                     session: aiohttp.ClientSession, metrics: Metrics) -> LoraGroup:
+    """A model's LoRA multiplexing, with no replica yet: they join as they start."""
     assert model.lora is not None
     lora = model.lora
     api = SGLANG_ADAPTER_API if model.engine == "sglang" else VLLM_ADAPTER_API
-    clients = {r.id: AdapterClient(r.engine.url, session, api, lora.load_timeout_s)
-               for r in replicas}
+
+    def client(replica: Replica) -> AdapterClient:
+        return AdapterClient(replica.engine.url, session, api, lora.load_timeout_s)
+
     lora_metrics = LoraMetrics(metrics, model.name)
     residency = AdapterResidency(
-        model.name, replicas, clients, lora.max_adapters_per_replica,
+        model.name, client, lora.max_adapters_per_replica,
         AdapterRates(lora.hotness.window_s), lora_metrics, catalog,
-        failure_cooldown_s=lora.failure_cooldown_s, load_timeout_s=lora.load_timeout_s)
-    return LoraGroup(model.name, catalog, residency, replicas, lora.hotness, lora_metrics)
+        failure_cooldown_s=lora.failure_cooldown_s, load_timeout_s=lora.load_timeout_s,
+        request_field=api.request_field)
+    return LoraGroup(model.name, catalog, residency, lora.hotness, lora_metrics)

@@ -20,6 +20,7 @@ from llmgw.config import (
     ModelConfig,
     PDRole,
 )
+from llmgw.types import Role
 
 DEMO_MODEL = "demo"
 # The ZMQ topic launched vLLM replicas publish KV cache events under.
@@ -169,8 +170,9 @@ def check_launchable(cfg: GatewayConfig) -> None:
         if not model.launched:
             continue
         try:
-            for _, unit in launch_units(model):
-                engine_command(unit, "127.0.0.1", 0, model.model or "")
+            roles: list[Role] = ["prefill", "decode"] if model.disaggregation else ["mixed"]
+            for role in roles:  # an autoscaled pool may start with no replica at all
+                engine_command(launch_unit(model, role, 0), "127.0.0.1", 0, model.model or "")
         except ValueError as exc:
             raise ConfigError(f"models[{index}] ({model.name}): {exc}") from None
         python = model.launch.python
@@ -185,6 +187,14 @@ def _runnable(program: str) -> bool:
         return shutil.which(program) is not None
     path = os.path.expanduser(program)
     return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def launch_unit(model: ModelConfig, role: Role, ordinal: int) -> ModelConfig:
+    """The config one replica's engine is launched with: the model itself, or for a
+    disaggregated model its pool's flags over the model's (``pool_model``)."""
+    if role == "mixed":
+        return model
+    return pool_model(model, "prefill" if role == "prefill" else "decode", ordinal)
 
 
 def launch_units(model: ModelConfig) -> list[tuple[str, ModelConfig]]:

@@ -25,13 +25,9 @@ from pathlib import Path
 
 import aiohttp
 
-from llmgw.config import GatewayConfig, ModelConfig
-from llmgw.placement.commands import (
-    engine_command,
-    engine_env,
-    launch_units,
-    resolve_model,
-)
+from llmgw.config import ModelConfig
+from llmgw.placement.base import LaunchError
+from llmgw.placement.commands import engine_command, engine_env, resolve_model
 from llmgw.types import ReplicaAddress
 
 log = logging.getLogger("llmgw.launcher")
@@ -40,10 +36,6 @@ _LOG_TAIL_BYTES = 4000
 # Log file names keep letters, digits, "." "_" "-"; a model name may hold anything else.
 _UNSAFE_IN_FILE_NAMES = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_STEM = 200
-
-
-class LaunchError(Exception):
-    """An engine did not become ready; the message carries the tail of its log."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -181,10 +173,15 @@ def log_file_name(replica_id: str, taken: set[str]) -> str:
 
 
 def attached_addresses(model: ModelConfig) -> list[ReplicaAddress]:
-    if model.disaggregation is not None:  # prefill replicas first (model.replica_roles)
-        return [ReplicaAddress(f"{model.name}-{role}-{i}", url)
-                for role, pool in model.disaggregation.pools
-                for i, url in enumerate(pool.url or [])]
+    """Attached engines' addresses, in ``model.replica_roles`` order (a disaggregated
+    model's prefill replicas first, each with its SGLang bootstrap port)."""
+    pd = model.disaggregation
+    if pd is not None:
+        sglang = model.pd_protocol == "sglang"
+        return [ReplicaAddress(f"{model.name}-{role}-{i}", url,
+                               bootstrap_port=pool.bootstrap_port_of(i)
+                               if sglang and role == "prefill" else None)
+                for role, pool in pd.pools for i, url in enumerate(pool.url or [])]
     events: list[str | None] = [*model.kv_events_url] if model.kv_events_url \
         else [None] * model.replica_count
     return [ReplicaAddress(f"{model.name}-{i}", url, kv_events)
@@ -192,51 +189,48 @@ def attached_addresses(model: ModelConfig) -> list[ReplicaAddress]:
 
 
 class LocalLauncher:
-    """Starts every launched replica of a config as a child process."""
+    """Engines as child processes of the gateway, one per replica, launched when the
+    fleet asks (``launch``) and stopped when it drained them (``stop``)."""
 
     def __init__(self, log_dir: Path | None = None) -> None:
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="llmgw-logs-"))
-        self.processes: list[EngineProcess] = []
+        self.processes: dict[str, EngineProcess] = {}
         self._log_names: set[str] = set()
         # (model, replica id) -> None; set by whoever counts restarts.
         self.on_restart: Callable[[str, str], None] = lambda model, replica_id: None
+        # A local engine restarts on its own ports: it never moves.
+        self.on_moved: Callable[[str, str, ReplicaAddress], None] = lambda m, r, a: None
 
-    async def start(self, cfg: GatewayConfig) -> dict[str, list[ReplicaAddress]]:
-        """Launch all engines at once and wait until all are ready; on any failure stop
-        those already started and raise LaunchError."""
-        addresses: dict[str, list[ReplicaAddress]] = {}
-        for model in cfg.models:
-            addresses[model.name] = (
-                self._plan(model) if model.launched else attached_addresses(model)
-            )
+    async def launch(self, replica_id: str, unit: ModelConfig) -> ReplicaAddress:
+        # Building the demo model for an engine that cannot build it itself is disk work.
+        model_path = await asyncio.to_thread(resolve_model, unit)
+        host, port = "127.0.0.1", free_port()
+        url = f"http://{host}:{port}"
+        # A restarted engine binds the same ports again, so subscribers reconnect.
+        events_port = free_port() if unit.launch.kv_events else None
+        process = self.processes[replica_id] = EngineProcess(
+            unit.name, replica_id, engine_command(unit, host, port, model_path, events_port),
+            engine_env(unit), url, self.log_dir / log_file_name(replica_id, self._log_names),
+            unit.startup_timeout_s, lambda m, r: self.on_restart(m, r),
+        )
         try:
-            await asyncio.gather(*(p.start() for p in self.processes))
+            await process.start()
         except BaseException:
-            await self.stop()
+            self.processes.pop(replica_id, None)
+            await asyncio.shield(process.stop())
             raise
-        return addresses
+        bootstrap = unit.engine_args.get("disaggregation_bootstrap_port")
+        return ReplicaAddress(
+            replica_id, url,
+            f"tcp://{host}:{events_port}" if events_port is not None else None,
+            bootstrap if isinstance(bootstrap, int) else None)
 
-    def _plan(self, model: ModelConfig) -> list[ReplicaAddress]:
-        planned = []
-        model_path = resolve_model(model)
-        # A disaggregated model's replicas each launch with their pool's flags.
-        for replica_id, unit in launch_units(model):
-            host, port = "127.0.0.1", free_port()
-            url = f"http://{host}:{port}"
-            # A restarted engine binds the same ports again, so subscribers reconnect.
-            events_port = free_port() if model.launch.kv_events else None
-            self.processes.append(EngineProcess(
-                model.name, replica_id,
-                engine_command(unit, host, port, model_path, events_port),
-                engine_env(unit), url,
-                self.log_dir / log_file_name(replica_id, self._log_names),
-                model.startup_timeout_s,
-                lambda m, r: self.on_restart(m, r),
-            ))
-            planned.append(ReplicaAddress(
-                replica_id, url,
-                f"tcp://{host}:{events_port}" if events_port is not None else None))
-        return planned
+    async def stop(self, replica_id: str) -> None:
+        process = self.processes.pop(replica_id, None)
+        if process is not None:
+            await process.stop()
 
-    async def stop(self) -> None:
-        await asyncio.gather(*(p.stop() for p in self.processes), return_exceptions=True)
+    async def stop_all(self) -> None:
+        processes = list(self.processes.values())
+        self.processes.clear()
+        await asyncio.gather(*(p.stop() for p in processes), return_exceptions=True)

@@ -107,6 +107,9 @@ class CapacityWatch:
     def known(self) -> dict[str, int]:
         return dict(self._known)
 
+    def forget(self, replica_id: str) -> None:
+        self._known.pop(replica_id, None)
+
     def changed(self, replicas: Sequence[ReplicaView]) -> list[tuple[str, int]]:
         changes = []
         for r in replicas:

@@ -75,6 +75,18 @@ class RoutingPolicy(Protocol):
         in its prefix cache, for calibration against what the engine reports; once."""
         ...
 
+    def forget(self, replica_id: str) -> None:
+        """The replica left the pool for good: drop whatever was learned about it."""
+        ...
+
+
+@runtime_checkable
+class ForgetsReplicas(Protocol):
+    """A stateful plugin that keeps something per replica (an index, a ring): told when
+    a replica leaves, so nothing about it lingers or is predicted again."""
+
+    def forget(self, replica_id: str) -> None: ...
+
 
 @runtime_checkable
 class PredictsCache(Protocol):
@@ -154,6 +166,8 @@ class Pipeline:
             s for s, _ in scorers if isinstance(s, PredictsCache)]
         self._learners: list[LearnsPromptLength] = [
             s for s, _ in scorers if isinstance(s, LearnsPromptLength)]
+        self._forgetters: list[ForgetsReplicas] = [
+            p for p in (*filters, *(s for s, _ in scorers)) if isinstance(p, ForgetsReplicas)]
 
     def rank(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> list[ReplicaView]:
         return self._decide(ctx, replicas, explain=False).ranked
@@ -206,6 +220,10 @@ class Pipeline:
             for learner in self._learners:
                 learner.on_prompt_tokens(ctx, prompt_tokens)
 
+    def forget(self, replica_id: str) -> None:
+        for plugin in self._forgetters:
+            plugin.forget(replica_id)
+
     def take_prediction(self, ctx: RequestContext) -> float | None:
         # Every predictor's entry is taken (so none lingers); the first scorer's counts.
         taken = [p.take_prediction(ctx.request_id) for p in self._predictors]
@@ -232,4 +250,7 @@ class OrderPolicy:
         return None
 
     def take_prediction(self, ctx: RequestContext) -> float | None:
+        return None
+
+    def forget(self, replica_id: str) -> None:
         return None

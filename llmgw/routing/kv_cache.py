@@ -69,6 +69,11 @@ class KVCacheScorer:
         # The index learns from the engine's events, not from routing.
         self._predictions.routed(ctx.request_id, replica_id)
 
+    def forget(self, replica_id: str) -> None:
+        """The shared block index is cleared by the replica's event feed; the capacity
+        seen for it goes here, so a newcomer under that id is sized afresh."""
+        self._capacity.forget(replica_id)
+
     def offered(self, request_id: str) -> Mapping[str, float] | None:
         return self._predictions.offered(request_id)
 

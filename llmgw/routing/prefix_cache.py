@@ -147,6 +147,12 @@ class PrefixCacheScorer:
             for rid, tokens in self._capacity.known().items():
                 self._size_for(rid, tokens)
 
+    def forget(self, replica_id: str) -> None:
+        """A replica left: its blocks leave the index (a replica that comes back under
+        the same id starts with an empty cache)."""
+        self.index.drop(replica_id)
+        self._capacity.forget(replica_id)
+
     def offered(self, request_id: str) -> Mapping[str, float] | None:
         return self._predictions.offered(request_id)
 

@@ -88,6 +88,10 @@ class PrefixIndex:
     def retain(self, replica_ids: set[str]) -> None:
         """Forget replicas that left the pool, and their blocks."""
         for gone in set(self._lru) - replica_ids:
-            for h in self._lru.pop(gone):
-                self._drop(gone, h)
-            self._capacity.pop(gone, None)
+            self.drop(gone)
+
+    def drop(self, replica_id: str) -> None:
+        """Forget one replica and every block it held."""
+        for h in self._lru.pop(replica_id, ()):
+            self._drop(replica_id, h)
+        self._capacity.pop(replica_id, None)

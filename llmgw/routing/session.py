@@ -57,6 +57,11 @@ class SessionScorer:
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         return None
 
+    def forget(self, replica_id: str) -> None:
+        """Orders computed over a set that held the replica are never asked for again
+        (the set changed): drop them now rather than as the LRU ages them out."""
+        self._orders.drop(replica_id)
+
 
 class RendezvousCache:
     """(session key, replica ids) -> replica ids in rendezvous order, least recently used
@@ -78,6 +83,10 @@ class RendezvousCache:
         else:
             self._orders.move_to_end(cache_key)
         return order
+
+    def drop(self, replica_id: str) -> None:
+        for cache_key in [k for k in self._orders if replica_id in k[1]]:
+            del self._orders[cache_key]
 
 
 def pick_for_session(key: str, replicas: Sequence[ReplicaView], load_factor: float,

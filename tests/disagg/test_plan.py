@@ -43,11 +43,12 @@ def disagg(decode_policy: str = "least-load", sglang: bool = False,
     pool = replicas(metrics)
     legs = Legs(make_policy("least-load", random.Random(1)),
                 make_policy(decode_policy, random.Random(2)), PDMetrics(metrics, "m"), 2)
-    flow = SGLangFlow(5, {}, random.Random(0)) if sglang else VLLMFlow(5)
+    flow = SGLangFlow(5, random.Random(0)) if sglang else VLLMFlow(5)
     cfg = ConditionalPDConfig(min_prompt_tokens=256, max_prefill_load=2).model_copy(
         update=conditional)
-    d = Disaggregation("m", [r for r in pool if r.role == "prefill"],
-                       [r for r in pool if r.role == "decode"], legs, flow, cfg)
+    d = Disaggregation("m", legs, flow, cfg)
+    for replica in pool:
+        d.added(replica)
     return d, {r.id: r for r in pool}
 
 

@@ -22,6 +22,7 @@ from llmgw.lora.rates import AdapterRates
 from llmgw.lora.residency import AdapterResidency, SlotsBusy
 from llmgw.metrics import LoraMetrics, Metrics, ReplicaMetrics
 from llmgw.pool import Replica
+from llmgw.types import ReplicaAddress
 
 
 def catalog(tmp_path: Path, roots: list[Path]) -> AdapterCatalog:
@@ -111,12 +112,14 @@ NAMES = ["a", "b", "hot", "cold", "new", "third", "bad", *(f"a{i}" for i in rang
 def residency(client: StubClient, slots: int = 2, clock: list[float] | None = None,
               cat: AdapterCatalog | None = None) -> tuple[AdapterResidency, Replica]:
     metrics = Metrics()
-    replica = Replica("r0", "m", None, ReplicaMetrics(metrics, "m", "r0", "p"))  # type: ignore[arg-type]
+    replica = Replica("r0", "m", None, ReplicaMetrics(metrics, "m", "r0", "p"),  # type: ignore[arg-type]
+                      address=ReplicaAddress("r0", "http://r0"))
     now = clock or [0.0]
     cat = cat or AdapterCatalog([adapter(n) for n in NAMES], {"m": []})
-    res = AdapterResidency("m", [replica], {"r0": client}, slots,  # type: ignore[dict-item]
+    res = AdapterResidency("m", lambda replica: client, slots,  # type: ignore[arg-type,return-value]
                            AdapterRates(30), LoraMetrics(metrics, "m"), cat,
                            failure_cooldown_s=30, load_timeout_s=0.2, clock=lambda: now[0])
+    res.add_replica(replica)
     return res, replica
 
 

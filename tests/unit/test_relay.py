@@ -10,10 +10,11 @@ import pytest
 
 from llmgw.config import TimeoutConfig
 from llmgw.dispatcher import Exchange, ModelGroup
+from llmgw.engines.openai_http import OpenAIHTTPEngine
 from llmgw.metrics import Metrics, ModelMetrics, ReplicaMetrics
 from llmgw.pool import Replica
 from llmgw.routing.registry import make_policy
-from llmgw.types import RequestContext
+from llmgw.types import ReplicaAddress, RequestContext
 
 CHUNK = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
 TRICKY = b'data: {"choices":[{"delta":{"content":"data: [DONE] \\"choices\\":[]"}}]}\n\n'
@@ -42,9 +43,10 @@ class BlockUpstream:
 def exchange(blocks: list[bytes]) -> Exchange:
     metrics = Metrics()
     replica = Replica("r0", "m", engine=None,  # type: ignore[arg-type]
-                      metrics=ReplicaMetrics(metrics, "m", "r0", "least-load"))
+                      metrics=ReplicaMetrics(metrics, "m", "r0", "least-load"),
+                      address=ReplicaAddress("r0", "http://r0"))
     replica.acquire()
-    group = ModelGroup(name="m", upstream_model="m", replicas=[replica],
+    group = ModelGroup(name="m", upstream_model="m", engine=OpenAIHTTPEngine, replicas=[replica],
                        policy=make_policy("least-load", random.Random(0)), policy_name="least-load",
                        timeouts=TimeoutConfig(), max_attempts=1,
                        metrics=ModelMetrics(metrics, "m"))

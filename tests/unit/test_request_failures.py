@@ -21,7 +21,9 @@ from llmgw.types import ReplicaAddress
 async def gateway() -> AsyncIterator[Gateway]:
     config = GatewayConfig.model_validate({"models": [
         {"name": "m", "engine": "openai", "url": ["http://127.0.0.1:9"]}]})
-    built = Gateway(config, {"m": [ReplicaAddress("m-0", "http://127.0.0.1:9")]})
+    built = Gateway(config)
+    built.serve(built.add_model(config.models[0]))
+    built.wire("m", ReplicaAddress("m-0", "http://127.0.0.1:9"), "mixed", "", healthy=True)
     yield built
     await built.close()
 
