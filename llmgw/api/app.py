@@ -25,7 +25,10 @@ def create_app(gateway: Gateway) -> FastAPI:
         finally:
             await gateway.close()
 
-    app = FastAPI(title="llmgw", docs_url=None, redoc_url=None, lifespan=lifespan)
+    # No redirects for a trailing slash: an API client gets its answer or an
+    # OpenAI-shaped 404/405, never a 307 it may not follow.
+    app = FastAPI(title="llmgw", docs_url=None, redoc_url=None, lifespan=lifespan,
+                  redirect_slashes=False)
     app.state.dispatcher = gateway.dispatcher
     app.state.pool = gateway.pool
     app.state.metrics = gateway.metrics
