@@ -48,7 +48,7 @@ def request(session_id: str | None = None, prompt: str = "") -> RequestContext:
 def test_session_keys_are_fixed_size_and_still_tell_sessions_apart(
         headers: dict[str, str], body: dict[str, object]) -> None:
     key = session_key(headers, body)
-    other = session_key({k: v + "!" for k, v in headers.items()},  # type: ignore[operator]
+    other = session_key({k: v + "!" for k, v in headers.items()},
                         {k: v + "!" for k, v in body.items()})  # type: ignore[operator]
     assert key is not None and other is not None
     assert len(key) == len(other) == len(session_key({"x-session-id": "a"}, {}) or "")
