@@ -11,10 +11,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
+
+if TYPE_CHECKING:
+    from llmgw.build import Gateway
+    from llmgw.config import GatewayConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,3 +137,18 @@ def launched_engine_urls(gateway: Server) -> list[str]:
     """The launched replicas' own URLs, from the launcher's lines in the gateway's log."""
     return [line.rsplit(" ", 1)[1] for line in gateway.output().splitlines()
             if "ready at http://" in line]
+
+
+def in_process_gateway(config: GatewayConfig) -> Gateway:
+    """A gateway built in this process (for httpx.ASGITransport tests): every model served,
+    attached engines wired as members (untouched until a request goes to one). No fleet:
+    nothing is launched. Call inside the event loop that serves it; close it after."""
+    from llmgw.build import Gateway
+    from llmgw.placement.local import attached_addresses
+
+    gateway = Gateway(config)
+    for model in config.models:
+        gateway.serve(gateway.add_model(model))
+        for address, role in zip(attached_addresses(model), model.replica_roles, strict=True):
+            gateway.wire(model.name, address, role, version="", healthy=True)
+    return gateway

@@ -17,8 +17,7 @@ from llmgw.api import admin
 from llmgw.api.app import create_app
 from llmgw.build import Gateway
 from llmgw.config import GatewayConfig
-from llmgw.types import ReplicaAddress
-from tests.support import Server, free_port, start_gateway
+from tests.support import Server, free_port, in_process_gateway, start_gateway
 
 KEY = "admin-test-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -42,7 +41,7 @@ def roots(tmp_path: Path) -> Path:
 @pytest.fixture
 async def gateway(tmp_path: Path, roots: Path) -> AsyncIterator[Gateway]:
     config = GatewayConfig.model_validate(gateway_config(tmp_path, roots))
-    built = Gateway(config, {"remote": [ReplicaAddress("remote-0", "http://127.0.0.1:9")]})
+    built = in_process_gateway(config)
     yield built
     await built.close()
 

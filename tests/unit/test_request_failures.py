@@ -14,16 +14,14 @@ import pytest
 from llmgw.api.app import create_app
 from llmgw.build import Gateway
 from llmgw.config import GatewayConfig
-from llmgw.types import ReplicaAddress
+from tests.support import in_process_gateway
 
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
     config = GatewayConfig.model_validate({"models": [
         {"name": "m", "engine": "openai", "url": ["http://127.0.0.1:9"]}]})
-    built = Gateway(config)
-    built.serve(built.add_model(config.models[0]))
-    built.wire("m", ReplicaAddress("m-0", "http://127.0.0.1:9"), "mixed", "", healthy=True)
+    built = in_process_gateway(config)
     yield built
     await built.close()
 
