@@ -20,9 +20,9 @@ from llmgw.config import TimeoutConfig
 from llmgw.disagg.orchestrator import Disaggregation
 from llmgw.engines.base import Engine, UpstreamResponse
 from llmgw.engines.prompt_tokens import PromptTokenizer
+from llmgw.engines.request_body import encode
 from llmgw.errors import (
     GatewayError,
-    InvalidRequest,
     ModelNotFound,
     NoReplica,
     UpstreamError,
@@ -312,13 +312,7 @@ class Dispatcher:
         if force_usage:
             patched["stream_options"] = {**(parsed.get("stream_options") or {}),
                                          "include_usage": True}
-        try:
-            return orjson.dumps(patched)
-        except orjson.JSONEncodeError:
-            # orjson reads 1024 levels of nesting but writes only 254: a body in between
-            # is the client's to fix (no real request nests that deep).
-            raise InvalidRequest("request body is nested too deeply for the gateway to "
-                                 "rewrite it (at most 254 levels)") from None
+        return encode(patched)
 
     async def open(self, ctx: RequestContext, group: ModelGroup, body: bytes,
                    upstream_id: str, explain: bool = False,

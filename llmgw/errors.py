@@ -3,14 +3,20 @@
     GatewayError                      500 server_error
     ├── InvalidRequest                400 invalid_request_error
     │   ├── ContextTooLong            400 invalid_request_error / context_length_exceeded
-    │   └── PayloadTooLarge           413 invalid_request_error / payload_too_large
+    │   ├── AdapterLoadFailed         400 invalid_request_error / adapter_load_failed
+    │   ├── PayloadTooLarge           413 invalid_request_error / payload_too_large
+    │   └── HeadersTooLarge           431 invalid_request_error / request_header_fields_too_large
+    ├── ClientGone                    499 (never sent: the client left; what metrics record)
     ├── ModelNotFound                 404 invalid_request_error / model_not_found
     ├── Overloaded                    429 rate_limit_error / overloaded
-    ├── NoReplica                     503 server_error / no_healthy_replica
+    ├── NoReplica                     503 server_error / no_healthy_replica (+ Retry-After)
     ├── UpstreamError                 502 server_error / upstream_error
     │   ├── UpstreamUnreachable       502 server_error / upstream_unreachable
     │   └── UpstreamTimeout           504 server_error / upstream_timeout
-    └── UpstreamRejected              4xx passed through from the engine with its message
+    ├── UpstreamRejected              4xx passed through from the engine with its message
+    ├── Unauthorized                  401 authentication_error / invalid_admin_key
+    ├── AdminRequestRejected          4xx an admin change that cannot be made (404/409/400)
+    └── ChangeNotSaved                500 server_error / state_not_saved
 
 The HTTP status is the contract: the ``openai`` SDK picks its exception class from it.
 """
@@ -33,6 +39,10 @@ class GatewayError(Exception):
     @property
     def status_code(self) -> int:
         return self.status
+
+    def headers(self) -> dict[str, str]:
+        """Response headers the error carries (e.g. Retry-After); none by default."""
+        return {}
 
     def body(self) -> dict[str, Any]:
         """The OpenAI error object: ``{"error": {message, type, param, code}}``."""
@@ -67,6 +77,20 @@ class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    code = "request_header_fields_too_large"
+
+
+class ClientGone(GatewayError):
+    """The client disconnected before its answer: there is nobody to send one to. Its
+    status, 499 (nginx's "client closed request"), is what the metrics record."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -83,6 +107,9 @@ class NoReplica(GatewayError):
     status = 503
     code = "no_healthy_replica"
     retry_after_s: ClassVar[int] = 1
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after_s)}
 
 
 class UpstreamError(GatewayError):
@@ -145,3 +172,9 @@ class AdminRequestRejected(GatewayError):
     @property
     def status_code(self) -> int:
         return self._status
+
+
+class ChangeNotSaved(GatewayError):
+    """A runtime change (admin API) the state file could not keep: it was not made."""
+
+    code = "state_not_saved"

@@ -25,7 +25,13 @@ from starlette.responses import Response
 from llmgw.api.body import read_limited
 from llmgw.api.errors import error_response
 from llmgw.dispatcher import Dispatcher
-from llmgw.errors import AdminRequestRejected, GatewayError, InvalidRequest, Unauthorized
+from llmgw.errors import (
+    AdminRequestRejected,
+    ChangeNotSaved,
+    GatewayError,
+    InvalidRequest,
+    Unauthorized,
+)
 from llmgw.lora.catalog import Adapter, AdapterCatalog, CatalogError, StateNotSaved
 
 ADMIN_KEY_ENV = "LLMGW_ADMIN_KEY"
@@ -88,7 +94,7 @@ def _parse_registration(body: bytes) -> RegisterAdapter:
 
 def _rejected(exc: CatalogError) -> GatewayError:
     if isinstance(exc, StateNotSaved):  # the gateway's fault, not the request's
-        return GatewayError(exc.message)
+        return ChangeNotSaved(exc.message)
     return AdminRequestRejected(exc.message, status=exc.status, param=exc.param)
 
 

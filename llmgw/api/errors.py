@@ -11,18 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from llmgw.errors import GatewayError, InvalidRequest, NoReplica
+from llmgw.errors import GatewayError, InvalidRequest
 
 log = logging.getLogger("llmgw.api")
-
-
-class ClientGone(GatewayError):
-    """The client disconnected before its answer: there is nobody to send one to. Its
-    status, 499 (nginx's "client closed request"), is what the metrics record."""
-
-    status = 499
-    type = "invalid_request_error"
-    code = "client_closed_request"
 
 
 def internal_error(request_id: str) -> GatewayError:
@@ -31,9 +22,7 @@ def internal_error(request_id: str) -> GatewayError:
 
 
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    headers = dict(headers or {})
-    if isinstance(error, NoReplica):
-        headers["retry-after"] = str(error.retry_after_s)
+    headers = {**(headers or {}), **error.headers()}
     return Response(
         orjson.dumps(error.body()), status_code=error.status_code,
         media_type="application/json", headers=headers,

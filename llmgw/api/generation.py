@@ -19,10 +19,10 @@ from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from llmgw.api.disconnect import DisconnectWatch
-from llmgw.api.errors import ClientGone, error_response, internal_error
+from llmgw.api.errors import error_response, internal_error
 from llmgw.api.sse import relay_json, relay_stream
 from llmgw.dispatcher import Dispatcher, Exchange, ModelGroup
-from llmgw.errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamTimeout
+from llmgw.errors import ClientGone, GatewayError, InvalidRequest, PayloadTooLarge, UpstreamTimeout
 from llmgw.lora.catalog import Adapter
 from llmgw.protocol import (
     ChatCompletionRequest,

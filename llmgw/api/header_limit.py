@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmgw.api.errors import error_response
 from llmgw.dispatcher import PATHS
-from llmgw.errors import InvalidRequest
+from llmgw.errors import HeadersTooLarge
 
 # Total bytes of header names and values. Clients send well under this (nginx refuses
 # a request line or header above 8 KiB by default, Node 16 KiB in all); 64 KiB leaves
@@ -23,11 +23,6 @@ MAX_HEADER_BYTES = 64 * 1024
 
 # Generation requests are counted in the request metrics even when refused here.
 _ENDPOINTS = {path: endpoint for endpoint, path in PATHS.items()}
-
-
-class HeadersTooLarge(InvalidRequest):
-    status = 431
-    code = "request_header_fields_too_large"
 
 
 class HeaderLimit:

@@ -19,7 +19,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
+from llmgw.engines.request_body import encode
 
 _ROOM_MAX = 2**63 - 1
 
@@ -47,4 +47,4 @@ def with_bootstrap(parsed: Mapping[str, Any], host: str, port: int,
     else:
         body.update(bootstrap_host=[host] * n, bootstrap_port=[port] * n,
                     bootstrap_room=[rng.randint(0, _ROOM_MAX) for _ in range(n)])
-    return orjson.dumps(body)
+    return encode(body)

@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from llmgw.engines.request_body import encode
+
 KV_TRANSFER_PARAMS = "kv_transfer_params"
 # What a prefill leg asks for: keep the KV for a decode engine that will fetch it.
 REMOTE_DECODE: dict[str, Any] = {
@@ -50,7 +52,7 @@ def prefill_body(parsed: Mapping[str, Any]) -> bytes:
     body.update(stream=False, max_tokens=1, kv_transfer_params=dict(REMOTE_DECODE))
     if "max_completion_tokens" in body:
         body["max_completion_tokens"] = 1
-    return orjson.dumps(body)
+    return encode(body)
 
 
 def transfer_params(prefill_answer: bytes) -> dict[str, Any] | None:
@@ -68,4 +70,4 @@ def decode_body(parsed: Mapping[str, Any], params: Mapping[str, Any] | None) -> 
     body = {k: v for k, v in parsed.items() if k != KV_TRANSFER_PARAMS}
     if params:
         body[KV_TRANSFER_PARAMS] = dict(params)
-    return orjson.dumps(body)
+    return encode(body)

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from llmgw.disagg import sglang_protocol, vllm_protocol
+from llmgw.errors import InvalidRequest
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50,
         "stream": True, "stream_options": {"include_usage": True}, "temperature": 0,
@@ -77,3 +78,16 @@ def test_sglang_batches_get_one_room_per_sequence(body: dict[str, Any], n: int |
         rng = random.Random(0)
         assert (out["bootstrap_host"], out["bootstrap_port"], out["bootstrap_room"]) == (
             ["h"] * n, [1] * n, [rng.randint(0, 2**63 - 1) for _ in range(n)])
+
+
+@pytest.mark.parametrize("build", [
+    lambda body: vllm_protocol.prefill_body(body),
+    lambda body: vllm_protocol.decode_body(body, {"remote": 1}),
+    lambda body: sglang_protocol.with_bootstrap(body, "h", 1, random.Random(0)),
+], ids=["vllm-prefill", "vllm-decode", "sglang"])
+def test_a_body_too_deep_to_rewrite_is_the_clients_400(build: Any) -> None:
+    """orjson reads 1024 levels but writes 254: a client body in between is refused with
+    a 400 on both PD legs, as on the aggregated path (was a 500)."""
+    deep = orjson.loads("[" * 300 + "]" * 300)
+    with pytest.raises(InvalidRequest, match="nested too deeply"):
+        build({"model": "m", "messages": [], "x": deep})

@@ -58,3 +58,23 @@ def test_errors_are_openai_shaped_with_their_status(
 )
 def test_engine_error_bodies_are_understood(raw: bytes, expected: tuple[object, ...]) -> None:
     assert _error_fields(raw) == expected
+
+
+def _all_subclasses(cls: type) -> set[type]:
+    return {sub for direct in cls.__subclasses__() for sub in {direct, *_all_subclasses(direct)}}
+
+
+def test_the_documented_tree_lists_every_error_class() -> None:
+    """llmgw/errors.py's docstring is the map clients and maintainers read: no class may be
+    missing from it (three were, before this test)."""
+    import llmgw.errors
+
+    doc = llmgw.errors.__doc__ or ""
+    documented = {line.replace("├──", " ").replace("└──", " ").replace("│", " ").split()[0]
+                  for line in doc.splitlines() if line.strip()}
+    assert {c.__name__ for c in _all_subclasses(GatewayError)} <= documented
+
+
+def test_errors_carry_their_own_headers() -> None:
+    assert NoReplica("m").headers() == {"retry-after": "1"}
+    assert InvalidRequest("m").headers() == {}
