@@ -54,13 +54,16 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
         raw = state.last_request = await request.body()
         try:
             body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return Response(b'{"error":{"message":"bad json","type":"invalid_request_error",'
-                            b'"param":null,"code":null}}', 400, media_type="application/json")
+            n = _max_tokens(body)
+            prompt_tokens = _prompt_tokens(body)
+        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+            # Like a real engine: a body it cannot use is the client's 400, never a 500.
+            return Response(b'{"error":{"message":"bad request body","type":'
+                            b'"invalid_request_error","param":null,"code":null}}', 400,
+                            media_type="application/json")
         chat = request.url.path.endswith("/chat/completions")
-        n = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
-        usage = {"prompt_tokens": _prompt_tokens(body), "completion_tokens": n,
-                 "total_tokens": _prompt_tokens(body) + n}
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
+                 "total_tokens": prompt_tokens + n}
         if body.get("stream"):
             return StreamingResponse(_stream(state, body, n, usage, chat),
                                      media_type="text/event-stream")
@@ -91,9 +94,18 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
     ])
 
 
+def _max_tokens(body: Any) -> int:
+    value = body.get("max_completion_tokens") or body.get("max_tokens") or 16
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1 << 20:
+        raise ValueError("max_tokens must be a positive integer")
+    return value
+
+
 def _prompt_tokens(body: dict[str, Any]) -> int:
-    if "messages" in body:
-        return sum(len(str(m.get("content", "")).split()) + 4 for m in body["messages"])
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return sum(len(str(m.get("content", "")).split()) + 4 if isinstance(m, dict) else 4
+                   for m in messages)
     return len(str(body.get("prompt", "")).split())
 
 

@@ -105,11 +105,9 @@ FIELDS = {
 }
 
 
-# The gateway forwards fields it does not read. The fake engine reads two of them on
-# completions without checking (a real engine refuses them): hostile values there would
-# test the fake, not the gateway.
-COMPLETION_FIELDS = {k: v for k, v in FIELDS.items()
-                     if k not in ("messages", "max_completion_tokens")}
+# The gateway forwards fields it does not read (messages, max_completion_tokens on
+# completions): the engine behind it answers them, as a real one does, with a 400.
+COMPLETION_FIELDS = FIELDS
 
 
 @st.composite
