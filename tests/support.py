@@ -125,12 +125,12 @@ def engine_counter(url: str, name: str) -> float:
     raise AssertionError(f"{name} not in {url}/metrics")
 
 
-def llmgw_up(config: str, timeout_s: float) -> Server:
+def llmgw_up(config: str, timeout_s: float, env: dict[str, str] | None = None) -> Server:
     """`llmgw up CONFIG` exactly as an operator runs it, on a free port."""
     check_like_llmgw([ROOT / config])
     port = free_port()
     return Server([sys.executable, "-m", "llmgw", "up", config, "--port", str(port)], port,
-                  "/ready", timeout_s=timeout_s)
+                  "/ready", timeout_s=timeout_s, env=env)
 
 
 def launched_engine_urls(gateway: Server) -> list[str]:

@@ -30,7 +30,7 @@ from llmgw.placement.base import Launcher, LaunchError
 from llmgw.placement.commands import launch_unit
 from llmgw.placement.local import attached_addresses
 from llmgw.pool import Replica
-from llmgw.types import Role
+from llmgw.types import ReplicaAddress, Role
 
 log = logging.getLogger("llmgw.fleet")
 # Ray Serve's controller ticks every 0.1 s; engines start in seconds, so a quarter second
@@ -67,6 +67,7 @@ class Fleet:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         launcher.on_restart = gateway.count_restart
+        launcher.on_moved = self.moved
 
     @property
     def config(self) -> GatewayConfig:
@@ -202,6 +203,16 @@ class Fleet:
         else:  # the model was removed by a reload while this replica started
             self.gateway.pool.start_failed(replica_id)
             await self.launcher.stop(replica_id)
+
+    def moved(self, model: str, replica_id: str, address: ReplicaAddress) -> None:
+        """The launcher brought a replica back on another address (a Ray actor placed
+        again after its node died): the old member leaves, one at the new address joins
+        under the same id, role and version; routing memory of it starts afresh."""
+        old = self.gateway.pool.get(replica_id)
+        if old is None or model not in self.gateway.models:
+            return
+        self.gateway.unwire(replica_id)
+        self.gateway.wire(model, address, old.role, old.version, healthy=True)
 
     async def retire(self, replica: Replica) -> None:
         self.gateway.unwire(replica.id)
