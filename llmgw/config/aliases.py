@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from llmgw.config.base import _Strict
+from llmgw.config.base import _Strict, first_duplicate
 
 
 class AliasTarget(_Strict):
@@ -20,8 +20,7 @@ class AliasConfig(_Strict):
     @field_validator("targets")
     @classmethod
     def _weights(cls, targets: list[AliasTarget]) -> list[AliasTarget]:
-        models = [t.model for t in targets]
-        duplicate = next((m for m in models if models.count(m) > 1), None)
+        duplicate = first_duplicate([t.model for t in targets])
         if duplicate is not None:
             raise ValueError(f"target {duplicate!r} is listed twice")
         if sum(t.weight for t in targets) <= 0:

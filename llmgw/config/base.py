@@ -18,6 +18,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def first_duplicate(names: list[str]) -> str | None:
+    """The first name listed twice, if any (for "declared twice" errors)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 def _one_is_a_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 

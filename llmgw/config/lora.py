@@ -6,7 +6,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from llmgw.config.base import _Strict
+from llmgw.config.base import _Strict, first_duplicate
 
 DEMO_SOURCE = "demo"
 # Demo adapters are built offline on first start, demo-lora-0 up to the highest N named,
@@ -67,8 +67,7 @@ class LoraConfig(_Strict):
     @field_validator("adapters")
     @classmethod
     def _unique_names(cls, value: list[AdapterConfig]) -> list[AdapterConfig]:
-        names = [a.name for a in value]
-        duplicate = next((n for n in names if names.count(n) > 1), None)
+        duplicate = first_duplicate([a.name for a in value])
         if duplicate is not None:
             raise ValueError(f"adapter {duplicate!r} is declared twice")
         return value

@@ -4,17 +4,28 @@ fleet to converge, and bounded load that records every outcome."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
-from tests.support import Server, wait_until
+from tests.support import Server, check_like_llmgw, wait_until
 
 ADMIN_KEY = "fleet-test-key"
 AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def up(config_file: Path, timeout_s: float = 180) -> Server:
+    """`llmgw up FILE` on the port the file names: a reload re-reads this same file."""
+    check_like_llmgw([config_file])
+    port = yaml.safe_load(config_file.read_text())["server"]["port"]
+    return Server([sys.executable, "-m", "llmgw", "up", str(config_file)], port, "/ready",
+                  timeout_s=timeout_s)
 
 
 def status(gateway: Server) -> dict[str, Any]:

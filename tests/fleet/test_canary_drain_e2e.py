@@ -23,6 +23,7 @@ from tests.fleet.conftest import (
     reload,
     send,
     status,
+    up,
     wait_for,
 )
 from tests.support import Server, free_port, start_fake_engine
@@ -58,11 +59,7 @@ def config_file(engines: list[Server], tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def gateway(config_file: Path) -> Iterator[Server]:
-    import sys
-
-    port = yaml.safe_load(config_file.read_text())["server"]["port"]
-    server = Server([sys.executable, "-m", "llmgw", "up", str(config_file)], port, "/ready",
-                    timeout_s=120)
+    server = up(config_file, timeout_s=120)
     yield server
     server.stop()
 

@@ -79,3 +79,16 @@ def test_a_change_only_a_restart_applies_is_refused(key: str) -> None:
     value = {"port": 9999, "host": "0.0.0.0", "state_dir": "/elsewhere"}[key]
     with pytest.raises(ConfigError, match=f"server.{key}: cannot change while"):
         plan_reload(config(), config(server={key: value}))
+
+
+def test_the_readme_example_is_configs_autoscale_yaml() -> None:
+    import yaml
+
+    from llmgw.config import load_config
+    from tests.support import ROOT
+
+    readme = (ROOT / "README.md").read_text().split("## Elastic fleet", 1)[1]
+    shown = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
+    config = load_config([ROOT / "configs" / "autoscale.yaml"])
+    assert GatewayConfig.model_validate(shown).models == config.models
+    assert GatewayConfig.model_validate(shown).aliases == config.aliases

@@ -24,6 +24,7 @@ from tests.fleet.conftest import (
     ready_ids,
     reload,
     status,
+    up,
     wait_for,
     wait_for_requests,
 )
@@ -53,11 +54,7 @@ def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gateway(config_file: Path) -> Iterator[Server]:
-    import sys
-
-    port = yaml.safe_load(config_file.read_text())["server"]["port"]
-    server = Server([sys.executable, "-m", "llmgw", "up", str(config_file)], port, "/ready",
-                    timeout_s=180)
+    server = up(config_file, timeout_s=180)
     yield server
     server.stop()
 
