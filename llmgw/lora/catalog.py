@@ -83,7 +83,8 @@ class AdapterCatalog:
                     if a.origin == "runtime" and a.base in self._roots}
         for name, adapter in self._configured.items():
             if name not in self._removed and name not in adapters:
-                adapters[name] = adapter
+                previous = self._adapters.get(name)
+                adapters[name] = previous if previous == adapter else adapter
         gone = [a for n, a in self._adapters.items() if adapters.get(n) != a]
         self._adapters = adapters
         return gone

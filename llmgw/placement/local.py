@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import re
@@ -31,7 +30,8 @@ from llmgw.placement.commands import engine_command, engine_env, resolve_model
 from llmgw.types import ReplicaAddress
 
 log = logging.getLogger("llmgw.launcher")
-_PR_SET_PDEATHSIG = 1
+# Every engine runs under this guard: the kernel kills it if the gateway dies.
+_GUARD = [sys.executable, "-m", "llmgw.placement.die_with_parent", "--"]
 _LOG_TAIL_BYTES = 4000
 # Log file names keep letters, digits, "." "_" "-"; a model name may hold anything else.
 _UNSAFE_IN_FILE_NAMES = re.compile(r"[^A-Za-z0-9._-]")
@@ -42,12 +42,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the gateway dies, whatever the cause."""
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class EngineProcess:
@@ -76,8 +70,8 @@ class EngineProcess:
         try:
             with open(self.log_path, "ab") as out:
                 return await asyncio.create_subprocess_exec(
-                    *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-                    env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
+                    *_GUARD, *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                    env=self.env, start_new_session=True,
                 )
         except OSError as exc:  # validation checks the Python; this is the machine changing
             raise LaunchError(f"engine {self.replica_id} cannot start: {exc}") from None

@@ -135,3 +135,23 @@ def test_kv_feeds_forget_a_replica_that_left() -> None:
         await feeds.close()
 
     asyncio.run(run())
+
+
+def test_a_slow_health_answer_is_not_a_dead_replica() -> None:
+    """Issue 17 #4, the gateway's half: a check that times out (a live engine busy with a
+    huge prompt) counts, and only failure_threshold in a row take the replica out; a
+    refused connection or an error answer takes it out at once."""
+    r = replica(Metrics(), "a")
+    r.checked("timeout", failure_threshold=3)
+    r.checked("timeout", failure_threshold=3)
+    assert r.healthy
+    r.checked("ok", failure_threshold=3)  # an answer resets the count
+    r.checked("timeout", failure_threshold=3)
+    r.checked("timeout", failure_threshold=3)
+    assert r.healthy
+    r.checked("timeout", failure_threshold=3)
+    assert not r.healthy
+    r.checked("ok", failure_threshold=3)
+    assert r.healthy
+    r.checked("down", failure_threshold=3)
+    assert not r.healthy

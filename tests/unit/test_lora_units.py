@@ -520,3 +520,19 @@ def test_unusable_sources_are_400s(tmp_path: Path, source: str, words: str) -> N
     with pytest.raises(CatalogError, match=words) as info:
         catalog(tmp_path, [root]).register("m", "x", source)
     assert info.value.status == 400 and info.value.param == "source"
+
+
+def test_a_reload_keeps_runtime_adapters_and_retires_configured_ones_it_drops(
+        tmp_path: Path) -> None:
+    (tmp_path / "rt").mkdir()
+    cat = AdapterCatalog([adapter("a"), adapter("b")], {"m": [str(tmp_path)]})
+    runtime = cat.register("m", "rt", "rt")
+    kept_a = cat.get("a")
+    gone = cat.reconfigure([adapter("a"), Adapter("c", "m", "/adapters/c")],
+                           {"m": [str(tmp_path)]}, ["m"])
+    assert gone == [adapter("b")]
+    assert cat.get("rt") is runtime and cat.get("a") is kept_a
+    assert sorted(a.name for a in cat.all()) == ["a", "c", "rt"]
+    # A model that loses its lora: section takes its runtime adapters with it.
+    assert sorted(a.name for a in cat.reconfigure([], {}, ["m"])) == ["a", "c", "rt"]
+    assert cat.all() == []
