@@ -72,7 +72,9 @@ def test_the_documented_tree_lists_every_error_class() -> None:
     doc = llmgw.errors.__doc__ or ""
     documented = {line.replace("├──", " ").replace("└──", " ").replace("│", " ").split()[0]
                   for line in doc.splitlines() if line.strip()}
-    assert {c.__name__ for c in _all_subclasses(GatewayError)} <= documented
+    # The embedded engine (its own server) keeps its own few subclasses beside its code.
+    ours = {c.__name__ for c in _all_subclasses(GatewayError) if c.__module__ == "llmgw.errors"}
+    assert ours <= documented and len(ours) >= 16
 
 
 def test_errors_carry_their_own_headers() -> None:
