@@ -23,7 +23,8 @@ from llmgw.engines.prompt_tokens import PromptTokenizer
 from llmgw.engines.sglang import SGLangEngine
 from llmgw.engines.vllm import VLLMEngine
 from llmgw.kv_events import KVEventStream, KVEventSubscriber
-from llmgw.lora.setup import configured_adapters, lora_roots, make_catalog, make_lora_group
+from llmgw.lora.catalog import Adapter
+from llmgw.lora.setup import lora_roots, make_catalog, make_lora_group
 from llmgw.metrics import (
     KVEventMetrics,
     Metrics,
@@ -69,8 +70,7 @@ def check_config(cfg: GatewayConfig) -> None:
 
 def reads_kv_events(cfg: GatewayConfig, model: ModelConfig) -> bool:
     """Whether the model's live or shadow policy scores engine-reported KV blocks."""
-    names = (model.routing, *model.shadow, *(pool.routing for _, pool in _pools(model)))
-    specs = (policy_spec(name, cfg.policies) for name in names)
+    specs = (policy_spec(name, cfg.policies) for name in model.policy_names)
     return any(spec is not None and uses_kv_index(spec) for spec in specs)
 
 
@@ -220,6 +220,8 @@ class Gateway:
         self.kv = KVFeeds(self.metrics)
         self._series = SeriesCleanup(self.metrics)
         self._groups: dict[str, ModelGroup] = {}
+        # Model -> (what it was loaded from, tokenizer), kept across group rebuilds.
+        self._tokenizers: dict[str, tuple[tuple[str | None, bool], PromptTokenizer]] = {}
         self._started = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -262,6 +264,9 @@ class Gateway:
         self.pool.unwatch(name, self.kv)
         self.pool.unwatch(name, self._series)
         self.kv.indexes.pop(name, None)
+        cached = self._tokenizers.pop(name, None)
+        if cached is not None:
+            cached[1].close()
 
     def replace_group(self, model: ModelConfig) -> ModelGroup:
         """The same replicas under a group built from ``model`` (routing, policies,
@@ -280,14 +285,16 @@ class Gateway:
         self._close_group(old)
         return group
 
-    def reconfigure(self, config: GatewayConfig) -> None:
-        """Settings outside the models that apply at once (health, aliases)."""
+    def reconfigure(self, config: GatewayConfig, adapters: list[Adapter]) -> None:
+        """Settings outside the models that apply at once (health, aliases, the
+        configured LoRA adapters: ``configured_adapters(config)``, which may build demo
+        adapters, so the caller runs it off the event loop)."""
         self.config = config
         self.pool.configure(interval_s=config.health.interval_s,
                             stats_interval_s=config.health.stats_interval_s,
                             failure_threshold=config.health.failure_threshold)
         self.dispatcher.splits = make_splits(config, self._rng)
-        gone = self.catalog.reconfigure(configured_adapters(config), lora_roots(config),
+        gone = self.catalog.reconfigure(adapters, lora_roots(config),
                                         [m.name for m in config.models])
         for adapter in gone:  # off their replicas as their last requests end
             group = self._groups.get(adapter.base)
@@ -339,7 +346,7 @@ class Gateway:
             max_attempts=model.max_attempts, metrics=ModelMetrics(self.metrics, model.name),
             shadows=[Shadow(name, policy(name), ShadowMetrics(self.metrics, model.name, name))
                      for name in model.shadow],
-            tokenizer=load_tokenizer(model) if kv_index is not None else None,
+            tokenizer=self._tokenizer(model) if kv_index is not None else None,
             lora=make_lora_group(model, self.catalog, self.session, self.metrics)
             if model.lora is not None else None,
             disagg=make_disaggregation(
@@ -358,11 +365,22 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _tokenizer(self, model: ModelConfig) -> PromptTokenizer:
+        """The model's tokenizer, loaded once: a group rebuilt by a reload keeps it unless
+        its source or template trust changed (loading one takes the loop a while)."""
+        key = (model.tokenizer or model.model, _trusts_templates(model))
+        cached = self._tokenizers.get(model.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        tokenizer = load_tokenizer(model)
+        self._tokenizers[model.name] = (key, tokenizer)
+        return tokenizer
+
     def _close_group(self, group: ModelGroup) -> None:
         if group.lora is not None:
             group.lora.stop_soon()
-        if group.tokenizer is not None:
-            group.tokenizer.close()
 
     def _engine(self, model: ModelConfig, url: str) -> OpenAIHTTPEngine:
         return ENGINES[model.engine](
@@ -388,7 +406,6 @@ class Gateway:
                 await group.lora.stop()
         await self.pool.stop()
         await self.kv.close()
-        for group in self._groups.values():
-            if group.tokenizer is not None:
-                group.tokenizer.close()
+        for _, tokenizer in self._tokenizers.values():
+            tokenizer.close()
         await self.session.close()

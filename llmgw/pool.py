@@ -198,11 +198,16 @@ class ReplicaPool:
 
     async def drain(self, replica_id: str, timeout_s: float) -> bool:
         """Take the replica out of rotation and wait for its open requests and streams to
-        finish, up to ``timeout_s``; True when it went idle in time. It stays a member
+        finish, up to ``timeout_s``; True when it went idle in time (else the requests
+        still open are cut when its engine stops: logged here). It stays a member
         (health-checked, counted) until ``remove``."""
         replica = self._members[replica_id]
         replica.state = "draining"
-        return await replica.idle(timeout_s)
+        if await replica.idle(timeout_s):
+            return True
+        log.warning("replica %s/%s still had %d request(s) open after %.0fs of drain",
+                    replica.model, replica.id, replica.in_flight, timeout_s)
+        return False
 
     def remove(self, replica_id: str) -> Replica:
         """Forget a member for good; every listener drops what it kept for it."""
@@ -223,10 +228,6 @@ class ReplicaPool:
 
     def all(self) -> list[Replica]:
         return list(self._members.values())
-
-    def ready(self, model: str) -> bool:
-        # Prefill replicas alone cannot answer a request; a decode or mixed one can.
-        return any(r.routable and r.role != "prefill" for r in self.replicas(model))
 
     # --- health and stats -----------------------------------------------------------
 

@@ -46,8 +46,7 @@ async def health(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     """Ready when every model can answer now, or (scaled to zero) starts a replica for
     the first request that comes."""
-    pool = request.app.state.pool
-    models = {name: pool.ready(name) or group.waiter is not None
+    models = {name: group.routable() or group.waiter is not None
               for name, group in request.app.state.dispatcher.groups.items()}
     ok = all(models.values())
     return Response(orjson.dumps({"ready": ok, "models": models}),

@@ -132,6 +132,12 @@ class ModelConfig(_Strict):
             raise ValueError("a launched engine needs 'model' (a path, hub id or 'demo')")
 
     @property
+    def policy_names(self) -> set[str]:
+        """Every routing policy the model refers to: live, shadows, PD pools'."""
+        pools = self.disaggregation.pools if self.disaggregation is not None else []
+        return {self.routing, *self.shadow, *(pool.routing for _, pool in pools)}
+
+    @property
     def publishes_kv_events(self) -> bool:
         return self.launch.kv_events or self.kv_events_url is not None
 

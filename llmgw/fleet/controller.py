@@ -26,8 +26,8 @@ from llmgw.fleet.autoscaler import Autoscaler, sample
 from llmgw.fleet.deployment import Deployment
 from llmgw.fleet.version import replica_version
 from llmgw.metrics import FleetMetrics
-from llmgw.placement.base import Launcher, LaunchError
-from llmgw.placement.commands import launch_unit
+from llmgw.placement.base import Launcher
+from llmgw.placement.commands import launch_roles, launch_unit
 from llmgw.placement.local import attached_addresses
 from llmgw.pool import Replica
 from llmgw.types import ReplicaAddress, Role
@@ -51,10 +51,6 @@ def pool_settings(model: ModelConfig, role: Role) -> tuple[int | None, Autoscali
         return model.replicas, model.autoscaling
     pool = pd.prefill if role == "prefill" else pd.decode
     return pool.replicas, pool.autoscaling
-
-
-def launched_roles(model: ModelConfig) -> list[Role]:
-    return ["prefill", "decode"] if model.disaggregation is not None else ["mixed"]
 
 
 class Fleet:
@@ -111,7 +107,7 @@ class Fleet:
                                      strict=True):
                 self.gateway.wire(model.name, address, role, version="", healthy=False)
             return
-        deployments = [self._manage(model, role) for role in launched_roles(model)]
+        deployments = [self._manage(model, role) for role in launch_roles(model)]
         results = await asyncio.gather(*(d.launch_initial() for d in deployments),
                                        return_exceptions=True)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
@@ -164,9 +160,7 @@ class Fleet:
         self.spawn(retire_all())
 
     async def _drain_and_retire(self, replica: Replica, timeout_s: float) -> None:
-        if not await self.gateway.pool.drain(replica.id, timeout_s):
-            log.warning("replica %s still had %d request(s) open after %.0fs of drain",
-                        replica.id, replica.in_flight, timeout_s)
+        await self.gateway.pool.drain(replica.id, timeout_s)
         await self.retire(replica)
 
     def _serve(self, group: ModelGroup) -> None:
@@ -279,4 +273,3 @@ class Fleet:
         task.add_done_callback(self._background.discard)
 
 
-__all__ = ["Fleet", "LaunchError", "ManagedPool", "launched_roles", "pool_settings"]

@@ -157,10 +157,7 @@ class Deployment:
 
     async def _retire(self, replica: Replica) -> None:
         try:
-            if not await self._pool.drain(replica.id, self.rollout.drain_timeout_s):
-                log.warning("replica %s still had %d request(s) open after %.0fs of drain; "
-                            "stopping it", replica.id, replica.in_flight,
-                            self.rollout.drain_timeout_s)
+            await self._pool.drain(replica.id, self.rollout.drain_timeout_s)
             await self._hands.retire(replica)
         except Exception:  # the replica is out of rotation either way; say what failed
             log.exception("stopping replica %s failed", replica.id)

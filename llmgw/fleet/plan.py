@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from llmgw.config import ConfigError, GatewayConfig, ModelConfig, PDPoolConfig
+from llmgw.config import ConfigError, GatewayConfig, ModelConfig
 from llmgw.fleet.version import replica_version
-from llmgw.types import Role
+from llmgw.placement.commands import launch_roles
 
 Action = Literal["add", "remove", "roll", "scale", "attach", "update"]
 # Server settings a running gateway cannot take on: it would need a new socket / process.
@@ -90,8 +90,7 @@ def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
 def _model_plan(old: ModelConfig, new: ModelConfig,
                 changed_policies: set[str]) -> ModelPlan | None:
     changed = [key for key in type(new).model_fields if getattr(old, key) != getattr(new, key)]
-    uses = {new.routing, *new.shadow, *(pool.routing for _, pool in _pools(new))}
-    changed += [f"policies.{name}" for name in sorted(uses & changed_policies)]
+    changed += [f"policies.{name}" for name in sorted(new.policy_names & changed_policies)]
     if not changed:
         return None
     if old.launched != new.launched:  # attached <-> launched: a different model
@@ -108,16 +107,8 @@ def _model_plan(old: ModelConfig, new: ModelConfig,
     return ModelPlan(new.name, tuple(actions), tuple(changed))
 
 
-def _pools(model: ModelConfig) -> list[tuple[str, PDPoolConfig]]:
-    return list(model.disaggregation.pools) if model.disaggregation is not None else []
-
-
-def _roles(model: ModelConfig) -> list[Role]:
-    return ["prefill", "decode"] if model.disaggregation is not None else ["mixed"]
-
-
 def _versions(model: ModelConfig) -> list[str]:
-    return [replica_version(model, role) for role in _roles(model)]
+    return [replica_version(model, role) for role in launch_roles(model)]
 
 
 def _pool_counts(model: ModelConfig) -> object:

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 
 from llmgw.config import ConfigError, GatewayConfig, ModelConfig, load_config
 from llmgw.fleet.autoscaler import Autoscaler
-from llmgw.fleet.controller import Fleet, launched_roles, pool_settings
+from llmgw.fleet.controller import Fleet, pool_settings
 from llmgw.fleet.plan import ModelPlan, ReloadPlan, plan_reload
 from llmgw.fleet.version import replica_version
+from llmgw.lora.catalog import Adapter
+from llmgw.lora.setup import configured_adapters
+from llmgw.placement.commands import launch_roles
 from llmgw.placement.local import attached_addresses
 
 log = logging.getLogger("llmgw.reload")
@@ -66,7 +69,9 @@ class Reloader:
                 log.error("reload refused, the running config stays:\n%s", exc)
                 raise
             log.info("reload plan: %s", plan.as_dict())
-            apply(self.fleet, new, plan)
+            # Demo adapters a new config names are built on first use: not on the loop.
+            adapters = await asyncio.to_thread(configured_adapters, new)
+            apply(self.fleet, new, plan, adapters)
             for listener in self.listeners:
                 listener(new)
             self.last = ReloadRecord(time.time(), True, plan)
@@ -74,10 +79,12 @@ class Reloader:
             return plan
 
 
-def apply(fleet: Fleet, new: GatewayConfig, plan: ReloadPlan) -> None:
-    """Make the running fleet serve ``new``. Synchronous: whatever takes time (starting,
-    draining) runs in the fleet's tasks and deployments."""
-    fleet.gateway.reconfigure(new)
+def apply(fleet: Fleet, new: GatewayConfig, plan: ReloadPlan,
+          adapters: list[Adapter]) -> None:
+    """Make the running fleet serve ``new`` (``adapters``: its configured LoRA adapters).
+    Synchronous: whatever takes time (starting, draining) runs in the fleet's tasks and
+    deployments."""
+    fleet.gateway.reconfigure(new, adapters)
     models = {m.name: m for m in new.models}
     for model_plan in plan.models:
         if "remove" in model_plan.actions:
@@ -125,7 +132,7 @@ def _change(fleet: Fleet, model: ModelConfig, plan: ModelPlan) -> None:
         fleet.watch_waiter(group)
     if "attach" in plan.actions:
         _attach(fleet, model)
-    for role in launched_roles(model) if model.launched else []:
+    for role in launch_roles(model) if model.launched else []:
         managed = fleet.pools[(model.name, role)]
         deployment = managed.deployment
         deployment.spec, deployment.rollout = model, model.rollout

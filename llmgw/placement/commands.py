@@ -170,8 +170,7 @@ def check_launchable(cfg: GatewayConfig) -> None:
         if not model.launched:
             continue
         try:
-            roles: list[Role] = ["prefill", "decode"] if model.disaggregation else ["mixed"]
-            for role in roles:  # an autoscaled pool may start with no replica at all
+            for role in launch_roles(model):  # an autoscaled pool may start with none
                 engine_command(launch_unit(model, role, 0), "127.0.0.1", 0, model.model or "")
         except ValueError as exc:
             raise ConfigError(f"models[{index}] ({model.name}): {exc}") from None
@@ -187,6 +186,11 @@ def _runnable(program: str) -> bool:
         return shutil.which(program) is not None
     path = os.path.expanduser(program)
     return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def launch_roles(model: ModelConfig) -> list[Role]:
+    """The pools a model's replicas are launched in: one, or prefill and decode."""
+    return ["prefill", "decode"] if model.disaggregation is not None else ["mixed"]
 
 
 def launch_unit(model: ModelConfig, role: Role, ordinal: int) -> ModelConfig:
