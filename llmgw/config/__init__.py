@@ -29,6 +29,7 @@ from llmgw.config.lora import (
     demo_adapter_index,
 )
 from llmgw.config.model import ModelConfig, cross_section_rules
+from llmgw.config.placement import PlacementConfig, ReplicaPlacementConfig, Strategy
 from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
 from llmgw.config.server import HealthConfig, ServerConfig
 
@@ -36,6 +37,7 @@ __all__ = [
     "AliasConfig",
     "AliasTarget",
     "AutoscalingConfig",
+    "ReplicaPlacementConfig",
     "RolloutConfig",
     "DEMO_ADAPTERS",
     "DEMO_SOURCE",
@@ -56,9 +58,11 @@ __all__ = [
     "PDPoolConfig",
     "PDProtocol",
     "PDRole",
+    "PlacementConfig",
     "PluginSpec",
     "PolicyConfig",
     "ServerConfig",
+    "Strategy",
     "TimeoutConfig",
     "cross_section_rules",
     "demo_adapter_index",

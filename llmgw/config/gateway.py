@@ -1,5 +1,5 @@
-"""The whole file: ``server``, ``health``, ``policies`` and ``models``, and the rules
-across models."""
+"""The whole file: ``server``, ``health``, ``placement``, ``policies``, ``models`` and
+``aliases``, and the rules across models."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 from llmgw.config.aliases import AliasConfig
 from llmgw.config.base import _Strict
 from llmgw.config.model import ModelConfig
+from llmgw.config.placement import PlacementConfig
 from llmgw.config.routing import PolicyConfig
 from llmgw.config.server import HealthConfig, ServerConfig
 
@@ -15,6 +16,8 @@ from llmgw.config.server import HealthConfig, ServerConfig
 class GatewayConfig(_Strict):
     server: ServerConfig = ServerConfig()
     health: HealthConfig = HealthConfig()
+    # Where launched engines run: child processes (local) or a Ray cluster (ray).
+    placement: PlacementConfig = PlacementConfig()
     # Named routing policies; models refer to them (or to a built-in) by ``routing:``.
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
     models: list[ModelConfig] = Field(min_length=1)
