@@ -7,6 +7,7 @@ temporary folder, removed at the end."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -23,10 +24,13 @@ FAST_HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_thre
 @contextlib.contextmanager
 def local_cluster(workers: int = 2) -> Iterator[Cluster]:
     # Short: Ray's sockets live under it, and a Unix socket path has ~100 characters.
+    # RAY_TMPDIR moves all of Ray's files there (sessions, the current-cluster file).
     temp = tempfile.mkdtemp(prefix="llmgw-ray-", dir="/tmp")
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp
+    os.makedirs(os.path.join(temp, "ray"))
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "temp_dir": temp,
-        "_system_config": FAST_HEALTH_CHECKS})
+        "num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS})
     try:
         for _ in range(workers):
             cluster.add_node(**WORKER)
@@ -37,6 +41,10 @@ def local_cluster(workers: int = 2) -> Iterator[Cluster]:
         ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+        if before is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = before
 
 
 def ray_config(cluster: Cluster, namespace: str, models: list[dict[str, Any]],
