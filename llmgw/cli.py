@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import random
 import signal
 import socket
 import sys
@@ -154,7 +155,9 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
     except LaunchError as exc:
         log.error("%s", exc)
         return 1
-    gateway = Gateway(cfg)
+    # Seeded per process: gateways sharing a fleet (several instances, workers) must not
+    # make the same random choices in lockstep (round robin's start, tie-breaks).
+    gateway = Gateway(cfg, rng=random.Random())
     fleet = Fleet(gateway, launcher)
     reloader = Reloader(fleet, paths, validate, overrides)
     try:

@@ -120,8 +120,10 @@ def test_ranks_of_a_replica_and_replicas_of_a_pool_spread_over_nodes(
 
 def test_a_lost_node_moves_its_replica_and_no_request_fails(cluster: Cluster,
                                                             tmp_path: Path) -> None:
-    gateway = gateway_for(cluster, tmp_path, "loss", [fake("sturdy", replicas=2)])
-    load = Load(gateway.url, lambda n: chat("sturdy", 4), workers=4, max_requests=3000)
+    # 10 ms a token: each request takes ~40 ms, so the bounded load outlasts the loss.
+    gateway = gateway_for(cluster, tmp_path, "loss", [
+        fake("sturdy", replicas=2, engine_args={"token_delay_ms": 10})])
+    load = Load(gateway.url, lambda n: chat("sturdy", 4), workers=4, max_requests=20000)
     try:
         infos = {rid: host_info("loss", rid) for rid in ("sturdy-0", "sturdy-1")}
         assert infos["sturdy-0"]["node_id"] != infos["sturdy-1"]["node_id"]
