@@ -236,3 +236,39 @@ def test_a_replica_the_cluster_cannot_place_waits_visibly_and_hangs_nothing(
         gateway.stop()
         down(config_of(gateway, tmp_path))
     assert actor_names("unplaced") == []
+
+
+def test_several_gateways_share_one_fleet_and_a_follower_takes_over(
+        cluster: Cluster, tmp_path: Path) -> None:
+    models = [fake("shared", replicas=2)]
+    owner = gateway_for(cluster, tmp_path, "shared", models)
+    follower = gateway_for(cluster, tmp_path, "shared", models)
+    try:
+        assert "following the fleet's owner" in follower.output()
+        urls = {rid: host_info("shared", rid)["url"] for rid in ("shared-0", "shared-1")}
+        # The follower routes to the owner's replicas and launched none of its own.
+        served = set()
+        for _ in range(4):
+            answer = httpx.post(follower.url + "/v1/chat/completions", json=chat("shared"),
+                                timeout=30)
+            assert answer.status_code == 200
+            served.add(answer.headers["x-llmgw-replica"])
+        assert served == {"shared-0", "shared-1"}
+        pool = status(follower)["models"]["shared"]["pools"]["mixed"]
+        assert {r["id"]: r["url"] for r in pool["replicas"]} == urls
+        assert actor_names("shared") == ["llmgw/directory", "llmgw/shared-0/rank0",
+                                         "llmgw/shared-1/rank0"]
+        pids = {rid: host_info("shared", rid)["pid"] for rid in urls}
+        owner.stop()  # releases the lease: the follower owns the fleet from now on
+        wait_for(follower, lambda s: s["models"]["shared"]["pools"]["mixed"].get("target")
+                 == 2, 30, "the follower to take the fleet over")
+        assert "takes it over" in follower.output()
+        assert {rid: host_info("shared", rid)["pid"] for rid in urls} == pids
+        assert ready_ids(follower, "shared") == ["shared-0", "shared-1"]
+        answer = httpx.post(follower.url + "/v1/chat/completions", json=chat("shared"),
+                            timeout=30)
+        assert answer.status_code == 200
+    finally:
+        owner.stop()
+        follower.stop()
+        down(config_of(follower, tmp_path))
