@@ -381,6 +381,10 @@ class RayLauncher:
         await asyncio.gather(*(self._destroy_found(replica_id, hosts)
                                for replica_id, hosts in by_replica.items()))
         await asyncio.to_thread(self._remove_orphan_groups, set())
+        with contextlib.suppress(ValueError):  # the shared fleet's directory goes too
+            directory = await asyncio.to_thread(ray.get_actor, DIRECTORY_NAME,
+                                                self.settings.namespace)
+            await asyncio.to_thread(ray.kill, directory)
         return len(by_replica)
 
     async def _destroy_found(self, replica_id: str, hosts: list[Any]) -> None:
