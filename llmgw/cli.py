@@ -161,7 +161,8 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
     fleet = Fleet(gateway, launcher, directory=directory)
     reloader = Reloader(fleet, paths, validate, overrides)
     try:
-        await fleet.start()
+        # On a cluster a replica may wait minutes for a node: serve meanwhile.
+        await fleet.start(wait=cfg.placement.backend == "local")
         loop.add_signal_handler(signal.SIGHUP, lambda: fleet.spawn(_reload(reloader)))
         server = uvicorn.Server(uvicorn.Config(
             create_app(gateway, fleet, reloader), host=cfg.server.host, port=cfg.server.port,

@@ -77,12 +77,16 @@ class Fleet:
 
     # --- start and stop -------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, wait: bool = True) -> None:
         """Every model's initial replicas, launched at once; a launch that fails stops
         the gateway's start (LaunchError) rather than serving part of the config.
         Replicas still running from an earlier gateway (a Ray cluster's) are adopted
         first: those of the config's version serve at once, those of another version
-        serve until their replacements are ready, those of no pool are stopped."""
+        serve until their replacements are ready, those of no pool are stopped.
+
+        ``wait=False`` (a cluster, where a replica may wait minutes for a node): serve at
+        once and let each pool's reconciler start what is missing, retrying failures
+        with backoff; requests get 503 (or wait in a scale-from-zero queue) meanwhile."""
         groups = [self.gateway.add_model(model) for model in self.config.models]
         if self.directory is not None:
             self.owner = await self.directory.claim(None)
@@ -96,7 +100,7 @@ class Fleet:
             log.info("following the fleet's owner (another gateway on this namespace)")
             return
         adopted = await self._adopt(await self.launcher.adoptable())
-        await asyncio.gather(*(self._populate(model, initial=True,
+        await asyncio.gather(*(self._populate(model, initial=True, launch=wait,
                                               adopted=adopted.get(model.name, []))
                                for model in self.config.models))
         for group in groups:
@@ -117,7 +121,7 @@ class Fleet:
             for replica in self.gateway.pool.replicas(model.name):
                 self.gateway.unwire(replica.id)
         adopted = await self._adopt(await self.launcher.adoptable())
-        await asyncio.gather(*(self._populate(model, initial=False,
+        await asyncio.gather(*(self._populate(model, initial=False, launch=False,
                                               adopted=adopted.get(model.name, []))
                                for model in launched))
         self._lead()
@@ -165,9 +169,10 @@ class Fleet:
         return adopted
 
     async def _populate(self, model: ModelConfig, *, initial: bool = True,
-                        adopted: list[str] | None = None) -> None:
+                        launch: bool = True, adopted: list[str] | None = None) -> None:
         """Attach a model's engines, or launch its pools' first replicas (less those
-        adopted) and wait for them; a follower launches nothing."""
+        adopted) and wait for them (``launch=False``: the reconciler starts them); a
+        follower launches nothing."""
         if not model.launched:
             for address, role in zip(attached_addresses(model), model.replica_roles,
                                      strict=True):
@@ -178,6 +183,8 @@ class Fleet:
         deployments = [self._manage(model, role) for role in launch_roles(model)]
         for deployment in deployments:
             deployment.adopt(adopted or [])
+        if not launch:
+            return
         results = await asyncio.gather(*(d.launch_initial() for d in deployments),
                                        return_exceptions=True)
         failure = next((r for r in results if isinstance(r, BaseException)), None)

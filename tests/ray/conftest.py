@@ -55,6 +55,15 @@ def ray_config(cluster: Cluster, namespace: str, models: list[dict[str, Any]],
             "health": {"interval_s": 0.5}, "models": models, **extra}
 
 
+def settled(status: dict[str, Any]) -> bool:
+    """Every launched pool has its target of ready, healthy replicas and none starting
+    (on Ray, `llmgw up` serves before its replicas are all placed)."""
+    return all(
+        pool.get("target") is None or (not pool["starting"] and pool["target"] == sum(
+            r["state"] == "ready" and r["healthy"] for r in pool["replicas"]))
+        for model in status["models"].values() for pool in model["pools"].values())
+
+
 def host_info(namespace: str, replica_id: str, rank: int = 0) -> dict[str, Any]:
     """What the actor holding a replica's engine process says of it (node, pid, GPUs)."""
     actor = ray.get_actor(f"llmgw/{replica_id}/rank{rank}", namespace=namespace)

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from ray.cluster_utils import Cluster
 
-from tests.ray.conftest import actor_names, host_info, local_cluster
+from tests.fleet.conftest import ADMIN_KEY, wait_for
+from tests.ray.conftest import actor_names, host_info, local_cluster, settled
 from tests.support import ROOT, Server, check_like_llmgw, free_port
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +38,15 @@ def up(configs: list[Path], overrides: dict[str, Any], tmp: Path,
     files = [*configs, override]
     check_like_llmgw(files)
     argv = [sys.executable, "-m", "llmgw", "up", *map(str, files)]
-    return Server(argv, port, "/ready", timeout_s=timeout_s), files
+    gateway = Server(argv, port, "/ready", timeout_s=timeout_s,
+                     env={"LLMGW_ADMIN_KEY": ADMIN_KEY})
+    try:
+        wait_for(gateway, settled, timeout_s, "every replica placed and ready")
+    except AssertionError:
+        gateway.stop()
+        down(files)
+        raise
+    return gateway, files
 
 
 def down(files: list[Path]) -> None:

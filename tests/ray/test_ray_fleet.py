@@ -35,6 +35,7 @@ from tests.ray.conftest import (
     host_info,
     local_cluster,
     ray_config,
+    settled,
 )
 from tests.support import ROOT, Server, start_gateway, wait_until
 
@@ -55,7 +56,14 @@ def gateway_for(cluster: Cluster, tmp: Path, namespace: str, models: list[dict[s
                 ready_path: str = "/ready", **extra: Any) -> Server:
     config = ray_config(cluster, namespace, models, **extra)
     config["server"] = {"admin_key": ADMIN_KEY}
-    return start_gateway(config, tmp, ready_path=ready_path)
+    gateway = start_gateway(config, tmp, ready_path=ready_path)
+    try:
+        if ready_path == "/ready":
+            wait_for(gateway, settled, 120, "every replica placed and ready")
+    except AssertionError:
+        gateway.stop()
+        raise
+    return gateway
 
 
 def down(gateway_config: Path) -> str:
@@ -220,12 +228,18 @@ def test_a_replica_the_cluster_cannot_place_waits_visibly_and_hangs_nothing(
         cluster: Cluster, tmp_path: Path) -> None:
     gateway = gateway_for(cluster, tmp_path, "unplaced", [
         fake("small", replicas=1), fake("huge", replicas=1, placement={"gpus": 8})],
-        ready_path="/health", placement={"placement_timeout_s": 1})
+        ready_path="/health", placement={"placement_timeout_s": 5})
     try:
+        # The gateway serves while the replica still waits for room (its first 5 s).
+        placing = wait_for(gateway, lambda s: any(
+            (p["phase"] or "").startswith("placing")
+            for p in s["models"]["huge"]["pools"]["mixed"]["starting"]), 4,
+            "the replica waiting for placement")["models"]["huge"]["pools"]["mixed"]
+        assert placing["last_error"] is None
         seen = wait_for(gateway, lambda s: s["models"]["huge"]["pools"]["mixed"]
                         .get("last_error"), 30, "the placement timeout reported")
         error = seen["models"]["huge"]["pools"]["mixed"]["last_error"]
-        assert "could not be placed within 1s" in error and "'GPU': 8.0" in error
+        assert "could not be placed within 5s" in error and "'GPU': 8.0" in error
         # The gateway serves the rest meanwhile, and keeps trying (the group is demand).
         answer = httpx.post(gateway.url + "/v1/chat/completions", json=chat("small"), timeout=30)
         assert answer.status_code == 200
