@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 DIRECTORY_NAME = "llmgw/directory"
@@ -24,7 +25,8 @@ RENEW_S = 1.0
 class FleetDirectory:
     """Runs as an async Ray actor; every method is a coroutine on its event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self.owner: str | None = None
         self.expires = 0.0
         self.generation = 0
@@ -33,7 +35,7 @@ class FleetDirectory:
 
     async def claim(self, instance: str, members: list[dict[str, Any]] | None = None) -> bool:
         """Take or renew the lease; the owner's members come with each renewal."""
-        now = time.monotonic()
+        now = self._clock()
         if self.owner not in (None, instance) and now < self.expires:
             return False
         self.owner, self.expires = instance, now + LEASE_S
