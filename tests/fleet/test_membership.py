@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
+from llmgw import pool as pool_module
 from llmgw.build import KVFeeds, SeriesCleanup
 from llmgw.config import ModelConfig, TimeoutConfig
 from llmgw.dispatcher import ModelGroup
@@ -19,7 +22,7 @@ from llmgw.pool import Replica, ReplicaPool
 from llmgw.routing.kv_block_index import StoredBlocks
 from llmgw.routing.registry import make_policy
 from llmgw.routing.session import pick_for_session
-from llmgw.types import ReplicaAddress, ReplicaView, RequestContext
+from llmgw.types import EngineStats, ReplicaAddress, ReplicaView, RequestContext
 
 
 class Unreachable(OpenAIHTTPEngine):
@@ -155,3 +158,25 @@ def test_a_slow_health_answer_is_not_a_dead_replica() -> None:
     assert r.healthy
     r.checked("down", failure_threshold=3)
     assert not r.healthy
+
+
+def test_a_drain_on_a_shared_fleet_waits_for_other_gateways_requests(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several gateways send one replica requests: this gateway's own count reaching zero
+    is not enough; the engine's count (running + waiting, scraped) must reach zero too."""
+    monkeypatch.setattr(pool_module, "_SHARED_SETTLE_S", 0.05)
+
+    async def run() -> None:
+        metrics = Metrics()
+        pool = ReplicaPool(interval_s=1, stats_interval_s=1)
+        busy, idle = replica(metrics, "m-0"), replica(metrics, "m-1")
+        pool.add(busy)
+        pool.add(idle)
+        busy.set_stats(EngineStats(running=1, waiting=0))  # another gateway's request
+        idle.set_stats(EngineStats(running=0, waiting=0))
+        assert await pool.drain("m-0", 0.5)  # not shared: its own count is all it knows
+        pool.shared = True
+        assert not await pool.drain("m-0", 0.5)
+        assert await pool.drain("m-1", 0.5)
+
+    asyncio.run(run())
