@@ -85,8 +85,12 @@ def worker_ids(cluster: Cluster) -> set[str]:
 def test_a_replica_gets_its_gpus_on_one_node_and_serves(cluster: Cluster,
                                                          tmp_path: Path) -> None:
     gateway = gateway_for(cluster, tmp_path, "gpus", [
-        fake("tp", replicas=1, placement={"gpus": 2})])
+        fake("tp", replicas=1, placement={"gpus": 2}),
+        # Small models sharing a GPU: each replica takes half of one.
+        fake("half", replicas=2, placement={"gpus": 0.5})])
     try:
+        halves = [host_info("gpus", f"half-{i}")["cuda_visible_devices"] for i in range(2)]
+        assert all(len(devices.split(",")) == 1 for devices in halves)
         nodes = group_nodes("tp-0")
         assert nodes is not None and len(nodes) == 1 and nodes[0] in worker_ids(cluster)
         info = host_info("gpus", "tp-0")
