@@ -54,6 +54,7 @@ class Server:
                  env: dict[str, str] | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self._output: str | None = None
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
             prefix="llmgw-test-", suffix=".log", delete=False
         )
@@ -75,6 +76,8 @@ class Server:
         return True
 
     def output(self) -> str:
+        if self._output is not None:  # stopped: the log file is gone
+            return self._output
         return Path(self.log.name).read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
@@ -85,7 +88,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self.log.close()
+        if self._output is None:  # kept in memory; the temp folder is left clean
+            self._output = self.output()
+            self.log.close()
+            Path(self.log.name).unlink(missing_ok=True)
         return self.proc.returncode
 
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -187,6 +188,9 @@ class LocalLauncher:
     fleet asks (``launch``) and stopped when it drained them (``stop``)."""
 
     def __init__(self, log_dir: Path | None = None) -> None:
+        # Engine logs: a temporary folder unless given, removed when every engine stopped
+        # cleanly (a failed start already quoted the log's tail in its error).
+        self._own_log_dir = log_dir is None
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="llmgw-logs-"))
         self.processes: dict[str, EngineProcess] = {}
         self._log_names: set[str] = set()
@@ -234,4 +238,6 @@ class LocalLauncher:
     async def close(self) -> None:
         processes = list(self.processes.values())
         self.processes.clear()
-        await asyncio.gather(*(p.stop() for p in processes), return_exceptions=True)
+        results = await asyncio.gather(*(p.stop() for p in processes), return_exceptions=True)
+        if self._own_log_dir and not any(isinstance(r, BaseException) for r in results):
+            await asyncio.to_thread(shutil.rmtree, self.log_dir, True)
