@@ -32,6 +32,7 @@ from llmgw.metrics import (
     PDMetrics,
     ReplicaMetrics,
     ShadowMetrics,
+    TenantMetrics,
 )
 from llmgw.pool import Replica, ReplicaPool, ReplicaWait
 from llmgw.routing.base import RoutingPolicy
@@ -39,6 +40,7 @@ from llmgw.routing.kv_block_index import KVBlockIndex
 from llmgw.routing.registry import make_policy, policy_names, policy_spec, uses_kv_index
 from llmgw.routing.traffic_split import TrafficSplit
 from llmgw.shadow import Shadow
+from llmgw.tenancy.gate import Tenancy
 from llmgw.types import ReplicaAddress, Role
 
 # Engine type (config ``engine:``) -> the client class the gateway talks to it with.
@@ -210,6 +212,7 @@ class Gateway:
             auto_decompress=False, raise_for_status=False,
         )
         self.catalog = make_catalog(config)
+        self.tenancy = Tenancy(config, TenantMetrics(self.metrics))
         self.pool = ReplicaPool(interval_s=config.health.interval_s,
                                 stats_interval_s=config.health.stats_interval_s,
                                 failure_threshold=config.health.failure_threshold)
@@ -286,14 +289,15 @@ class Gateway:
         return group
 
     def reconfigure(self, config: GatewayConfig, adapters: list[Adapter]) -> None:
-        """Settings outside the models that apply at once (health, aliases, the
-        configured LoRA adapters: ``configured_adapters(config)``, which may build demo
+        """Settings outside the models that apply at once (health, aliases, keys and
+        limits, the configured LoRA adapters: ``configured_adapters(config)``, which may build demo
         adapters, so the caller runs it off the event loop)."""
         self.config = config
         self.pool.configure(interval_s=config.health.interval_s,
                             stats_interval_s=config.health.stats_interval_s,
                             failure_threshold=config.health.failure_threshold)
         self.dispatcher.splits = make_splits(config, self._rng)
+        self.tenancy.reconfigure(config)
         gone = self.catalog.reconfigure(adapters, lora_roots(config),
                                         [m.name for m in config.models])
         for adapter in gone:  # off their replicas as their last requests end

@@ -3,9 +3,10 @@ exactly this, so whatever `check` accepts, `up` starts.
 
 Pydantic (llmgw.config) checks the shape of the data. This adds what needs the registries
 (policy and plugin names), the launch tables (engine flags, the engine's Python), this
-machine's files (model, tokenizer and adapter directories) and the LoRA side (demo
-adapters, the adapter state file and its directory). Nothing here starts a process,
-opens a socket or downloads; each check is cheap enough to run on every test's config too.
+machine's files (model, tokenizer and adapter directories), the LoRA side (demo
+adapters, the adapter state file and its directory) and the key state file (``auth:``).
+Nothing here starts a process, opens a socket or downloads; each check is cheap enough to
+run on every test's config too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from llmgw.build import check_config, reads_kv_events
 from llmgw.config import DEMO_SOURCE, ConfigError, GatewayConfig
 from llmgw.lora.setup import check_lora
 from llmgw.placement.commands import DEMO_MODEL, check_launchable
+from llmgw.tenancy.store import check_store
 
 # A Hugging Face repo id: `name` or `org/name`, as huggingface_hub validates them.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -29,6 +31,7 @@ def validate(cfg: GatewayConfig) -> None:
     check_launchable(cfg)
     check_local_sources(cfg)
     check_lora(cfg)
+    check_store(cfg)
 
 
 def check_local_sources(cfg: GatewayConfig) -> None:

@@ -1,14 +1,17 @@
 """The YAML config as typed, frozen data, and the loader that merges several files.
 
-One module per section (``server``, ``launch``, ``lora``, ``disagg``, ``routing``), the
+One module per section (``server``, ``launch``, ``lora``, ``disagg``, ``routing``,
+``auth``, ``bounds``), the
 model that ties them together (``model``, whose ``cross_section_rules`` lists every rule
 across sections), the whole file (``gateway``) and loading (``load``). Data only: no I/O
 besides reading the files.
 """
 
 from llmgw.config.aliases import AliasConfig, AliasTarget
+from llmgw.config.auth import AuthConfig, KeyConfig, Limits, Priority
 from llmgw.config.autoscaling import AutoscalingConfig, RolloutConfig
 from llmgw.config.base import ConfigError, EngineType, EngineURLs
+from llmgw.config.bounds import RequestBounds
 from llmgw.config.disagg import (
     SGLANG_BOOTSTRAP_PORT,
     ConditionalPDConfig,
@@ -35,6 +38,7 @@ from llmgw.config.server import HealthConfig, ServerConfig
 __all__ = [
     "AliasConfig",
     "AliasTarget",
+    "AuthConfig",
     "AutoscalingConfig",
     "RolloutConfig",
     "DEMO_ADAPTERS",
@@ -49,7 +53,9 @@ __all__ = [
     "GatewayConfig",
     "HealthConfig",
     "HotnessConfig",
+    "KeyConfig",
     "LaunchConfig",
+    "Limits",
     "LoadGuardConfig",
     "LoraConfig",
     "ModelConfig",
@@ -57,6 +63,8 @@ __all__ = [
     "PDProtocol",
     "PDRole",
     "PluginSpec",
+    "Priority",
+    "RequestBounds",
     "PolicyConfig",
     "ServerConfig",
     "TimeoutConfig",

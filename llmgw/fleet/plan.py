@@ -82,7 +82,7 @@ def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
         plan = _model_plan(before[name], model, changed_policies)
         if plan is not None:
             models.append(plan)
-    top = tuple(key for key in ("server", "health", "aliases", "policies")
+    top = tuple(key for key in ("server", "health", "aliases", "policies", "auth")
                 if getattr(old, key) != getattr(new, key))
     return ReloadPlan(tuple(models), top)
 
