@@ -31,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.configs)
+        if args.command == "key":
+            return _key(args.name)
         if args.command == "demo":
             from llmgw.engines.demo_model import ensure_demo_model
 
@@ -73,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate config files without starting anything")
     check.add_argument("configs", nargs="+")
     sub.add_parser("demo", help="build the tiny demo model (cached) and print its path")
+    key = sub.add_parser("key", help="API keys (auth:)").add_subparsers(dest="key_command",
+                                                                         required=True)
+    create = key.add_parser("create", help="print a new API key once, and its config entry")
+    create.add_argument("--name", required=True, help="the key's name (metrics, admin API)")
     return parser
 
 
@@ -96,6 +102,17 @@ def _overrides(host: str | None,
         return cfg.model_copy(update={"server": cfg.server.model_copy(update=given)})
 
     return apply
+
+
+def _key(name: str) -> int:
+    from llmgw.tenancy.keys import new_key_text
+
+    try:
+        print(new_key_text(name), end="")
+    except ValueError as exc:
+        print(f"llmgw key create: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _check(paths: Sequence[str]) -> int:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from llmgw.config import KeyConfig, Limits, Priority
+from llmgw.config.auth import KEY_NAME
 
 KEY_PREFIX = "llmgw-"
 
@@ -25,6 +27,19 @@ def new_key() -> str:
 
 def hash_key(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def new_key_text(name: str) -> str:
+    """What `llmgw key create --name NAME` prints: a new key, once, and the config entry
+    that holds its hash. Raises ValueError for a name the config would refuse."""
+    if not re.match(KEY_NAME, name):
+        raise ValueError(f"--name: {name!r} is not a key name (letters, digits, '.', '_', "
+                         "'-'; at most 64)")
+    key = new_key()
+    return (f"key: {key}\n"
+            "Give it to its user now: the gateway keeps only its hash, so it cannot be "
+            "shown again.\nAdd under auth.keys in the config:\n"
+            f'  - {{name: {name}, hash: "{hash_key(key)}"}}\n')
 
 
 @dataclass(frozen=True, slots=True)
