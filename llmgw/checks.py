@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 
 from llmgw.build import check_config, reads_kv_events
 from llmgw.config import DEMO_SOURCE, ConfigError, GatewayConfig
@@ -32,6 +33,25 @@ def validate(cfg: GatewayConfig) -> None:
     check_local_sources(cfg)
     check_lora(cfg)
     check_store(cfg)
+    check_tls(cfg)
+
+
+def check_tls(cfg: GatewayConfig) -> None:
+    """``server.tls``: the certificate and key load together (a wrong pair, a missing or
+    unreadable file, a key with a passphrase fail here rather than at bind time)."""
+    tls = cfg.server.tls
+    if tls is None:
+        return
+    for field in ("cert", "key"):
+        path = os.path.expanduser(getattr(tls, field))
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise ConfigError(f"server.tls.{field}: {path!r} is not a readable file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            os.path.expanduser(tls.cert), os.path.expanduser(tls.key), password=lambda: "")
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"server.tls: the certificate and key cannot be used together: "
+                          f"{exc}") from None
 
 
 def check_local_sources(cfg: GatewayConfig) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
@@ -174,6 +175,7 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
             # second and 0 not at all (None would wait for every open stream, however long).
             timeout_graceful_shutdown=cfg.server.drain_timeout_s,  # type: ignore[arg-type]
             loop="none", http="httptools", lifespan="on",
+            ssl_certfile=_tls_file(cfg, "cert"), ssl_keyfile=_tls_file(cfg, "key"),
         ))
         serving = True
         _freeze_startup_objects()
@@ -190,6 +192,13 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
         log.info("stopping %d engine process(es)", len(gateway.pool.all()))
         await asyncio.shield(fleet.close())
         await asyncio.shield(gateway.close())
+
+
+def _tls_file(cfg: GatewayConfig, which: str) -> str | None:
+    """``server.tls``'s certificate or key file for uvicorn (checked by `check`); None
+    serves plain HTTP."""
+    tls = cfg.server.tls
+    return os.path.expanduser(getattr(tls, which)) if tls is not None else None
 
 
 def _cannot_listen(host: str, port: int) -> str | None:

@@ -33,7 +33,7 @@ from llmgw.config.lora import (
 )
 from llmgw.config.model import ModelConfig, cross_section_rules
 from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
-from llmgw.config.server import HealthConfig, ServerConfig
+from llmgw.config.server import HealthConfig, ServerConfig, TLSConfig
 
 __all__ = [
     "AliasConfig",
@@ -68,6 +68,7 @@ __all__ = [
     "PolicyConfig",
     "ServerConfig",
     "TimeoutConfig",
+    "TLSConfig",
     "cross_section_rules",
     "demo_adapter_index",
     "load_config",

@@ -10,6 +10,14 @@ from llmgw.config.base import _Strict
 from llmgw.config.bounds import RequestBounds
 
 
+class TLSConfig(_Strict):
+    """Serve HTTPS with this certificate (chain, PEM) and its private key (PEM), for
+    deployments without a terminating proxy. Read at start: a change needs a restart."""
+
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -26,6 +34,8 @@ class ServerConfig(_Strict):
     # Where runtime changes (adapters and API keys made through the admin API) are kept, so a
     # restart or config reload keeps them.
     state_dir: str = "~/.local/state/llmgw"
+    # HTTPS instead of HTTP (null: plain HTTP, e.g. behind a terminating proxy).
+    tls: TLSConfig | None = None
     # Per request: n, max_tokens and message count (400 beyond them).
     request_bounds: RequestBounds = RequestBounds()
 

@@ -217,3 +217,15 @@ def test_a_bad_state_file_is_refused_by_check_and_ignored_by_a_running_gateway(
     ids=["chat", "text", "token-ids", "batch-of-ids", "batch-of-text", "nothing"])
 def test_token_estimates(body: dict[str, Any], tokens: int) -> None:
     assert estimate_tokens(body) == tokens
+
+
+def test_the_readme_auth_example_is_a_valid_section() -> None:
+    import yaml
+
+    from llmgw.config import AuthConfig
+    from tests.support import ROOT
+
+    section = (ROOT / "README.md").read_text().split("## Keys and limits", 1)[1]
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    auth = AuthConfig.model_validate(yaml.safe_load(block)["auth"])
+    assert [k.name for k in auth.keys] == ["team-a"] and set(auth.model_limits) == {"large"}
