@@ -35,6 +35,15 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, 
     server.stop()
 
 
+def reload_with(server: Server, state: Path, auth: dict[str, object]) -> dict[str, object]:
+    """Rewrite the override file (beside the state dir) and POST /admin/reload."""
+    override = {"server": {"state_dir": str(state)}, **({"auth": auth} if auth else {})}
+    (state.parent / "state.yaml").write_text(yaml.safe_dump(override))
+    response = httpx.post(server.url + "/admin/reload", headers=ADMIN, timeout=30)
+    assert response.status_code == 200, response.text
+    return dict(response.json()["plan"])
+
+
 def make_key(server: Server, **spec: object) -> str:
     response = httpx.post(server.url + "/admin/keys", headers=ADMIN, json=spec)
     assert response.status_code == 201, response.text
@@ -194,3 +203,18 @@ def test_metrics_by_key_name_never_by_secret(gateway: tuple[Server, Path]) -> No
     assert 'llmgw_key_tokens_total{key="metered",kind="completion",model="small"}' in text
     assert 'llmgw_auth_failures_total{reason="unknown"}' in text
     assert key not in text and key not in server.output()
+
+
+def test_a_reload_applies_auth_changes_in_place_and_keeps_runtime_keys(
+        gateway: tuple[Server, Path]) -> None:
+    server, state = gateway
+    key = make_key(server, name="survivor")
+    plan = reload_with(server, state, {"model_limits": {"small": {"rpm": 1}}})
+    assert plan["changed"] == ["auth"]
+    try:
+        chat(server, key)
+        with pytest.raises(openai.RateLimitError, match="on model 'small'"):
+            chat(server, key)
+    finally:
+        assert reload_with(server, state, {})["changed"] == ["auth"]
+    chat(server, key)  # the model limit is gone again; the runtime key stayed
