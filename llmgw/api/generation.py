@@ -205,9 +205,11 @@ class GenerationRoute:
             await self._fail(call, internal_error(call.request_id), dispatcher,
                              (scope, receive, send))
         finally:
-            await self._close(dispatcher, call)
-            if call.key is not None:
-                _settle(scope["app"].state.tenancy, call, call.key)
+            try:
+                await self._close(dispatcher, call)
+            finally:  # a keyed request's slot is freed whatever happened above
+                if call.key is not None:
+                    _settle(scope["app"].state.tenancy, call, call.key)
 
     async def _serve(self, call: _Call, scope: Scope, receive: Receive, send: Send) -> None:
         state, headers = scope["app"].state, call.headers
@@ -221,11 +223,7 @@ class GenerationRoute:
         group, adapter = resolve_for(dispatcher, call.key, req.model, headers, call.parsed)
         call.model, stream = group.name, bool(req.stream)
         if call.key is not None:
-            call.admission = admission = tenancy.admit(call.key, group.name,
-                                                       estimate_tokens(call.parsed))
-            if admission is not None:
-                call.reply_headers += [(k.encode(), v.encode())
-                                       for k, v in admission.headers().items()]
+            _admit(tenancy, call, call.key, group.name)
         if adapter is not None and group.lora is not None:
             group.lora.note_request(adapter)
         ctx = await request_context(call.gateway_id, group, self.endpoint, stream, headers,
@@ -268,6 +266,16 @@ class GenerationRoute:
         if call.outcome in ("cancelled", "timeout"):
             await exchange.abort()
         exchange.finish(call.outcome, call.status)
+
+
+def _admit(tenancy: Tenancy, call: _Call, key: ApiKey, model: str) -> None:
+    """Charge the key's and model's limits (RateLimited when over one); the response
+    carries OpenAI's x-ratelimit-* headers."""
+    assert call.parsed is not None
+    call.admission = admission = tenancy.admit(key, model, estimate_tokens(call.parsed))
+    if admission is not None:
+        call.reply_headers += [(k.encode(), v.encode())
+                               for k, v in admission.headers().items()]
 
 
 def _settle(tenancy: Tenancy, call: _Call, key: ApiKey) -> None:

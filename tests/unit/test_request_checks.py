@@ -39,6 +39,7 @@ def refusal(body: dict[str, Any], endpoint: str = "chat") -> tuple[str | None, s
         ({"messages": [USER, {"role": "tool", "content": "42", "tool_call_id": "c1"}]}, None),
         ({"messages": [{"role": "function", "content": "42"}]},
          ("messages.0.name", "messages.0.name: a function message needs the function's name")),
+        ({"messages": [{"role": "function", "name": "f", "content": "42"}]}, None),
         ({"messages": [USER] * 4}, ("messages", "messages: at most 3 messages (got 4)")),
         ({"messages": [USER], "n": 5}, ("n", "n: at most 4")),
         ({"messages": [USER], "max_tokens": 101}, ("max_tokens", "max_tokens: at most 100")),
@@ -46,7 +47,7 @@ def refusal(body: dict[str, Any], endpoint: str = "chat") -> tuple[str | None, s
          ("max_completion_tokens", "max_completion_tokens: at most 100")),
         ({"messages": [USER], "n": 4, "max_tokens": 100}, None),
     ],
-    ids=["ok", "empty", "unknown-role", "tool-without-id", "tool-with-id", "function-no-name",
+    ids=["ok", "empty", "unknown-role", "tool-without-id", "tool-with-id", "function-no-name", "function-named",
          "too-many-messages", "n", "max-tokens", "max-completion-tokens", "at-the-bounds"])
 def test_chat_requests(body: dict[str, Any], expected: tuple[str, str] | None) -> None:
     assert refusal(body) == expected
