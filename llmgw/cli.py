@@ -1,4 +1,4 @@
-"""``llmgw up | check | demo``: the operator's entry points."""
+"""``llmgw up | check | down | demo``: the operator's entry points."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from llmgw.config import ConfigError, GatewayConfig, load_config
 
 if TYPE_CHECKING:
     from llmgw.fleet.reload import Reloader
+    from llmgw.placement.base import Launcher
 
 log = logging.getLogger("llmgw")
 
@@ -32,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.configs)
+        if args.command == "down":
+            return asyncio.run(_down(_load(args.configs, None, None)))
         if args.command == "key":
             return _key(args.name)
         if args.command == "demo":
@@ -75,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                     choices=["critical", "error", "warning", "info", "debug"])
     check = sub.add_parser("check", help="validate config files without starting anything")
     check.add_argument("configs", nargs="+")
+    down = sub.add_parser("down", help="stop every engine a Ray-placed config left running "
+                          "(engines on Ray outlive `up`, so a restart adopts them)")
+    down.add_argument("configs", nargs="+")
     sub.add_parser("demo", help="build the tiny demo model (cached) and print its path")
     key = sub.add_parser("key", help="API keys (auth:)").add_subparsers(dest="key_command",
                                                                          required=True)
@@ -140,7 +146,6 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
     from llmgw.fleet.controller import Fleet
     from llmgw.fleet.reload import Reloader
     from llmgw.placement.base import LaunchError
-    from llmgw.placement.local import LocalLauncher
 
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -162,8 +167,13 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
     if unusable is not None:
         log.error("cannot listen on %s:%d: %s", cfg.server.host, cfg.server.port, unusable)
         return 1
+    try:
+        launcher = await _launcher(cfg)
+    except LaunchError as exc:
+        log.error("%s", exc)
+        return 1
     gateway = Gateway(cfg)
-    fleet = Fleet(gateway, LocalLauncher())
+    fleet = Fleet(gateway, launcher)
     reloader = Reloader(fleet, paths, validate, overrides)
     try:
         await fleet.start()
@@ -189,9 +199,45 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
         return 130
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
-        log.info("stopping %d engine process(es)", len(gateway.pool.all()))
+        if cfg.placement.backend == "local":
+            log.info("stopping %d engine process(es)", len(gateway.pool.all()))
+        else:
+            log.info("leaving %d engine(s) running on Ray for the next gateway (`llmgw down` "
+                     "stops them)", len(gateway.pool.all()))
         await asyncio.shield(fleet.close())
         await asyncio.shield(gateway.close())
+
+
+async def _launcher(cfg: GatewayConfig) -> Launcher:
+    """The placement backend the config names; Ray is imported only when it is used."""
+    if cfg.placement.backend == "local":
+        from llmgw.placement.local import LocalLauncher
+
+        return LocalLauncher()
+    from llmgw.placement.ray_launcher import RayLauncher
+
+    launcher = RayLauncher(cfg.placement)
+    await launcher.connect()
+    return launcher
+
+
+async def _down(cfg: GatewayConfig) -> int:
+    if cfg.placement.backend != "ray":
+        print("llmgw down: nothing to do: engines of placement.backend local stop with "
+              "`up`", file=sys.stderr)
+        return 0
+    from llmgw.placement.base import LaunchError
+    from llmgw.placement.ray_launcher import RayLauncher
+
+    launcher = RayLauncher(cfg.placement)
+    try:
+        await launcher.connect()
+    except LaunchError as exc:
+        print(f"llmgw down: {exc}", file=sys.stderr)
+        return 1
+    removed = await launcher.remove_all()
+    print(f"stopped {removed} replica(s) in Ray namespace {cfg.placement.namespace!r}")
+    return 0
 
 
 def _tls_file(cfg: GatewayConfig, which: str) -> str | None:

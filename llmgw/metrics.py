@@ -231,6 +231,9 @@ class FleetFamilies:
         self.starts = Counter(
             "llmgw_replica_starts", "Replica launches by result (ok/failed).",
             [*pool, "result"], registry=r)
+        self.lost = Counter(
+            "llmgw_replicas_lost", "Replicas the placement backend lost for good (a Ray "
+            "node died) and the fleet replaced.", pool, registry=r)
         self.start_duration = Histogram(
             "llmgw_replica_start_duration_seconds", "Time from launching a replica to its "
             "engine answering health checks.", pool, buckets=_LATENCY_S, registry=r)
@@ -458,6 +461,9 @@ class FleetMetrics:
         self._f.starts.labels(model, pool, "ok" if ok else "failed").inc()
         if seconds is not None:
             self._f.start_duration.labels(model, pool).observe(seconds)
+
+    def lost(self, model: str, pool: str) -> None:
+        self._f.lost.labels(model, pool).inc()
 
     def reloaded(self, *, ok: bool) -> None:
         self._f.reloads.labels("applied" if ok else "refused").inc()

@@ -59,7 +59,9 @@ def _verdict(goal: Goal, row: Row | None, ref: Row | None) -> str:
 def check(rows: list[Row]) -> list[str]:
     """One line per policy and goal: ``goal  <policy> <goal> (chat): <numbers> -> met``,
     or ``n/a (no row)`` when a row it needs is missing or n/a."""
-    chat = {r.target: r for r in rows if r.workload == WORKLOAD and not r.reason}
+    # The goals are for one gateway; rows with several instances are compared elsewhere.
+    chat = {r.target: r for r in rows
+            if r.workload == WORKLOAD and not r.reason and r.instances == 1}
     sglang = sorted(n for n in chat if n.startswith(SGLANG_PREFIX)) or [SGLANG_PREFIX]
     lines = []
     for policy in POLICIES:

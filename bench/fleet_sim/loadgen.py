@@ -11,9 +11,10 @@ the interleaving that evicts. Bounded by the workload's count and by ``time_limi
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,14 @@ async def send(http: aiohttp.ClientSession, url: str, body: bytes,
     result.ok = done and bool(result.content)
     if not result.ok:
         result.error = result.error or "stream ended without [DONE] or content"
+
+
+def round_robin(urls: Sequence[str]) -> Callable[[], str]:
+    """Each call returns the next URL in turn, as an L4/L7 round-robin balancer in front of
+    several gateways does. It turns per request, not per session, so a session's turns
+    may land on different gateways."""
+    turns = itertools.cycle(urls)
+    return lambda: next(turns)
 
 
 class Replay:

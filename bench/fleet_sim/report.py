@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ class Row:
     ``engine_ttft`` is the sims' own queue + prefill-lane + prefill time. Imbalance is
     max/mean over replicas: ``load_imbalance`` of the time-averaged requests in each
     replica (running + queued, integrated by the sim), ``count_imbalance`` of request
-    counts."""
+    counts. ``instances`` is how many gateway processes of the target shared the fleet
+    (llmgw only; 1 for every other target)."""
 
     target: str
     workload: str
     reason: str = ""
+    instances: int = 1
     ok: int = 0
     errors: int = 0
     wall_s: float = 0.0
@@ -47,6 +50,11 @@ class Row:
     error_sample: str = ""
     requests: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def label(self) -> str:
+        """The target, with `` x<N>`` for several gateway instances."""
+        return self.target if self.instances == 1 else f"{self.target} x{self.instances}"
+
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest rank; 0 for no values."""
@@ -62,14 +70,15 @@ def _imbalance(values: list[float]) -> float:
 
 
 def summarize(target: str, workload: str, results: list[Result], wall_s: float,
-              fleet: dict[str, dict[str, Any]], cpu: dict[str, float]) -> Row:
+              fleet: dict[str, dict[str, Any]], cpu: dict[str, float],
+              instances: int = 1) -> Row:
     good = [r for r in results if r.ok]
     prompt = sum(r.prompt_tokens for r in good)
     ttft = [r.ttft_ms for r in good]
     engine_ttft = [float(r.sim.get("ttft_ms", 0.0)) for r in good if r.sim]
     bad = [r for r in results if not r.ok]
     return Row(
-        target, workload, ok=len(good), errors=len(bad), wall_s=wall_s,
+        target, workload, ok=len(good), errors=len(bad), wall_s=wall_s, instances=instances,
         hit_rate=sum(r.cached_tokens for r in good) / prompt if prompt else 0.0,
         ttft_p50_ms=percentile(ttft, 50), ttft_p99_ms=percentile(ttft, 99),
         engine_ttft_p50_ms=percentile(engine_ttft, 50),
@@ -94,8 +103,8 @@ _COLUMNS = ("target", "hit %", "TTFT p50/p99 ms", "engine TTFT p50/p99 ms", "req
 
 def _cells(row: Row) -> list[str]:
     if row.reason:
-        return [row.target, f"n/a: {row.reason}", *[""] * (len(_COLUMNS) - 2)]
-    return [row.target, f"{row.hit_rate * 100:.1f}",
+        return [row.label, f"n/a: {row.reason}", *[""] * (len(_COLUMNS) - 2)]
+    return [row.label, f"{row.hit_rate * 100:.1f}",
             f"{row.ttft_p50_ms:.0f} / {row.ttft_p99_ms:.0f}",
             f"{row.engine_ttft_p50_ms:.0f} / {row.engine_ttft_p99_ms:.0f}",
             f"{row.req_per_s:.1f}", f"{row.out_tok_per_s:.0f}",
@@ -117,8 +126,8 @@ def table(rows: list[Row]) -> str:
 def summary(rows: list[Row]) -> str:
     """Targets down, workloads across: hit rate and TTFT p50 in each cell."""
     workloads = list(dict.fromkeys(r.workload for r in rows))
-    targets = list(dict.fromkeys(r.target for r in rows))
-    by_key = {(r.target, r.workload): r for r in rows}
+    targets = list(dict.fromkeys(r.label for r in rows))
+    by_key = {(r.label, r.workload): r for r in rows}
     body = []
     for target in targets:
         cells = [target]
@@ -128,6 +137,53 @@ def summary(rows: list[Row]) -> str:
                          f"{row.hit_rate * 100:.0f}% / {row.ttft_p50_ms:.0f} ms")
         body.append(cells)
     return markdown(["target (hit % / TTFT p50)", *workloads], body)
+
+
+# The instance comparison's columns: header, how a value shows, and the number whose ratio
+# to the first count is shown beside it (None: no ratio; an imbalance is a ratio already).
+_BY_INSTANCES: tuple[tuple[str, Callable[[Row], str], Callable[[Row], float] | None], ...] = (
+    ("hit %", lambda r: f"{r.hit_rate * 100:.1f}", lambda r: r.hit_rate),
+    ("TTFT p50 ms", lambda r: f"{r.ttft_p50_ms:.0f}", lambda r: r.ttft_p50_ms),
+    ("TTFT p99 ms", lambda r: f"{r.ttft_p99_ms:.0f}", lambda r: r.ttft_p99_ms),
+    ("engine TTFT p50 ms", lambda r: f"{r.engine_ttft_p50_ms:.0f}",
+     lambda r: r.engine_ttft_p50_ms),
+    ("load imb.", lambda r: f"{r.load_imbalance:.2f}", None),
+    ("errors", lambda r: str(r.errors), None),
+)
+
+
+def _by_instances_cell(rows: list[Row | None], show: Callable[[Row], str],
+                       ratio_of: Callable[[Row], float] | None) -> str:
+    base = rows[0]
+    base_value = ratio_of(base) if ratio_of and base is not None and not base.reason else 0.0
+    parts = []
+    for i, row in enumerate(rows):
+        if row is None or row.reason:
+            parts.append("n/a")
+            continue
+        text = show(row)
+        if ratio_of is not None and i > 0 and base_value > 0:
+            text += f" ({ratio_of(row) / base_value:.2f})"
+        parts.append(text)
+    return " / ".join(parts)
+
+
+def instances_table(rows: list[Row]) -> str:
+    """Workloads and targets down; each cell holds a value for every instance count, in
+    increasing order, with its ratio to the first count (normally 1) in brackets. Only the
+    targets that ran with more than one count appear."""
+    counts = sorted({r.instances for r in rows})
+    by_key = {(r.workload, r.target, r.instances): r for r in rows}
+    groups = [key for key in dict.fromkeys((r.workload, r.target) for r in rows)
+              if sum((*key, n) in by_key for n in counts) > 1]
+    shown = " / ".join(f"x{n}" for n in counts)
+    header = ["workload", "target", *(f"{name} ({shown})" for name, *_ in _BY_INSTANCES)]
+    body = [[workload, target,
+             *(_by_instances_cell([by_key.get((workload, target, n)) for n in counts],
+                                  show, ratio_of)
+               for _, show, ratio_of in _BY_INSTANCES)]
+            for workload, target in groups]
+    return markdown(header, body)
 
 
 def write_json(path: Path, config: dict[str, Any], rows: list[Row]) -> None:

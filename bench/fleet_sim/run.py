@@ -2,7 +2,7 @@
 same simulated replicas, cold caches each time.
 
     python -m bench.fleet_sim.run [--replicas 8] [--workload chat|agent|fewshot|noreuse|all]
-        [--requests N] [--concurrency C] [--quick] [--targets a,b,...]
+        [--requests N] [--concurrency C] [--quick] [--targets a,b,...] [--instances 1,2,4]
 
 For every workload and target: start the target (a router process, the in-process
 oracle, or nothing for ``direct-random``), check one request goes through, empty the
@@ -10,6 +10,10 @@ sims' caches (``POST /sim/reset``), replay the workload, read the sims' counters
 the target. Prints a table per workload, a summary and the goals checked on chat
 (``goals.py``); writes everything, with every request's record, to
 ``bench/out/fleet_sim-<time>.json``.
+
+``--instances 1,2,4`` runs each llmgw target as 1, then 2, then 4 gateway processes on
+the same sims, requests spread over them round robin, back to back so that the machine's
+load drifts little between them, and prints a table comparing the counts side by side.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import random
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +34,10 @@ import psutil
 
 from bench.fleet_sim import goals
 from bench.fleet_sim import targets as tg
-from bench.fleet_sim.loadgen import Replay, Result, send
+from bench.fleet_sim.loadgen import Replay, Result, round_robin, send
 from bench.fleet_sim.oracle import OracleProxy
 from bench.fleet_sim.replica import CostModel
-from bench.fleet_sim.report import Row, summarize, summary, table, write_json
+from bench.fleet_sim.report import Row, instances_table, summarize, summary, table, write_json
 from bench.fleet_sim.workloads import NAMES, Workload, build
 from bench.processes import REPO, Proc, StartError, cpu_s, free_ports, machine_busy_s, wait_ready
 
@@ -75,36 +79,49 @@ class Context:
 
 @dataclass
 class Running:
-    """A started target: each request's URL, and the router's process (None when the
-    routing happens in this process, or nowhere)."""
+    """A started target: each request's URL, the URLs a probe must reach (every gateway
+    instance), and the router's processes (none when the routing happens in this
+    process, or nowhere)."""
 
     pick_url: Callable[[], str]
-    process: psutil.Process | None = None
+    probe_urls: list[str]
+    processes: list[psutil.Process] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
-async def open_target(name: str, ctx: Context) -> AsyncIterator[Running]:
+async def open_target(name: str, ctx: Context, instances: int = 1) -> AsyncIterator[Running]:
+    """``instances`` applies to llmgw only; the other targets are one router or none."""
     kind, _, policy = name.partition("/")
     urls = list(ctx.urls.values())
     if kind == "direct-random":
         rng = random.Random(ctx.seed)
-        yield Running(lambda: rng.choice(urls) + CHAT)
+
+        def pick() -> str:
+            return rng.choice(urls) + CHAT
+
+        # The probe draws from the same rng, as it always has: the replay's picks stay
+        # those of earlier runs.
+        yield Running(pick, [pick()])
     elif kind in ("oracle", "oracle-unbounded"):
         bound = ORACLE_LOAD_FACTOR if kind == "oracle" else None
         proxy = OracleProxy(ctx.urls, ctx.seed, ctx.block_tokens, bound)
         await proxy.start(free_ports(1)[0])
         try:
-            yield Running(lambda: proxy.url + CHAT)
+            yield Running(lambda: proxy.url + CHAT, [proxy.url + CHAT])
         finally:
             await proxy.stop()
     elif kind in ("llmgw", "sglang-router"):
-        start = tg.start_llmgw if kind == "llmgw" else tg.start_sglang_router
-        proc = start(ctx.logs, policy, urls)
+        procs = (tg.start_llmgw(ctx.logs, policy, urls, instances) if kind == "llmgw"
+                 else [tg.start_sglang_router(ctx.logs, policy, urls)])
         try:
-            await wait_ready(proc, "/ready" if kind == "llmgw" else "/health", 60)
-            yield Running(lambda: proc.url + CHAT, psutil.Process(proc.process.pid))
+            for proc in procs:
+                await wait_ready(proc, "/ready" if kind == "llmgw" else "/health", 60)
+            chat_urls = [proc.url + CHAT for proc in procs]
+            yield Running(round_robin(chat_urls), chat_urls,
+                          [psutil.Process(proc.process.pid) for proc in procs])
         finally:
-            proc.stop()
+            for proc in procs:
+                proc.stop()
     else:
         raise StartError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
 
@@ -120,26 +137,44 @@ async def probe(url: str) -> None:
         raise StartError(f"probe request failed: {result.error}")
 
 
-async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Namespace) -> Row:
+async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Namespace,
+                  instances: int = 1) -> Row:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         try:
-            async with open_target(name, ctx) as target:
-                await probe(target.pick_url())
+            async with open_target(name, ctx, instances) as target:
+                for url in target.probe_urls:
+                    await probe(url)
                 await ctx.reset(http)
                 replay = Replay(workload, target.pick_url, tg.MODEL, args.concurrency,
                                 args.active, ctx.seed)
-                parties = {"sims": ctx.process, "router": target.process,
-                           "client": psutil.Process()}
-                before = {k: cpu_s(p) for k, p in parties.items()}
+                parties = {"sims": [ctx.process], "router": target.processes,
+                           "client": [psutil.Process()]}
+
+                def used_s(key: str) -> float:
+                    return sum(cpu_s(p) for p in parties[key])
+
+                before = {k: used_s(k) for k in parties}
                 busy_before = machine_busy_s()
                 wall = await replay.run(args.time_limit)
-                cpu = {k: (cpu_s(p) - before[k]) / wall for k, p in parties.items()}
+                cpu = {k: (used_s(k) - before[k]) / wall for k in parties}
                 # Whatever else ran meanwhile (a shared machine) competes for the same CPUs.
                 cpu["other"] = max(0.0, (machine_busy_s() - busy_before) / wall - sum(cpu.values()))
                 fleet = await ctx.fleet(http)
         except StartError as exc:
-            return Row(name, workload.name, reason=" ".join(str(exc).split())[:300])
-    return summarize(name, workload.name, replay.results, wall, fleet, cpu)
+            return Row(name, workload.name, reason=" ".join(str(exc).split())[:300],
+                       instances=instances)
+    return summarize(name, workload.name, replay.results, wall, fleet, cpu, instances)
+
+
+def _counts(text: str) -> list[int]:
+    """``"1,2,4"`` -> [1, 2, 4]; every count at least 1, each once, in the order given."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"counts must be >= 1: {text!r}")
+    return list(dict.fromkeys(counts))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -151,6 +186,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--active", type=int, default=0,
                    help="open sessions the workers interleave (default 2 x concurrency)")
     p.add_argument("--targets", default=",".join(TARGETS))
+    p.add_argument("--instances", type=_counts, default=[1],
+                   help="llmgw gateway processes in front of the fleet, e.g. 1,2,4: each "
+                        "llmgw target runs once per count (the other targets once)")
     p.add_argument("--time-limit", type=float, default=120.0, help="seconds per replay")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", action="store_true",
@@ -192,18 +230,24 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
                   f"{len(workload.sessions)} sessions, {args.replicas} replicas, "
                   f"concurrency {args.concurrency}, {args.active} open sessions", flush=True)
             batch = []
-            for name in names:
+            # Each llmgw target's instance counts run back to back: the comparison then
+            # spans seconds of the machine's drifting load, not the whole run.
+            for name, instances in [(n, k) for n in names
+                                    for k in (args.instances if n.startswith("llmgw/") else [1])]:
                 started = time.monotonic()
-                row = await run_one(name, workload, ctx, args)
-                print(f"  {name}: {time.monotonic() - started:.1f}s "
+                row = await run_one(name, workload, ctx, args, instances)
+                print(f"  {row.label}: {time.monotonic() - started:.1f}s "
                       f"{row.reason or f'{row.ok} ok, {row.errors} errors'}", flush=True)
                 batch.append(row)
             print("\n" + table(batch), flush=True)
             rows += batch
     finally:
         sims.stop()
-    print("\n## Summary\n\n" + summary(rows) + "\n\n" + "\n".join(goals.check(rows))
-          + f"\n\nprocess logs: {logs}")
+    print("\n## Summary\n\n" + summary(rows) + "\n\n" + "\n".join(goals.check(rows)))
+    if len(args.instances) > 1:
+        print("\n## Gateway instances (ratio to the first count in brackets)\n\n"
+              + instances_table(rows))
+    print(f"\nprocess logs: {logs}")
     return rows
 
 

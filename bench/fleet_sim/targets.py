@@ -41,13 +41,20 @@ def check_llmgw(config: Path) -> None:
         raise StartError("llmgw check: " + " ".join(lines[-2:])[:300])
 
 
-def start_llmgw(logs: Path, policy: str, urls: list[str]) -> Proc:
-    port = free_ports(1)[0]
+def start_llmgw(logs: Path, policy: str, urls: list[str], instances: int = 1) -> list[Proc]:
+    """``instances`` gateway processes on one config, each on its own port, each attached
+    to every URL: several gateways in front of one fleet, as one per node on a cluster.
+    Each keeps its own in-flight counts, prefix index and session table. The caller stops
+    every process returned, even when waiting for one of them fails."""
     config = logs / f"llmgw-{policy}.yaml"
     config.write_text(json.dumps(llmgw_config(policy, urls)))  # JSON is YAML
     check_llmgw(config)
-    argv = [sys.executable, "-m", "llmgw", "up", str(config), "--port", str(port)]
-    return spawn(f"llmgw-{policy}", argv, port, logs)
+    procs = []
+    for i, port in enumerate(free_ports(instances)):
+        argv = [sys.executable, "-m", "llmgw", "up", str(config), "--port", str(port)]
+        name = f"llmgw-{policy}" if instances == 1 else f"llmgw-{policy}-{instances}x-{i}"
+        procs.append(spawn(name, argv, port, logs))
+    return procs
 
 
 # sglang-router variants, by the name after "sglang-router/": the cache_aware policy with

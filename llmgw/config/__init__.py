@@ -32,6 +32,7 @@ from llmgw.config.lora import (
     demo_adapter_index,
 )
 from llmgw.config.model import ModelConfig, cross_section_rules
+from llmgw.config.placement import PlacementConfig, ReplicaPlacementConfig, Strategy
 from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
 from llmgw.config.server import HealthConfig, ServerConfig, TLSConfig
 
@@ -40,6 +41,7 @@ __all__ = [
     "AliasTarget",
     "AuthConfig",
     "AutoscalingConfig",
+    "ReplicaPlacementConfig",
     "RolloutConfig",
     "DEMO_ADAPTERS",
     "DEMO_SOURCE",
@@ -62,11 +64,13 @@ __all__ = [
     "PDPoolConfig",
     "PDProtocol",
     "PDRole",
+    "PlacementConfig",
     "PluginSpec",
     "Priority",
     "RequestBounds",
     "PolicyConfig",
     "ServerConfig",
+    "Strategy",
     "TimeoutConfig",
     "TLSConfig",
     "cross_section_rules",

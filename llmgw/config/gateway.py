@@ -1,5 +1,5 @@
-"""The whole file: ``server``, ``health``, ``policies``, ``models``, ``aliases`` and
-``auth``, and the rules across them."""
+"""The whole file: ``server``, ``health``, ``placement``, ``policies``, ``models``,
+``aliases`` and ``auth``, and the rules across them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from llmgw.config.aliases import AliasConfig
 from llmgw.config.auth import AuthConfig
 from llmgw.config.base import _Strict
 from llmgw.config.model import ModelConfig
+from llmgw.config.placement import PlacementConfig
 from llmgw.config.routing import PolicyConfig
 from llmgw.config.server import HealthConfig, ServerConfig
 
@@ -16,6 +17,8 @@ from llmgw.config.server import HealthConfig, ServerConfig
 class GatewayConfig(_Strict):
     server: ServerConfig = ServerConfig()
     health: HealthConfig = HealthConfig()
+    # Where launched engines run: child processes (local) or a Ray cluster (ray).
+    placement: PlacementConfig = PlacementConfig()
     # Named routing policies; models refer to them (or to a built-in) by ``routing:``.
     policies: dict[str, PolicyConfig] = Field(default_factory=dict)
     models: list[ModelConfig] = Field(min_length=1)

@@ -16,6 +16,7 @@ from llmgw.config.base import EngineType, EngineURLs, _Strict
 from llmgw.config.disagg import DisaggConfig, PDProtocol
 from llmgw.config.launch import LaunchConfig, TimeoutConfig
 from llmgw.config.lora import LoraConfig
+from llmgw.config.placement import ReplicaPlacementConfig
 
 _LORA_ENGINES = ("vllm", "sglang", "transformers")
 
@@ -62,6 +63,9 @@ class ModelConfig(_Strict):
     autoscaling: AutoscalingConfig | None = None
     # How replicas are replaced on reload and removed on scale-down.
     rollout: RolloutConfig = RolloutConfig()
+    # What each launched replica asks a Ray cluster for (top-level placement.backend: ray);
+    # the local backend ignores it, so one file serves both.
+    placement: ReplicaPlacementConfig = ReplicaPlacementConfig()
 
     @field_validator("kv_events_url", mode="before")
     @classmethod
@@ -105,9 +109,10 @@ class ModelConfig(_Strict):
             if self.replicas is not None or self.autoscaling is not None:
                 raise ValueError("give either 'url' (attach) or 'replicas' / 'autoscaling' "
                                  "(launch), not both")
-            if self.launch != LaunchConfig() or self.engine_args:
-                raise ValueError("'launch' and 'engine_args' apply to launched engines only, "
-                                 "not to 'url' (attach)")
+            if self.launch != LaunchConfig() or self.engine_args \
+                    or self.placement != ReplicaPlacementConfig():
+                raise ValueError("'launch', 'engine_args' and 'placement' apply to launched "
+                                 "engines only, not to 'url' (attach)")
         elif self.engine == "openai":
             raise ValueError("engine 'openai' is attach-only: give 'url'")
         elif self.model is None:
@@ -122,9 +127,10 @@ class ModelConfig(_Strict):
                              "disaggregation.prefill and .decode, not 'replicas', "
                              "'autoscaling' or 'url' (each pool has its own)")
         if not pd.launched:
-            if self.launch != LaunchConfig() or self.engine_args:
-                raise ValueError("'launch' and 'engine_args' apply to launched engines only, "
-                                 "not to attached prefill / decode pools")
+            if self.launch != LaunchConfig() or self.engine_args \
+                    or self.placement != ReplicaPlacementConfig():
+                raise ValueError("'launch', 'engine_args' and 'placement' apply to launched "
+                                 "engines only, not to attached prefill / decode pools")
         elif self.engine == "openai":
             raise ValueError("engine 'openai' is attach-only: give disaggregation.prefill.url "
                              "and .decode.url")
@@ -190,6 +196,8 @@ def cross_section_rules(model: ModelConfig) -> None:
     - ``disaggregation`` supports neither ``shadow`` policies nor ``lora``.
     - ``disaggregation`` needs a prefill-decode protocol, from its engine or ``protocol``,
       and its pools' engine-specific keys must match that protocol.
+    - ``placement.nodes`` above 1 needs an engine that runs across nodes (vLLM, SGLang),
+      and a GPU count that parallelism can fill.
     """
     if model.lora is not None and model.engine not in _LORA_ENGINES:
         raise ValueError(f"lora: engine {model.engine!r} has no adapter API; use vllm, "
@@ -197,6 +205,7 @@ def cross_section_rules(model: ModelConfig) -> None:
     if model.launch.kv_events and model.engine != "vllm":
         raise ValueError(f"launch.kv_events is supported by engine 'vllm' only, "
                          f"not {model.engine!r}")
+    _multi_node_rules(model)
     if model.disaggregation is None:
         return
     if model.shadow or model.lora is not None:
@@ -207,3 +216,18 @@ def cross_section_rules(model: ModelConfig) -> None:
         raise ValueError(f"disaggregation: engine {model.engine!r} has no prefill-decode "
                          f"protocol; use vllm or sglang (or openai with 'protocol')")
     model.disaggregation.check_protocol(protocol)
+
+
+_MULTI_NODE_ENGINES = ("vllm", "sglang", "fake")
+
+
+def _multi_node_rules(model: ModelConfig) -> None:
+    placement = model.placement
+    if placement.nodes == 1:
+        return
+    if model.engine not in _MULTI_NODE_ENGINES:
+        raise ValueError(f"placement.nodes: engine {model.engine!r} runs on one node; "
+                         "engines across nodes are vllm and sglang")
+    if placement.gpus is not None and placement.gpus < placement.nodes:
+        raise ValueError(f"placement.nodes ({placement.nodes}) needs at least one GPU per "
+                         f"node, got gpus: {placement.gpus:g}")

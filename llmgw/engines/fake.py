@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,6 +33,9 @@ class FakeEngineState:
         self.aborted = 0
         self.served = 0
         self.last_request: bytes = b"{}"
+        # Several nodes (vLLM's --nnodes): rank 0 lists the ranks that joined it.
+        self.nnodes, self.master_port = 1, 0
+        self.joined: list[int] = []
 
 
 def _chunk(rid: str, model: str, created: int, choice: dict[str, Any] | None,
@@ -86,8 +90,19 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
     async def last_request(request: Request) -> Response:
         return Response(state.last_request, media_type="application/json")
 
-    return Starlette(routes=[
-        Route("/fake/last_request", last_request),
+    async def topology(request: Request) -> Response:
+        return Response(orjson.dumps({"nnodes": state.nnodes, "joined": sorted(state.joined)}),
+                        media_type="application/json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        master = await _serve_master(state) if state.nnodes > 1 else None
+        yield
+        if master is not None:
+            master.close()
+
+    return Starlette(lifespan=lifespan, routes=[
+        Route("/fake/last_request", last_request), Route("/fake/topology", topology),
         Route("/v1/chat/completions", generate, methods=["POST"]),
         Route("/v1/completions", generate, methods=["POST"]),
         Route("/metrics", metrics), Route("/health", health), Route("/v1/models", models),
@@ -180,10 +195,46 @@ def main() -> None:
     parser.add_argument("--model", default="fake", help="ignored; accepted like real engines")
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
     parser.add_argument("--fail-status", type=int, default=None)
+    # An engine over several nodes, with vLLM's flags: rank 0 serves and listens on the
+    # master port; other ranks (--headless) join it there and serve nothing.
+    parser.add_argument("--nnodes", type=int, default=1)
+    parser.add_argument("--node-rank", type=int, default=0)
+    parser.add_argument("--master-addr", default="127.0.0.1")
+    parser.add_argument("--master-port", type=int, default=0)
+    parser.add_argument("--headless", action="store_true")
     args = parser.parse_args()
+    if args.headless:
+        asyncio.run(_join_master(args.master_addr, args.master_port, args.node_rank))
+        return
     state = FakeEngineState(args.served_model_name, args.token_delay_ms / 1000, args.fail_status)
+    state.nnodes, state.master_port = args.nnodes, args.master_port
     uvicorn.run(create_fake_app(state), host=args.host, port=args.port, log_level="warning",
                 access_log=False, http="httptools", loop="uvloop")
+
+
+async def _serve_master(state: FakeEngineState) -> asyncio.Server:
+    """Rank 0: ranks that join on the master port are listed in /fake/topology."""
+    async def joined(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        state.joined.append(int(line.decode().strip() or -1))
+        await reader.read()  # held open: the rank lives as long as its connection
+
+    return await asyncio.start_server(joined, "0.0.0.0", state.master_port)
+
+
+async def _join_master(addr: str, port: int, rank: int) -> None:
+    """A headless rank: join rank 0, then live until it goes away (as vLLM's workers do)."""
+    for _ in range(600):  # rank 0 may start after this one: retry for ~60 s
+        try:
+            reader, writer = await asyncio.open_connection(addr, port)
+            break
+        except OSError:
+            await asyncio.sleep(0.1)
+    else:
+        raise SystemExit(f"rank {rank}: master {addr}:{port} never answered")
+    writer.write(f"{rank}\n".encode())
+    await writer.drain()
+    await reader.read()
 
 
 if __name__ == "__main__":

@@ -26,11 +26,11 @@ from llmgw.fleet.autoscaler import Autoscaler, sample
 from llmgw.fleet.deployment import Deployment
 from llmgw.fleet.version import replica_version
 from llmgw.metrics import FleetMetrics
-from llmgw.placement.base import Launcher
+from llmgw.placement.base import Launcher, RunningReplica
 from llmgw.placement.commands import launch_roles, launch_unit
 from llmgw.placement.local import attached_addresses
 from llmgw.pool import Replica
-from llmgw.types import ReplicaAddress, Role
+from llmgw.types import Role
 
 log = logging.getLogger("llmgw.fleet")
 # Ray Serve's controller ticks every 0.1 s; engines start in seconds, so a quarter second
@@ -63,7 +63,7 @@ class Fleet:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         launcher.on_restart = gateway.count_restart
-        launcher.on_moved = self.moved
+        launcher.on_lost = self.lost
 
     @property
     def config(self) -> GatewayConfig:
@@ -73,9 +73,14 @@ class Fleet:
 
     async def start(self) -> None:
         """Every model's initial replicas, launched at once; a launch that fails stops
-        the gateway's start (LaunchError) rather than serving part of the config."""
+        the gateway's start (LaunchError) rather than serving part of the config.
+        Replicas still running from an earlier gateway (a Ray cluster's) are adopted
+        first: those of the config's version serve at once, those of another version
+        serve until their replacements are ready, those of no pool are stopped."""
         groups = [self.gateway.add_model(model) for model in self.config.models]
-        await asyncio.gather(*(self._populate(model, initial=True)
+        adopted = await self._adopt(await self.launcher.adoptable())
+        await asyncio.gather(*(self._populate(model, initial=True,
+                                              adopted=adopted.get(model.name, []))
                                for model in self.config.models))
         for group in groups:
             self._serve(group)
@@ -98,16 +103,39 @@ class Fleet:
                 await task
         for managed in self.pools.values():
             await managed.deployment.close()
-        await self.launcher.stop_all()
+        await self.launcher.close()
 
-    async def _populate(self, model: ModelConfig, *, initial: bool) -> None:
-        """Attach a model's engines, or launch its pools' first replicas and wait for them."""
+    async def _adopt(self, running: list[RunningReplica]) -> dict[str, list[str]]:
+        """Running replicas that belong to a launched pool of the config join it (the
+        replica ids per model); the others are stopped."""
+        adopted: dict[str, list[str]] = {}
+        leftovers: list[str] = []
+        for replica in running:
+            model = next((m for m in self.config.models if m.name == replica.model), None)
+            if model is None or not model.launched or replica.role not in launch_roles(model):
+                leftovers.append(replica.id)
+                continue
+            self.gateway.wire(model.name, replica.address, replica.role, replica.version,
+                              healthy=True)
+            adopted.setdefault(model.name, []).append(replica.id)
+        if running:
+            log.info("adopted %d running replica(s); stopping %d that no pool wants",
+                     len(running) - len(leftovers), len(leftovers))
+        await asyncio.gather(*(self.launcher.stop(replica_id) for replica_id in leftovers))
+        return adopted
+
+    async def _populate(self, model: ModelConfig, *, initial: bool,
+                        adopted: list[str] | None = None) -> None:
+        """Attach a model's engines, or launch its pools' first replicas (less those
+        adopted) and wait for them."""
         if not model.launched:
             for address, role in zip(attached_addresses(model), model.replica_roles,
                                      strict=True):
                 self.gateway.wire(model.name, address, role, version="", healthy=False)
             return
         deployments = [self._manage(model, role) for role in launch_roles(model)]
+        for deployment in deployments:
+            deployment.adopt(adopted or [])
         results = await asyncio.gather(*(d.launch_initial() for d in deployments),
                                        return_exceptions=True)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
@@ -185,7 +213,8 @@ class Fleet:
         started = self.clock()
         try:
             address = await self.launcher.launch(
-                replica_id, launch_unit(model, deployment.role, ordinal))
+                replica_id, launch_unit(model, deployment.role, ordinal),
+                role=deployment.role, version=deployment.version)
         except BaseException:
             self.metrics.started(model.name, deployment.role, ok=False)
             raise
@@ -198,15 +227,17 @@ class Fleet:
             self.gateway.pool.start_failed(replica_id)
             await self.launcher.stop(replica_id)
 
-    def moved(self, model: str, replica_id: str, address: ReplicaAddress) -> None:
-        """The launcher brought a replica back on another address (a Ray actor placed
-        again after its node died): the old member leaves, one at the new address joins
-        under the same id, role and version; routing memory of it starts afresh."""
-        old = self.gateway.pool.get(replica_id)
-        if old is None or model not in self.gateway.models:
-            return
+    def lost(self, model: str, replica_id: str, why: str) -> None:
+        """The launcher lost a replica for good (its Ray node died): it leaves the pool
+        (requests it held have failed over or ended), and its pool's reconciler starts
+        a replacement at once, wherever the backend finds room."""
+        replica = self.gateway.pool.get(replica_id)
+        if replica is None:
+            return  # already retired, or never handed to the pool
+        log.error("replica %s of %s lost: %s", replica_id, model, why)
         self.gateway.unwire(replica_id)
-        self.gateway.wire(model, address, old.role, old.version, healthy=True)
+        self.metrics.lost(model, replica.role)
+        self.tick(model)
 
     async def retire(self, replica: Replica) -> None:
         self.gateway.unwire(replica.id)

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from llmgw.config import ModelConfig
 from llmgw.config.autoscaling import RolloutConfig
+from llmgw.placement.base import Unplaced
 from llmgw.pool import Replica, ReplicaPool
 from llmgw.types import Role
 
@@ -113,13 +114,26 @@ class Deployment:
         current = sorted(census.current, key=lambda r: (r.in_flight, -_ordinal_of(r.id)))
         return old + current
 
+    def adopt(self, replica_ids: list[str]) -> None:
+        """Replicas an earlier gateway started (now members of the pool): new ones are
+        numbered after them."""
+        for replica_id in replica_ids:
+            self._ordinal = max(self._ordinal, _ordinal_of(replica_id) + 1)
+
     async def launch_initial(self) -> None:
-        """The pool's first ``target`` replicas, all at once; raises the first failure
-        (the others are stopped), so a gateway never starts serving part of a pool."""
+        """The pool's first replicas (``target``, less those adopted), all at once; raises
+        the first failure (the others are stopped), so a gateway never starts serving part
+        of a pool. A replica the cluster has no room for yet (``Unplaced``) is not a
+        failure: the pool starts without it and keeps trying."""
+        missing = self.target - len(self.census().current)
         results = await asyncio.gather(
-            *(self._launch(*self._reserve()) for _ in range(self.target)),
+            *(self._launch(*self._reserve()) for _ in range(max(0, missing))),
             return_exceptions=True)
-        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        unplaced = [r for r in results if isinstance(r, Unplaced)]
+        if unplaced:
+            self._backoff(unplaced[0])
+        failure = next((r for r in results if isinstance(r, BaseException)
+                        and not isinstance(r, Unplaced)), None)
         if failure is not None:
             for replica in self._pool.replicas(self.model):
                 if replica.role == self.role:
@@ -146,14 +160,17 @@ class Deployment:
         try:
             await self._launch(replica_id, ordinal)
         except Exception as exc:  # a failed launch is retried with backoff, never fatal
-            self._failures += 1
-            delay = min(_RETRY_FIRST_S * 2 ** (self._failures - 1), _RETRY_MAX_S)
-            self._retry_at = self._clock() + delay
-            self.last_error = str(exc)
-            log.error("%s: a replica did not start (retry in %.0fs): %s", self.name, delay, exc)
+            self._backoff(exc)
             return
         self._failures = 0
         self.last_error = None
+
+    def _backoff(self, exc: Exception) -> None:
+        self._failures += 1
+        delay = min(_RETRY_FIRST_S * 2 ** (self._failures - 1), _RETRY_MAX_S)
+        self._retry_at = self._clock() + delay
+        self.last_error = str(exc)
+        log.error("%s: a replica did not start (retry in %.0fs): %s", self.name, delay, exc)
 
     async def _retire(self, replica: Replica) -> None:
         try:

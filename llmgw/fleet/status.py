@@ -5,6 +5,7 @@ traffic splits and the last reload."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from llmgw.fleet.controller import Fleet, ManagedPool
@@ -26,7 +27,8 @@ def fleet_status(fleet: Fleet, reloader: Reloader | None = None) -> dict[str, An
             "queued": group.waiter.waiting if group and group.waiter else 0,
             "pools": {role: _pool(fleet.pools.get((name, role)),
                                   [r for r in replicas if r.role == role],
-                                  [p for p in pending if p.role == role], fleet.clock())
+                                  [p for p in pending if p.role == role], fleet.clock(),
+                                  fleet.launcher.phase)
                       for role in roles},
         }
     return {
@@ -39,11 +41,12 @@ def fleet_status(fleet: Fleet, reloader: Reloader | None = None) -> dict[str, An
 
 
 def _pool(managed: ManagedPool | None, replicas: list[Replica], pending: list[Pending],
-          now: float) -> dict[str, Any]:
+          now: float, phase: Callable[[str], str | None]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "replicas": [_replica(r) for r in replicas],
-        "starting": [{"id": p.id, "version": p.version, "for_s": round(now - p.since, 1)}
-                     for p in pending],
+        # phase: what a starting replica waits for, e.g. a Ray placement group's resources.
+        "starting": [{"id": p.id, "version": p.version, "for_s": round(now - p.since, 1),
+                      "phase": phase(p.id)} for p in pending],
     }
     if managed is None:  # attached engines: membership comes from the config
         return entry

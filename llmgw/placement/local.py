@@ -25,9 +25,9 @@ from pathlib import Path
 import aiohttp
 
 from llmgw.config import ModelConfig
-from llmgw.placement.base import LaunchError
+from llmgw.placement.base import LaunchError, RunningReplica
 from llmgw.placement.commands import engine_command, engine_env, resolve_model
-from llmgw.types import ReplicaAddress
+from llmgw.types import ReplicaAddress, Role
 
 log = logging.getLogger("llmgw.launcher")
 # Every engine runs under this guard: the kernel kills it if the gateway dies.
@@ -192,10 +192,11 @@ class LocalLauncher:
         self._log_names: set[str] = set()
         # (model, replica id) -> None; set by whoever counts restarts.
         self.on_restart: Callable[[str, str], None] = lambda model, replica_id: None
-        # A local engine restarts on its own ports: it never moves.
-        self.on_moved: Callable[[str, str, ReplicaAddress], None] = lambda m, r, a: None
+        # A local engine restarts on its own ports: it is never lost.
+        self.on_lost: Callable[[str, str, str], None] = lambda model, replica_id, why: None
 
-    async def launch(self, replica_id: str, unit: ModelConfig) -> ReplicaAddress:
+    async def launch(self, replica_id: str, unit: ModelConfig, *, role: Role = "mixed",
+                     version: str = "") -> ReplicaAddress:
         # Building the demo model for an engine that cannot build it itself is disk work.
         model_path = await asyncio.to_thread(resolve_model, unit)
         host, port = "127.0.0.1", free_port()
@@ -224,7 +225,13 @@ class LocalLauncher:
         if process is not None:
             await process.stop()
 
-    async def stop_all(self) -> None:
+    def phase(self, replica_id: str) -> str | None:
+        return None  # a local engine is either starting or ready: nothing more to say
+
+    async def adoptable(self) -> list[RunningReplica]:
+        return []  # engines are the gateway's children: none survive it
+
+    async def close(self) -> None:
         processes = list(self.processes.values())
         self.processes.clear()
         await asyncio.gather(*(p.stop() for p in processes), return_exceptions=True)

@@ -5,7 +5,8 @@ slots, 0.05 ms/token prefill and 2 ms/token decode. Prompts are sized in whole b
 the tokenizer stand-in is 4 characters per token and a one-message chat renders as
 ``<|user|>`` + content + ``<|end|><|assistant|>`` (28 characters around the content).
 Assertions are on the sim's reported simulated times, never on wall-clock. The goals
-check (bench/fleet_sim/goals.py) is pure and tested on rows made here.
+check (bench/fleet_sim/goals.py), the round-robin spreading over gateway instances and
+the instance comparison table are pure and tested on values made here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import httpx
 import pytest
 
 from bench.fleet_sim import goals
-from bench.fleet_sim.report import Row
+from bench.fleet_sim.loadgen import round_robin
+from bench.fleet_sim.report import Row, instances_table
 from tests.support import Server, engine_counter, free_port, wait_until
 
 BLOCK_CHARS = 16 * 4
@@ -190,4 +192,45 @@ def test_goals_compare_each_policy_with_the_reference_rows() -> None:
         "goal  llmgw/session-aware TTFT p99 lower than sglang-router/cache_aware-abs4-rel1.5's "
         "(chat): 45 ms vs 40 ms -> NOT met",
         "goal  llmgw/session-aware max/mean load < 1.3 (chat): 1.35 vs 1.30 -> NOT met",
+    ]
+
+
+def test_round_robin_spreads_requests_over_instances_in_turn() -> None:
+    pick = round_robin(["http://a/v1", "http://b/v1", "http://c/v1"])
+    assert [pick() for _ in range(7)] == ["http://a/v1", "http://b/v1", "http://c/v1",
+                                          "http://a/v1", "http://b/v1", "http://c/v1",
+                                          "http://a/v1"]
+
+
+def test_goals_read_only_single_instance_rows() -> None:
+    rows = [_row("llmgw/session-aware", 0.75, 7, 45, 1.35),
+            _row("llmgw/round-robin", 0.5, 24, 60, 1.0),
+            Row("llmgw/round-robin", "chat", ttft_p50_ms=2, instances=2)]
+    assert [line for line in goals.check(rows) if "session-aware TTFT p50" in line] == [
+        "goal  llmgw/session-aware TTFT p50 >= 2x lower than llmgw/round-robin's (chat): "
+        "7 ms vs 24 ms -> met"]
+    assert [r.label for r in rows[1:]] == ["llmgw/round-robin", "llmgw/round-robin x2"]
+
+
+def test_instances_table_puts_counts_side_by_side_with_ratios_to_one() -> None:
+    def row(instances: int, hit: float, p50: float, load: float, **kw: Any) -> Row:
+        return Row("llmgw/prefix-aware", "chat", instances=instances, hit_rate=hit,
+                   ttft_p50_ms=p50, ttft_p99_ms=4 * p50, engine_ttft_p50_ms=p50 - 2,
+                   load_imbalance=load, **kw)
+
+    rows = [row(1, 0.8, 10, 1.1), row(2, 0.6, 15, 1.25, errors=1),
+            Row("llmgw/prefix-aware", "chat", reason="not ready", instances=4),
+            Row("oracle", "chat", hit_rate=0.9),  # one count only: not compared
+            Row("llmgw/least-load", "noreuse", instances=1),
+            Row("llmgw/least-load", "noreuse", instances=4, ttft_p50_ms=3)]
+    assert instances_table(rows).splitlines() == [
+        "| workload | target | hit % (x1 / x2 / x4) | TTFT p50 ms (x1 / x2 / x4) "
+        "| TTFT p99 ms (x1 / x2 / x4) | engine TTFT p50 ms (x1 / x2 / x4) "
+        "| load imb. (x1 / x2 / x4) | errors (x1 / x2 / x4) |",
+        "|---|---|---|---|---|---|---|---|",
+        "| chat | llmgw/prefix-aware | 80.0 / 60.0 (0.75) / n/a | 10 / 15 (1.50) / n/a "
+        "| 40 / 60 (1.50) / n/a | 8 / 13 (1.62) / n/a | 1.10 / 1.25 / n/a | 0 / 1 / n/a |",
+        # No ratio to a zero; a count that did not run is n/a.
+        "| noreuse | llmgw/least-load | 0.0 / n/a / 0.0 | 0 / n/a / 3 | 0 / n/a / 0 "
+        "| 0 / n/a / 0 | 0.00 / n/a / 0.00 | 0 / n/a / 0 |",
     ]

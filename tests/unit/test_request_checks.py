@@ -47,7 +47,8 @@ def refusal(body: dict[str, Any], endpoint: str = "chat") -> tuple[str | None, s
          ("max_completion_tokens", "max_completion_tokens: at most 100")),
         ({"messages": [USER], "n": 4, "max_tokens": 100}, None),
     ],
-    ids=["ok", "empty", "unknown-role", "tool-without-id", "tool-with-id", "function-no-name", "function-named",
+    ids=["ok", "empty", "unknown-role", "tool-without-id", "tool-with-id", "function-no-name",
+         "function-named",
          "too-many-messages", "n", "max-tokens", "max-completion-tokens", "at-the-bounds"])
 def test_chat_requests(body: dict[str, Any], expected: tuple[str, str] | None) -> None:
     assert refusal(body) == expected

@@ -1,0 +1,236 @@
+"""`llmgw up` with `placement.backend: ray` on a real Ray cluster (head + 2 worker nodes
+with fake GPUs, on this box), its replicas fake-engine processes started by Ray actors:
+GPUs per replica on one node, ranks and replicas spread, a node lost under load, a
+gateway restart that adopts the running engines, autoscaling, and a replica the cluster
+has no room for. Real engines placed by Ray are in test_ray_engines.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from ray.cluster_utils import Cluster
+
+from tests.fleet.conftest import (
+    ADMIN_KEY,
+    Load,
+    chat,
+    failures,
+    metric,
+    ready_ids,
+    status,
+    wait_for,
+    wait_for_requests,
+)
+from tests.ray.conftest import (
+    WORKER,
+    actor_names,
+    group_nodes,
+    host_info,
+    local_cluster,
+    ray_config,
+)
+from tests.support import ROOT, Server, start_gateway, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with local_cluster() as running:
+        yield running
+
+
+def fake(name: str, **fields: Any) -> dict[str, Any]:
+    return {"name": name, "engine": "fake", "model": "fake", **fields}
+
+
+def gateway_for(cluster: Cluster, tmp: Path, namespace: str, models: list[dict[str, Any]],
+                ready_path: str = "/ready", **extra: Any) -> Server:
+    config = ray_config(cluster, namespace, models, **extra)
+    config["server"] = {"admin_key": ADMIN_KEY}
+    return start_gateway(config, tmp, ready_path=ready_path)
+
+
+def down(gateway_config: Path) -> str:
+    """`llmgw down` on the config a gateway ran: every engine of its namespace stopped."""
+    done = subprocess.run([sys.executable, "-m", "llmgw", "down", str(gateway_config)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def config_of(gateway: Server, tmp: Path) -> Path:
+    return tmp / f"gateway-{gateway.port}.yaml"
+
+
+def worker_ids(cluster: Cluster) -> set[str]:
+    return {node.node_id for node in cluster.worker_nodes}
+
+
+def test_a_replica_gets_its_gpus_on_one_node_and_serves(cluster: Cluster,
+                                                         tmp_path: Path) -> None:
+    gateway = gateway_for(cluster, tmp_path, "gpus", [
+        fake("tp", replicas=1, placement={"gpus": 2})])
+    try:
+        nodes = group_nodes("tp-0")
+        assert nodes is not None and len(nodes) == 1 and nodes[0] in worker_ids(cluster)
+        info = host_info("gpus", "tp-0")
+        assert info["node_id"] == nodes[0]
+        assert len(info["cuda_visible_devices"].split(",")) == 2
+        answer = httpx.post(gateway.url + "/v1/chat/completions", json=chat("tp"), timeout=30)
+        assert answer.status_code == 200 and answer.headers["x-llmgw-replica"] == "tp-0"
+        # The gateway talks to the engine itself, at the address the actor reported.
+        assert status(gateway)["models"]["tp"]["pools"]["mixed"]["replicas"][0]["url"] \
+            == info["url"]
+    finally:
+        gateway.stop()
+        down(config_of(gateway, tmp_path))
+    assert actor_names("gpus") == [] and group_nodes("tp-0") is None
+
+
+def test_ranks_of_a_replica_and_replicas_of_a_pool_spread_over_nodes(
+        cluster: Cluster, tmp_path: Path) -> None:
+    gateway = gateway_for(cluster, tmp_path, "spread", [
+        # One engine over two nodes: rank 1 runs headless and joins rank 0.
+        fake("wide", replicas=1, placement={"gpus": 2, "nodes": 2, "strategy": "SPREAD"}),
+        fake("pair", replicas=2, placement={"gpus": 1})])
+    try:
+        wide = group_nodes("wide-0")
+        assert wide is not None and len(set(wide)) == 2
+        rank0 = host_info("spread", "wide-0", 0)
+        rank1 = host_info("spread", "wide-0", 1)
+        assert rank1["master"] == rank0["master"] and rank0["node_id"] != rank1["node_id"]
+        wait_until(lambda: httpx.get(rank0["url"] + "/fake/topology").json()["joined"] == [1],
+                   30, "rank 1 to join rank 0")
+        pair = [host_info("spread", f"pair-{i}")["node_id"] for i in range(2)]
+        assert len(set(pair)) == 2, "a pool's replicas go to different nodes when they can"
+        answer = httpx.post(gateway.url + "/v1/chat/completions", json=chat("wide"), timeout=30)
+        assert answer.status_code == 200
+    finally:
+        gateway.stop()
+        down(config_of(gateway, tmp_path))
+
+
+def test_a_lost_node_moves_its_replica_and_no_request_fails(cluster: Cluster,
+                                                            tmp_path: Path) -> None:
+    gateway = gateway_for(cluster, tmp_path, "loss", [fake("sturdy", replicas=2)])
+    load = Load(gateway.url, lambda n: chat("sturdy", 4), workers=4, max_requests=3000)
+    try:
+        infos = {rid: host_info("loss", rid) for rid in ("sturdy-0", "sturdy-1")}
+        assert infos["sturdy-0"]["node_id"] != infos["sturdy-1"]["node_id"]
+        victim = next(n for n in cluster.worker_nodes
+                      if n.node_id == infos["sturdy-0"]["node_id"])
+        load.start()
+        wait_for_requests(load, 50)
+        cluster.remove_node(victim, allow_graceful=False)
+        try:
+            moved = wait_for(gateway, lambda s: ready_ids(gateway, "sturdy") ==
+                             ["sturdy-1", "sturdy-2"], 60, "a replacement for the lost replica")
+            wait_for_requests(load, 100)
+        finally:
+            outcomes = load.stop()
+            cluster.add_node(**WORKER)  # the next tests have two workers again
+            cluster.wait_for_nodes()
+        assert failures(outcomes) == [], failures(outcomes)[:3]
+        assert not psutil.pid_exists(infos["sturdy-0"]["pid"]) or \
+            psutil.Process(infos["sturdy-0"]["pid"]).status() == psutil.STATUS_ZOMBIE
+        replacement = host_info("loss", "sturdy-2")
+        assert replacement["node_id"] != infos["sturdy-0"]["node_id"]
+        assert moved["models"]["sturdy"]["pools"]["mixed"]["target"] == 2
+        assert metric(gateway, "llmgw_replicas_lost_total", model="sturdy") == 1
+        assert {o.replica for o in outcomes[-50:]} == {"sturdy-1", "sturdy-2"}
+    finally:
+        load.stop()
+        gateway.stop()
+        down(config_of(gateway, tmp_path))
+
+
+def test_a_restarted_gateway_adopts_the_running_engines(cluster: Cluster,
+                                                        tmp_path: Path) -> None:
+    models = [fake("kept", replicas=1)]
+    first = gateway_for(cluster, tmp_path, "adopt", models)
+    before = host_info("adopt", "kept-0")
+    first.stop()
+    # Its engine outlived it: same process, still answering.
+    assert psutil.pid_exists(before["pid"]) and httpx.get(before["url"] + "/health").is_success
+    second = gateway_for(cluster, tmp_path, "adopt", models)
+    try:
+        assert "adopted 1 running replica" in second.output()
+        assert ready_ids(second, "kept") == ["kept-0"]
+        assert host_info("adopt", "kept-0")["pid"] == before["pid"]
+        answer = httpx.post(second.url + "/v1/chat/completions", json=chat("kept"), timeout=30)
+        assert answer.status_code == 200 and answer.headers["x-llmgw-replica"] == "kept-0"
+    finally:
+        second.stop()
+    # A config whose engine runs otherwise (a new flag) replaces the adopted replica.
+    changed = [fake("kept", replicas=1, engine_args={"token_delay_ms": 1})]
+    third = gateway_for(cluster, tmp_path, "adopt", changed)
+    try:
+        wait_for(third, lambda s: ready_ids(third, "kept") == ["kept-1"], 60,
+                 "the old version replaced")
+        wait_until(lambda: not psutil.pid_exists(before["pid"]), 30, "the old engine to stop")
+        assert actor_names("adopt") == ["llmgw/kept-1/rank0"]
+    finally:
+        third.stop()
+        out = down(config_of(third, tmp_path))
+    assert "stopped 1 replica" in out and actor_names("adopt") == []
+
+
+def test_autoscaling_adds_and_removes_placement_groups(cluster: Cluster,
+                                                        tmp_path: Path) -> None:
+    gateway = gateway_for(cluster, tmp_path, "scale", [fake(
+        "elastic", engine_args={"token_delay_ms": 20},
+        autoscaling={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                     "upscale_delay_s": 0.5, "downscale_delay_s": 2,
+                     "look_back_period_s": 1, "max_kv_usage": None,
+                     "max_engine_queue": None})])
+    load = Load(gateway.url, lambda n: chat("elastic", 100, stream=True), workers=3,
+                max_requests=600)
+    try:
+        load.start()
+        wait_for(gateway, lambda s: ready_ids(gateway, "elastic") == ["elastic-0", "elastic-1"],
+                 60, "a second replica under load")
+        assert group_nodes("elastic-1") is not None
+    finally:
+        outcomes = load.stop()
+    try:
+        assert failures(outcomes) == []
+        wait_for(gateway, lambda s: len(s["models"]["elastic"]["pools"]["mixed"]["replicas"])
+                 == 1, 60, "back to one replica without load")
+        gone = ({"elastic-0", "elastic-1"} - set(ready_ids(gateway, "elastic"))).pop()
+        wait_until(lambda: group_nodes(gone) is None, 30, "the drained replica's group removed")
+        assert f"llmgw/{gone}/rank0" not in actor_names("scale")
+    finally:
+        gateway.stop()
+        down(config_of(gateway, tmp_path))
+
+
+def test_a_replica_the_cluster_cannot_place_waits_visibly_and_hangs_nothing(
+        cluster: Cluster, tmp_path: Path) -> None:
+    gateway = gateway_for(cluster, tmp_path, "unplaced", [
+        fake("small", replicas=1), fake("huge", replicas=1, placement={"gpus": 8})],
+        ready_path="/health", placement={"placement_timeout_s": 1})
+    try:
+        seen = wait_for(gateway, lambda s: s["models"]["huge"]["pools"]["mixed"]
+                        .get("last_error"), 30, "the placement timeout reported")
+        error = seen["models"]["huge"]["pools"]["mixed"]["last_error"]
+        assert "could not be placed within 1s" in error and "'GPU': 8.0" in error
+        # The gateway serves the rest meanwhile, and keeps trying (the group is demand).
+        answer = httpx.post(gateway.url + "/v1/chat/completions", json=chat("small"), timeout=30)
+        assert answer.status_code == 200
+        wait_for(gateway, lambda s: any(p["phase"] and p["phase"].startswith("placing")
+                                        for p in s["models"]["huge"]["pools"]["mixed"]
+                                        ["starting"]), 30, "a retry waiting for placement")
+        assert metric(gateway, "llmgw_replica_starts_total", model="huge",
+                      result="failed") is not None
+    finally:
+        gateway.stop()
+        down(config_of(gateway, tmp_path))
+    assert actor_names("unplaced") == []
