@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import zmq.asyncio
 
+from llmgw.admission import FairQueue
 from llmgw.config import ConfigError, GatewayConfig, ModelConfig, PDPoolConfig, PDRole
 from llmgw.config.autoscaling import AutoscalingConfig
 from llmgw.disagg.assemble import make_disaggregation
@@ -26,6 +27,7 @@ from llmgw.kv_events import KVEventStream, KVEventSubscriber
 from llmgw.lora.catalog import Adapter
 from llmgw.lora.setup import lora_roots, make_catalog, make_lora_group
 from llmgw.metrics import (
+    AdmissionMetrics,
     KVEventMetrics,
     Metrics,
     ModelMetrics,
@@ -360,6 +362,12 @@ class Gateway:
             waiter=ReplicaWait(model.name, scaling.max_queued_requests,
                                scaling.queue_timeout_s) if scaling is not None else None,
         )
+        if model.admission is not None:
+            limit = model.admission.max_in_flight_per_replica
+            group.admission = FairQueue(
+                model.name, lambda: group.serving_replicas() * limit,
+                model.admission.max_queued, model.admission.queue_timeout_s,
+                AdmissionMetrics(self.metrics))
         if self._started and group.lora is not None:
             group.lora.start()
         return group

@@ -11,6 +11,7 @@
     ├── Overloaded                    429 rate_limit_error / overloaded
     ├── RateLimited                   429 rate_limit_error / rate_limit_exceeded (+ Retry-After)
     ├── NoReplica                     503 server_error / no_healthy_replica (+ Retry-After)
+    │   └── Saturated                 503 server_error / model_saturated (+ Retry-After)
     ├── UpstreamError                 502 server_error / upstream_error
     │   ├── UpstreamUnreachable       502 server_error / upstream_unreachable
     │   └── UpstreamTimeout           504 server_error / upstream_timeout
@@ -130,6 +131,13 @@ class NoReplica(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(self.retry_after_s)}
+
+
+class Saturated(NoReplica):
+    """Every replica of the model is at its admission limit and this request was shed
+    from the gateway's queue (full, or waited past its timeout)."""
+
+    code = "model_saturated"
 
 
 class UpstreamError(GatewayError):

@@ -266,9 +266,36 @@ class TenantFamilies:
         self.in_flight = Gauge(
             "llmgw_key_in_flight_requests", "Requests open per API key name.", ["key"],
             registry=r)
+        self.admission_queued = Gauge(
+            "llmgw_admission_queued_requests", "Requests waiting at the gateway for a "
+            "saturated model (admission:).", ["model"], registry=r)
+        self.admission_wait = Histogram(
+            "llmgw_admission_wait_seconds", "Time requests waited in a saturated model's "
+            "queue, by API key name (\"\" without keys).", ["model", "key"],
+            buckets=_LATENCY_S, registry=r)
+        self.admission_shed = Counter(
+            "llmgw_admission_shed", "Requests refused 503 by a saturated model's queue, by "
+            "priority and reason (queue_full, timeout).", ["model", "priority", "reason"],
+            registry=r)
         self.auth_failures = Counter(
             "llmgw_auth_failures", "Requests refused with 401 (reason: missing or "
             "unknown key).", ["reason"], registry=r)
+
+
+class AdmissionMetrics:
+    """Gateway-side queues of saturated models (``admission:``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._t = metrics.tenants
+
+    def queued(self, model: str, count: int) -> None:
+        self._t.admission_queued.labels(model).set(count)
+
+    def waited(self, model: str, key: str, seconds: float) -> None:
+        self._t.admission_wait.labels(model, key).observe(seconds)
+
+    def shed(self, model: str, priority: str, reason: str) -> None:
+        self._t.admission_shed.labels(model, priority, reason).inc()
 
 
 class TenantMetrics:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
+from llmgw.admission import FairQueue
 from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_response, internal_error
 from llmgw.api.request_checks import check_request
@@ -162,7 +163,8 @@ class _Call:
     """One request's bookkeeping, read by ``_close`` however the request ends."""
 
     __slots__ = ("headers", "started", "gateway_id", "request_id", "reply_headers", "parsed",
-                 "model", "exchange", "outcome", "status", "error", "key", "admission")
+                 "model", "exchange", "outcome", "status", "error", "key", "admission",
+                 "slot")
 
     def __init__(self, headers: Headers) -> None:
         self.headers = headers
@@ -184,6 +186,8 @@ class _Call:
         self.error: GatewayError | None = None
         self.key: ApiKey | None = None  # with auth: the caller's key, once known
         self.admission: Admission | None = None
+        # The model's admission queue while the request holds one of its slots.
+        self.slot: FairQueue | None = None
 
 
 class GenerationRoute:
@@ -207,7 +211,9 @@ class GenerationRoute:
         finally:
             try:
                 await self._close(dispatcher, call)
-            finally:  # a keyed request's slot is freed whatever happened above
+            finally:  # slots are freed whatever happened above
+                if call.slot is not None:
+                    call.slot.release()
                 if call.key is not None:
                     _settle(scope["app"].state.tenancy, call, call.key)
 
@@ -231,6 +237,10 @@ class GenerationRoute:
         upstream = dispatcher.upstream_body(group, body, call.parsed, stream, req.wants_usage,
                                             call.gateway_id, adapter)
         async with DisconnectWatch(receive) as watch:
+            if group.admission is not None:  # a saturated model: wait for a slot
+                await group.admission.acquire(ctx.tenant or "", ctx.priority,
+                                              call.key.weight if call.key else 1.0)
+                call.slot = group.admission
             call.exchange = exchange = await dispatcher.open(
                 ctx, group, upstream, call.gateway_id, explain=EXPLAIN_HEADER in headers,
                 adapter=adapter)

@@ -3,7 +3,7 @@ admin routes do; client keys never open these.
 
     GET    /admin/keys          every key, without secrets or hashes
     POST   /admin/keys          {"name", "models", "rpm", "tpm", "max_concurrency",
-                                 "priority"} -> 201 {"key": <secret, shown only now>, ...}
+                                 "priority", "weight"} -> 201 {"key": <secret, shown only now>, ...}
     DELETE /admin/keys/{name}   revoked at once (configured keys too, until their hash
                                 changes)
 
@@ -38,6 +38,7 @@ class CreateKey(BaseModel):
     tpm: int | None = Field(default=None, ge=1)
     max_concurrency: int | None = Field(default=None, ge=1)
     priority: Priority = "interactive"
+    weight: float = Field(default=1.0, gt=0, le=1000)
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -92,7 +93,8 @@ async def create_key(request: Request) -> Response:
         _check_models(spec, request.app.state.dispatcher)
         limits = Limits(rpm=spec.rpm, tpm=spec.tpm, max_concurrency=spec.max_concurrency)
         try:
-            key, secret = tenancy.create(spec.name, spec.models, limits, spec.priority)
+            key, secret = tenancy.create(spec.name, spec.models, limits, spec.priority,
+                                         spec.weight)
         except KeyChangeRejected as exc:
             raise _rejected(exc) from None
     except GatewayError as exc:

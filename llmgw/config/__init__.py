@@ -7,6 +7,7 @@ across sections), the whole file (``gateway``) and loading (``load``). Data only
 besides reading the files.
 """
 
+from llmgw.config.admission import AdmissionConfig
 from llmgw.config.aliases import AliasConfig, AliasTarget
 from llmgw.config.auth import AuthConfig, KeyConfig, Limits, Priority
 from llmgw.config.autoscaling import AutoscalingConfig, RolloutConfig
@@ -37,6 +38,7 @@ from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
 from llmgw.config.server import HealthConfig, ServerConfig, TLSConfig
 
 __all__ = [
+    "AdmissionConfig",
     "AliasConfig",
     "AliasTarget",
     "AuthConfig",

@@ -41,8 +41,10 @@ class KeyConfig(Limits):
     # Served names (models, adapters, aliases) the key may use; null: every one. A base
     # model does not grant its adapters: list them too.
     models: list[str] | None = None
-    # Who waits first when replicas are saturated: interactive before batch.
+    # Who waits first when replicas are saturated (a model's admission:): interactive
+    # before batch; within a class keys share by weight (2 gets twice 1's turns).
     priority: Priority = "interactive"
+    weight: float = Field(default=1.0, gt=0, le=1000)
 
     @field_validator("hash")
     @classmethod

@@ -197,7 +197,7 @@ class Tenancy:
     # --- the admin API ----------------------------------------------------------------
 
     def create(self, name: str, models: list[str] | None, limits: Limits,
-               priority: Priority) -> tuple[ApiKey, str]:
+               priority: Priority, weight: float = 1.0) -> tuple[ApiKey, str]:
         """A new key and its secret (shown once). Saved before it takes effect; raises
         KeyChangeRejected (KeyNotSaved when the file cannot keep it)."""
         self._require_enabled()
@@ -205,7 +205,7 @@ class Tenancy:
             raise KeyChangeRejected(f"a key named {name!r} exists", 409, "name")
         secret = new_key()
         key = ApiKey(name, hash_key(secret), frozenset(models) if models is not None
-                     else None, limits, priority, origin="runtime")
+                     else None, limits, priority, origin="runtime", weight=weight)
         runtime = {**self._runtime, name: key}
         self._save(runtime, self._revoked)
         self._runtime = runtime

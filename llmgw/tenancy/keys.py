@@ -53,6 +53,7 @@ class ApiKey:
     limits: Limits = Limits()
     priority: Priority = "interactive"
     origin: Literal["config", "runtime"] = "config"
+    weight: float = 1.0
 
     @classmethod
     def from_config(cls, spec: KeyConfig,
@@ -60,7 +61,7 @@ class ApiKey:
         return cls(spec.name, spec.hash,
                    frozenset(spec.models) if spec.models is not None else None,
                    Limits(rpm=spec.rpm, tpm=spec.tpm, max_concurrency=spec.max_concurrency),
-                   spec.priority, origin)
+                   spec.priority, origin, spec.weight)
 
     def allows(self, name: str) -> bool:
         return self.models is None or name in self.models
@@ -69,7 +70,7 @@ class ApiKey:
         """What the admin API shows: everything but the hash."""
         return {"name": self.name, "models": sorted(self.models) if self.models is not None
                 else None, **self.limits.model_dump(), "priority": self.priority,
-                "origin": self.origin}
+                "weight": self.weight, "origin": self.origin}
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

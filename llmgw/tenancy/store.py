@@ -3,7 +3,8 @@ the admin API, kept across restarts and reloads. Written only by the keystore, r
 untrusted input (a bad entry is reported and skipped, never fatal at start).
 
     {"registered": {"<name>": {"hash": "sha256:...", "models": [...] | null, "rpm": ...,
-                               "tpm": ..., "max_concurrency": ..., "priority": ...}},
+                               "tpm": ..., "max_concurrency": ..., "priority": ...,
+                               "weight": ...}},
      "revoked": ["sha256:<hash of a configured key revoked at runtime>", ...]}
 
 Revocations are kept by hash: a configured key given a new secret (a new hash) under
@@ -72,7 +73,8 @@ def write_keys(path: Path, registered: Iterable[ApiKey], revoked: Iterable[str])
     replace(path, {
         "registered": {k.name: {"hash": k.hash, "models": sorted(k.models)
                                 if k.models is not None else None,
-                                **k.limits.model_dump(), "priority": k.priority}
+                                **k.limits.model_dump(), "priority": k.priority,
+                                "weight": k.weight}
                        for k in registered},
         "revoked": sorted(revoked)})
 

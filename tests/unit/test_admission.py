@@ -1,0 +1,148 @@
+"""The admission queue of a saturated model: priority classes, weighted fair order across
+tenants, bounded size with shedding, timeouts and cancellation. Each ``await turn()``
+yields one event-loop iteration (no timed sleeps): waiting tasks take their next step."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from llmgw.admission import FairQueue
+from llmgw.errors import Saturated
+from llmgw.metrics import AdmissionMetrics, Metrics
+
+
+async def turn() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def queue(capacity: int = 1, max_queued: int = 100, timeout_s: float = 60) -> FairQueue:
+    return FairQueue("m", lambda: capacity, max_queued, timeout_s,
+                     AdmissionMetrics(Metrics()))
+
+
+class Recorder:
+    """Starts requests that acquire a slot and record who got through, in order."""
+
+    def __init__(self, q: FairQueue) -> None:
+        self.q, self.order, self.tasks = q, list[str](), list[asyncio.Task[None]]()
+
+    def start(self, name: str, tenant: str, priority: str = "interactive",
+              weight: float = 1.0) -> asyncio.Task[None]:
+        async def run() -> None:
+            await self.q.acquire(tenant, priority, weight)
+            self.order.append(name)
+
+        task = asyncio.create_task(run())
+        self.tasks.append(task)
+        return task
+
+    async def drain(self) -> list[str]:
+        """Release one slot per request let through until nobody waits."""
+        await turn()
+        released = 0
+        while released < len(self.order):
+            self.q.release()
+            released += 1
+            await turn()
+        return self.order
+
+
+async def test_under_capacity_nothing_waits_and_no_replica_means_no_queue() -> None:
+    q = queue(capacity=2)
+    await q.acquire("a", "interactive", 1)
+    await q.acquire("a", "batch", 1)
+    assert (q.in_flight, q.queued) == (2, 0)
+    empty = queue(capacity=0)  # the dispatcher answers (503, or scale from zero)
+    await empty.acquire("a", "interactive", 1)
+    assert empty.in_flight == 1
+
+
+async def test_interactive_goes_before_batch() -> None:
+    q = queue()
+    await q.acquire("hold", "interactive", 1)
+    r = Recorder(q)
+    r.start("b1", "x", "batch"), r.start("b2", "y", "batch"), r.start("i1", "z")
+    await turn()
+    q.release()
+    assert await r.drain() == ["i1", "b1", "b2"]
+
+
+async def test_a_flooding_tenant_waits_behind_its_own_backlog() -> None:
+    q = queue()
+    await q.acquire("hold", "interactive", 1)
+    r = Recorder(q)
+    for i in range(6):
+        r.start(f"flood{i}", "flood")
+    await turn()
+    r.start("quiet", "quiet")
+    await turn()
+    q.release()
+    assert await r.drain() == ["flood0", "quiet", "flood1", "flood2", "flood3", "flood4",
+                               "flood5"]
+
+
+async def test_weights_share_turns() -> None:
+    q = queue()
+    await q.acquire("hold", "interactive", 1)
+    r = Recorder(q)
+    for i in range(4):
+        r.start(f"a{i}", "a", weight=2)
+        r.start(f"b{i}", "b", weight=1)
+    await turn()
+    q.release()
+    # tags a: .5 1 1.5 2, b: 1 2 3 4; ties go to the earlier arrival
+    assert (await r.drain())[:6] == ["a0", "b0", "a1", "a2", "b1", "a3"]
+
+
+async def test_a_full_queue_sheds_the_worst_waiter() -> None:
+    q = queue(max_queued=2)
+    await q.acquire("hold", "interactive", 1)
+    r = Recorder(q)
+    batch = [r.start("b1", "x", "batch"), r.start("b2", "x", "batch")]
+    await turn()
+    r.start("i1", "y")  # full: the latest batch waiter makes room
+    await turn()
+    assert batch[1].done() and isinstance(batch[1].exception(), Saturated)
+    r.start("i2", "y")  # full again: the batch one left goes
+    await turn()
+    assert isinstance(batch[0].exception(), Saturated)
+    late = r.start("b3", "z", "batch")  # full of interactive: a batch arrival is refused
+    await turn()
+    assert isinstance(late.exception(), Saturated) and q.queued == 2
+    assert Saturated("m").status_code == 503 and Saturated("m").headers() == \
+        {"retry-after": "1"}
+    q.release()
+    assert await r.drain() == ["i1", "i2"]
+
+
+async def test_timeouts_and_cancelled_callers_leave_nothing_behind() -> None:
+    q = queue(timeout_s=0.01)
+    await q.acquire("hold", "interactive", 1)
+    with pytest.raises(Saturated, match="waited"):
+        await q.acquire("a", "interactive", 1)
+    r = Recorder(q)
+    gone = r.start("gone", "a")
+    r.start("stays", "b")
+    await turn()
+    gone.cancel()
+    await turn()
+    assert q.queued == 1
+    q.release()
+    assert await r.drain() == ["stays"]
+    assert (q.in_flight, q.queued) == (0, 0)
+
+
+async def test_a_replica_joining_lets_waiters_through() -> None:
+    capacity = [1]
+    q = FairQueue("m", lambda: capacity[0], 10, 60, AdmissionMetrics(Metrics()))
+    await q.acquire("hold", "interactive", 1)
+    r = Recorder(q)
+    r.start("w", "a")
+    await turn()
+    capacity[0] = 2
+    q.poke()
+    await turn()
+    assert r.order == ["w"] and q.in_flight == 2
