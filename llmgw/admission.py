@@ -2,14 +2,21 @@
 in priority classes (interactive before batch) and, within a class, in weighted fair order
 across tenants (keys).
 
-Fair order is start-time fair queueing: each waiting request is tagged ``max(V, the
-tenant's previous tag) + 1 / weight``, where V is the tag of the last request let through,
-and the smallest tag goes first. A tenant flooding the model queues behind its own earlier
-requests, so another tenant's request waits about one slot, not the flood's backlog.
-The queue is bounded: past ``max_queued`` the worst waiter (lowest class, latest tag) is
-shed with 503. Capacity is read per decision (routable replicas x per-replica limit); with
-no routable replica nothing queues here (the dispatcher answers as it does without
-admission). One event loop; not thread-safe.
+- **Order**: start-time fair queueing. Each waiting request is tagged ``max(V, the
+  tenant's previous tag) + 1 / weight``, where V is the tag of the last request let
+  through; the smallest tag goes first. A tenant flooding the model queues behind its own
+  earlier requests.
+- **Shares**: while several tenants are active (a request within ``ACTIVE_WINDOW_S``, or
+  one in flight or waiting), each may hold at most its weighted share of the slots
+  (``ceil(capacity x weight / active weights)``); alone, a tenant may use them all. So a
+  flood never takes the slots a quieter tenant is using: its next request finds one free
+  instead of waiting for the flood's requests to end.
+- **Bounds**: past ``max_queued`` the worst waiter (lowest class, latest tag) is shed
+  with 503; so is one waiting past ``timeout_s``.
+
+Capacity is read per decision (routable replicas x per-replica limit); with no routable
+replica nothing queues here (the dispatcher answers as it does without admission). One
+event loop; not thread-safe.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from llmgw.errors import Saturated
 from llmgw.metrics import AdmissionMetrics
 
 PRIORITY_RANK = {"interactive": 0, "batch": 1}
+# A tenant counts as active this long after its last request (seconds).
+ACTIVE_WINDOW_S = 1.0
 
 
 @dataclass(order=True, slots=True)
@@ -36,7 +45,16 @@ class _Waiter:
     tenant: str = field(compare=False)
     priority: str = field(compare=False)
     future: asyncio.Future[None] = field(compare=False)
-    gone: bool = field(default=False, compare=False)  # shed, timed out or cancelled
+    gone: bool = field(default=False, compare=False)  # let through, shed, timed out
+
+
+@dataclass(slots=True)
+class _Tenant:
+    weight: float
+    seen: float
+    in_flight: int = 0
+    queued: int = 0
+    last_tag: float = 0.0
 
 
 class FairQueue:
@@ -49,51 +67,70 @@ class FairQueue:
         self.in_flight = 0
         self.queued = 0  # live waiters in the heap
         self._heap: list[_Waiter] = []
-        self._last_tag: dict[str, float] = {}
+        self._tenants: dict[str, _Tenant] = {}
         self._virtual = 0.0
         self._seq = itertools.count()
 
-    def _limit(self) -> float:
-        capacity = self.capacity()
-        return capacity if capacity > 0 else math.inf
-
     async def acquire(self, tenant: str, priority: str, weight: float) -> None:
-        # ``tenant``: the key's name ("" without keys); ``weight``: its share, > 0.
-        """Return once the request may go to a replica (then ``release`` it exactly once);
-        raises Saturated when shed or past the timeout. A cancelled caller leaves nothing
-        behind."""
-        if not self.queued and self.in_flight < self._limit():
-            self.in_flight += 1
+        """Return once the request may go to a replica; then ``release(tenant)`` exactly
+        once. ``tenant``: the key's name ("" without keys); ``weight`` > 0. Raises
+        Saturated when shed or past the timeout; a cancelled caller leaves nothing."""
+        now = self._clock()
+        state = self._tenants.get(tenant)
+        if state is None:
+            state = self._tenants[tenant] = _Tenant(weight, now)
+        state.weight, state.seen = weight, now
+        capacity = self._capacity()
+        if not self.queued and self.in_flight < capacity \
+                and state.in_flight < self._share(state, capacity, now):
+            self._admit(state)
             return
-        waiter = self._enqueue(tenant, priority, weight)
-        started = self._clock()
+        waiter = self._enqueue(tenant, state, priority)
+        self._wake()  # it may fit now: free slots held back from over-share tenants
         try:
             async with asyncio.timeout(self.timeout_s):
                 await waiter.future
         except BaseException as exc:
-            if waiter.future.done() and not waiter.future.cancelled() \
-                    and waiter.future.exception() is None:
-                self.release()  # let through just as it gave up: hand the slot on
-            elif not waiter.gone:
-                self._drop(waiter)
+            self._abandon(waiter, state)
             if isinstance(exc, TimeoutError):
                 self._metrics.shed(self.model, priority, "timeout")
                 raise Saturated(f"model '{self.model}' is saturated: waited "
                                 f"{self.timeout_s:g}s for a free replica") from None
             raise
         finally:
-            self._metrics.waited(self.model, tenant, self._clock() - started)
+            self._metrics.waited(self.model, tenant, self._clock() - now)
 
-    def release(self) -> None:
+    def release(self, tenant: str) -> None:
         self.in_flight -= 1
+        state = self._tenants.get(tenant)
+        if state is not None:
+            state.in_flight -= 1
         self._wake()
 
     def poke(self) -> None:
         """Capacity may have grown (a replica joined): let waiters through."""
         self._wake()
 
-    def _enqueue(self, tenant: str, priority: str, weight: float) -> _Waiter:
-        tag = max(self._virtual, self._last_tag.get(tenant, 0.0)) + 1.0 / weight
+    # --- internals --------------------------------------------------------------------
+
+    def _capacity(self) -> float:
+        capacity = self.capacity()
+        return capacity if capacity > 0 else math.inf
+
+    def _share(self, state: _Tenant, capacity: float, now: float) -> float:
+        if math.isinf(capacity):
+            return capacity
+        active = [t for t in self._tenants.values()
+                  if t.in_flight or t.queued or now - t.seen < ACTIVE_WINDOW_S]
+        total = sum(t.weight for t in active) or state.weight
+        return max(1, math.ceil(capacity * state.weight / total))
+
+    def _admit(self, state: _Tenant) -> None:
+        self.in_flight += 1
+        state.in_flight += 1
+
+    def _enqueue(self, tenant: str, state: _Tenant, priority: str) -> _Waiter:
+        tag = max(self._virtual, state.last_tag) + 1.0 / state.weight
         waiter = _Waiter(PRIORITY_RANK.get(priority, 0), tag, next(self._seq), tenant,
                          priority, asyncio.get_running_loop().create_future())
         if self.queued >= self.max_queued:
@@ -106,31 +143,54 @@ class FairQueue:
             self._metrics.shed(self.model, worst.priority, "queue_full")
             worst.future.set_exception(Saturated(
                 f"model '{self.model}' is saturated: shed for a higher-priority request"))
-        self._last_tag[tenant] = tag
+        state.last_tag = tag
+        state.queued += 1
         heapq.heappush(self._heap, waiter)
         self.queued += 1
         self._metrics.queued(self.model, self.queued)
         return waiter
 
+    def _abandon(self, waiter: _Waiter, state: _Tenant) -> None:
+        """The waiting caller stopped (timeout, cancellation, shed)."""
+        future = waiter.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            self.release(waiter.tenant)  # let through just as it gave up: pass it on
+        elif not waiter.gone:
+            self._drop(waiter)
+
     def _drop(self, waiter: _Waiter) -> None:
         waiter.gone = True
         self.queued -= 1
+        state = self._tenants.get(waiter.tenant)
+        if state is not None:
+            state.queued -= 1
         self._metrics.queued(self.model, self.queued)
 
     def _wake(self) -> None:
-        limit = self._limit()
-        while self._heap and self.in_flight < limit:
+        """Let through, best first, every waiter that fits its tenant's share."""
+        capacity, now = self._capacity(), self._clock()
+        held: list[_Waiter] = []  # over their tenant's share for now
+        while self._heap and self.in_flight < capacity:
             waiter = heapq.heappop(self._heap)
             if waiter.gone:
                 continue
-            waiter.gone = True
             if waiter.future.done():  # its caller was cancelled and has not run yet
-                self.queued -= 1
+                self._drop(waiter)
                 continue
-            self.queued -= 1
-            self.in_flight += 1
+            state = self._tenants[waiter.tenant]
+            if state.in_flight >= self._share(state, capacity, now):
+                held.append(waiter)
+                continue
+            self._drop(waiter)
+            self._admit(state)
             self._virtual = waiter.tag
             waiter.future.set_result(None)
-        if not self._heap:
-            self._last_tag.clear()  # nobody waits: no tenant carries a debt forward
+        for waiter in held:
+            heapq.heappush(self._heap, waiter)
+        self._forget_idle(now)
         self._metrics.queued(self.model, self.queued)
+
+    def _forget_idle(self, now: float) -> None:
+        if len(self._tenants) > 64 or not self._heap:
+            self._tenants = {name: t for name, t in self._tenants.items()
+                             if t.in_flight or t.queued or now - t.seen < ACTIVE_WINDOW_S}

@@ -213,7 +213,7 @@ class GenerationRoute:
                 await self._close(dispatcher, call)
             finally:  # slots are freed whatever happened above
                 if call.slot is not None:
-                    call.slot.release()
+                    call.slot.release(call.key.name if call.key else "")
                 if call.key is not None:
                     _settle(scope["app"].state.tenancy, call, call.key)
 

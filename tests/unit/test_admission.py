@@ -18,9 +18,18 @@ async def turn() -> None:
         await asyncio.sleep(0)
 
 
-def queue(capacity: int = 1, max_queued: int = 100, timeout_s: float = 60) -> FairQueue:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def queue(capacity: int = 1, max_queued: int = 100, timeout_s: float = 60,
+          clock: Clock | None = None) -> FairQueue:
     return FairQueue("m", lambda: capacity, max_queued, timeout_s,
-                     AdmissionMetrics(Metrics()))
+                     AdmissionMetrics(Metrics()), clock or Clock())
 
 
 class Recorder:
@@ -28,9 +37,12 @@ class Recorder:
 
     def __init__(self, q: FairQueue) -> None:
         self.q, self.order, self.tasks = q, list[str](), list[asyncio.Task[None]]()
+        self.tenants: dict[str, str] = {}
 
     def start(self, name: str, tenant: str, priority: str = "interactive",
               weight: float = 1.0) -> asyncio.Task[None]:
+        self.tenants[name] = tenant
+
         async def run() -> None:
             await self.q.acquire(tenant, priority, weight)
             self.order.append(name)
@@ -44,7 +56,7 @@ class Recorder:
         await turn()
         released = 0
         while released < len(self.order):
-            self.q.release()
+            self.q.release(self.tenants[self.order[released]])
             released += 1
             await turn()
         return self.order
@@ -66,7 +78,7 @@ async def test_interactive_goes_before_batch() -> None:
     r = Recorder(q)
     r.start("b1", "x", "batch"), r.start("b2", "y", "batch"), r.start("i1", "z")
     await turn()
-    q.release()
+    q.release("hold")
     assert await r.drain() == ["i1", "b1", "b2"]
 
 
@@ -79,7 +91,7 @@ async def test_a_flooding_tenant_waits_behind_its_own_backlog() -> None:
     await turn()
     r.start("quiet", "quiet")
     await turn()
-    q.release()
+    q.release("hold")
     assert await r.drain() == ["flood0", "quiet", "flood1", "flood2", "flood3", "flood4",
                                "flood5"]
 
@@ -92,7 +104,7 @@ async def test_weights_share_turns() -> None:
         r.start(f"a{i}", "a", weight=2)
         r.start(f"b{i}", "b", weight=1)
     await turn()
-    q.release()
+    q.release("hold")
     # tags a: .5 1 1.5 2, b: 1 2 3 4; ties go to the earlier arrival
     assert (await r.drain())[:6] == ["a0", "b0", "a1", "a2", "b1", "a3"]
 
@@ -114,7 +126,7 @@ async def test_a_full_queue_sheds_the_worst_waiter() -> None:
     assert isinstance(late.exception(), Saturated) and q.queued == 2
     assert Saturated("m").status_code == 503 and Saturated("m").headers() == \
         {"retry-after": "1"}
-    q.release()
+    q.release("hold")
     assert await r.drain() == ["i1", "i2"]
 
 
@@ -130,14 +142,14 @@ async def test_timeouts_and_cancelled_callers_leave_nothing_behind() -> None:
     gone.cancel()
     await turn()
     assert q.queued == 1
-    q.release()
+    q.release("hold")
     assert await r.drain() == ["stays"]
     assert (q.in_flight, q.queued) == (0, 0)
 
 
 async def test_a_replica_joining_lets_waiters_through() -> None:
     capacity = [1]
-    q = FairQueue("m", lambda: capacity[0], 10, 60, AdmissionMetrics(Metrics()))
+    q = FairQueue("m", lambda: capacity[0], 10, 60, AdmissionMetrics(Metrics()), Clock())
     await q.acquire("hold", "interactive", 1)
     r = Recorder(q)
     r.start("w", "a")
@@ -146,3 +158,21 @@ async def test_a_replica_joining_lets_waiters_through() -> None:
     q.poke()
     await turn()
     assert r.order == ["w"] and q.in_flight == 2
+
+
+async def test_a_flood_holds_only_its_share_while_another_tenant_is_active() -> None:
+    clock = Clock()
+    q = queue(capacity=4, clock=clock)
+    await q.acquire("quiet", "interactive", 1)
+    r = Recorder(q)
+    for i in range(6):
+        r.start(f"flood{i}", "flood")
+    await turn()
+    assert (r.order, q.in_flight, q.queued) == (["flood0", "flood1"], 3, 4)  # share: 2 of 4
+    await q.acquire("quiet", "interactive", 1)  # a slot is free for it at once
+    assert (q.in_flight, q.queued) == (4, 4)
+    clock.now = 5.0  # quiet leaves: its slots go to the flood as they free up
+    q.release("quiet")
+    q.release("quiet")
+    await turn()
+    assert r.order == ["flood0", "flood1", "flood2", "flood3"] and q.in_flight == 4
