@@ -97,7 +97,8 @@ def test_keys_are_listed_without_secrets_and_allowlists_hide_models(
     by_name = {k["name"]: k for k in listing}
     assert by_name["small-only"] == {"name": "small-only", "models": ["small"], "rpm": None,
                                      "tpm": None, "max_concurrency": None,
-                                     "priority": "batch", "origin": "runtime"}
+                                     "priority": "batch", "weight": 1.0,
+                                     "origin": "runtime"}
     assert {"team-a", "nightly-batch"} <= set(by_name)
     assert by_name["nightly-batch"]["origin"] == "config"
     assert key not in str(listing) and "sha256" not in str(listing)
