@@ -8,6 +8,7 @@ import contextlib
 import gc
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -19,7 +20,7 @@ from llmgw.config import ConfigError, GatewayConfig, load_config
 
 if TYPE_CHECKING:
     from llmgw.fleet.reload import Reloader
-    from llmgw.placement.base import Launcher
+    from llmgw.placement.base import Directory, Launcher
 
 log = logging.getLogger("llmgw")
 
@@ -168,12 +169,14 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
         log.error("cannot listen on %s:%d: %s", cfg.server.host, cfg.server.port, unusable)
         return 1
     try:
-        launcher = await _launcher(cfg)
+        launcher, directory = await _launcher(cfg)
     except LaunchError as exc:
         log.error("%s", exc)
         return 1
-    gateway = Gateway(cfg)
-    fleet = Fleet(gateway, launcher)
+    # Seeded per process: gateways sharing a fleet (several instances, workers) must not
+    # make the same random choices in lockstep (round robin's start, tie-breaks).
+    gateway = Gateway(cfg, rng=random.Random())
+    fleet = Fleet(gateway, launcher, directory=directory)
     reloader = Reloader(fleet, paths, validate, overrides)
     try:
         await fleet.start()
@@ -208,17 +211,19 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
         await asyncio.shield(gateway.close())
 
 
-async def _launcher(cfg: GatewayConfig) -> Launcher:
-    """The placement backend the config names; Ray is imported only when it is used."""
+async def _launcher(cfg: GatewayConfig) -> tuple[Launcher, Directory | None]:
+    """The placement backend the config names, and where gateways sharing its fleet meet
+    (Ray: every gateway on the namespace; one owns the fleet, the others follow). Ray is
+    imported only when it is used."""
     if cfg.placement.backend == "local":
         from llmgw.placement.local import LocalLauncher
 
-        return LocalLauncher()
+        return LocalLauncher(), None
     from llmgw.placement.ray_launcher import RayLauncher
 
     launcher = RayLauncher(cfg.placement)
     await launcher.connect()
-    return launcher
+    return launcher, await launcher.directory()
 
 
 async def _down(cfg: GatewayConfig) -> int:

@@ -163,6 +163,9 @@ class ReplicaPool:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._members: dict[str, Replica] = {}
         self._pending: dict[str, Pending] = {}
+        # Other gateways send these replicas requests too (fleet.sharing): a drain also
+        # waits for the engine to report none open.
+        self.shared = False
         self._listeners: dict[str, list[MembershipListener]] = {}
         self._interval = interval_s
         self._stats_interval = stats_interval_s
@@ -203,8 +206,12 @@ class ReplicaPool:
         (health-checked, counted) until ``remove``."""
         replica = self._members[replica_id]
         replica.state = "draining"
+        started = time.monotonic()
         if await replica.idle(timeout_s):
-            return True
+            if not self.shared:
+                return True
+            if await _engine_idle(replica, started + timeout_s):
+                return True
         log.warning("replica %s/%s still had %d request(s) open after %.0fs of drain",
                     replica.model, replica.id, replica.in_flight, timeout_s)
         return False
@@ -312,3 +319,21 @@ class ReplicaWait:
         """A replica may have become routable: waiters look again."""
         if self._arrived is not None:
             self._arrived.set()
+
+
+# Gateways sharing a fleet learn of a drain within a second (fleet.sharing.RENEW_S) and
+# the engine's counts are scraped every stats interval: zero is trusted only after this.
+_SHARED_SETTLE_S = 3.0
+
+
+async def _engine_idle(replica: Replica, deadline: float) -> bool:
+    """Requests other gateways sent the replica have ended too: its engine reports none
+    running or waiting (an engine that reports nothing is taken at its word)."""
+    settle = time.monotonic() + _SHARED_SETTLE_S
+    while time.monotonic() < deadline:
+        stats = replica.stats
+        if time.monotonic() >= settle and not (stats.running or 0) + (stats.waiting or 0):
+            return True
+        # The counts come from the pool's stats scrape; nothing to wait on instead.
+        await asyncio.sleep(0.25)
+    return False

@@ -22,11 +22,12 @@ from llmgw.build import Gateway
 from llmgw.config import GatewayConfig, ModelConfig
 from llmgw.config.autoscaling import AutoscalingConfig
 from llmgw.dispatcher import ModelGroup
+from llmgw.fleet import sharing
 from llmgw.fleet.autoscaler import Autoscaler, sample
 from llmgw.fleet.deployment import Deployment
 from llmgw.fleet.version import replica_version
 from llmgw.metrics import FleetMetrics
-from llmgw.placement.base import Launcher, RunningReplica
+from llmgw.placement.base import Directory, Launcher, RunningReplica
 from llmgw.placement.commands import launch_roles, launch_unit
 from llmgw.placement.local import attached_addresses
 from llmgw.pool import Replica
@@ -55,8 +56,13 @@ def pool_settings(model: ModelConfig, role: Role) -> tuple[int | None, Autoscali
 
 class Fleet:
     def __init__(self, gateway: Gateway, launcher: Launcher, *, tick_s: float = TICK_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 directory: Directory | None = None) -> None:
         self.gateway, self.launcher = gateway, launcher
+        # Shared with other gateways (fleet.sharing): this one owns it, or follows.
+        self.directory = directory
+        self.owner = directory is None
+        gateway.pool.shared = directory is not None
         self.tick_s, self.clock = tick_s, clock
         self.pools: dict[tuple[str, Role], ManagedPool] = {}
         self.metrics = FleetMetrics(gateway.metrics)
@@ -78,13 +84,43 @@ class Fleet:
         first: those of the config's version serve at once, those of another version
         serve until their replacements are ready, those of no pool are stopped."""
         groups = [self.gateway.add_model(model) for model in self.config.models]
+        if self.directory is not None:
+            self.owner = await self.directory.claim(None)
+        if not self.owner:  # launched replicas come from the owner (sharing.follow)
+            await asyncio.gather(*(self._populate(m) for m in self.config.models
+                                   if not m.launched))
+            for group in groups:
+                self._serve(group)
+            assert self.directory is not None
+            self.spawn(sharing.follow(self, self.directory))
+            log.info("following the fleet's owner (another gateway on this namespace)")
+            return
         adopted = await self._adopt(await self.launcher.adoptable())
         await asyncio.gather(*(self._populate(model, initial=True,
                                               adopted=adopted.get(model.name, []))
                                for model in self.config.models))
         for group in groups:
             self._serve(group)
+        self._lead()
+
+    def _lead(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="fleet")
+        if self.directory is not None:
+            self.spawn(sharing.lead(self, self.directory))
+
+    async def take_over(self) -> None:
+        """A follower becomes the owner: the replicas it mirrored are adopted from the
+        backend (their supervision, version and numbering), then managed from here."""
+        self.owner = True
+        launched = [m for m in self.config.models if m.launched]
+        for model in launched:
+            for replica in self.gateway.pool.replicas(model.name):
+                self.gateway.unwire(replica.id)
+        adopted = await self._adopt(await self.launcher.adoptable())
+        await asyncio.gather(*(self._populate(model, initial=False,
+                                              adopted=adopted.get(model.name, []))
+                               for model in launched))
+        self._lead()
 
     async def stop_loop(self) -> None:
         """No more scaling decisions (the gateway is shutting down)."""
@@ -95,8 +131,12 @@ class Fleet:
             self._task = None
 
     async def close(self) -> None:
-        """Stop deciding, stop what is under way, stop every engine."""
+        """Stop deciding, stop what is under way, stop every engine (or, on Ray, let go
+        of them, and of the fleet's lease so a follower takes over at once)."""
         await self.stop_loop()
+        if self.directory is not None and self.owner:
+            with contextlib.suppress(Exception):
+                await self.directory.release()
         for task in list(self._background):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -124,14 +164,16 @@ class Fleet:
         await asyncio.gather(*(self.launcher.stop(replica_id) for replica_id in leftovers))
         return adopted
 
-    async def _populate(self, model: ModelConfig, *, initial: bool,
+    async def _populate(self, model: ModelConfig, *, initial: bool = True,
                         adopted: list[str] | None = None) -> None:
         """Attach a model's engines, or launch its pools' first replicas (less those
-        adopted) and wait for them."""
+        adopted) and wait for them; a follower launches nothing."""
         if not model.launched:
             for address, role in zip(attached_addresses(model), model.replica_roles,
                                      strict=True):
                 self.gateway.wire(model.name, address, role, version="", healthy=False)
+            return
+        if not self.owner:
             return
         deployments = [self._manage(model, role) for role in launch_roles(model)]
         for deployment in deployments:

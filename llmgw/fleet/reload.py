@@ -133,7 +133,9 @@ def _change(fleet: Fleet, model: ModelConfig, plan: ModelPlan) -> None:
     if "attach" in plan.actions:
         _attach(fleet, model)
     for role in launch_roles(model) if model.launched else []:
-        managed = fleet.pools[(model.name, role)]
+        managed = fleet.pools.get((model.name, role))
+        if managed is None:  # a follower: the owning gateway manages its replicas
+            continue
         deployment = managed.deployment
         deployment.spec, deployment.rollout = model, model.rollout
         deployment.version = replica_version(model, role)  # "roll": a new version

@@ -80,3 +80,19 @@ class Launcher(Protocol):
     def phase(self, replica_id: str) -> str | None:
         """What a starting replica waits for (shown in the fleet's status)."""
         ...
+
+
+class Directory(Protocol):
+    """Where gateways sharing one fleet agree on its owner and its members (the Ray
+    backend's ``ray_directory``). Members are plain dicts (``fleet.sharing.member``)."""
+
+    async def claim(self, members: list[dict[str, object]] | None) -> bool:
+        """Take or renew ownership, publishing ``members``; False: another owns it."""
+        ...
+
+    async def release(self) -> None:
+        ...
+
+    async def watch(self, since: int, wait_s: float) -> tuple[int, list[dict[str, object]]]:
+        """(generation, members) once newer than ``since``, or after ``wait_s``."""
+        ...

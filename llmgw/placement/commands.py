@@ -175,7 +175,8 @@ def check_launchable(cfg: GatewayConfig) -> None:
         except ValueError as exc:
             raise ConfigError(f"models[{index}] ({model.name}): {exc}") from None
         python = model.launch.python
-        if python is not None and not _runnable(python):
+        # On Ray the engine's Python is the node's: not something to find here.
+        if python is not None and cfg.placement.backend == "local" and not _runnable(python):
             raise ConfigError(f"models[{index}].launch.python: {python!r} is not an "
                               f"executable file")
 

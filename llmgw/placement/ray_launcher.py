@@ -26,6 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +46,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from llmgw.config import ModelConfig, PlacementConfig
 from llmgw.placement.base import LaunchError, RunningReplica, Unplaced
 from llmgw.placement.bundles import replica_bundles
+from llmgw.placement.ray_directory import DIRECTORY_NAME, FleetDirectory
 from llmgw.placement.ray_host import EngineHost
 from llmgw.types import ReplicaAddress, Role
 
@@ -156,7 +160,9 @@ class RayLauncher:
             raise
         self.phases.pop(replica_id, None)
         self._targets.pop(replica_id, None)
-        self._unplaced.pop((unit.name, role), None)
+        if self._unplaced.pop((unit.name, role), None) is not None:
+            # A standing request is a floor the cluster autoscaler keeps: lower it again.
+            await asyncio.to_thread(self._request_unplaced)
         self.replicas[replica_id] = replica
         replica.supervisor = asyncio.create_task(self._supervise(replica),
                                                  name=f"supervise-{replica_id}")
@@ -223,9 +229,9 @@ class RayLauncher:
             if (replica.model, replica.role) == (model, role):
                 for node in replica.node_ids:
                     held[node] = held.get(node, 0) + 1
-        for pool_model, pool_role, node in self._targets.values():  # being placed now
-            if (pool_model, pool_role) == (model, role) and node is not None:
-                held[node] = held.get(node, 0) + 1
+        for pool_model, pool_role, steered in self._targets.values():  # being placed now
+            if (pool_model, pool_role) == (model, role) and steered is not None:
+                held[steered] = held.get(steered, 0) + 1
         fits = [node["NodeID"] for node in ray.nodes() if node["Alive"]
                 and all(node["Resources"].get(k, 0) >= v for k, v in bundles[0].items())]
         return min(fits, key=lambda node: (held.get(node, 0), node)) if fits else None
@@ -318,10 +324,16 @@ class RayLauncher:
         await asyncio.to_thread(self._remove_orphan_groups, {r.id for r in running})
         return running
 
+    async def directory(self) -> RayDirectory:
+        """The namespace's fleet directory, for gateways sharing the fleet."""
+        instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        return await asyncio.to_thread(RayDirectory, self.settings.namespace, instance)
+
     async def _found(self) -> dict[str, dict[int, Any]]:
         """Our actors in the namespace: replica id -> rank -> handle."""
         by_replica: dict[str, dict[int, Any]] = {}
-        for name in await asyncio.to_thread(ray.util.list_named_actors):
+        listed = await asyncio.to_thread(ray.util.list_named_actors, True)
+        for name in (a["name"] for a in listed if a["namespace"] == self.settings.namespace):
             parsed = parse_actor_name(name)
             if parsed is None:
                 continue
@@ -369,6 +381,10 @@ class RayLauncher:
         await asyncio.gather(*(self._destroy_found(replica_id, hosts)
                                for replica_id, hosts in by_replica.items()))
         await asyncio.to_thread(self._remove_orphan_groups, set())
+        with contextlib.suppress(ValueError):  # the shared fleet's directory goes too
+            directory = await asyncio.to_thread(ray.get_actor, DIRECTORY_NAME,
+                                                self.settings.namespace)
+            await asyncio.to_thread(ray.kill, directory)
         return len(by_replica)
 
     async def _destroy_found(self, replica_id: str, hosts: list[Any]) -> None:
@@ -389,6 +405,29 @@ class RayLauncher:
                     and name[len(_PREFIX):] not in adopted:
                 with contextlib.suppress(Exception):
                     remove_placement_group(get_placement_group(name))
+
+
+class RayDirectory:
+    """This gateway's view of the namespace's ``FleetDirectory`` actor (created by the
+    first gateway to ask; detached, restarted by Ray if its node dies)."""
+
+    def __init__(self, namespace: str, instance: str) -> None:
+        self.instance = instance
+        self._actor: Any = ray.remote(FleetDirectory).options(
+            name=DIRECTORY_NAME, namespace=namespace, lifetime="detached",
+            get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=-1,
+        ).remote()
+
+    async def claim(self, members: list[dict[str, object]] | None) -> bool:
+        return bool(await _result(self._actor.claim.remote(self.instance, members), 30))
+
+    async def release(self) -> None:
+        await _result(self._actor.release.remote(self.instance), 10)
+
+    async def watch(self, since: int, wait_s: float) -> tuple[int, list[dict[str, object]]]:
+        generation, members, _ = await _result(self._actor.watch.remote(since, wait_s),
+                                               wait_s + 30)
+        return generation, members
 
 
 def _rounded(resources: dict[str, float]) -> dict[str, float]:

@@ -98,7 +98,7 @@ def test_every_response_names_its_replica_and_load_is_spread(client: openai.Open
             model="fake", messages=MESSAGES, max_tokens=1)
         seen.add(raw.headers["x-llmgw-replica"])
         assert raw.headers["x-request-id"]
-    # Sequential requests all see zero load; seeded tie-breaks share them out.
+    # Sequential requests all see zero load; random tie-breaks share them out.
     assert seen == {"fake-0", "fake-1"}
 
 

@@ -49,8 +49,9 @@ def down(files: list[Path]) -> None:
 def test_configs_ray_yaml_serves_the_demo_model_from_ray_workers(cluster: Cluster,
                                                                  tmp_path: Path) -> None:
     placement = {"address": cluster.address, "namespace": "ray-yaml"}
-    gateway, files = up([ROOT / "configs" / "ray.yaml"], {"placement": placement}, tmp_path,
-                        timeout_s=180)
+    # Round robin: each of the 4 requests below shows which replicas serve.
+    overrides = {"placement": placement, "models": [{"name": "demo", "routing": "round-robin"}]}
+    gateway, files = up([ROOT / "configs" / "ray.yaml"], overrides, tmp_path, timeout_s=180)
     try:
         workers = {node.node_id for node in cluster.worker_nodes}
         assert {host_info("ray-yaml", f"demo-{i}")["node_id"] for i in range(2)} <= workers
@@ -64,7 +65,7 @@ def test_configs_ray_yaml_serves_the_demo_model_from_ray_workers(cluster: Cluste
                 assert completion.choices[0].message.content
                 assert completion.usage is not None and completion.usage.completion_tokens > 0
                 served.add(answer.headers["x-llmgw-replica"])
-        assert served == {"demo-0", "demo-1"}  # least-load alternates on an idle fleet
+        assert served == {"demo-0", "demo-1"}
     finally:
         gateway.stop()
         down(files)

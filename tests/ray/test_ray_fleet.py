@@ -120,8 +120,10 @@ def test_ranks_of_a_replica_and_replicas_of_a_pool_spread_over_nodes(
 
 def test_a_lost_node_moves_its_replica_and_no_request_fails(cluster: Cluster,
                                                             tmp_path: Path) -> None:
-    gateway = gateway_for(cluster, tmp_path, "loss", [fake("sturdy", replicas=2)])
-    load = Load(gateway.url, lambda n: chat("sturdy", 4), workers=4, max_requests=3000)
+    # 10 ms a token: each request takes ~40 ms, so the bounded load outlasts the loss.
+    gateway = gateway_for(cluster, tmp_path, "loss", [
+        fake("sturdy", replicas=2, engine_args={"token_delay_ms": 10})])
+    load = Load(gateway.url, lambda n: chat("sturdy", 4), workers=4, max_requests=20000)
     try:
         infos = {rid: host_info("loss", rid) for rid in ("sturdy-0", "sturdy-1")}
         assert infos["sturdy-0"]["node_id"] != infos["sturdy-1"]["node_id"]
@@ -176,7 +178,9 @@ def test_a_restarted_gateway_adopts_the_running_engines(cluster: Cluster,
         wait_for(third, lambda s: ready_ids(third, "kept") == ["kept-1"], 60,
                  "the old version replaced")
         wait_until(lambda: not psutil.pid_exists(before["pid"]), 30, "the old engine to stop")
-        assert actor_names("adopt") == ["llmgw/kept-1/rank0"]
+        # The engine stops first, then its actor goes.
+        wait_until(lambda: actor_names("adopt") == ["llmgw/directory", "llmgw/kept-1/rank0"],
+                   30, "the old replica's actor removed")
     finally:
         third.stop()
         out = down(config_of(third, tmp_path))
@@ -234,3 +238,39 @@ def test_a_replica_the_cluster_cannot_place_waits_visibly_and_hangs_nothing(
         gateway.stop()
         down(config_of(gateway, tmp_path))
     assert actor_names("unplaced") == []
+
+
+def test_several_gateways_share_one_fleet_and_a_follower_takes_over(
+        cluster: Cluster, tmp_path: Path) -> None:
+    models = [fake("shared", replicas=2, routing="round-robin")]
+    owner = gateway_for(cluster, tmp_path, "shared", models)
+    follower = gateway_for(cluster, tmp_path, "shared", models)
+    try:
+        assert "following the fleet's owner" in follower.output()
+        urls = {rid: host_info("shared", rid)["url"] for rid in ("shared-0", "shared-1")}
+        # The follower routes to the owner's replicas and launched none of its own.
+        served = set()
+        for _ in range(4):
+            answer = httpx.post(follower.url + "/v1/chat/completions", json=chat("shared"),
+                                timeout=30)
+            assert answer.status_code == 200
+            served.add(answer.headers["x-llmgw-replica"])
+        assert served == {"shared-0", "shared-1"}
+        pool = status(follower)["models"]["shared"]["pools"]["mixed"]
+        assert {r["id"]: r["url"] for r in pool["replicas"]} == urls
+        assert actor_names("shared") == ["llmgw/directory", "llmgw/shared-0/rank0",
+                                         "llmgw/shared-1/rank0"]
+        pids = {rid: host_info("shared", rid)["pid"] for rid in urls}
+        owner.stop()  # releases the lease: the follower owns the fleet from now on
+        wait_for(follower, lambda s: s["models"]["shared"]["pools"]["mixed"].get("target")
+                 == 2, 30, "the follower to take the fleet over")
+        assert "takes it over" in follower.output()
+        assert {rid: host_info("shared", rid)["pid"] for rid in urls} == pids
+        assert ready_ids(follower, "shared") == ["shared-0", "shared-1"]
+        answer = httpx.post(follower.url + "/v1/chat/completions", json=chat("shared"),
+                            timeout=30)
+        assert answer.status_code == 200
+    finally:
+        owner.stop()
+        follower.stop()
+        down(config_of(follower, tmp_path))

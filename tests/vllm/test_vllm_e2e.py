@@ -64,7 +64,7 @@ def test_chat_and_completions_stream_and_not(client: openai.OpenAI) -> None:
 
 def test_both_replicas_serve(client: openai.OpenAI, gateway: Server) -> None:
     # Least-load counts vLLM's queue as the gateway last read it: wait for a quiet reading
-    # so the replicas tie and the seeded tie-break shares the requests out.
+    # so the replicas tie and the random tie-break shares the requests out.
     quiet = [f'llmgw_engine_requests_{kind}{{model="demo",replica="demo-{i}"}} 0.0'
              for kind in ("running", "waiting") for i in range(2)]
     wait_until(lambda: all(q in httpx.get(gateway.url + "/metrics").text for q in quiet),
