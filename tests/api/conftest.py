@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
-from tests.support import Server, start_fake_engine, start_gateway
+from tests.support import Server, start_fake_engine, start_gateway, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,12 @@ def gateway(engines: list[Server], tmp_path_factory: pytest.TempPathFactory) -> 
         ],
     }
     server = start_gateway(config, tmp_path_factory.mktemp("gw"))
+    # /ready needs one healthy replica per model; the tests here need every replica in
+    # rotation (attached engines join at their first health check).
+    wait_until(lambda: all(
+        f'llmgw_replica_healthy{{model="fake",replica="fake-{i}"}} 1.0'
+        in httpx.get(server.url + "/metrics").text for i in range(2)), 30,
+        "both replicas healthy")
     yield server
     server.stop()
 

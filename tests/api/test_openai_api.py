@@ -139,7 +139,9 @@ def test_open_requests_count_as_load_streaming_or_not(gateway: Server) -> None:
     with httpx.stream("POST", gateway.url + "/v1/chat/completions",
                       json={**body, "stream": True}) as streaming:
         busy = streaming.headers["x-llmgw-replica"]
-        next(streaming.iter_raw())
+        # Held: an iterator dropped after one chunk is closed, and the stream with it.
+        chunks = streaming.iter_raw()
+        next(chunks)
         for _ in range(3):
             other = httpx.post(gateway.url + "/v1/chat/completions",
                                json={**body, "max_tokens": 1})
