@@ -279,7 +279,8 @@ class TenantFamilies:
             registry=r)
         self.auth_failures = Counter(
             "llmgw_auth_failures", "Requests refused with 401 (reason: missing or "
-            "unknown key).", ["reason"], registry=r)
+            "unknown key, or revoked while the request waited for admission).",
+            ["reason"], registry=r)
 
 
 class AdmissionMetrics:

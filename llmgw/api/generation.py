@@ -241,6 +241,8 @@ class GenerationRoute:
                 await group.admission.acquire(ctx.tenant or "", ctx.priority,
                                               call.key.weight if call.key else 1.0)
                 call.slot = group.admission
+                if call.key is not None:  # it may have been revoked while this waited
+                    tenancy.check_current(call.key)
             call.exchange = exchange = await dispatcher.open(
                 ctx, group, upstream, call.gateway_id, explain=EXPLAIN_HEADER in headers,
                 adapter=adapter)

@@ -145,6 +145,15 @@ class Tenancy:
             raise InvalidApiKey("Incorrect API key provided.")
         return key
 
+    def check_current(self, key: ApiKey) -> None:
+        """Raises InvalidApiKey when ``key`` was revoked (or given a new secret) since it
+        authenticated a request that then waited: a request queued for a saturated model
+        is not sent on a key revoked meanwhile."""
+        current = self.ring.get(key.name)
+        if self.enabled and (current is None or current.hash != key.hash):
+            self._metrics.auth_failed("revoked")
+            raise InvalidApiKey("Incorrect API key provided.")
+
     @staticmethod
     def visible(key: ApiKey | None, name: str) -> bool:
         return key is None or key.allows(name)
@@ -213,7 +222,8 @@ class Tenancy:
         return key, secret
 
     def revoke(self, name: str) -> ApiKey:
-        """Revoked at once: the next request with it gets 401 (requests in flight finish).
+        """Revoked at once: the next request with it gets 401, and so does one still waiting
+        in a saturated model's queue (requests sent to an engine finish).
         A configured key stays revoked across restarts and reloads until its hash changes.
         Raises KeyChangeRejected."""
         self._require_enabled()

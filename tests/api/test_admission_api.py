@@ -1,6 +1,7 @@
 """Admission of a saturated model, through a real gateway over a launched fake engine:
 a request waits at the gateway while the model's one slot is taken, interactive keys go
-before batch keys, and a full queue sheds the batch request with 503 + Retry-After."""
+before batch keys, a full queue sheds the batch request with 503 + Retry-After, and a key
+revoked while its request waits gets 401 instead of the engine."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.support import Server, start_gateway, wait_until
 
 KEYS = {"interactive": "llmgw-test-interactive", "batch": "llmgw-test-batch"}
 HI = [{"role": "user", "content": "hi"}]
+ADMIN_KEY = "admin-secret"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     model = {"engine": "fake", "model": "fake", "replicas": 1,
              "engine_args": {"token_delay_ms": 20}}
     server = start_gateway({
-        "server": {"state_dir": str(tmp / "state")},
+        "server": {"state_dir": str(tmp / "state"), "admin_key": ADMIN_KEY},
         "models": [
             {"name": "fair", **model, "admission": {"max_in_flight_per_replica": 1}},
             {"name": "tight", **model, "admission": {"max_in_flight_per_replica": 1,
@@ -52,8 +54,9 @@ def waited(server: Server, model: str, key: str) -> float:
 
 
 def post(server: Server, model: str, key: str) -> httpx.Response:
+    """``key``: a name in KEYS, or a key itself."""
     return httpx.post(server.url + "/v1/chat/completions", timeout=30,
-                      headers={"authorization": f"Bearer {KEYS[key]}"},
+                      headers={"authorization": f"Bearer {KEYS.get(key, key)}"},
                       json={"model": model, "messages": HI, "max_tokens": 1})
 
 
@@ -93,3 +96,22 @@ def test_a_full_queue_sheds_batch_for_interactive(gateway: Server) -> None:
         assert interactive.result().status_code == 200
     assert 'llmgw_admission_shed_total{model="tight",priority="batch",reason="queue_full"} ' \
            '1.0' in httpx.get(gateway.url + "/metrics").text
+
+
+def test_a_key_revoked_while_its_request_waits_is_refused(gateway: Server) -> None:
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    made = httpx.post(gateway.url + "/admin/keys", headers=admin, json={"name": "doomed"})
+    assert made.status_code == 201, made.text
+    holder = hold(gateway, "fair")
+    next(holder)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(post, gateway, "fair", made.json()["key"])
+        wait_until(lambda: queued(gateway, "fair") == 1, 10, "the request to queue")
+        assert httpx.delete(gateway.url + "/admin/keys/doomed",
+                            headers=admin).status_code == 200
+        holder.close()  # the slot frees: the waiter is let through on a revoked key
+        refused = waiting.result()
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert 'llmgw_auth_failures_total{reason="revoked"} 1.0' in \
+        httpx.get(gateway.url + "/metrics").text
