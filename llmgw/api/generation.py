@@ -136,14 +136,21 @@ def resolve_for(dispatcher: Dispatcher, key: ApiKey | None, asked: str, headers:
     """The group and adapter a request names, as far as its key may see: a name outside
     the key's allowlist is a 404 exactly like one that does not exist. An alias the key
     may use grants its target models; adapters must be allowed by name."""
+    hidden = ModelNotFound(f"The model '{asked}' does not exist.", param="model")
     alias = asked in dispatcher.splits
     if alias and not Tenancy.visible(key, asked):
-        raise ModelNotFound(f"The model '{asked}' does not exist.", param="model")
-    model = dispatcher.target(asked, headers, parsed)
-    group, adapter = dispatcher.resolve(model, headers.get(MULTIPLEX_HEADER))
+        raise hidden
+    try:
+        model = dispatcher.target(asked, headers, parsed)
+        group, adapter = dispatcher.resolve(model, headers.get(MULTIPLEX_HEADER))
+    except ModelNotFound:
+        if key is None or key.models is None:
+            raise
+        # "The adapter 'x' of model 'm' ..." would tell a restricted key that m exists.
+        raise hidden from None
     served = adapter.name if adapter is not None else None if alias else group.name
     if served is not None and not Tenancy.visible(key, served):
-        raise ModelNotFound(f"The model '{asked}' does not exist.", param="model")
+        raise hidden
     return group, adapter
 
 

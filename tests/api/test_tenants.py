@@ -114,6 +114,12 @@ def test_keys_are_listed_without_secrets_and_allowlists_hide_models(
         chat(server, key, "absent")
     assert hidden.value.body == {**missing.value.body,  # type: ignore[dict-item]
                                  "message": "The model 'large' does not exist."}
+    # nor does asking for an adapter of a hidden model tell that the model exists
+    for model, headers in [("large:sql", {}), ("large", {"serve_multiplexed_model_id": "x"})]:
+        with pytest.raises(openai.NotFoundError) as adapter:
+            chat(server, key, model, extra_headers=headers)
+        assert adapter.value.body["message"] == \
+            f"The model '{model}' does not exist."  # type: ignore[index]
 
 
 def test_revoked_keys_stop_at_once(gateway: tuple[Server, Path]) -> None:
