@@ -6,11 +6,13 @@ across tenants (keys).
   tenant's previous tag) + 1 / weight``, where V is the tag of the last request let
   through; the smallest tag goes first. A tenant flooding the model queues behind its own
   earlier requests.
-- **Shares**: while several tenants are active (a request within ``ACTIVE_WINDOW_S``, or
+- **Shares**: while several tenants are active (a request within ``active_window_s``, or
   one in flight or waiting), each may hold at most its weighted share of the slots
   (``ceil(capacity x weight / active weights)``); alone, a tenant may use them all. So a
   flood never takes the slots a quieter tenant is using: its next request finds one free
-  instead of waiting for the flood's requests to end.
+  instead of waiting for the flood's requests to end. When a tenant's window passes with
+  nothing of it in flight, a timer lets the others' held waiters into the slots it freed
+  (no request may end or arrive for a long while).
 - **Bounds**: past ``max_queued`` the worst waiter (lowest class, latest tag) is shed
   with 503; so is one waiting past ``timeout_s``.
 
@@ -35,6 +37,8 @@ from llmgw.metrics import AdmissionMetrics
 PRIORITY_RANK = {"interactive": 0, "batch": 1}
 # A tenant counts as active this long after its last request (seconds).
 ACTIVE_WINDOW_S = 1.0
+# Past a window's end before the timer looks again (loop time vs the injected clock).
+_TIMER_SLACK_S = 0.001
 
 
 @dataclass(order=True, slots=True)
@@ -60,8 +64,11 @@ class _Tenant:
 class FairQueue:
     def __init__(self, model: str, capacity: Callable[[], int], max_queued: int,
                  timeout_s: float, metrics: AdmissionMetrics,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 active_window_s: float = ACTIVE_WINDOW_S) -> None:
+        """``clock``: seconds, on the event loop's time scale (monotonic)."""
         self.model, self.capacity = model, capacity
+        self.active_window_s = active_window_s
         self.max_queued, self.timeout_s = max_queued, timeout_s
         self._metrics, self._clock = metrics, clock
         self.in_flight = 0
@@ -70,6 +77,7 @@ class FairQueue:
         self._tenants: dict[str, _Tenant] = {}
         self._virtual = 0.0
         self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None  # see _wake_when_shares_grow
 
     async def acquire(self, tenant: str, priority: str, weight: float) -> None:
         """Return once the request may go to a replica; then ``release(tenant)`` exactly
@@ -121,7 +129,7 @@ class FairQueue:
         if math.isinf(capacity):
             return capacity
         active = [t for t in self._tenants.values()
-                  if t.in_flight or t.queued or now - t.seen < ACTIVE_WINDOW_S]
+                  if t.in_flight or t.queued or now - t.seen < self.active_window_s]
         total = sum(t.weight for t in active) or state.weight
         return max(1, math.ceil(capacity * state.weight / total))
 
@@ -187,10 +195,28 @@ class FairQueue:
             waiter.future.set_result(None)
         for waiter in held:
             heapq.heappush(self._heap, waiter)
+        if held:
+            self._wake_when_shares_grow(held[0].future.get_loop(), now)
         self._forget_idle(now)
         self._metrics.queued(self.model, self.queued)
+
+    def _wake_when_shares_grow(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        """Waiters are held back for tenants active only by their recent requests. When
+        the first such window ends, shares grow with no request ending or arriving to
+        notice it: wake then."""
+        if self._timer is not None:
+            return
+        ends = [t.seen + self.active_window_s for t in self._tenants.values()
+                if not t.in_flight and not t.queued and now - t.seen < self.active_window_s]
+        if ends:
+            self._timer = loop.call_later(min(ends) - now + _TIMER_SLACK_S, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._wake()
 
     def _forget_idle(self, now: float) -> None:
         if len(self._tenants) > 64 or not self._heap:
             self._tenants = {name: t for name, t in self._tenants.items()
-                             if t.in_flight or t.queued or now - t.seen < ACTIVE_WINDOW_S}
+                             if t.in_flight or t.queued or
+                             now - t.seen < self.active_window_s}

@@ -27,9 +27,9 @@ class Clock:
 
 
 def queue(capacity: int = 1, max_queued: int = 100, timeout_s: float = 60,
-          clock: Clock | None = None) -> FairQueue:
+          clock: Clock | None = None, active_window_s: float = 1.0) -> FairQueue:
     return FairQueue("m", lambda: capacity, max_queued, timeout_s,
-                     AdmissionMetrics(Metrics()), clock or Clock())
+                     AdmissionMetrics(Metrics()), clock or Clock(), active_window_s)
 
 
 class Recorder:
@@ -176,3 +176,21 @@ async def test_a_flood_holds_only_its_share_while_another_tenant_is_active() -> 
     q.release("quiet")
     await turn()
     assert r.order == ["flood0", "flood1", "flood2", "flood3"] and q.in_flight == 4
+
+
+async def test_a_share_grows_back_when_the_other_tenant_goes_quiet_without_any_event() -> None:
+    # A long request holds the only slot its share allows while another tenant counts as
+    # active; once that tenant's window passes, the waiter takes the free slot even though
+    # no request ended or arrived meanwhile (it would otherwise wait for the long one).
+    clock = Clock()
+    q = queue(capacity=2, clock=clock, active_window_s=0.05)
+    await q.acquire("quiet", "interactive", 1)
+    q.release("quiet")  # done, but active for the window
+    await q.acquire("long", "interactive", 1)
+    r = Recorder(q)
+    waiting = r.start("next", "long")
+    await turn()
+    assert (r.order, q.in_flight, q.queued) == ([], 1, 1)  # held at its share: 1 of 2
+    clock.now = 1.0  # the window has passed; a timer (in loop time) finds it
+    await asyncio.wait_for(waiting, 5)
+    assert (r.order, q.in_flight, q.queued) == (["next"], 2, 0)
