@@ -134,7 +134,7 @@ def test_admission_charges_reconciles_and_refuses_with_headers(tmp_path: Path) -
         "x-ratelimit-reset-requests": "30s", "x-ratelimit-limit-tokens": "100",
         "x-ratelimit-remaining-tokens": "90", "x-ratelimit-reset-tokens": "6s"}
     assert sample(metrics, "llmgw_key_in_flight_requests", key="cfg") == 1
-    first.finish(130)  # the engine's usage: 120 more than estimated -> 20 owed
+    first.finish(130)  # the engine's usage: 120 more than estimated -> 30 owed (90 - 120)
     first.finish(130)  # exactly once
     assert sample(metrics, "llmgw_key_in_flight_requests", key="cfg") == 0
     with pytest.raises(RateLimited) as caught:
