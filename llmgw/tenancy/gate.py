@@ -191,7 +191,11 @@ class Tenancy:
 
     def released(self, name: str) -> None:
         count = self._in_flight[name] = self._in_flight.get(name, 1) - 1
-        self._metrics.in_flight(name, count)
+        if count == 0 and self.ring.get(name) is None:  # revoked while this was open
+            del self._in_flight[name]
+            self._metrics.forget(name)
+        else:
+            self._metrics.in_flight(name, count)
 
     def _quota(self, quotas: dict[str, Quota], name: str, limits: Limits | None,
                now: float) -> Quota | None:

@@ -229,3 +229,15 @@ def test_the_readme_auth_example_is_a_valid_section() -> None:
     block = section.split("```yaml", 1)[1].split("```", 1)[0]
     auth = AuthConfig.model_validate(yaml.safe_load(block)["auth"])
     assert [k.name for k in auth.keys] == ["team-a"] and set(auth.model_limits) == {"large"}
+
+
+def test_a_key_revoked_with_a_request_open_loses_its_gauge_when_that_request_ends(
+        tmp_path: Path) -> None:
+    tenancy, metrics = gate(config(tmp_path))
+    key = tenancy.ring.get("cfg")
+    open_request = tenancy.admit(key, "m", 1)
+    assert open_request is not None
+    tenancy.revoke("cfg")
+    assert sample(metrics, "llmgw_key_in_flight_requests", key="cfg") == 1
+    open_request.finish(2)
+    assert sample(metrics, "llmgw_key_in_flight_requests", key="cfg") is None
