@@ -142,6 +142,10 @@ class FairQueue:
         waiter = _Waiter(PRIORITY_RANK.get(priority, 0), tag, next(self._seq), tenant,
                          priority, asyncio.get_running_loop().create_future())
         if self.queued >= self.max_queued:
+            for other in self._heap:  # callers cancelled this very step: leaving already
+                if not other.gone and other.future.done():
+                    self._drop(other)
+        if self.queued >= self.max_queued:
             worst = max((w for w in self._heap if not w.gone), default=None)
             if worst is None or worst < waiter:
                 self._metrics.shed(self.model, priority, "queue_full")

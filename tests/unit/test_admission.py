@@ -194,3 +194,20 @@ async def test_a_share_grows_back_when_the_other_tenant_goes_quiet_without_any_e
     clock.now = 1.0  # the window has passed; a timer (in loop time) finds it
     await asyncio.wait_for(waiting, 5)
     assert (r.order, q.in_flight, q.queued) == (["next"], 2, 0)
+
+
+async def test_a_full_queue_steps_over_a_waiter_cancelled_in_the_same_tick() -> None:
+    # The cancelled caller's future is done at once, its handler runs a step later; a
+    # request arriving in between finds it still queued and takes its place, no error.
+    q = queue(max_queued=1)
+    await q.acquire("hold", "interactive", 1)
+    r = Recorder(q)
+    gone = r.start("gone", "a")  # as good as the arriving one: would refuse it
+    await turn()
+    arriving = r.start("next", "b")  # its first step runs before gone's handler
+    gone.cancel()
+    await turn()
+    assert gone.cancelled() and not arriving.done() and q.queued == 1
+    q.release("hold")
+    assert await r.drain() == ["next"]
+    assert (q.in_flight, q.queued) == (0, 0)
