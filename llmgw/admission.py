@@ -169,6 +169,15 @@ class FairQueue:
             self.release(waiter.tenant)  # let through just as it gave up: pass it on
         elif not waiter.gone:
             self._drop(waiter)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Waiters that left stay in the heap until popped, which only happens as slots
+        free: through a long saturation with callers giving up they would pile up (memory,
+        and the full queue's scan for its worst). Rebuild once they outnumber the live."""
+        if len(self._heap) > 2 * self.queued + 64:
+            self._heap = [w for w in self._heap if not w.gone]
+            heapq.heapify(self._heap)
 
     def _drop(self, waiter: _Waiter) -> None:
         waiter.gone = True

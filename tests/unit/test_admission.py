@@ -211,3 +211,19 @@ async def test_a_full_queue_steps_over_a_waiter_cancelled_in_the_same_tick() -> 
     q.release("hold")
     assert await r.drain() == ["next"]
     assert (q.in_flight, q.queued) == (0, 0)
+
+
+async def test_callers_giving_up_during_a_long_saturation_do_not_pile_up() -> None:
+    q = queue(max_queued=1000)
+    await q.acquire("hold", "interactive", 1)
+    r = Recorder(q)
+    r.start("stays", "a")
+    for round_ in range(10):
+        leaving = [r.start(f"gone{round_}.{i}", "b") for i in range(50)]
+        await turn()
+        for task in leaving:
+            task.cancel()
+        await turn()
+    assert q.queued == 1 and len(q._heap) <= 2 * q.queued + 64
+    q.release("hold")
+    assert await r.drain() == ["stays"]
