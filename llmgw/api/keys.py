@@ -26,8 +26,8 @@ from llmgw.api.errors import error_response
 from llmgw.config import Limits, Priority
 from llmgw.config.auth import KEY_NAME
 from llmgw.dispatcher import Dispatcher
-from llmgw.errors import AdminRequestRejected, ChangeNotSaved, GatewayError, InvalidRequest
-from llmgw.tenancy.gate import KeyChangeRejected, KeyNotSaved, Tenancy
+from llmgw.errors import GatewayError, InvalidRequest
+from llmgw.tenancy.gate import Tenancy
 
 
 class CreateKey(BaseModel):
@@ -70,12 +70,6 @@ def _check_models(spec: CreateKey, dispatcher: Dispatcher) -> None:
                              param="models")
 
 
-def _rejected(exc: KeyChangeRejected) -> GatewayError:
-    if isinstance(exc, KeyNotSaved):  # the gateway's fault, not the request's
-        return ChangeNotSaved(exc.message)
-    return AdminRequestRejected(exc.message, status=exc.status, param=exc.param)
-
-
 async def list_keys(request: Request) -> Response:
     try:
         authorize(request)
@@ -92,11 +86,8 @@ async def create_key(request: Request) -> Response:
         spec = _parse(await read_limited(request, request.app.state.max_body_bytes))
         _check_models(spec, request.app.state.dispatcher)
         limits = Limits(rpm=spec.rpm, tpm=spec.tpm, max_concurrency=spec.max_concurrency)
-        try:
-            key, secret = tenancy.create(spec.name, spec.models, limits, spec.priority,
-                                         spec.weight)
-        except KeyChangeRejected as exc:
-            raise _rejected(exc) from None
+        key, secret = tenancy.create(spec.name, spec.models, limits, spec.priority,
+                                     spec.weight)
     except GatewayError as exc:
         return error_response(exc)
     return _json({"key": secret, **key.describe()}, 201)
@@ -106,10 +97,7 @@ async def revoke_key(request: Request) -> Response:
     tenancy: Tenancy = request.app.state.tenancy
     try:
         authorize(request)
-        try:
-            key = tenancy.revoke(request.path_params["name"])
-        except KeyChangeRejected as exc:
-            raise _rejected(exc) from None
+        key = tenancy.revoke(request.path_params["name"])
     except GatewayError as exc:
         return error_response(exc)
     return _json({"name": key.name, "deleted": True})

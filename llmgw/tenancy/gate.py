@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from llmgw.config import GatewayConfig, Limits, Priority
-from llmgw.errors import InvalidApiKey, RateLimited
+from llmgw.errors import AdminRequestRejected, ChangeNotSaved, InvalidApiKey, RateLimited
 from llmgw.metrics import TenantMetrics
 from llmgw.state_file import StateError
 from llmgw.tenancy.keys import ApiKey, KeyRing, bearer_token, hash_key, new_key
@@ -26,21 +26,6 @@ log = logging.getLogger("llmgw.tenancy")
 
 _PER_MINUTE = {"requests": "requests per minute (rpm)", "tokens": "tokens per minute (tpm)",
                "concurrency": "requests at once (max_concurrency)"}
-
-
-class KeyChangeRejected(Exception):
-    """An admin change to keys that cannot be made; ``status`` is the HTTP status."""
-
-    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message, self.status, self.param = message, status, param
-
-
-class KeyNotSaved(KeyChangeRejected):
-    """The key file could not be written, so the change was not made (server-side)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 500)
 
 
 class Admission:
@@ -212,10 +197,12 @@ class Tenancy:
     def create(self, name: str, models: list[str] | None, limits: Limits,
                priority: Priority, weight: float = 1.0) -> tuple[ApiKey, str]:
         """A new key and its secret (shown once). Saved before it takes effect; raises
-        KeyChangeRejected (KeyNotSaved when the file cannot keep it)."""
+        AdminRequestRejected (409: the name is taken, auth is off), ChangeNotSaved (the
+        file cannot keep it)."""
         self._require_enabled()
         if self.ring.get(name) is not None:
-            raise KeyChangeRejected(f"a key named {name!r} exists", 409, "name")
+            raise AdminRequestRejected(f"a key named {name!r} exists", status=409,
+                                       param="name")
         secret = new_key()
         key = ApiKey(name, hash_key(secret), frozenset(models) if models is not None
                      else None, limits, priority, origin="runtime", weight=weight)
@@ -229,11 +216,11 @@ class Tenancy:
         """Revoked at once: the next request with it gets 401, and so does one still waiting
         in a saturated model's queue (requests sent to an engine finish).
         A configured key stays revoked across restarts and reloads until its hash changes.
-        Raises KeyChangeRejected."""
+        Raises AdminRequestRejected (404: no such key, 409: auth is off), ChangeNotSaved."""
         self._require_enabled()
         key = self.ring.get(name)
         if key is None:
-            raise KeyChangeRejected(f"no key named {name!r}", 404)
+            raise AdminRequestRejected(f"no key named {name!r}", status=404)
         runtime = {n: k for n, k in self._runtime.items() if n != name}
         revoked = self._revoked | {key.hash} if key.origin == "config" else self._revoked
         self._save(runtime, revoked)
@@ -246,12 +233,12 @@ class Tenancy:
 
     def _require_enabled(self) -> None:
         if not self.enabled:
-            raise KeyChangeRejected("API keys are off: add an `auth:` section to the config "
-                                    "first", 409)
+            raise AdminRequestRejected("API keys are off: add an `auth:` section to the "
+                                       "config first", status=409)
 
     def _save(self, runtime: Mapping[str, ApiKey], revoked: frozenset[str]) -> None:
         try:
             write_keys(self._state_file, runtime.values(), revoked)
         except OSError as exc:
-            raise KeyNotSaved(f"the change was NOT made: cannot write the key state file "
-                              f"{self._state_file}: {exc.strerror or exc}") from None
+            raise ChangeNotSaved(f"the change was NOT made: cannot write the key state "
+                                 f"file {self._state_file}: {exc.strerror or exc}") from None

@@ -11,10 +11,10 @@ import pytest
 
 from llmgw.checks import validate
 from llmgw.config import ConfigError, GatewayConfig, KeyConfig, Limits, load_config
-from llmgw.errors import InvalidApiKey, RateLimited
+from llmgw.errors import AdminRequestRejected, ChangeNotSaved, InvalidApiKey, RateLimited
 from llmgw.metrics import Metrics, TenantMetrics
 from llmgw.tenancy.estimate import estimate_tokens
-from llmgw.tenancy.gate import KeyChangeRejected, KeyNotSaved, Tenancy
+from llmgw.tenancy.gate import Tenancy
 from llmgw.tenancy.keys import ApiKey, KeyRing, bearer_token, hash_key, new_key, new_key_text
 from llmgw.tenancy.store import read_keys
 
@@ -105,7 +105,7 @@ def test_no_auth_section_opens_everything(tmp_path: Path) -> None:
     cfg = config(tmp_path).model_copy(update={"auth": None})
     tenancy, _ = gate(cfg)
     assert tenancy.authenticate({}) is None and tenancy.admit(None, "m", 10) is None
-    with pytest.raises(KeyChangeRejected, match="auth"):
+    with pytest.raises(AdminRequestRejected, match="auth"):
         tenancy.create("x", None, Limits(), "interactive")
     assert not (tmp_path / "state").exists()
 
@@ -159,9 +159,9 @@ def test_runtime_keys_persist_and_revocations_hold_across_restarts(tmp_path: Pat
     tenancy, metrics = gate(cfg)
     made, secret = tenancy.create("rt", ["n"], Limits(rpm=5), "batch")
     assert tenancy.authenticate({"authorization": f"Bearer {secret}"}) is made
-    with pytest.raises(KeyChangeRejected) as taken:
+    with pytest.raises(AdminRequestRejected) as taken:
         tenancy.create("cfg", None, Limits(), "interactive")
-    assert taken.value.status == 409
+    assert taken.value.status_code == 409
     tenancy.revoke("cfg")
     with pytest.raises(InvalidApiKey):
         tenancy.authenticate({"authorization": f"Bearer {SECRET}"})
@@ -181,17 +181,17 @@ def test_runtime_keys_persist_and_revocations_hold_across_restarts(tmp_path: Pat
     restarted.reconfigure(rotated)  # a new secret under the revoked name is a new key
     assert restarted.authenticate({"api-key": "new-secret"}).name == "cfg"  # type: ignore[union-attr]
     restarted.revoke("rt")
-    with pytest.raises(KeyChangeRejected) as gone:
+    with pytest.raises(AdminRequestRejected) as gone:
         restarted.revoke("rt")
-    assert gone.value.status == 404
+    assert gone.value.status_code == 404
 
 
 def test_a_change_the_state_file_cannot_keep_is_not_made(tmp_path: Path) -> None:
     tenancy, _ = gate(config(tmp_path))
     (tmp_path / "state" / "keys.json").mkdir(parents=True)  # cannot be replaced now
-    with pytest.raises(KeyNotSaved):
+    with pytest.raises(ChangeNotSaved):
         tenancy.create("rt", None, Limits(), "interactive")
-    with pytest.raises(KeyNotSaved):
+    with pytest.raises(ChangeNotSaved):
         tenancy.revoke("cfg")
     assert [k.name for k in tenancy.ring.all()] == ["cfg"]
 
