@@ -46,10 +46,25 @@ def refusal(body: dict[str, Any], endpoint: str = "chat") -> tuple[str | None, s
         ({"messages": [USER], "max_completion_tokens": 101},
          ("max_completion_tokens", "max_completion_tokens: at most 100")),
         ({"messages": [USER], "n": 4, "max_tokens": 100}, None),
+        # Valid shapes that must pass: what SDKs and agent frameworks really send.
+        ({"messages": [{"role": "developer", "content": "be brief"},
+                       {"role": "user", "name": "bob",
+                        "content": [{"type": "text", "text": "hi"},
+                                    {"type": "image_url",
+                                     "image_url": {"url": "data:image/png;base64,AA=="}}]}]},
+         None),
+        ({"messages": [USER, {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                       {"role": "tool", "tool_call_id": "c1",
+                        "content": [{"type": "text", "text": "4"}]}]}, None),
+        ({"messages": [{"role": "system", "content": [{"type": "text", "text": "x"}]},
+                       {"role": "assistant", "content": "no", "refusal": None,
+                        "name": "helper"}]}, None),
     ],
     ids=["ok", "empty", "unknown-role", "tool-without-id", "tool-with-id", "function-no-name",
          "function-named",
-         "too-many-messages", "n", "max-tokens", "max-completion-tokens", "at-the-bounds"])
+         "too-many-messages", "n", "max-tokens", "max-completion-tokens", "at-the-bounds",
+         "developer-and-content-parts", "tool-calls-with-null-content", "system-parts-named"])
 def test_chat_requests(body: dict[str, Any], expected: tuple[str, str] | None) -> None:
     assert refusal(body) == expected
 
