@@ -165,6 +165,18 @@ def test_concurrency_limit_while_a_stream_is_open(gateway: tuple[Server, Path]) 
             chat(server, key)
 
 
+def test_a_client_that_leaves_mid_stream_frees_its_keys_slot(
+        gateway: tuple[Server, Path]) -> None:
+    server, _ = gateway
+    key = make_key(server, name="leaver", max_concurrency=1)
+    with client(server, key) as c, c.chat.completions.create(
+            model="small", messages=HI, max_tokens=500, stream=True) as stream:  # type: ignore[arg-type]
+        next(iter(stream))  # then gone mid-answer: no usage, the slot comes back all the same
+    wait_until(lambda: 'llmgw_key_in_flight_requests{key="leaver"} 0.0'
+               in httpx.get(server.url + "/metrics").text, 10, "the key's slot to be freed")
+    assert chat(server, key).http_response.status_code == 200  # type: ignore[attr-defined]
+
+
 def test_stream_usage_counts_against_tokens_per_minute(gateway: tuple[Server, Path]) -> None:
     server, _ = gateway
     key = make_key(server, name="tpm-30", tpm=30)
