@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import zmq.asyncio
 
+from llmgw.admission import FairQueue
 from llmgw.config import ConfigError, GatewayConfig, ModelConfig, PDPoolConfig, PDRole
 from llmgw.config.autoscaling import AutoscalingConfig
 from llmgw.disagg.assemble import make_disaggregation
@@ -26,12 +27,14 @@ from llmgw.kv_events import KVEventStream, KVEventSubscriber
 from llmgw.lora.catalog import Adapter
 from llmgw.lora.setup import lora_roots, make_catalog, make_lora_group
 from llmgw.metrics import (
+    AdmissionMetrics,
     KVEventMetrics,
     Metrics,
     ModelMetrics,
     PDMetrics,
     ReplicaMetrics,
     ShadowMetrics,
+    TenantMetrics,
 )
 from llmgw.pool import Replica, ReplicaPool, ReplicaWait
 from llmgw.routing.base import RoutingPolicy
@@ -39,6 +42,7 @@ from llmgw.routing.kv_block_index import KVBlockIndex
 from llmgw.routing.registry import make_policy, policy_names, policy_spec, uses_kv_index
 from llmgw.routing.traffic_split import TrafficSplit
 from llmgw.shadow import Shadow
+from llmgw.tenancy.gate import Tenancy
 from llmgw.types import ReplicaAddress, Role
 
 # Engine type (config ``engine:``) -> the client class the gateway talks to it with.
@@ -210,6 +214,7 @@ class Gateway:
             auto_decompress=False, raise_for_status=False,
         )
         self.catalog = make_catalog(config)
+        self.tenancy = Tenancy(config, TenantMetrics(self.metrics))
         self.pool = ReplicaPool(interval_s=config.health.interval_s,
                                 stats_interval_s=config.health.stats_interval_s,
                                 failure_threshold=config.health.failure_threshold)
@@ -286,14 +291,15 @@ class Gateway:
         return group
 
     def reconfigure(self, config: GatewayConfig, adapters: list[Adapter]) -> None:
-        """Settings outside the models that apply at once (health, aliases, the
-        configured LoRA adapters: ``configured_adapters(config)``, which may build demo
+        """Settings outside the models that apply at once (health, aliases, keys and
+        limits, the configured LoRA adapters: ``configured_adapters(config)``, which may build demo
         adapters, so the caller runs it off the event loop)."""
         self.config = config
         self.pool.configure(interval_s=config.health.interval_s,
                             stats_interval_s=config.health.stats_interval_s,
                             failure_threshold=config.health.failure_threshold)
         self.dispatcher.splits = make_splits(config, self._rng)
+        self.tenancy.reconfigure(config)
         gone = self.catalog.reconfigure(adapters, lora_roots(config),
                                         [m.name for m in config.models])
         for adapter in gone:  # off their replicas as their last requests end
@@ -356,6 +362,12 @@ class Gateway:
             waiter=ReplicaWait(model.name, scaling.max_queued_requests,
                                scaling.queue_timeout_s) if scaling is not None else None,
         )
+        if model.admission is not None:
+            limit = model.admission.max_in_flight_per_replica
+            group.admission = FairQueue(
+                model.name, lambda: group.serving_replicas() * limit,
+                model.admission.max_queued, model.admission.queue_timeout_s,
+                AdmissionMetrics(self.metrics))
         if self._started and group.lora is not None:
             group.lora.start()
         return group

@@ -3,9 +3,10 @@ exactly this, so whatever `check` accepts, `up` starts.
 
 Pydantic (llmgw.config) checks the shape of the data. This adds what needs the registries
 (policy and plugin names), the launch tables (engine flags, the engine's Python), this
-machine's files (model, tokenizer and adapter directories) and the LoRA side (demo
-adapters, the adapter state file and its directory). Nothing here starts a process,
-opens a socket or downloads; each check is cheap enough to run on every test's config too.
+machine's files (model, tokenizer and adapter directories), the LoRA side (demo
+adapters, the adapter state file and its directory) and the key state file (``auth:``).
+Nothing here starts a process, opens a socket or downloads; each check is cheap enough to
+run on every test's config too.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import ssl
 
 from llmgw.build import check_config, reads_kv_events
 from llmgw.config import DEMO_SOURCE, ConfigError, GatewayConfig
 from llmgw.lora.setup import check_lora
 from llmgw.placement.commands import DEMO_MODEL, check_launchable
+from llmgw.tenancy.store import check_store
 
 # A Hugging Face repo id: `name` or `org/name`, as huggingface_hub validates them.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -31,6 +34,26 @@ def validate(cfg: GatewayConfig) -> None:
     check_launchable(cfg)
     check_local_sources(cfg)
     check_lora(cfg)
+    check_store(cfg)
+    check_tls(cfg)
+
+
+def check_tls(cfg: GatewayConfig) -> None:
+    """``server.tls``: the certificate and key load together (a wrong pair, a missing or
+    unreadable file, a key with a passphrase fail here rather than at bind time)."""
+    tls = cfg.server.tls
+    if tls is None:
+        return
+    for field in ("cert", "key"):
+        path = os.path.expanduser(getattr(tls, field))
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise ConfigError(f"server.tls.{field}: {path!r} is not a readable file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            os.path.expanduser(tls.cert), os.path.expanduser(tls.key), password=lambda: "")
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"server.tls: the certificate and key cannot be used together: "
+                          f"{exc}") from None
 
 
 def check_placement(cfg: GatewayConfig) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import random
 import signal
 import socket
@@ -35,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.configs)
         if args.command == "down":
             return asyncio.run(_down(_load(args.configs, None, None)))
+        if args.command == "key":
+            return _key(args.name)
         if args.command == "demo":
             from llmgw.engines.demo_model import ensure_demo_model
 
@@ -80,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
                           "(engines on Ray outlive `up`, so a restart adopts them)")
     down.add_argument("configs", nargs="+")
     sub.add_parser("demo", help="build the tiny demo model (cached) and print its path")
+    key = sub.add_parser("key", help="API keys (auth:)").add_subparsers(dest="key_command",
+                                                                         required=True)
+    create = key.add_parser("create", help="print a new API key once, and its config entry")
+    create.add_argument("--name", required=True, help="the key's name (metrics, admin API)")
     return parser
 
 
@@ -103,6 +110,17 @@ def _overrides(host: str | None,
         return cfg.model_copy(update={"server": cfg.server.model_copy(update=given)})
 
     return apply
+
+
+def _key(name: str) -> int:
+    from llmgw.tenancy.keys import new_key_text
+
+    try:
+        print(new_key_text(name), end="")
+    except ValueError as exc:
+        print(f"llmgw key create: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _check(paths: Sequence[str]) -> int:
@@ -171,6 +189,7 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
             # second and 0 not at all (None would wait for every open stream, however long).
             timeout_graceful_shutdown=cfg.server.drain_timeout_s,  # type: ignore[arg-type]
             loop="none", http="httptools", lifespan="on",
+            ssl_certfile=_tls_file(cfg, "cert"), ssl_keyfile=_tls_file(cfg, "key"),
         ))
         serving = True
         _freeze_startup_objects()
@@ -225,6 +244,13 @@ async def _down(cfg: GatewayConfig) -> int:
     removed = await launcher.remove_all()
     print(f"stopped {removed} replica(s) in Ray namespace {cfg.placement.namespace!r}")
     return 0
+
+
+def _tls_file(cfg: GatewayConfig, which: str) -> str | None:
+    """``server.tls``'s certificate or key file for uvicorn (checked by `check`); None
+    serves plain HTTP."""
+    tls = cfg.server.tls
+    return os.path.expanduser(getattr(tls, which)) if tls is not None else None
 
 
 def _cannot_listen(host: str, port: int) -> str | None:

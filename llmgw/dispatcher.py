@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from llmgw.admission import FairQueue
 from llmgw.config import TimeoutConfig
 from llmgw.disagg.orchestrator import Disaggregation
 from llmgw.engines.base import Engine, UpstreamResponse
@@ -80,6 +81,9 @@ class ModelGroup:
     disagg: Disaggregation | None = None
     # Requests wait here while the model has no routable replica (scaled to zero).
     waiter: ReplicaWait | None = None
+    # Requests past the replicas' admission limit wait here (admission:); the API layer
+    # acquires a slot before ``Dispatcher.open`` and releases it when the request ends.
+    admission: FairQueue | None = None
     replicas: list[Replica] = field(default_factory=list)
     _by_id: dict[str, Replica] = field(init=False, repr=False)
     # What the live and shadow policies need computed per request.
@@ -101,6 +105,10 @@ class ModelGroup:
     def routable(self) -> bool:
         return any(r.routable and r.role != "prefill" for r in self.replicas)
 
+    def serving_replicas(self) -> int:
+        """Replicas that answer requests now (a disaggregated model's decode pool)."""
+        return sum(1 for r in self.replicas if r.routable and r.role != "prefill")
+
     def added(self, replica: Replica) -> None:
         self.replicas.append(replica)
         self._by_id[replica.id] = replica
@@ -110,6 +118,8 @@ class ModelGroup:
             self.disagg.added(replica)
         if self.waiter is not None:
             self.waiter.notify()
+        if self.admission is not None:
+            self.admission.poke()
 
     def removed(self, replica: Replica) -> None:
         if self._by_id.pop(replica.id, None) is None:

@@ -9,12 +9,15 @@
     ├── ClientGone                    499 (never sent: the client left; what metrics record)
     ├── ModelNotFound                 404 invalid_request_error / model_not_found
     ├── Overloaded                    429 rate_limit_error / overloaded
+    ├── RateLimited                   429 rate_limit_error / rate_limit_exceeded (+ Retry-After)
     ├── NoReplica                     503 server_error / no_healthy_replica (+ Retry-After)
+    │   └── Saturated                 503 server_error / model_saturated (+ Retry-After)
     ├── UpstreamError                 502 server_error / upstream_error
     │   ├── UpstreamUnreachable       502 server_error / upstream_unreachable
     │   └── UpstreamTimeout           504 server_error / upstream_timeout
     ├── UpstreamRejected              4xx passed through from the engine with its message
     ├── Unauthorized                  401 authentication_error / invalid_admin_key
+    │   └── InvalidApiKey             401 invalid_request_error / invalid_api_key
     ├── AdminRequestRejected          4xx an admin change that cannot be made (404/409/400)
     └── ChangeNotSaved                500 server_error / state_not_saved
 
@@ -103,6 +106,24 @@ class Overloaded(GatewayError):
     code = "overloaded"
 
 
+class RateLimited(GatewayError):
+    """A key or model is over one of its limits (requests or tokens per minute, requests
+    at once). Carries ``Retry-After`` and OpenAI's ``x-ratelimit-*`` headers."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int,
+                 rate_headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.rate_headers = rate_headers or {}
+
+    def headers(self) -> dict[str, str]:
+        return {**self.rate_headers, "retry-after": str(self.retry_after_s)}
+
+
 class NoReplica(GatewayError):
     status = 503
     code = "no_healthy_replica"
@@ -110,6 +131,13 @@ class NoReplica(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(self.retry_after_s)}
+
+
+class Saturated(NoReplica):
+    """Every replica of the model is at its admission limit and this request was shed
+    from the gateway's queue (full, or waited past its timeout)."""
+
+    code = "model_saturated"
 
 
 class UpstreamError(GatewayError):
@@ -157,6 +185,13 @@ class Unauthorized(GatewayError):
     status = 401
     type = "authentication_error"
     code = "invalid_admin_key"
+
+
+class InvalidApiKey(Unauthorized):
+    """No API key, or one the gateway does not know (or revoked): as OpenAI answers it."""
+
+    type = "invalid_request_error"
+    code = "invalid_api_key"
 
 
 class AdminRequestRejected(GatewayError):

@@ -6,7 +6,7 @@ forwarded: models allow extra fields, and the gateway relays the client's own by
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
@@ -48,9 +48,16 @@ class StreamOptions(_Open):
     include_usage: bool | None = None
 
 
+# The roles OpenAI's chat API knows ("function" is its deprecated form of "tool").
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
 class ChatMessage(_Open):
-    role: str
+    role: Role
     content: str | list[Any] | None = None
+    # A tool message answers the assistant's tool call of this id (required for "tool":
+    # checked with the request's bounds, so that the error names this field).
+    tool_call_id: str | None = None
 
 
 class _GenerationRequest(_Open):

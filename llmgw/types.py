@@ -52,6 +52,10 @@ class RequestContext:
     # the precise prefix scorer. None when not needed or not computable.
     prompt_tokens: Sequence[int] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # The API key (by name) the request was admitted under, and its priority class; None
+    # and "interactive" without ``auth:``.
+    tenant: str | None = None
+    priority: Literal["interactive", "batch"] = "interactive"
 
 
 @dataclass(frozen=True, slots=True)

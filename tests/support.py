@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -40,9 +41,9 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, verify: ssl.SSLContext | bool = True) -> bool:
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        return httpx.get(url, timeout=1, verify=verify).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -51,9 +52,10 @@ class Server:
     """A child process serving HTTP on ``url``, stopped (with its group) on ``stop``."""
 
     def __init__(self, argv: list[str], port: int, ready_path: str, timeout_s: float = 120,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: the server speaks HTTPS, verified with this client context."""
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         self._output: str | None = None
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
             prefix="llmgw-test-", suffix=".log", delete=False
@@ -63,7 +65,8 @@ class Server:
             env={**os.environ, **(env or {})}, start_new_session=True,
         )
         try:
-            wait_until(lambda: self._alive() and http_ok(self.url + ready_path), timeout_s,
+            wait_until(lambda: self._alive() and http_ok(self.url + ready_path, tls or True),
+                       timeout_s,
                        f"{argv[:4]} to serve {ready_path}")
         except AssertionError:
             self.stop()

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from llmgw.api import admin, routes
+from llmgw.api import admin, keys, routes
 from llmgw.api import fleet as fleet_routes
 from llmgw.api.errors import install_error_handlers
 from llmgw.api.generation import GenerationRoute
@@ -44,6 +44,7 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     app.state.metrics = gateway.metrics
     app.state.created = int(time.time())
     app.state.catalog = gateway.catalog
+    app.state.tenancy = gateway.tenancy
     app.state.fleet, app.state.reloader = fleet, reloader
     _apply_server(app, gateway.config)
     if reloader is not None:
@@ -64,6 +65,9 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     app.add_route("/admin/adapters", admin.list_adapters, methods=["GET"])
     app.add_route("/admin/adapters", admin.register_adapter, methods=["POST"])
     app.add_route("/admin/adapters/{name}", admin.remove_adapter, methods=["DELETE"])
+    app.add_route("/admin/keys", keys.list_keys, methods=["GET"])
+    app.add_route("/admin/keys", keys.create_key, methods=["POST"])
+    app.add_route("/admin/keys/{name}", keys.revoke_key, methods=["DELETE"])
     app.add_route("/admin/status", fleet_routes.status, methods=["GET"])
     app.add_route("/admin/reload", fleet_routes.reload, methods=["POST"])
     return app
@@ -73,3 +77,4 @@ def _apply_server(app: FastAPI, config: GatewayConfig) -> None:
     """The server settings the app reads per request; a reload changes them in place."""
     app.state.max_body_bytes = config.server.max_body_bytes
     app.state.admin_key = admin.admin_key(config.server.admin_key)
+    app.state.request_bounds = config.server.request_bounds

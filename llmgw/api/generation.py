@@ -4,6 +4,10 @@ The hot path skips Starlette's request/response wrappers: one function reads the
 validates it once, opens the engine request and relays the answer, with one disconnect
 watch spanning all of it, so a client that leaves at any point aborts the engine request.
 Whatever happens, the request ends in ``_close``, which records the status the client got.
+
+With ``auth:``, the key is checked before the body is read, and the request admitted by
+its key's and model's limits (llmgw.tenancy) before it is dispatched; ``_close`` settles
+the tokens it used.
 """
 
 from __future__ import annotations
@@ -18,11 +22,20 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
+from llmgw.admission import FairQueue
 from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_response, internal_error
+from llmgw.api.request_checks import check_request
 from llmgw.api.sse import relay_json, relay_stream
 from llmgw.dispatcher import Dispatcher, Exchange, ModelGroup
-from llmgw.errors import ClientGone, GatewayError, InvalidRequest, PayloadTooLarge, UpstreamTimeout
+from llmgw.errors import (
+    ClientGone,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    UpstreamTimeout,
+)
 from llmgw.lora.catalog import Adapter
 from llmgw.protocol import (
     ChatCompletionRequest,
@@ -31,6 +44,9 @@ from llmgw.protocol import (
     prompt_text,
 )
 from llmgw.routing.session import session_key
+from llmgw.tenancy.estimate import estimate_tokens, used_tokens
+from llmgw.tenancy.gate import Admission, Tenancy
+from llmgw.tenancy.keys import ApiKey
 from llmgw.types import Outcome, RequestContext
 
 log = logging.getLogger("llmgw.api")
@@ -95,7 +111,8 @@ MULTIPLEX_HEADER = "serve_multiplexed_model_id"
 
 async def request_context(request_id: str, group: ModelGroup, endpoint: Endpoint,
                           stream: bool, headers: Headers, parsed: dict[str, Any],
-                          adapter: Adapter | None = None) -> RequestContext:
+                          adapter: Adapter | None = None,
+                          admission: Admission | None = None) -> RequestContext:
     """What routing may know; the prompt text, its tokens and the session key only when
     the model's policies use them (rendering or tokenizing a long history costs).
     ``request_id`` keys routing's per-request state: the gateway's own, unique id."""
@@ -109,7 +126,32 @@ async def request_context(request_id: str, group: ModelGroup, endpoint: Endpoint
         prompt=prompt_text(parsed) if "prompt" in needs else "",
         prompt_tokens=tokens,
         session_id=session_key(headers, parsed) if "session" in needs else None,
+        tenant=admission.key.name if admission is not None else None,
+        priority=admission.priority if admission is not None else "interactive",
     )
+
+
+def resolve_for(dispatcher: Dispatcher, key: ApiKey | None, asked: str, headers: Headers,
+                parsed: dict[str, Any]) -> tuple[ModelGroup, Adapter | None]:
+    """The group and adapter a request names, as far as its key may see: a name outside
+    the key's allowlist is a 404 exactly like one that does not exist. An alias the key
+    may use grants its target models; adapters must be allowed by name."""
+    hidden = ModelNotFound(f"The model '{asked}' does not exist.", param="model")
+    alias = asked in dispatcher.splits
+    if alias and not Tenancy.visible(key, asked):
+        raise hidden
+    try:
+        model = dispatcher.target(asked, headers, parsed)
+        group, adapter = dispatcher.resolve(model, headers.get(MULTIPLEX_HEADER))
+    except ModelNotFound:
+        if key is None or key.models is None:
+            raise
+        # "The adapter 'x' of model 'm' ..." would tell a restricted key that m exists.
+        raise hidden from None
+    served = adapter.name if adapter is not None else None if alias else group.name
+    if served is not None and not Tenancy.visible(key, served):
+        raise hidden
+    return group, adapter
 
 
 def model_label(dispatcher: Dispatcher, parsed: dict[str, Any]) -> str:
@@ -128,7 +170,8 @@ class _Call:
     """One request's bookkeeping, read by ``_close`` however the request ends."""
 
     __slots__ = ("headers", "started", "gateway_id", "request_id", "reply_headers", "parsed",
-                 "model", "exchange", "outcome", "status", "error")
+                 "model", "exchange", "outcome", "status", "error", "key", "admission",
+                 "slot")
 
     def __init__(self, headers: Headers) -> None:
         self.headers = headers
@@ -148,6 +191,10 @@ class _Call:
         self.outcome: Outcome = "cancelled"
         self.status = 499
         self.error: GatewayError | None = None
+        self.key: ApiKey | None = None  # with auth: the caller's key, once known
+        self.admission: Admission | None = None
+        # The model's admission queue while the request holds one of its slots.
+        self.slot: FairQueue | None = None
 
 
 class GenerationRoute:
@@ -169,24 +216,40 @@ class GenerationRoute:
             await self._fail(call, internal_error(call.request_id), dispatcher,
                              (scope, receive, send))
         finally:
-            await self._close(dispatcher, call)
+            try:
+                await self._close(dispatcher, call)
+            finally:  # slots are freed whatever happened above
+                if call.slot is not None:
+                    call.slot.release(call.key.name if call.key else "")
+                if call.key is not None:
+                    _settle(scope["app"].state.tenancy, call, call.key)
 
     async def _serve(self, call: _Call, scope: Scope, receive: Receive, send: Send) -> None:
         state, headers = scope["app"].state, call.headers
         dispatcher: Dispatcher = state.dispatcher
+        tenancy: Tenancy = state.tenancy
+        call.key = tenancy.authenticate(headers)  # before reading a stranger's body
         body = await read_body(receive, headers, state.max_body_bytes)
         call.parsed = parse_json(body)
         req = validate(call.parsed, self.endpoint)
-        model = dispatcher.target(req.model, headers, call.parsed)  # an alias: its target
-        group, adapter = dispatcher.resolve(model, headers.get(MULTIPLEX_HEADER))
+        check_request(req, state.request_bounds)
+        group, adapter = resolve_for(dispatcher, call.key, req.model, headers, call.parsed)
         call.model, stream = group.name, bool(req.stream)
+        if call.key is not None:
+            _admit(tenancy, call, call.key, group.name)
         if adapter is not None and group.lora is not None:
             group.lora.note_request(adapter)
         ctx = await request_context(call.gateway_id, group, self.endpoint, stream, headers,
-                                    call.parsed, adapter)
+                                    call.parsed, adapter, call.admission)
         upstream = dispatcher.upstream_body(group, body, call.parsed, stream, req.wants_usage,
                                             call.gateway_id, adapter)
         async with DisconnectWatch(receive) as watch:
+            if group.admission is not None:  # a saturated model: wait for a slot
+                await group.admission.acquire(ctx.tenant or "", ctx.priority,
+                                              call.key.weight if call.key else 1.0)
+                call.slot = group.admission
+                if call.key is not None:  # it may have been revoked while this waited
+                    tenancy.check_current(call.key)
             call.exchange = exchange = await dispatcher.open(
                 ctx, group, upstream, call.gateway_id, explain=EXPLAIN_HEADER in headers,
                 adapter=adapter)
@@ -222,6 +285,28 @@ class GenerationRoute:
         if call.outcome in ("cancelled", "timeout"):
             await exchange.abort()
         exchange.finish(call.outcome, call.status)
+
+
+def _admit(tenancy: Tenancy, call: _Call, key: ApiKey, model: str) -> None:
+    """Charge the key's and model's limits (RateLimited when over one); the response
+    carries OpenAI's x-ratelimit-* headers."""
+    assert call.parsed is not None
+    call.admission = admission = tenancy.admit(key, model, estimate_tokens(call.parsed))
+    if admission is not None:
+        call.reply_headers += [(k.encode(), v.encode())
+                               for k, v in admission.headers().items()]
+
+
+def _settle(tenancy: Tenancy, call: _Call, key: ApiKey) -> None:
+    """A keyed request ended: free its admission with the tokens it really used (none
+    when no engine ran it), and count it under its key's name."""
+    usage = call.exchange.usage if call.exchange is not None else None
+    prompt, completion = used_tokens(usage)
+    if call.admission is not None:
+        used = None if prompt is None and completion is None else \
+            (prompt or 0) + (completion or 0)
+        call.admission.finish(0 if call.exchange is None else used)
+    tenancy.record(key, call.model or "unknown", call.status, prompt, completion)
 
 
 def _route_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:

@@ -23,8 +23,13 @@ from llmgw.errors import GatewayError
 
 
 async def list_models(request: Request) -> Response:
+    """Every served name, or with ``auth:`` those the caller's key may use."""
     dispatcher: Dispatcher = request.app.state.dispatcher
     created = request.app.state.created
+    try:
+        key = request.app.state.tenancy.authenticate(request.headers)
+    except GatewayError as exc:
+        return error_response(exc)
     data: list[dict[str, object]] = [
         {"id": name, "object": "model", "created": created, "owned_by": "llmgw"}
         for name in dispatcher.groups]
@@ -35,6 +40,8 @@ async def list_models(request: Request) -> Response:
                      for a in group.lora.catalog.for_base(group.name)]
     data += [{"id": name, "object": "model", "created": created, "owned_by": "llmgw",
               "targets": split.weights()} for name, split in dispatcher.splits.items()]
+    if key is not None:
+        data = [entry for entry in data if key.allows(str(entry["id"]))]
     return Response(orjson.dumps({"object": "list", "data": data}),
                     media_type="application/json")
 

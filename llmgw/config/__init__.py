@@ -1,14 +1,18 @@
 """The YAML config as typed, frozen data, and the loader that merges several files.
 
-One module per section (``server``, ``launch``, ``lora``, ``disagg``, ``routing``), the
+One module per section (``server``, ``launch``, ``lora``, ``disagg``, ``routing``,
+``auth``, ``bounds``), the
 model that ties them together (``model``, whose ``cross_section_rules`` lists every rule
 across sections), the whole file (``gateway``) and loading (``load``). Data only: no I/O
 besides reading the files.
 """
 
+from llmgw.config.admission import AdmissionConfig
 from llmgw.config.aliases import AliasConfig, AliasTarget
+from llmgw.config.auth import AuthConfig, KeyConfig, Limits, Priority
 from llmgw.config.autoscaling import AutoscalingConfig, RolloutConfig
 from llmgw.config.base import ConfigError, EngineType, EngineURLs
+from llmgw.config.bounds import RequestBounds
 from llmgw.config.disagg import (
     SGLANG_BOOTSTRAP_PORT,
     ConditionalPDConfig,
@@ -31,11 +35,13 @@ from llmgw.config.lora import (
 from llmgw.config.model import ModelConfig, cross_section_rules
 from llmgw.config.placement import PlacementConfig, ReplicaPlacementConfig, Strategy
 from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
-from llmgw.config.server import HealthConfig, ServerConfig
+from llmgw.config.server import HealthConfig, ServerConfig, TLSConfig
 
 __all__ = [
+    "AdmissionConfig",
     "AliasConfig",
     "AliasTarget",
+    "AuthConfig",
     "AutoscalingConfig",
     "ReplicaPlacementConfig",
     "RolloutConfig",
@@ -51,7 +57,9 @@ __all__ = [
     "GatewayConfig",
     "HealthConfig",
     "HotnessConfig",
+    "KeyConfig",
     "LaunchConfig",
+    "Limits",
     "LoadGuardConfig",
     "LoraConfig",
     "ModelConfig",
@@ -60,10 +68,13 @@ __all__ = [
     "PDRole",
     "PlacementConfig",
     "PluginSpec",
+    "Priority",
+    "RequestBounds",
     "PolicyConfig",
     "ServerConfig",
     "Strategy",
     "TimeoutConfig",
+    "TLSConfig",
     "cross_section_rules",
     "demo_adapter_index",
     "load_config",

@@ -1,11 +1,12 @@
-"""The whole file: ``server``, ``health``, ``placement``, ``policies``, ``models`` and
-``aliases``, and the rules across models."""
+"""The whole file: ``server``, ``health``, ``placement``, ``policies``, ``models``,
+``aliases`` and ``auth``, and the rules across them."""
 
 from __future__ import annotations
 
 from pydantic import Field, model_validator
 
 from llmgw.config.aliases import AliasConfig
+from llmgw.config.auth import AuthConfig
 from llmgw.config.base import _Strict
 from llmgw.config.model import ModelConfig
 from llmgw.config.placement import PlacementConfig
@@ -23,6 +24,8 @@ class GatewayConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     # Served names over several models with weights (canaries, traffic splits).
     aliases: list[AliasConfig] = Field(default_factory=list)
+    # API keys and limits; absent: no key is asked for (as before keys existed).
+    auth: AuthConfig | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -48,4 +51,7 @@ class GatewayConfig(_Strict):
                 if target.model not in models:
                     raise ValueError(f"aliases[{index}].targets[{position}].model: no model "
                                      f"named {target.model!r}")
+        for name in self.auth.model_limits if self.auth is not None else []:
+            if name not in models:
+                raise ValueError(f"auth.model_limits.{name}: no model named {name!r}")
         return self

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from llmgw.config.admission import AdmissionConfig
 from llmgw.config.autoscaling import AutoscalingConfig, RolloutConfig
 from llmgw.config.base import EngineType, EngineURLs, _Strict
 from llmgw.config.disagg import DisaggConfig, PDProtocol
@@ -52,6 +53,9 @@ class ModelConfig(_Strict):
     startup_timeout_s: float = Field(default=600.0, gt=0)
     # Tries on other replicas when one cannot be reached before any byte was sent.
     max_attempts: int = Field(default=2, ge=1, le=8)
+    # Past replicas x max_in_flight_per_replica, requests wait at the gateway: interactive
+    # before batch, keys sharing by weight; null: every request goes to the engines.
+    admission: AdmissionConfig | None = None
     # LoRA adapters multiplexed over this model's replicas (engines vllm, sglang,
     # transformers); launched engines get LoRA enabled with these limits.
     lora: LoraConfig | None = None

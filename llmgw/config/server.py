@@ -7,6 +7,15 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from llmgw.config.base import _Strict
+from llmgw.config.bounds import RequestBounds
+
+
+class TLSConfig(_Strict):
+    """Serve HTTPS with this certificate (chain, PEM) and its private key (PEM), for
+    deployments without a terminating proxy. Read at start: a change needs a restart."""
+
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
 
 
 class ServerConfig(_Strict):
@@ -22,9 +31,13 @@ class ServerConfig(_Strict):
     # environment variable LLMGW_ADMIN_KEY overrides it. Unset: the admin API refuses all.
     # Never empty or blank (a templated secret left unset must not open the API).
     admin_key: str | None = None
-    # Where runtime changes (adapters registered through the admin API) are kept, so a
+    # Where runtime changes (adapters and API keys made through the admin API) are kept, so a
     # restart or config reload keeps them.
     state_dir: str = "~/.local/state/llmgw"
+    # HTTPS instead of HTTP (null: plain HTTP, e.g. behind a terminating proxy).
+    tls: TLSConfig | None = None
+    # Per request: n, max_tokens and message count (400 beyond them).
+    request_bounds: RequestBounds = RequestBounds()
 
     @field_validator("admin_key")
     @classmethod

@@ -27,7 +27,7 @@ from llmgw.placement.commands import launch_roles
 
 Action = Literal["add", "remove", "roll", "scale", "attach", "update"]
 # Server settings a running gateway cannot take on: it would need a new socket / process.
-RESTART_ONLY = ("host", "port", "state_dir")
+RESTART_ONLY = ("host", "port", "state_dir", "tls")
 # Model keys that only size pools; their replicas stay.
 _COUNT_KEYS = frozenset({"replicas", "autoscaling", "rollout"})
 # Model keys that decide replicas' membership for attached engines.
@@ -82,7 +82,7 @@ def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
         plan = _model_plan(before[name], model, changed_policies)
         if plan is not None:
             models.append(plan)
-    top = tuple(key for key in ("server", "health", "aliases", "policies")
+    top = tuple(key for key in ("server", "health", "aliases", "policies", "auth")
                 if getattr(old, key) != getattr(new, key))
     return ReloadPlan(tuple(models), top)
 

@@ -26,6 +26,7 @@ from llmgw.lora.residency import AdapterResidency
 from llmgw.lora.state import StateError, read_state
 from llmgw.metrics import LoraMetrics, Metrics
 from llmgw.pool import Replica
+from llmgw.state_file import unwritable
 
 STATE_FILE = "adapters.json"  # under server.state_dir
 
@@ -64,7 +65,7 @@ def _demo_index(adapter: AdapterConfig, where: str) -> int:
 def _check_state(file: Path) -> None:
     """An unwritable state directory is refused now rather than found by the first
     admin change (which could not be kept, so would not be made)."""
-    problem = _unwritable(file.parent)
+    problem = unwritable(file.parent)
     if problem is not None:
         raise ConfigError(f"server.state_dir: {problem}")
     try:
@@ -75,22 +76,6 @@ def _check_state(file: Path) -> None:
     if saved is not None and saved.problems:
         raise ConfigError(f"server.state_dir: the adapter state file {file}: "
                           f"{'; '.join(saved.problems)}; fix or remove it")
-
-
-def _unwritable(directory: Path) -> str | None:
-    """Why the gateway could not write files in ``directory`` (creating it), if it could
-    not."""
-    if directory.exists():
-        if not directory.is_dir():
-            return f"{directory} is not a directory"
-        return None if os.access(directory, os.W_OK | os.X_OK) \
-            else f"{directory} is not writable"
-    ancestor = next(p for p in directory.parents if p.exists())
-    if not ancestor.is_dir():
-        return f"{directory} cannot be created: {ancestor} is not a directory"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"{directory} cannot be created: {ancestor} is not writable"
-    return None
 
 
 def adapter_source(adapter: AdapterConfig, where: str) -> str:

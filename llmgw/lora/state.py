@@ -8,20 +8,17 @@ untrusted input: a hand edit or another version's format must never stop the gat
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmgw.state_file import StateError, read_object, replace
+
+__all__ = ["ADAPTER_NAME", "SavedState", "StateError", "read_state", "write_state"]
+
 # The same rule as the config's and the admin API's adapter names.
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class StateError(Exception):
-    """The file as a whole cannot be used: unreadable, not JSON, or not an object. The
-    message names the file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,21 +32,8 @@ class SavedState:
 
 def read_state(path: Path) -> SavedState | None:
     """The saved state, None when there is no file. Raises StateError."""
-    if not path.exists():
-        return None
-    if not path.is_file():
-        raise StateError(f"{path} is not a regular file")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StateError(f"{path} cannot be read: {exc}") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise StateError(f"{path} is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise StateError(f"{path}: the top level must be an object")
-    return _parse(data)
+    data = read_object(path)
+    return None if data is None else _parse(data)
 
 
 def _parse(data: dict[str, object]) -> SavedState:
@@ -85,17 +69,7 @@ def _add_registered(state: SavedState, name: str, entry: object) -> None:
 
 def write_state(path: Path, registered: Mapping[str, tuple[str, str]],
                 removed: Iterable[str]) -> None:
-    """Replace the file atomically (a crash leaves the old or the new state). Raises
-    OSError; then the old file is untouched."""
-    state = {"registered": {name: {"base": base, "source": source}
-                            for name, (base, source) in registered.items()},
-             "removed": sorted(removed)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-        tmp.replace(path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
+    """Replace the file atomically. Raises OSError; then the old file is untouched."""
+    replace(path, {"registered": {name: {"base": base, "source": source}
+                                  for name, (base, source) in registered.items()},
+                   "removed": sorted(removed)})

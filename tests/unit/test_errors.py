@@ -6,11 +6,13 @@ from llmgw.engines.openai_http import _error_fields
 from llmgw.errors import (
     ContextTooLong,
     GatewayError,
+    InvalidApiKey,
     InvalidRequest,
     ModelNotFound,
     NoReplica,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
     UpstreamError,
     UpstreamRejected,
     UpstreamTimeout,
@@ -26,6 +28,8 @@ from llmgw.errors import (
         (PayloadTooLarge("m"), 413, "invalid_request_error", "payload_too_large"),
         (ModelNotFound("m"), 404, "invalid_request_error", "model_not_found"),
         (Overloaded("m"), 429, "rate_limit_error", "overloaded"),
+        (RateLimited("m", retry_after_s=3), 429, "rate_limit_error", "rate_limit_exceeded"),
+        (InvalidApiKey("m"), 401, "invalid_request_error", "invalid_api_key"),
         (NoReplica("m"), 503, "server_error", "no_healthy_replica"),
         (UpstreamError("m"), 502, "server_error", "upstream_error"),
         (UpstreamUnreachable("m"), 502, "server_error", "upstream_unreachable"),
@@ -80,3 +84,5 @@ def test_the_documented_tree_lists_every_error_class() -> None:
 def test_errors_carry_their_own_headers() -> None:
     assert NoReplica("m").headers() == {"retry-after": "1"}
     assert InvalidRequest("m").headers() == {}
+    assert RateLimited("m", retry_after_s=3, rate_headers={"x-ratelimit-limit-requests": "5"}
+                       ).headers() == {"retry-after": "3", "x-ratelimit-limit-requests": "5"}

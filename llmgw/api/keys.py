@@ -1,0 +1,103 @@
+"""The admin API for API keys (``auth:``). Every call needs the admin key, as the other
+admin routes do; client keys never open these.
+
+    GET    /admin/keys          every key, without secrets or hashes
+    POST   /admin/keys          {"name", "models", "rpm", "tpm", "max_concurrency",
+                                 "priority", "weight"} -> 201 {"key": <secret, shown only now>, ...}
+    DELETE /admin/keys/{name}   revoked at once (configured keys too, until their hash
+                                changes)
+
+Changes are kept in ``server.state_dir`` before they take effect; one that cannot be kept
+is not made (500 state_not_saved).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from llmgw.api.admin import authorize
+from llmgw.api.body import read_limited
+from llmgw.api.errors import error_response
+from llmgw.config import Limits, Priority
+from llmgw.config.auth import KEY_NAME
+from llmgw.dispatcher import Dispatcher
+from llmgw.errors import GatewayError, InvalidRequest
+from llmgw.tenancy.gate import Tenancy
+
+
+class CreateKey(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(pattern=KEY_NAME)
+    models: list[str] | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    priority: Priority = "interactive"
+    weight: float = Field(default=1.0, gt=0, le=1000)
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _parse(body: bytes) -> CreateKey:
+    try:
+        return CreateKey.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"])[:200]
+        raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"],
+                             param=param or None) from None
+
+
+def _served_names(dispatcher: Dispatcher) -> set[str]:
+    names = {*dispatcher.groups, *dispatcher.splits}
+    for group in dispatcher.groups.values():
+        if group.lora is not None:
+            names |= {a.name for a in group.lora.catalog.for_base(group.name)}
+    return names
+
+
+def _check_models(spec: CreateKey, dispatcher: Dispatcher) -> None:
+    unknown = sorted(set(spec.models or ()) - _served_names(dispatcher))
+    if unknown:
+        raise InvalidRequest(f"models: not served here: {', '.join(unknown)[:500]}",
+                             param="models")
+
+
+async def list_keys(request: Request) -> Response:
+    try:
+        authorize(request)
+    except GatewayError as exc:
+        return error_response(exc)
+    tenancy: Tenancy = request.app.state.tenancy
+    return _json({"object": "list", "data": [k.describe() for k in tenancy.ring.all()]})
+
+
+async def create_key(request: Request) -> Response:
+    tenancy: Tenancy = request.app.state.tenancy
+    try:
+        authorize(request)
+        spec = _parse(await read_limited(request, request.app.state.max_body_bytes))
+        _check_models(spec, request.app.state.dispatcher)
+        limits = Limits(rpm=spec.rpm, tpm=spec.tpm, max_concurrency=spec.max_concurrency)
+        key, secret = tenancy.create(spec.name, spec.models, limits, spec.priority,
+                                     spec.weight)
+    except GatewayError as exc:
+        return error_response(exc)
+    return _json({"key": secret, **key.describe()}, 201)
+
+
+async def revoke_key(request: Request) -> Response:
+    tenancy: Tenancy = request.app.state.tenancy
+    try:
+        authorize(request)
+        key = tenancy.revoke(request.path_params["name"])
+    except GatewayError as exc:
+        return error_response(exc)
+    return _json({"name": key.name, "deleted": True})
