@@ -206,11 +206,11 @@ class ReplicaPool:
         (health-checked, counted) until ``remove``."""
         replica = self._members[replica_id]
         replica.state = "draining"
-        started = time.monotonic()
+        started = self._clock()
         if await replica.idle(timeout_s):
             if not self.shared:
                 return True
-            if await _engine_idle(replica, started + timeout_s):
+            if await _engine_idle(replica, started + timeout_s, self._clock):
                 return True
         log.warning("replica %s/%s still had %d request(s) open after %.0fs of drain",
                     replica.model, replica.id, replica.in_flight, timeout_s)
@@ -326,13 +326,14 @@ class ReplicaWait:
 _SHARED_SETTLE_S = 3.0
 
 
-async def _engine_idle(replica: Replica, deadline: float) -> bool:
+async def _engine_idle(replica: Replica, deadline: float,
+                       clock: Callable[[], float]) -> bool:
     """Requests other gateways sent the replica have ended too: its engine reports none
     running or waiting (an engine that reports nothing is taken at its word)."""
-    settle = time.monotonic() + _SHARED_SETTLE_S
-    while time.monotonic() < deadline:
+    settle = clock() + _SHARED_SETTLE_S
+    while clock() < deadline:
         stats = replica.stats
-        if time.monotonic() >= settle and not (stats.running or 0) + (stats.waiting or 0):
+        if clock() >= settle and not (stats.running or 0) + (stats.waiting or 0):
             return True
         # The counts come from the pool's stats scrape; nothing to wait on instead.
         await asyncio.sleep(0.25)
