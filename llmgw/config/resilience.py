@@ -3,7 +3,7 @@ budget (``models[].retry_budget``). What they do is in README, "Resilience"."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from llmgw.config.base import _Strict
 
@@ -21,6 +21,13 @@ class OutlierConfig(_Strict):
     base_ejection_s: float = Field(default=5.0, gt=0)
     max_ejection_s: float = Field(default=60.0, gt=0)
     max_ejected_percent: int = Field(default=50, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _cap_above_base(self) -> OutlierConfig:
+        if self.max_ejection_s < self.base_ejection_s:
+            raise ValueError(f"max_ejection_s ({self.max_ejection_s:g}) is below "
+                             f"base_ejection_s ({self.base_ejection_s:g})")
+        return self
 
 
 class RetryBudgetConfig(_Strict):

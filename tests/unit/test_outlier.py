@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from llmgw.config import OutlierConfig
+from llmgw.config import OutlierConfig, RetryBudgetConfig
 from llmgw.errors import (
     FirstByteTimeout,
     UpstreamDisconnected,
@@ -120,3 +122,21 @@ def test_at_most_max_ejected_percent_are_out(replicas: int, already_out: int, pe
 def test_what_is_retried_and_what_counts_against_the_replica(
         error: UpstreamError, stream: bool, retry: bool, reason: str | None) -> None:
     assert (retryable(error, stream), failure_reason(error, stream)) == (retry, reason)
+
+
+def test_config_defaults_and_a_cap_below_the_base_is_refused(tmp_path: Path) -> None:
+    from llmgw.config import ConfigError, load_config
+
+    path = tmp_path / "r.yaml"
+    path.write_text("models:\n  - {name: a, url: 'http://x'}\n")
+    cfg = load_config([path])
+    assert (cfg.health.outlier, cfg.models[0].retry_budget, cfg.models[0].timeouts.first_byte_s
+            ) == (OutlierConfig(), RetryBudgetConfig(), None)
+    assert cfg.health.outlier.model_dump() == {
+        "consecutive_failures": 5, "base_ejection_s": 5.0, "max_ejection_s": 60.0,
+        "max_ejected_percent": 50}
+    path.write_text("health: {outlier: {base_ejection_s: 30, max_ejection_s: 10}}\n"
+                    "models:\n  - {name: a, url: 'http://x'}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config([path])
+    assert "health.outlier: max_ejection_s (10) is below base_ejection_s (30)" in str(info.value)
