@@ -27,6 +27,7 @@ from llmgw.errors import (
     GatewayError,
     ModelNotFound,
     NoReplica,
+    UpstreamDisconnected,
     UpstreamError,
     UpstreamRejected,
     UpstreamTimeout,
@@ -383,7 +384,8 @@ class Dispatcher:
                 if isinstance(exc, UpstreamUnreachable):
                     replica.set_health(False)  # the health loop brings it back
                 error = exc
-                if not retryable(exc, ctx.stream):  # it may have started generating
+                # It may have started generating: resent only if its engine is gone.
+                if not retryable(exc, ctx.stream) and not await _engine_gone(replica, exc):
                     break
                 continue
             except SlotsBusy as exc:
@@ -423,6 +425,17 @@ class Dispatcher:
         metrics.request_duration.observe(self._clock() - started)
         if status == 499:  # nginx's "client closed request": the client left
             metrics.client_disconnects.inc()
+
+
+async def _engine_gone(replica: Replica, error: UpstreamError) -> bool:
+    """The connection broke mid-request and the engine no longer takes connections: it
+    died (llmgw.resilience.retry). Out of rotation until the health loop sees it back."""
+    if not isinstance(error, UpstreamDisconnected):
+        return False
+    if await replica.engine.health() != "down":
+        return False
+    replica.set_health(False)
+    return True
 
 
 def _give_back(replica: Replica, lease: Lease | None) -> None:

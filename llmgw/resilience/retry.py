@@ -13,9 +13,12 @@ next one too. So:
   (UpstreamDisconnected), or a stream's headers did not come in time (FirstByteTimeout):
   for a stream, safe, because engines (vLLM, SGLang, ours) send a stream's headers
   before they schedule it, so a stream without headers has not started generating. For
-  a non-streaming request, not safe: its headers come only when generation is done, so
-  it may well have been generating (or be what killed the engine); the client gets the
-  502 (the OpenAI SDKs retry it themselves, at their own pace).
+  a non-streaming request, not safe while its engine lives: its headers come only when
+  generation is done, so it may still be generating; the client gets the 502 (the OpenAI
+  SDKs retry it themselves, at their own pace). Unless the engine is gone (its health
+  route refuses connections: killed, its node lost): then nothing is generating it any
+  more, and it is sent once more elsewhere (``max_attempts`` bounds it, so a request
+  that kills engines takes down at most that many).
 - the request's own deadline passed (UpstreamTimeout): no time is left to retry.
 """
 
