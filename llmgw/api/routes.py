@@ -65,6 +65,12 @@ async def metrics(request: Request) -> Response:
                     media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document of every route above and in generation.py and the admin
+    modules (llmgw.api.openapi), for this instance's request bounds."""
+    return Response(request.app.state.openapi, media_type="application/json")
+
+
 async def debug_route(request: Request) -> Response:
     """Dry run: which replica a chat or completion body would get, and why. Sends
     nothing and teaches the policy nothing. An admin call (it shows every replica's
