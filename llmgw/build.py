@@ -37,6 +37,7 @@ from llmgw.metrics import (
     TenantMetrics,
 )
 from llmgw.pool import Replica, ReplicaPool, ReplicaWait
+from llmgw.resilience.budget import RetryBudget
 from llmgw.routing.base import RoutingPolicy
 from llmgw.routing.kv_block_index import KVBlockIndex
 from llmgw.routing.registry import make_policy, policy_names, policy_spec, uses_kv_index
@@ -217,7 +218,8 @@ class Gateway:
         self.tenancy = Tenancy(config, TenantMetrics(self.metrics))
         self.pool = ReplicaPool(interval_s=config.health.interval_s,
                                 stats_interval_s=config.health.stats_interval_s,
-                                failure_threshold=config.health.failure_threshold)
+                                failure_threshold=config.health.failure_threshold,
+                                outlier=config.health.outlier)
         self.dispatcher = Dispatcher(
             {}, ModelMetrics(self.metrics, "unknown"), splits=make_splits(config, self._rng),
             split_counter=lambda alias, target:
@@ -297,7 +299,8 @@ class Gateway:
         self.config = config
         self.pool.configure(interval_s=config.health.interval_s,
                             stats_interval_s=config.health.stats_interval_s,
-                            failure_threshold=config.health.failure_threshold)
+                            failure_threshold=config.health.failure_threshold,
+                            outlier=config.health.outlier)
         self.dispatcher.splits = make_splits(config, self._rng)
         self.tenancy.reconfigure(config)
         gone = self.catalog.reconfigure(adapters, lora_roots(config),
@@ -350,6 +353,7 @@ class Gateway:
             name=model.name, upstream_model=model.upstream_model, engine=ENGINES[model.engine],
             policy=live, policy_name=live_name, timeouts=model.timeouts,
             max_attempts=model.max_attempts, metrics=ModelMetrics(self.metrics, model.name),
+            retry_budget=RetryBudget(model.retry_budget),
             shadows=[Shadow(name, policy(name), ShadowMetrics(self.metrics, model.name, name))
                      for name in model.shadow],
             tokenizer=self._tokenizer(model) if kv_index is not None else None,

@@ -23,6 +23,7 @@ from llmgw.engines.base import Engine, UpstreamResponse
 from llmgw.engines.prompt_tokens import PromptTokenizer
 from llmgw.engines.request_body import encode
 from llmgw.errors import (
+    FirstByteTimeout,
     GatewayError,
     ModelNotFound,
     NoReplica,
@@ -36,6 +37,8 @@ from llmgw.lora.group import LoraGroup
 from llmgw.lora.residency import Lease, SlotsBusy
 from llmgw.metrics import ModelMetrics
 from llmgw.pool import Replica, ReplicaWait
+from llmgw.resilience.budget import RetryBudget
+from llmgw.resilience.retry import failure_reason, retryable
 from llmgw.routing.base import Decision, Need, RoutingPolicy
 from llmgw.routing.session import session_key
 from llmgw.routing.traffic_split import TrafficSplit
@@ -85,6 +88,8 @@ class ModelGroup:
     # acquires a slot before ``Dispatcher.open`` and releases it when the request ends.
     admission: FairQueue | None = None
     replicas: list[Replica] = field(default_factory=list)
+    # How many retries the model may spend (llmgw.resilience.budget).
+    retry_budget: RetryBudget = field(default_factory=RetryBudget)
     _by_id: dict[str, Replica] = field(init=False, repr=False)
     # What the live and shadow policies need computed per request.
     needs: frozenset[Need] = field(init=False)
@@ -350,8 +355,12 @@ class Dispatcher:
         error: UpstreamError | NoReplica | None = None
         if adapter is None and group.lora and ctx.adapter:
             adapter = group.lora.adapter(ctx.adapter)
+        group.retry_budget.requested()
         for attempt, replica in enumerate(ranked[: group.max_attempts]):
             if attempt:
+                if not group.retry_budget.try_retry():
+                    group.metrics.retries_denied.inc()
+                    break
                 replica.metrics.retries.inc()
             # Counted while being sent, so concurrent picks see it; the Exchange takes the
             # count over once the engine answered.
@@ -361,16 +370,21 @@ class Dispatcher:
                 if adapter is not None:
                     assert group.lora is not None
                     lease = await group.lora.ensure(replica.id, adapter)
-                upstream = await _send(replica, PATHS[ctx.endpoint], body, deadline)
+                upstream = await _send(replica, PATHS[ctx.endpoint], body, deadline,
+                                       group.timeouts.first_byte_s if ctx.stream else None)
             except UpstreamRejected:
                 _give_back(replica, lease)
+                replica.answered()  # a client's 4xx says nothing against the replica
                 raise
             except UpstreamError as exc:
                 _give_back(replica, lease)
                 log.warning("replica %s/%s failed: %s", group.name, replica.id, exc.message)
+                replica.failed(failure_reason(exc, ctx.stream), group.replicas)
                 if isinstance(exc, UpstreamUnreachable):
                     replica.set_health(False)  # the health loop brings it back
                 error = exc
+                if not retryable(exc, ctx.stream):  # it may have started generating
+                    break
                 continue
             except SlotsBusy as exc:
                 _give_back(replica, lease)
@@ -379,6 +393,7 @@ class Dispatcher:
             except BaseException:
                 _give_back(replica, lease)
                 raise
+            replica.answered()
             group.policy.on_routed(ctx, replica.id)
             replica.metrics.routed.inc()
             for shadow in group.shadows:
@@ -416,14 +431,23 @@ def _give_back(replica: Replica, lease: Lease | None) -> None:
         lease.release()
 
 
-async def _send(replica: Replica, path: str, body: bytes,
-                deadline: float | None) -> UpstreamResponse:
-    if deadline is None:
+async def _send(replica: Replica, path: str, body: bytes, deadline: float | None,
+                first_byte_s: float | None) -> UpstreamResponse:
+    """``first_byte_s``: a stream's limit on waiting for the engine's headers."""
+    first_byte = None if first_byte_s is None else \
+        asyncio.get_running_loop().time() + first_byte_s
+    if first_byte is not None and deadline is not None and deadline <= first_byte:
+        first_byte = None  # the request's own deadline comes first
+    until = first_byte if first_byte is not None else deadline
+    if until is None:
         return await replica.engine.send(path, body)
     try:
-        async with asyncio.timeout_at(deadline):
+        async with asyncio.timeout_at(until):
             return await replica.engine.send(path, body)
     except TimeoutError:
+        if first_byte is not None:
+            raise FirstByteTimeout(f"the engine sent no headers within {first_byte_s}s"
+                                   ) from None
         raise UpstreamTimeout("the request timed out before the engine answered") from None
 
 

@@ -14,7 +14,10 @@
     │   └── Saturated                 503 server_error / model_saturated (+ Retry-After)
     ├── UpstreamError                 502 server_error / upstream_error
     │   ├── UpstreamUnreachable       502 server_error / upstream_unreachable
+    │   ├── UpstreamDisconnected      502 server_error / upstream_disconnected
+    │   ├── UpstreamFailed            502 server_error / upstream_error (the engine's 5xx)
     │   └── UpstreamTimeout           504 server_error / upstream_timeout
+    │       └── FirstByteTimeout      504 server_error / upstream_timeout
     ├── UpstreamRejected              4xx passed through from the engine with its message
     ├── Unauthorized                  401 authentication_error / invalid_admin_key
     │   └── InvalidApiKey             401 invalid_request_error / invalid_api_key
@@ -149,14 +152,32 @@ class UpstreamError(GatewayError):
 
 
 class UpstreamUnreachable(UpstreamError):
-    """No connection could be made: the replica is likely down."""
+    """No connection could be made (refused, DNS, connect timeout): the replica is likely
+    down, and the request never reached it, so it is always safe to send elsewhere."""
 
     code = "upstream_unreachable"
+
+
+class UpstreamDisconnected(UpstreamError):
+    """The connection broke after the request was sent and before the engine's headers:
+    the engine may have read it, and may have started on it (llmgw.resilience.retry)."""
+
+    code = "upstream_disconnected"
+
+
+class UpstreamFailed(UpstreamError):
+    """The engine answered 5xx: it is done with the request, having generated nothing
+    for the client."""
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class FirstByteTimeout(UpstreamTimeout):
+    """A stream's headers did not come within ``timeouts.first_byte_s`` (the request's
+    own deadline had time left)."""
 
 
 class UpstreamRejected(GatewayError):

@@ -76,6 +76,19 @@ class Metrics:
             "llmgw_upstream_retries", "Requests retried on another replica before any byte.",
             ["model", "replica"], registry=r,
         )
+        self.replica_ejections = Counter(
+            "llmgw_replica_ejections", "Replicas taken out by outlier detection, by the "
+            "failure that tipped them: connect, reset, 5xx, timeout.",
+            ["model", "replica", "reason"], registry=r,
+        )
+        self.replica_ejected = Gauge(
+            "llmgw_replica_ejected", "1 while outlier detection keeps the replica out "
+            "(before it is half-open), else 0.", ["model", "replica"], registry=r,
+        )
+        self.retries_denied = Counter(
+            "llmgw_retries_denied", "Retries the model's retry budget refused: the request "
+            "failed with its last attempt's error.", ["model"], registry=r,
+        )
         self.client_disconnects = Counter(
             "llmgw_client_disconnects", "Requests whose client went away; the engine was aborted.",
             ["model"], registry=r,
@@ -342,6 +355,7 @@ class ModelMetrics:
         self.request_tokens = metrics.request_tokens.labels(model)
         self.client_disconnects = metrics.client_disconnects.labels(model)
         self.prefix_prediction_error = metrics.prefix_prediction_error.labels(model)
+        self.retries_denied = metrics.retries_denied.labels(model)
         self._requests: dict[tuple[str, int], Counter] = {}
 
     def requests(self, endpoint: str, status: int) -> Counter:
@@ -365,6 +379,7 @@ class ReplicaMetrics:
         self.healthy = metrics.replica_healthy.labels(model, replica)
         self.routed = metrics.routing_decisions.labels(model, policy, replica)
         self.retries = metrics.upstream_retries.labels(model, replica)
+        self.ejected = metrics.replica_ejected.labels(model, replica)
         self.restarts = metrics.replica_restarts.labels(model, replica)
         self.engine = (metrics.engine_running.labels(model, replica),
                        metrics.engine_waiting.labels(model, replica),
@@ -372,6 +387,9 @@ class ReplicaMetrics:
                        metrics.engine_prefix_hits.labels(model, replica),
                        metrics.engine_prefix_queries.labels(model, replica),
                        metrics.engine_kv_capacity.labels(model, replica))
+
+    def ejections(self, reason: str) -> Counter:
+        return self._metrics.replica_ejections.labels(self._model, self._replica, reason)
 
     def set_policy(self, policy: str) -> None:
         """The model's routing changed (reload): picks count under the new policy."""

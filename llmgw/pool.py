@@ -12,7 +12,8 @@ Lifecycle of a member::
     starting --add--> ready --drain--> draining --remove--> stopped
                        (in rotation)    (no new requests; in-flight ones finish)
 
-A replica is routable while it is ready and healthy. Health is checked on an interval:
+A replica is routable while it is ready, healthy and not ejected as an outlier (its own
+requests failing: llmgw.resilience.outlier). Health is checked on an interval:
 a refused connection or an error answer takes a replica out at once; a check that only
 timed out counts, and ``failure_threshold`` in a row are needed, because a live engine
 busy with a huge prompt answers slowly without being down.
@@ -24,13 +25,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from llmgw.config.resilience import OutlierConfig
 from llmgw.engines.base import Engine, Health
 from llmgw.errors import NoReplica
 from llmgw.metrics import ReplicaMetrics
+from llmgw.resilience.outlier import FailureReason, Outlier, may_eject
 from llmgw.types import EngineStats, ReplicaAddress, ReplicaView, Role
 
 log = logging.getLogger("llmgw.pool")
@@ -43,7 +46,7 @@ class Replica:
 
     __slots__ = ("id", "model", "engine", "role", "healthy", "in_flight", "metrics", "stats",
                  "adapters", "max_adapters", "state", "version", "address", "timeouts",
-                 "_idle")
+                 "outlier", "_idle")
 
     def __init__(
         self, id: str, model: str, engine: Engine, metrics: ReplicaMetrics, *,
@@ -67,13 +70,17 @@ class Replica:
         # Where it serves, as its launcher reported (KV events, SGLang's bootstrap port).
         self.address = address or ReplicaAddress(id, engine.url)
         self.timeouts = 0  # consecutive health checks that timed out
+        # Requests' own failures; the pool sets its config and clock (``add``).
+        self.outlier = Outlier()
         self._idle: asyncio.Event | None = None
         metrics.in_flight.set(0)
         metrics.healthy.set(0)
+        # Read at scrape time: ejection ends by the clock, not by an event to hook.
+        metrics.ejected.set_function(lambda: float(self.outlier.state == "ejected"))
 
     @property
     def routable(self) -> bool:
-        return self.healthy and self.state == "ready"
+        return self.healthy and self.state == "ready" and self.outlier.admits()
 
     def view(self) -> ReplicaView:
         return ReplicaView(
@@ -87,10 +94,12 @@ class Replica:
     def acquire(self) -> None:
         self.in_flight += 1
         self.metrics.in_flight.inc()
+        self.outlier.routed()
 
     def release(self) -> None:
         self.in_flight -= 1
         self.metrics.in_flight.dec()
+        self.outlier.released()
         if self.in_flight <= 0 and self._idle is not None:
             self._idle.set()
 
@@ -132,6 +141,28 @@ class Replica:
                 self.set_health(False)
         else:
             self.set_health(health == "ok")
+            if health == "ok" and self.outlier.probe_ok():
+                log.info("replica %s/%s is back in (health check after ejection)",
+                         self.model, self.id)
+
+    def answered(self) -> None:
+        """The engine answered a request (a 4xx too: the client's fault, not its)."""
+        if self.outlier.answered():
+            log.info("replica %s/%s is back in (trial request answered)", self.model, self.id)
+
+    def failed(self, reason: FailureReason | None, siblings: Sequence[Replica]) -> None:
+        """A request failed here before any byte; ``siblings``: the model's replicas
+        (this one included), for the cap on how many may be out at once."""
+        if reason is None or not self.outlier.failed():
+            return
+        if not may_eject([r.outlier for r in siblings], self.outlier.config.max_ejected_percent):
+            log.warning("replica %s/%s keeps failing (%s) but is not ejected: "
+                        "max_ejected_percent reached", self.model, self.id, reason)
+            return
+        seconds = self.outlier.eject()
+        self.metrics.ejections(reason).inc()
+        log.warning("replica %s/%s ejected for %.1fs (%s, ejection %d)", self.model, self.id,
+                    seconds, reason, self.outlier.ejections)
 
 
 class MembershipListener(Protocol):
@@ -159,7 +190,7 @@ class ReplicaPool:
     """Every replica of every model, with background health and stats loops."""
 
     def __init__(self, *, interval_s: float, stats_interval_s: float,
-                 failure_threshold: int = 3,
+                 failure_threshold: int = 3, outlier: OutlierConfig | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._members: dict[str, Replica] = {}
         self._pending: dict[str, Pending] = {}
@@ -170,6 +201,7 @@ class ReplicaPool:
         self._interval = interval_s
         self._stats_interval = stats_interval_s
         self.failure_threshold = failure_threshold
+        self.outlier = outlier or OutlierConfig()
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -195,6 +227,7 @@ class ReplicaPool:
             raise ValueError(f"replica {replica.id!r} is already a member")
         self._pending.pop(replica.id, None)
         replica.state = "ready"
+        replica.outlier.configure(self.outlier, self._clock)
         self._members[replica.id] = replica
         for listener in self._listeners.get(replica.model, ()):
             listener.added(replica)
@@ -206,11 +239,11 @@ class ReplicaPool:
         (health-checked, counted) until ``remove``."""
         replica = self._members[replica_id]
         replica.state = "draining"
-        started = time.monotonic()
+        started = self._clock()
         if await replica.idle(timeout_s):
             if not self.shared:
                 return True
-            if await _engine_idle(replica, started + timeout_s):
+            if await _engine_idle(replica, started + timeout_s, self._clock):
                 return True
         log.warning("replica %s/%s still had %d request(s) open after %.0fs of drain",
                     replica.model, replica.id, replica.in_flight, timeout_s)
@@ -239,10 +272,14 @@ class ReplicaPool:
     # --- health and stats -----------------------------------------------------------
 
     def configure(self, *, interval_s: float, stats_interval_s: float,
-                  failure_threshold: int) -> None:
-        """New health settings (reload): the loops pick them up on their next round."""
+                  failure_threshold: int, outlier: OutlierConfig | None = None) -> None:
+        """New health settings (reload): the loops pick them up on their next round,
+        replicas' outlier detection at its next failure."""
         self._interval, self._stats_interval = interval_s, stats_interval_s
         self.failure_threshold = failure_threshold
+        self.outlier = outlier or OutlierConfig()
+        for replica in self._members.values():
+            replica.outlier.configure(self.outlier)
 
     async def check_all(self) -> None:
         replicas = self.all()
@@ -326,13 +363,14 @@ class ReplicaWait:
 _SHARED_SETTLE_S = 3.0
 
 
-async def _engine_idle(replica: Replica, deadline: float) -> bool:
+async def _engine_idle(replica: Replica, deadline: float,
+                       clock: Callable[[], float]) -> bool:
     """Requests other gateways sent the replica have ended too: its engine reports none
     running or waiting (an engine that reports nothing is taken at its word)."""
-    settle = time.monotonic() + _SHARED_SETTLE_S
-    while time.monotonic() < deadline:
+    settle = clock() + _SHARED_SETTLE_S
+    while clock() < deadline:
         stats = replica.stats
-        if time.monotonic() >= settle and not (stats.running or 0) + (stats.waiting or 0):
+        if clock() >= settle and not (stats.running or 0) + (stats.waiting or 0):
             return True
         # The counts come from the pool's stats scrape; nothing to wait on instead.
         await asyncio.sleep(0.25)

@@ -34,6 +34,7 @@ from llmgw.config.lora import (
 )
 from llmgw.config.model import ModelConfig, cross_section_rules
 from llmgw.config.placement import PlacementConfig, ReplicaPlacementConfig, Strategy
+from llmgw.config.resilience import OutlierConfig, RetryBudgetConfig
 from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
 from llmgw.config.server import HealthConfig, ServerConfig, TLSConfig
 
@@ -44,6 +45,7 @@ __all__ = [
     "AuthConfig",
     "AutoscalingConfig",
     "ReplicaPlacementConfig",
+    "RetryBudgetConfig",
     "RolloutConfig",
     "DEMO_ADAPTERS",
     "DEMO_SOURCE",
@@ -63,6 +65,7 @@ __all__ = [
     "LoadGuardConfig",
     "LoraConfig",
     "ModelConfig",
+    "OutlierConfig",
     "PDPoolConfig",
     "PDProtocol",
     "PDRole",

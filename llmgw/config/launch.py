@@ -14,6 +14,12 @@ class TimeoutConfig(_Strict):
 
     connect_s: float = Field(default=5.0, gt=0)
     request_s: float | None = Field(default=None, gt=0)
+    # Streaming requests: how long the engine may take to answer with its headers. Engines
+    # (vLLM, SGLang, ours) send a stream's headers before they schedule it, so this stays
+    # short even under load; a hung engine is then noticed per request, counted towards
+    # its ejection, and the request retried elsewhere. A non-streaming answer's headers
+    # come only when generation is done: ``request_s`` bounds those.
+    first_byte_s: float | None = Field(default=None, gt=0)
 
 
 class LaunchConfig(_Strict):

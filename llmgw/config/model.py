@@ -18,6 +18,7 @@ from llmgw.config.disagg import DisaggConfig, PDProtocol
 from llmgw.config.launch import LaunchConfig, TimeoutConfig
 from llmgw.config.lora import LoraConfig
 from llmgw.config.placement import ReplicaPlacementConfig
+from llmgw.config.resilience import RetryBudgetConfig
 
 _LORA_ENGINES = ("vllm", "sglang", "transformers")
 
@@ -56,6 +57,8 @@ class ModelConfig(_Strict):
     # Past replicas x max_in_flight_per_replica, requests wait at the gateway: interactive
     # before batch, keys sharing by weight; null: every request goes to the engines.
     admission: AdmissionConfig | None = None
+    # How many of those tries the model may spend: retries at most a share of requests.
+    retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     # LoRA adapters multiplexed over this model's replicas (engines vllm, sglang,
     # transformers); launched engines get LoRA enabled with these limits.
     lora: LoraConfig | None = None

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from llmgw.config.base import _Strict
 from llmgw.config.bounds import RequestBounds
+from llmgw.config.resilience import OutlierConfig
 
 
 class TLSConfig(_Strict):
@@ -59,3 +60,5 @@ class HealthConfig(_Strict):
     # only time out must fail this many times in a row (a live engine busy with a huge
     # prompt answers late without being down).
     failure_threshold: int = Field(default=3, ge=1, le=100)
+    # Passive outlier ejection from requests' own failures (README, "Resilience").
+    outlier: OutlierConfig = OutlierConfig()

@@ -15,7 +15,14 @@ import orjson
 
 from llmgw.engines.base import Health
 from llmgw.engines.stats import StatsNames, stats_from_text
-from llmgw.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnreachable
+from llmgw.errors import (
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from llmgw.types import EngineStats
 
 _JSON = {"content-type": "application/json"}
@@ -124,10 +131,15 @@ class OpenAIHTTPEngine:
             response = await self._session.post(
                 self.url + path, data=body, headers=_JSON, timeout=self._timeout
             )
+        # Whether the request may have reached the engine decides whether it may be
+        # resent (llmgw.resilience.retry): connecting failed -> it did not.
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise UpstreamUnreachable(f"engine at {self.url} unreachable: {exc!r}") from None
         except TimeoutError:
             raise UpstreamTimeout(f"engine at {self.url} did not answer in time") from None
         except aiohttp.ClientConnectionError as exc:
-            raise UpstreamUnreachable(f"engine at {self.url} unreachable: {exc!r}") from None
+            raise UpstreamDisconnected(f"engine at {self.url} closed the connection before "
+                                       f"answering: {exc!r}") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"engine at {self.url} failed: {exc!r}") from None
         if response.status < 400:
@@ -145,7 +157,7 @@ async def _upstream_failure(response: aiohttp.ClientResponse) -> Exception:
         response.release()
     message, param, code = _error_fields(raw)
     if response.status >= 500:
-        return UpstreamError(f"engine failed with {response.status}: {message}")
+        return UpstreamFailed(f"engine failed with {response.status}: {message}")
     return UpstreamRejected(message, status=response.status, param=param, code=code)
 
 

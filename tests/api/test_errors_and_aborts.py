@@ -255,9 +255,11 @@ def test_long_stream_is_not_cut_without_a_configured_timeout(fleet: dict[str, Se
     assert sum(b'"content":"tok' in e for e in events) == 60
 
 
-def _open_and_drop(url: str, body: bytes, read_first: bool) -> None:
+def _open_and_drop(url: str, body: bytes, read_first: bool,
+                   engine_url: str | None = None) -> None:
     """Send a request on a raw socket and close it: mid-stream after the first bytes, or
-    before any answer."""
+    before any answer (once ``engine_url`` runs it, when given: a client that leaves
+    before the request reached an engine has nothing to abort)."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
@@ -265,6 +267,9 @@ def _open_and_drop(url: str, body: bytes, read_first: bool) -> None:
                      + f"content-length: {len(body)}\r\n\r\n".encode() + body)
         if read_first:
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        elif engine_url is not None:
+            wait_until(lambda: engine_counter(engine_url, "llmgw_engine_requests_running") == 1,
+                       10, "the engine to run the request")
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["mid-stream", "non-streaming"])
@@ -277,7 +282,7 @@ def test_client_disconnect_aborts_the_engine_request(fleet: dict[str, Server],
     disconnects = 'llmgw_client_disconnects_total{model="slow"}'
     disconnects_before = gateway_sample(fleet, disconnects)
     before = requests_by_status(fleet, "slow")
-    _open_and_drop(fleet["gateway"].url, body, read_first=stream)
+    _open_and_drop(fleet["gateway"].url, body, read_first=stream, engine_url=engine.url)
     wait_until(lambda: engine_counter(engine.url, "llmgw_engine_requests_aborted_total")
                == aborted_before + 1, 10, "the engine to see the abort")
     # Every request the client left is one disconnect and one 499, streamed or not.

@@ -51,13 +51,15 @@ def models(**changes: Any) -> dict[str, Any]:
      [ModelPlan("a", ("roll", "update"), ("served_model_name",))]),
     (config(**models(b={"url": ["http://e2", "http://e3"]})),
      [ModelPlan("b", ("attach",), ("url",))]),
+    (config(**models(a={"placement": {"cpus": 4}})),
+     [ModelPlan("a", ("roll",), ("placement",))]),
     (config(**models(b=None, c={"engine": "fake", "model": "fake", "replicas": 1})),
      [ModelPlan("b", ("remove",)), ModelPlan("c", ("add",))]),
     (config(**models(b={"url": None, "engine": "transformers", "model": "demo",
                         "replicas": 1})),
      [ModelPlan("b", ("remove", "add"), ("engine", "model", "replicas", "url"))]),
 ], ids=["nothing", "engine-args-roll", "launch-roll", "count-scale", "autoscaling-scale",
-        "routing-in-place", "served-name-both", "urls-attach", "remove-and-add",
+        "routing-in-place", "served-name-both", "urls-attach", "placement-roll", "remove-and-add",
         "attached-to-launched"])
 def test_plan(new: GatewayConfig, expected: list[ModelPlan]) -> None:
     assert list(plan_reload(config(), new).models) == expected
@@ -92,3 +94,8 @@ def test_the_readme_example_is_configs_autoscale_yaml() -> None:
     config = load_config([ROOT / "configs" / "autoscale.yaml"])
     assert GatewayConfig.model_validate(shown).models == config.models
     assert GatewayConfig.model_validate(shown).aliases == config.aliases
+
+
+def test_the_placement_backend_is_chosen_at_start() -> None:
+    with pytest.raises(ConfigError, match="placement: cannot change while"):
+        plan_reload(config(), config(placement={"backend": "ray"}))

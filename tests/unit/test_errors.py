@@ -5,6 +5,7 @@ import pytest
 from llmgw.engines.openai_http import _error_fields
 from llmgw.errors import (
     ContextTooLong,
+    FirstByteTimeout,
     GatewayError,
     InvalidApiKey,
     InvalidRequest,
@@ -13,7 +14,9 @@ from llmgw.errors import (
     Overloaded,
     PayloadTooLarge,
     RateLimited,
+    UpstreamDisconnected,
     UpstreamError,
+    UpstreamFailed,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -33,7 +36,10 @@ from llmgw.errors import (
         (NoReplica("m"), 503, "server_error", "no_healthy_replica"),
         (UpstreamError("m"), 502, "server_error", "upstream_error"),
         (UpstreamUnreachable("m"), 502, "server_error", "upstream_unreachable"),
+        (UpstreamDisconnected("m"), 502, "server_error", "upstream_disconnected"),
+        (UpstreamFailed("m"), 502, "server_error", "upstream_error"),
         (UpstreamTimeout("m"), 504, "server_error", "upstream_timeout"),
+        (FirstByteTimeout("m"), 504, "server_error", "upstream_timeout"),
         (UpstreamRejected("m", status=422, code="bad"), 422, "invalid_request_error", "bad"),
         (GatewayError("m"), 500, "server_error", None),
     ],
