@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 # Bounds on client-controlled work that every engine pays per generated token (stop
@@ -36,8 +36,12 @@ def _bounded_stop(value: Any) -> Any:
     return value
 
 
-# Any, checked by one validator: errors name `stop` itself, not a member of a union.
-Stop = Annotated[Any, BeforeValidator(_bounded_stop)]
+# Any, checked by one validator: errors name `stop` itself, not a member of a union. The
+# JSON schema (the published OpenAPI) states what the validator accepts.
+_STOP_STRING = {"type": "string", "maxLength": MAX_STOP_STRING_CHARS}
+Stop = Annotated[Any, BeforeValidator(_bounded_stop), WithJsonSchema({"anyOf": [
+    _STOP_STRING, {"type": "array", "items": _STOP_STRING, "maxItems": MAX_STOP_STRINGS},
+    {"type": "null"}]})]
 
 
 class _Open(BaseModel):
@@ -52,7 +56,20 @@ class StreamOptions(_Open):
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
+# What request_checks requires of some roles, stated in the JSON schema (the published
+# OpenAPI) so that a client reads it there; pydantic itself leaves it to those checks.
+_ROLE_NEEDS: dict[str, Any] = {"anyOf": [
+    {"properties": {"role": {"enum": ["system", "developer", "user", "assistant"]}}},
+    {"properties": {"role": {"const": "tool"},
+                    "tool_call_id": {"type": "string", "minLength": 1}},
+     "required": ["tool_call_id"]},
+    {"properties": {"role": {"const": "function"}, "name": {"type": "string"}},
+     "required": ["name"]},
+]}
+
+
 class ChatMessage(_Open):
+    model_config = ConfigDict(json_schema_extra=_ROLE_NEEDS)
     role: Role
     content: str | list[Any] | None = None
     # A tool message answers the assistant's tool call of this id (required for "tool":

@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import FastAPI
 from starlette.routing import Route
 
@@ -14,6 +15,7 @@ from llmgw.api import fleet as fleet_routes
 from llmgw.api.errors import install_error_handlers
 from llmgw.api.generation import GenerationRoute
 from llmgw.api.header_limit import HeaderLimit
+from llmgw.api.openapi import openapi_schema
 from llmgw.build import Gateway
 from llmgw.config import GatewayConfig
 from llmgw.fleet.controller import Fleet
@@ -37,8 +39,10 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
 
     # No redirects for a trailing slash: an API client gets its answer or an
     # OpenAI-shaped 404/405, never a 307 it may not follow.
-    app = FastAPI(title="llmgw", docs_url=None, redoc_url=None, lifespan=lifespan,
-                  redirect_slashes=False)
+    # FastAPI's own /openapi.json would describe only APIRoutes, of which llmgw has none:
+    # llmgw.api.openapi writes the document instead.
+    app = FastAPI(title="llmgw", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan, redirect_slashes=False)
     app.state.dispatcher = gateway.dispatcher
     app.state.pool = gateway.pool
     app.state.metrics = gateway.metrics
@@ -61,6 +65,7 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     app.add_route("/health", routes.health, methods=["GET"])
     app.add_route("/ready", routes.ready, methods=["GET"])
     app.add_route("/metrics", routes.metrics, methods=["GET"])
+    app.add_route("/openapi.json", routes.openapi, methods=["GET"])
     app.add_route("/debug/route", routes.debug_route, methods=["POST"])
     app.add_route("/admin/adapters", admin.list_adapters, methods=["GET"])
     app.add_route("/admin/adapters", admin.register_adapter, methods=["POST"])
@@ -78,3 +83,5 @@ def _apply_server(app: FastAPI, config: GatewayConfig) -> None:
     app.state.max_body_bytes = config.server.max_body_bytes
     app.state.admin_key = admin.admin_key(config.server.admin_key)
     app.state.request_bounds = config.server.request_bounds
+    # Served by routes.openapi; rebuilt here so that a reload's new bounds show in it.
+    app.state.openapi = orjson.dumps(openapi_schema(config.server.request_bounds))

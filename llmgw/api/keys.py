@@ -24,7 +24,7 @@ from llmgw.api.admin import authorize
 from llmgw.api.body import read_limited
 from llmgw.api.errors import error_response
 from llmgw.config import Limits, Priority
-from llmgw.config.auth import KEY_NAME
+from llmgw.config.auth import KEY_NAME, MAX_LIMIT
 from llmgw.dispatcher import Dispatcher
 from llmgw.errors import GatewayError, InvalidRequest
 from llmgw.tenancy.gate import Tenancy
@@ -34,9 +34,9 @@ class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(pattern=KEY_NAME)
     models: list[str] | None = None
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    max_concurrency: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    max_concurrency: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
     priority: Priority = "interactive"
     weight: float = Field(default=1.0, gt=0, le=1000)
 

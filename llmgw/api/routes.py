@@ -18,6 +18,7 @@ from llmgw.api.generation import (
     read_body,
     request_context,
 )
+from llmgw.api.request_checks import check_request
 from llmgw.dispatcher import Dispatcher
 from llmgw.errors import GatewayError
 
@@ -65,6 +66,12 @@ async def metrics(request: Request) -> Response:
                     media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document of every route above and in generation.py and the admin
+    modules (llmgw.api.openapi), for this instance's request bounds."""
+    return Response(request.app.state.openapi, media_type="application/json")
+
+
 async def debug_route(request: Request) -> Response:
     """Dry run: which replica a chat or completion body would get, and why. Sends
     nothing and teaches the policy nothing. An admin call (it shows every replica's
@@ -76,6 +83,8 @@ async def debug_route(request: Request) -> Response:
                                request.app.state.max_body_bytes)
         endpoint: Endpoint = "chat" if b'"messages"' in body else "completions"
         parsed, req = parse_request(body, endpoint)
+        # What /v1 would refuse gets the same 400 here, not a routing answer.
+        check_request(req, request.app.state.request_bounds)
         model = dispatcher.target(req.model, request.headers, parsed)
         group, adapter = dispatcher.resolve(model, request.headers.get(MULTIPLEX_HEADER))
     except GatewayError as exc:

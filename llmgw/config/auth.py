@@ -19,6 +19,10 @@ KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # sha256 of the key's UTF-8 bytes, hex.
 KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 Priority = Literal["interactive", "batch"]
+# Above any real limit. Bounded so that a limit stays exact as a float (the token buckets)
+# and fits the state file's 64-bit integers: POST /admin/keys with rpm 2**73 answered 500
+# (the fuzzer found it) when the key could not be written.
+MAX_LIMIT = 10**12
 
 
 class Limits(_Strict):
@@ -26,9 +30,9 @@ class Limits(_Strict):
     tokens: estimated from the prompt when a request arrives, corrected by the engine's
     ``usage`` when it ends."""
 
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    max_concurrency: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    max_concurrency: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
 
     @property
     def unlimited(self) -> bool:

@@ -108,6 +108,10 @@ def test_debug_route_is_a_dry_run_matching_the_real_decision(gateway: Server) ->
     assert real.headers["x-llmgw-replica"] == dry["replica"]
     missing = debug_route(gateway, {"model": "nope", "messages": []})
     assert missing.status_code in (400, 404) and "error" in missing.json()
+    # A body /v1 refuses is refused here too (it got a routing answer before the fuzzer).
+    untied = {"model": "chat", "messages": [{"role": "tool", "content": "x"}]}
+    assert_error(debug_route(gateway, untied), 400, "invalid_request_error")
+    assert debug_route(gateway, untied).json()["error"]["param"] == "messages.0.tool_call_id"
 
 
 def assert_error(response: httpx.Response, status: int, type_: str) -> None:

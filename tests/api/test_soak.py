@@ -1,5 +1,6 @@
-"""A short run of bench/soak.py: mixed traffic with disconnects and errors must leave no
-growth in RSS, descriptors or connections, and every in-flight gauge back at 0."""
+"""A short run of bench/soak.py: mixed traffic at concurrency 32 with disconnects, bad
+input, 429s and an engine killed mid-run must leave no growth in RSS, descriptors or
+connections, every in-flight gauge back at 0, and the engine restarted."""
 
 from __future__ import annotations
 

@@ -93,6 +93,9 @@ def test_keys_are_listed_without_secrets_and_allowlists_hide_models(
                       json={"name": "small-only"}).status_code == 409
     assert httpx.post(server.url + "/admin/keys", headers=ADMIN,
                       json={"name": "x", "models": ["nope"]}).json()["error"]["param"] == "models"
+    # A limit past 64 bits was a 500 (the state file could not hold it): now a 400.
+    huge = httpx.post(server.url + "/admin/keys", headers=ADMIN, json={"name": "x", "rpm": 2**73})
+    assert (huge.status_code, huge.json()["error"]["param"]) == (400, "rpm")
     listing = httpx.get(server.url + "/admin/keys", headers=ADMIN).json()["data"]
     by_name = {k["name"]: k for k in listing}
     assert by_name["small-only"] == {"name": "small-only", "models": ["small"], "rpm": None,
