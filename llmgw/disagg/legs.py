@@ -20,6 +20,7 @@ from typing import Any
 from llmgw.engines.base import UpstreamResponse
 from llmgw.errors import (
     GatewayError,
+    UpstreamDisconnected,
     UpstreamError,
     UpstreamRejected,
     UpstreamTimeout,
@@ -90,7 +91,7 @@ class Legs:
             except UpstreamError as exc:
                 replica.release()
                 log.warning("decode replica %s failed: %s", replica.id, exc.message)
-                if isinstance(exc, UpstreamUnreachable):
+                if isinstance(exc, UpstreamUnreachable | UpstreamDisconnected):
                     replica.set_health(False)  # the health loop brings it back
                 error = exc
                 continue
@@ -193,7 +194,7 @@ class PrefillLeg:
             self.legs.metrics.prefill_leg.observe(self.legs.clock() - started)
         except (GatewayError, TimeoutError) as exc:
             self.error = exc
-            if isinstance(exc, UpstreamUnreachable):
+            if isinstance(exc, UpstreamUnreachable | UpstreamDisconnected):
                 self.replica.set_health(False)
             elif isinstance(exc, TimeoutError):
                 await self.replica.engine.abort(self.rid)  # before the connection closes

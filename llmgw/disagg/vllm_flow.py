@@ -20,6 +20,7 @@ from llmgw.disagg.legs import DecodeUpstream, Legs
 from llmgw.disagg.plan import Plan
 from llmgw.engines.base import UpstreamResponse
 from llmgw.errors import (
+    UpstreamDisconnected,
     UpstreamError,
     UpstreamRejected,
     UpstreamTimeout,
@@ -82,7 +83,9 @@ class VLLMFlow:
                 answer = await self._leg(legs, ctx, replica, path, body, timeout_at)
             except UpstreamRejected:
                 raise
-            except UpstreamUnreachable:
+            except (UpstreamUnreachable, UpstreamDisconnected):
+                # Not reached, or cut off before it answered (killed): a prefill leg sends
+                # the client nothing, so the next prefill replica may take it.
                 replica.set_health(False)  # the health loop brings it back
                 continue  # the next prefill replica, if any
             except (TimeoutError, UpstreamTimeout):

@@ -138,13 +138,15 @@ class Fleet:
         """Stop deciding, stop what is under way, stop every engine (or, on Ray, let go
         of them, and of the fleet's lease so a follower takes over at once)."""
         await self.stop_loop()
-        if self.directory is not None and self.owner:
-            with contextlib.suppress(Exception):
-                await self.directory.release()
+        # The lease loop goes first: a renewal sent after the release would take the
+        # lease again, and the next gateway would follow a gateway that is gone.
         for task in list(self._background):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.directory is not None and self.owner:
+            with contextlib.suppress(Exception):
+                await self.directory.release()
         for managed in self.pools.values():
             await managed.deployment.close()
         await self.launcher.close()
