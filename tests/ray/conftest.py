@@ -6,6 +6,7 @@ temporary folder, removed at the end."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -41,6 +42,8 @@ def local_cluster(workers: int = 2) -> Iterator[Cluster]:
         ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+        # A Ray process still exiting may write its (empty) session folder again.
+        atexit.register(shutil.rmtree, temp, True)
         if before is None:
             os.environ.pop("RAY_TMPDIR", None)
         else:
