@@ -117,10 +117,13 @@ class Fleet:
         backend (their supervision, version and numbering), then managed from here."""
         self.owner = True
         launched = [m for m in self.config.models if m.launched]
+        running = await self.launcher.adoptable()
+        # Mirrored members leave and adopted ones join in one step: requests never find
+        # the pool empty during the takeover.
         for model in launched:
             for replica in self.gateway.pool.replicas(model.name):
                 self.gateway.unwire(replica.id)
-        adopted = await self._adopt(await self.launcher.adoptable())
+        adopted = await self._adopt(running)
         await asyncio.gather(*(self._populate(model, initial=False, launch=False,
                                               adopted=adopted.get(model.name, []))
                                for model in launched))

@@ -280,8 +280,8 @@ def test_several_gateways_share_one_fleet_and_a_follower_takes_over(
                                          "llmgw/shared-1/rank0"]
         pids = {rid: host_info("shared", rid)["pid"] for rid in urls}
         owner.stop()  # releases the lease: the follower owns the fleet from now on
-        wait_for(follower, lambda s: s["models"]["shared"]["pools"]["mixed"].get("target")
-                 == 2, 30, "the follower to take the fleet over")
+        wait_for(follower, lambda s: s["models"]["shared"]["pools"].get("mixed", {})
+                 .get("target") == 2, 30, "the follower to take the fleet over")
         assert "takes it over" in follower.output()
         assert {rid: host_info("shared", rid)["pid"] for rid in urls} == pids
         assert ready_ids(follower, "shared") == ["shared-0", "shared-1"]
