@@ -1,4 +1,4 @@
-"""Every metric a dashboard queries must be one that llmgw/metrics.py defines."""
+"""Every metric a dashboard queries must be one that llmgw/metrics/ defines."""
 
 from __future__ import annotations
 
