@@ -9,10 +9,11 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import httpx
 import yaml
@@ -161,3 +162,60 @@ def in_process_gateway(config: GatewayConfig) -> Gateway:
         for address, role in zip(attached_addresses(model), model.replica_roles, strict=True):
             gateway.wire(model.name, address, role, version="", healthy=True)
     return gateway
+
+
+T = TypeVar("T")
+
+
+class ClosedLoop(Generic[T]):
+    """Closed-loop load from ``workers`` threads, each with its own client, sending one
+    request after another (``request(client, n)``, ``n`` the results so far) until
+    ``stop()`` or ``max_requests`` in all. Every result is kept, in completion order."""
+
+    def __init__(self, request: Callable[[httpx.Client, int], T], workers: int,
+                 max_requests: int, timeout_s: float) -> None:
+        self._request, self.workers, self.max_requests = request, workers, max_requests
+        self._timeout_s = timeout_s
+        self.results: list[T] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> ClosedLoop[T]:
+        self._threads = [threading.Thread(target=self._run, daemon=True)
+                         for _ in range(self.workers)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> list[T]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self._timeout_s)
+        return self.results
+
+    def __enter__(self) -> ClosedLoop[T]:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.results)
+
+    def wait_for(self, more: int, timeout_s: float = 120) -> None:
+        """Until ``more`` requests finished beyond those finished now."""
+        target = self.count() + more
+        wait_until(lambda: self.count() >= target, timeout_s, f"{more} more requests")
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=self._timeout_s) as client:
+            while not self._stop.is_set():
+                with self._lock:
+                    n = len(self.results)
+                    if n >= self.max_requests:
+                        return
+                result = self._request(client, n)
+                with self._lock:
+                    self.results.append(result)

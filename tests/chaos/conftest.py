@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import Server, start_fake_engine, start_gateway, wait_until
+from tests.support import ClosedLoop, Server, start_fake_engine, start_gateway, wait_until
 
 ADMIN_KEY = "chaos-test-key"
 
@@ -137,43 +136,14 @@ def stream(client: httpx.Client, url: str, max_tokens: int) -> Result:
         return Result(0, None, [], repr(exc))
 
 
-@dataclass
-class StreamLoad:
+class StreamLoad(ClosedLoop[Result]):
     """Closed-loop streaming load from ``workers`` threads, at most ``max_requests`` in
     all, every result kept in completion order."""
 
-    url: str
-    max_tokens: int = 10
-    workers: int = 4
-    max_requests: int = 3000
-    results: list[Result] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __enter__(self) -> StreamLoad:
-        self._threads = [threading.Thread(target=self._run, daemon=True)
-                         for _ in range(self.workers)]
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.results)
+    def __init__(self, url: str, max_tokens: int = 10, workers: int = 4,
+                 max_requests: int = 3000) -> None:
+        super().__init__(lambda client, n: stream(client, url, max_tokens), workers,
+                         max_requests, timeout_s=30)
 
     def wait_for(self, more: int, timeout_s: float = 30) -> None:
-        target = self.count() + more
-        wait_until(lambda: self.count() >= target, timeout_s, f"{more} more requests")
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set() and self.count() < self.max_requests:
-                result = stream(client, self.url, self.max_tokens)
-                with self._lock:
-                    self.results.append(result)
+        super().wait_for(more, timeout_s)

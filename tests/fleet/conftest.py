@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
-from tests.support import Server, check_like_llmgw, wait_until
+from tests.support import ClosedLoop, Server, check_like_llmgw, wait_until
 
 ADMIN_KEY = "fleet-test-key"
 AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}
@@ -74,43 +73,18 @@ class Outcome:
     error: str = ""
 
 
-@dataclass
-class Load:
+class Load(ClosedLoop[Outcome]):
     """Closed-loop load on a gateway from ``workers`` threads, each sending requests one
     after another until ``stop()`` (or ``max_requests`` in all). Every outcome is kept."""
 
-    url: str
-    body: Callable[[int], dict[str, Any]]
-    workers: int = 2
-    max_requests: int = 2000
-    outcomes: list[Outcome] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, url: str, body: Callable[[int], dict[str, Any]], workers: int = 2,
+                 max_requests: int = 2000) -> None:
+        super().__init__(lambda client, n: send(client, url, body(n)), workers,
+                         max_requests, timeout_s=120)
 
-    def start(self) -> Load:
-        self._threads = [threading.Thread(target=self._run, daemon=True)
-                         for _ in range(self.workers)]
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def stop(self) -> list[Outcome]:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(120)
-        return self.outcomes
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=120) as client:
-            while not self._stop.is_set():
-                with self._lock:
-                    n = len(self.outcomes)
-                    if n >= self.max_requests:
-                        return
-                outcome = send(client, self.url, self.body(n))
-                with self._lock:
-                    self.outcomes.append(outcome)
+    @property
+    def outcomes(self) -> list[Outcome]:
+        return self.results
 
 
 def send(client: httpx.Client, url: str, body: dict[str, Any]) -> Outcome:
@@ -146,8 +120,7 @@ def failures(outcomes: list[Outcome]) -> list[Outcome]:
 
 def wait_for_requests(load: Load, count: int, timeout_s: float = 120) -> None:
     """Until ``count`` more requests finished (the load runs in other threads)."""
-    target = len(load.outcomes) + count
-    wait_until(lambda: len(load.outcomes) >= target, timeout_s, f"{count} more requests")
+    load.wait_for(count, timeout_s)
 
 
 def metric(gateway: Server, name: str, **labels: str) -> float | None:
