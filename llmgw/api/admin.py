@@ -17,19 +17,17 @@ import os
 import time
 from typing import Any
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmgw.api.body import read_limited
+from llmgw.api.body import json_response, parse_body, read_limited
 from llmgw.api.errors import error_response
 from llmgw.dispatcher import Dispatcher
 from llmgw.errors import (
     AdminRequestRejected,
     ChangeNotSaved,
     GatewayError,
-    InvalidRequest,
     Unauthorized,
 )
 from llmgw.lora.catalog import Adapter, AdapterCatalog, CatalogError, StateNotSaved
@@ -77,19 +75,6 @@ def _describe(dispatcher: Dispatcher, adapter: Adapter) -> dict[str, Any]:
             if lora else 0.0}
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def _parse_registration(body: bytes) -> RegisterAdapter:
-    try:
-        return RegisterAdapter.model_validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        # A field name from the client's JSON (lone surrogates are refused as bad JSON).
-        param = ".".join(str(p) for p in first["loc"])[:200]
-        raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"],
-                             param=param or None) from None
 
 
 def _rejected(exc: CatalogError) -> GatewayError:
@@ -105,7 +90,7 @@ async def list_adapters(request: Request) -> Response:
         return error_response(exc)
     catalog: AdapterCatalog = request.app.state.catalog
     dispatcher: Dispatcher = request.app.state.dispatcher
-    return _json({"object": "list",
+    return json_response({"object": "list",
                   "data": [_describe(dispatcher, a) for a in catalog.all()]})
 
 
@@ -114,8 +99,8 @@ async def register_adapter(request: Request) -> Response:
     dispatcher: Dispatcher = request.app.state.dispatcher
     try:
         authorize(request)
-        spec = _parse_registration(
-            await read_limited(request, request.app.state.max_body_bytes))
+        body = await read_limited(request, request.app.state.max_body_bytes)
+        spec = parse_body(RegisterAdapter, body)
         try:
             adapter = catalog.register(spec.model, spec.name, spec.source,
                                        reserved_names=dispatcher.groups)
@@ -123,7 +108,7 @@ async def register_adapter(request: Request) -> Response:
             raise _rejected(exc) from None
     except GatewayError as exc:
         return error_response(exc)
-    return _json(_describe(dispatcher, adapter), 201)
+    return json_response(_describe(dispatcher, adapter), 201)
 
 
 async def remove_adapter(request: Request) -> Response:
@@ -140,4 +125,4 @@ async def remove_adapter(request: Request) -> Response:
     group = dispatcher.groups.get(adapter.base)
     if group is not None and group.lora is not None:
         await group.lora.remove(adapter)
-    return _json({"name": adapter.name, "deleted": True})
+    return json_response({"name": adapter.name, "deleted": True})

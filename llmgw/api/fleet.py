@@ -9,21 +9,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from llmgw.api.admin import authorize
+from llmgw.api.body import json_response
 from llmgw.api.errors import error_response
 from llmgw.config import ConfigError
 from llmgw.errors import GatewayError, InvalidRequest, NoReplica
 from llmgw.fleet.status import fleet_status
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 async def status(request: Request) -> Response:
@@ -34,7 +28,7 @@ async def status(request: Request) -> Response:
     fleet, reloader = request.app.state.fleet, request.app.state.reloader
     if fleet is None:
         return error_response(NoReplica("this gateway runs without a fleet (embedded use)"))
-    return _json(fleet_status(fleet, reloader))
+    return json_response(fleet_status(fleet, reloader))
 
 
 async def reload(request: Request) -> Response:
@@ -50,4 +44,4 @@ async def reload(request: Request) -> Response:
                                  param="config") from None
     except GatewayError as exc:
         return error_response(exc)
-    return _json({"applied": True, "plan": plan.as_dict()})
+    return json_response({"applied": True, "plan": plan.as_dict()})

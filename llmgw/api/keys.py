@@ -13,15 +13,12 @@ is not made (500 state_not_saved).
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
 from llmgw.api.admin import authorize
-from llmgw.api.body import read_limited
+from llmgw.api.body import json_response, parse_body, read_limited
 from llmgw.api.errors import error_response
 from llmgw.config import Limits, Priority
 from llmgw.config.auth import KEY_NAME, MAX_LIMIT
@@ -41,18 +38,6 @@ class CreateKey(BaseModel):
     weight: float = Field(default=1.0, gt=0, le=1000)
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def _parse(body: bytes) -> CreateKey:
-    try:
-        return CreateKey.model_validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])[:200]
-        raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"],
-                             param=param or None) from None
 
 
 def _served_names(dispatcher: Dispatcher) -> set[str]:
@@ -76,21 +61,21 @@ async def list_keys(request: Request) -> Response:
     except GatewayError as exc:
         return error_response(exc)
     tenancy: Tenancy = request.app.state.tenancy
-    return _json({"object": "list", "data": [k.describe() for k in tenancy.ring.all()]})
+    return json_response({"object": "list", "data": [k.describe() for k in tenancy.ring.all()]})
 
 
 async def create_key(request: Request) -> Response:
     tenancy: Tenancy = request.app.state.tenancy
     try:
         authorize(request)
-        spec = _parse(await read_limited(request, request.app.state.max_body_bytes))
+        spec = parse_body(CreateKey, await read_limited(request, request.app.state.max_body_bytes))
         _check_models(spec, request.app.state.dispatcher)
         limits = Limits(rpm=spec.rpm, tpm=spec.tpm, max_concurrency=spec.max_concurrency)
         key, secret = tenancy.create(spec.name, spec.models, limits, spec.priority,
                                      spec.weight)
     except GatewayError as exc:
         return error_response(exc)
-    return _json({"key": secret, **key.describe()}, 201)
+    return json_response({"key": secret, **key.describe()}, 201)
 
 
 async def revoke_key(request: Request) -> Response:
@@ -100,4 +85,4 @@ async def revoke_key(request: Request) -> Response:
         key = tenancy.revoke(request.path_params["name"])
     except GatewayError as exc:
         return error_response(exc)
-    return _json({"name": key.name, "deleted": True})
+    return json_response({"name": key.name, "deleted": True})
