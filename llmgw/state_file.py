@@ -7,8 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
 class StateError(Exception):
@@ -62,4 +63,27 @@ def unwritable(directory: Path) -> str | None:
         return f"{directory} cannot be created: {ancestor} is not a directory"
     if not os.access(ancestor, os.W_OK | os.X_OK):
         return f"{directory} cannot be created: {ancestor} is not writable"
+    return None
+
+
+class Checked(Protocol):
+    """What an owner reads a state file into: its entries, and those it refused."""
+
+    @property
+    def problems(self) -> Sequence[str]: ...
+
+
+def unusable(file: Path, read: Callable[[Path], Checked | None], what: str) -> str | None:
+    """Why a state file cannot be used, checked at start (its directory unwritable, the
+    file unreadable, entries refused), if it cannot: a runtime change that could not be
+    kept is refused, so an unwritable directory is found now, not by the first change."""
+    problem = unwritable(file.parent)
+    if problem is not None:
+        return problem
+    try:
+        saved = read(file)
+    except StateError as exc:
+        return f"the {what} state file {exc}; fix or remove it"
+    if saved is not None and saved.problems:
+        return f"the {what} state file {file}: {'; '.join(saved.problems)}; fix or remove it"
     return None

@@ -23,10 +23,10 @@ from llmgw.lora.catalog import Adapter, AdapterCatalog
 from llmgw.lora.group import LoraGroup
 from llmgw.lora.rates import AdapterRates
 from llmgw.lora.residency import AdapterResidency
-from llmgw.lora.state import StateError, read_state
+from llmgw.lora.state import read_state
 from llmgw.metrics import LoraMetrics, Metrics
 from llmgw.pool import Replica
-from llmgw.state_file import unwritable
+from llmgw.state_file import unusable
 
 STATE_FILE = "adapters.json"  # under server.state_dir
 
@@ -63,19 +63,9 @@ def _demo_index(adapter: AdapterConfig, where: str) -> int:
 
 
 def _check_state(file: Path) -> None:
-    """An unwritable state directory is refused now rather than found by the first
-    admin change (which could not be kept, so would not be made)."""
-    problem = unwritable(file.parent)
+    problem = unusable(file, read_state, "adapter")
     if problem is not None:
         raise ConfigError(f"server.state_dir: {problem}")
-    try:
-        saved = read_state(file)
-    except StateError as exc:
-        raise ConfigError(f"server.state_dir: the adapter state file {exc}; fix or remove "
-                          "it") from None
-    if saved is not None and saved.problems:
-        raise ConfigError(f"server.state_dir: the adapter state file {file}: "
-                          f"{'; '.join(saved.problems)}; fix or remove it")
 
 
 def adapter_source(adapter: AdapterConfig, where: str) -> str:

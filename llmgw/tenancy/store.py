@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from llmgw.config import ConfigError, GatewayConfig, KeyConfig
 from llmgw.config.auth import KEY_HASH
-from llmgw.state_file import StateError, read_object, replace, unwritable
+from llmgw.state_file import read_object, replace, unusable
 from llmgw.tenancy.keys import ApiKey
 
 STATE_FILE = "keys.json"  # under server.state_dir
@@ -84,15 +84,6 @@ def check_store(cfg: GatewayConfig) -> None:
     cannot be kept is refused) and the key file readable. Raises ConfigError."""
     if cfg.auth is None:
         return
-    file = state_path(cfg)
-    problem = unwritable(file.parent)
+    problem = unusable(state_path(cfg), read_keys, "key")
     if problem is not None:
         raise ConfigError(f"server.state_dir: {problem}")
-    try:
-        saved = read_keys(file)
-    except StateError as exc:
-        raise ConfigError(f"server.state_dir: the key state file {exc}; fix or remove "
-                          "it") from None
-    if saved.problems:
-        raise ConfigError(f"server.state_dir: the key state file {file}: "
-                          f"{'; '.join(saved.problems)}; fix or remove it")
