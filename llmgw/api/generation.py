@@ -136,10 +136,9 @@ def resolve_for(dispatcher: Dispatcher, key: ApiKey | None, asked: str, headers:
     """The group and adapter a request names, as far as its key may see: a name outside
     the key's allowlist is a 404 exactly like one that does not exist. An alias the key
     may use grants its target models; adapters must be allowed by name."""
-    hidden = ModelNotFound(f"The model '{asked}' does not exist.", param="model")
     alias = asked in dispatcher.splits
     if alias and not Tenancy.visible(key, asked):
-        raise hidden
+        raise _hidden(asked)
     try:
         model = dispatcher.target(asked, headers, parsed)
         group, adapter = dispatcher.resolve(model, headers.get(MULTIPLEX_HEADER))
@@ -147,11 +146,17 @@ def resolve_for(dispatcher: Dispatcher, key: ApiKey | None, asked: str, headers:
         if key is None or key.models is None:
             raise
         # "The adapter 'x' of model 'm' ..." would tell a restricted key that m exists.
-        raise hidden from None
+        raise _hidden(asked) from None
     served = adapter.name if adapter is not None else None if alias else group.name
     if served is not None and not Tenancy.visible(key, served):
-        raise hidden
+        raise _hidden(asked)
     return group, adapter
+
+
+def _hidden(asked: str) -> ModelNotFound:
+    """What a key gets for a name outside its allowlist: the answer to a name that does
+    not exist (built only when refused, not on every request)."""
+    return ModelNotFound(f"The model '{asked}' does not exist.", param="model")
 
 
 def model_label(dispatcher: Dispatcher, parsed: dict[str, Any]) -> str:
