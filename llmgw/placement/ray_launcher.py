@@ -294,16 +294,7 @@ class RayLauncher:
         await self._destroy(replica)
 
     async def _destroy(self, replica: RayReplica) -> None:
-        """Kill the replica's actors (and with them every process they started) and
-        remove its group; both outlive the gateway otherwise."""
-        def destroy() -> None:
-            for host in replica.hosts:
-                with contextlib.suppress(Exception):  # already dead
-                    ray.kill(host, no_restart=True)
-            with contextlib.suppress(Exception):
-                remove_placement_group(replica.group)
-
-        await asyncio.to_thread(destroy)
+        await _remove(replica.hosts, lambda: replica.group)
 
     async def close(self) -> None:
         """Stop supervising; the engines keep serving (detached) for the next gateway."""
@@ -388,14 +379,7 @@ class RayLauncher:
         return len(by_replica)
 
     async def _destroy_found(self, replica_id: str, hosts: list[Any]) -> None:
-        def destroy() -> None:
-            for host in hosts:
-                with contextlib.suppress(Exception):
-                    ray.kill(host, no_restart=True)
-            with contextlib.suppress(Exception):
-                remove_placement_group(get_placement_group(group_name(replica_id)))
-
-        await asyncio.to_thread(destroy)
+        await _remove(hosts, lambda: get_placement_group(group_name(replica_id)))
 
     def _remove_orphan_groups(self, adopted: set[str]) -> None:
         """Groups of ours with no replica (a gateway died while it placed one)."""
@@ -428,6 +412,19 @@ class RayDirectory:
         generation, members, _ = await _result(self._actor.watch.remote(since, wait_s),
                                                wait_s + 30)
         return generation, members
+
+
+async def _remove(hosts: list[Any], group: Callable[[], PlacementGroup]) -> None:
+    """Kill a replica's actors (and with them every process they started) and remove its
+    group; both outlive the gateway otherwise. Either may be gone already."""
+    def remove() -> None:
+        for host in hosts:
+            with contextlib.suppress(Exception):
+                ray.kill(host, no_restart=True)
+        with contextlib.suppress(Exception):
+            remove_placement_group(group())
+
+    await asyncio.to_thread(remove)
 
 
 def _rounded(resources: dict[str, float]) -> dict[str, float]:
