@@ -348,6 +348,7 @@ class Dispatcher:
         deadline = _deadline(group.timeouts)
         if group.waiter is not None and not group.routable():  # scaled to zero: wait
             await group.waiter.wait(group.routable)
+        group.retry_budget.requested()
         if group.disagg is not None:  # two legs on two pools; the decode leg comes back
             opened = await group.disagg.open(ctx, PATHS[ctx.endpoint], body, upstream_id,
                                              deadline, explain)
@@ -364,11 +365,9 @@ class Dispatcher:
         error: UpstreamError | NoReplica | None = None
         if adapter is None and group.lora and ctx.adapter:
             adapter = group.lora.adapter(ctx.adapter)
-        group.retry_budget.requested()
         for attempt, replica in enumerate(ranked[: group.max_attempts]):
             if attempt:
                 if not group.retry_budget.try_retry():
-                    group.metrics.retries_denied.inc()
                     break
                 replica.metrics.retries.inc()
             # Counted while being sent, so concurrent picks see it; the Exchange takes the
