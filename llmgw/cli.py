@@ -188,6 +188,7 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
             # Seconds as given: uvicorn hands it to asyncio.wait_for, where 0.5 waits half a
             # second and 0 not at all (None would wait for every open stream, however long).
             timeout_graceful_shutdown=cfg.server.drain_timeout_s,  # type: ignore[arg-type]
+            timeout_keep_alive=cfg.server.keep_alive_s,  # type: ignore[arg-type]
             loop="none", http="httptools", lifespan="on",
             ssl_certfile=_tls_file(cfg, "cert"), ssl_keyfile=_tls_file(cfg, "key"),
         ))
