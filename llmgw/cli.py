@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(ensure_demo_model())
             return 0
         cfg = _load(args.configs, args.host, args.port)
+        if args.log_level is None:  # the config's level, for llmgw's own logs too
+            logging.getLogger().setLevel(cfg.server.log_level.upper())
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_up(cfg, args.configs, _overrides(args.host, args.port),
                                   args.log_level))
