@@ -53,10 +53,6 @@ class StartupProgress:
             entry.phase = phase
             self._tell(entry)
 
-    def phase_of(self, replica_id: str) -> str | None:
-        entry = self.starting.get(replica_id)
-        return entry.phase if entry is not None else None
-
     def ready(self, replica_id: str) -> None:
         self._end(replica_id, "ready", None)
 

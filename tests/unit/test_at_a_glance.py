@@ -115,3 +115,10 @@ def test_recent_rates_are_differences_of_the_counters_over_the_window() -> None:
         "requests_per_s": round(9 / 60, 4), "client_errors_per_s": round(1 / 60, 4),
         "server_errors_per_s": round(4 / 60, 4), "server_error_ratio": round(4 / 9, 4),
         "errors_by_code": {"rate_limit_exceeded": round(1 / 60, 4)}}
+
+
+def test_status_reads_the_admin_key_variable_the_gateway_reads() -> None:
+    from llmgw import cli
+    from llmgw.api.admin import ADMIN_KEY_ENV
+
+    assert cli._ADMIN_KEY_ENV == ADMIN_KEY_ENV  # a copy: `status` skips the web stack
