@@ -122,3 +122,50 @@ def test_status_reads_the_admin_key_variable_the_gateway_reads() -> None:
     from llmgw.api.admin import ADMIN_KEY_ENV
 
     assert cli._ADMIN_KEY_ENV == ADMIN_KEY_ENV  # a copy: `status` skips the web stack
+
+
+def test_status_text_shows_every_part_of_the_document() -> None:
+    from llmgw.console import render_status
+
+    replica = {"id": "m-0", "state": "ready", "healthy": True, "in_flight": 3, "url": "u",
+               "version": "v", "outlier": {"state": "ejected"},
+               "engine": {"running": 2, "waiting": 5, "kv_usage": 0.314},
+               "adapters": ["sql", "chat"]}
+    doc = {
+        "models": {"m": {
+            "served": True, "engine": "vllm", "adapters": ["chat", "sql"],
+            "routing": {"policy": {"mixed": "prefix-aware"}, "shadow": []},
+            "queued": 2, "admission": {"in_flight": 8, "queued": 4},
+            "pools": {"mixed": {
+                "replicas": [replica],
+                "starting": [{"id": "m-1", "version": "v", "for_s": 12.3, "phase": "loading"}],
+                "target": 2, "version": "v", "last_error": "engine m-2 exited\nits log",
+                "autoscaler": {"desired": 2, "wanted": 2, "reason": "load", "min_replicas": 1,
+                               "max_replicas": 4, "last_change": {
+                                   "direction": "up", "reason": "load", "to": 2,
+                                   "ago_s": 30.0}}}}}},
+        "aliases": {"chat": {"m": 0.9, "other": 0.1}},
+        "traffic": {"window_s": 60.0, "models": {"m": {
+            "requests_per_s": 4.0, "client_errors_per_s": 0.5, "server_errors_per_s": 0.25,
+            "server_error_ratio": 0.0625, "errors_by_code": {"upstream_error": 0.25}}}},
+        "reload": {"at": 1000.0, "ok": False, "error": "models[0]: bad", "plan": None},
+        "time": 1042.0,
+    }
+    assert render_status(doc, "http://gw") == """\
+llmgw at http://gw: 1 model(s); traffic over the last 60s
+
+m  engine=vllm  routing=prefix-aware
+  adapters: chat, sql
+  traffic: 4.00 req/s, 4xx 0.50/s, 5xx 0.25/s (6.2%); errors: upstream_error 0.25/s
+  waiting for a replica: 2
+  admission: 8 in flight, 4 queued
+  replica  pool   state     health   in-flight  running  queue  kv   adapters
+  m-0      mixed  ready     ejected  3          2        5      31%  sql,chat
+  m-1      mixed  starting  loading  -          -        -      -    12s
+  autoscaler (mixed): 2 wanted of 1..4; last up to 2 (load) 30s ago
+  last start error (mixed): engine m-2 exited
+
+alias chat -> m 90%, other 10%
+
+last reload 42s ago: refused: models[0]: bad
+"""
