@@ -7,7 +7,7 @@ CONFIG  ?= configs/local.yaml
 # configs/vllm.yaml and the vLLM tests launch engines with its python.
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install vllm up test lint bench clean
+.PHONY: install vllm prometheus up test lint bench clean
 
 $(BIN)/llmgw: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,12 +28,20 @@ $(VLLM_VENV)/bin/vllm-ready:
 
 vllm: $(VLLM_VENV)/bin/vllm-ready
 
+# Prometheus (Debian's package) for the tests that evaluate every dashboard panel through
+# a real one; installed only when missing (as root, like CI; the lists are fetched only
+# when the first try finds no package).
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q --no-install-recommends
+prometheus:
+	@command -v prometheus >/dev/null || $(APT_GET) install prometheus \
+		|| { $(APT_GET) update && $(APT_GET) install prometheus; }
+
 ## Start the gateway on the embedded demo model (no GPU, no downloads).
 up: install
 	$(BIN)/llmgw up $(CONFIG)
 
 ## Run the whole test suite.
-test: install vllm
+test: install vllm prometheus
 	$(BIN)/ruff check llmgw tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy

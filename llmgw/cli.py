@@ -1,4 +1,4 @@
-"""``llmgw up | check | down | demo``: the operator's entry points."""
+"""``llmgw up | check | status | down | demo | key``: the operator's entry points."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from llmgw.placement.base import Directory, Launcher
 
 log = logging.getLogger("llmgw")
+# As llmgw.api.admin.ADMIN_KEY_ENV (not imported: `status` starts without the web stack).
+_ADMIN_KEY_ENV = "LLMGW_ADMIN_KEY"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_down(_load(args.configs, None, None)))
         if args.command == "key":
             return _key(args.name)
+        if args.command == "status":
+            return _status(args.url, args.admin_key, args.json)
         if args.command == "demo":
             from llmgw.engines.demo_model import ensure_demo_model
 
@@ -81,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
                     choices=["critical", "error", "warning", "info", "debug"])
     check = sub.add_parser("check", help="validate config files without starting anything")
     check.add_argument("configs", nargs="+")
+    status = sub.add_parser("status", help="the fleet at a glance: models, replicas, "
+                            "policies, recent error rates (GET /admin/status)")
+    status.add_argument("url", nargs="?", default="http://127.0.0.1:8000",
+                        help="the gateway's base URL (default %(default)s)")
+    status.add_argument("--admin-key", help=f"the admin key (default: ${_ADMIN_KEY_ENV})")
+    status.add_argument("--json", action="store_true", help="print the JSON document")
     down = sub.add_parser("down", help="stop every engine a Ray-placed config left running "
                           "(engines on Ray outlive `up`, so a restart adopts them)")
     down.add_argument("configs", nargs="+")
@@ -125,6 +135,43 @@ def _key(name: str) -> int:
     return 0
 
 
+def _status(url: str, key: str | None, raw: bool) -> int:
+    """GET URL/admin/status with the admin key, printed as text (or as it came)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from llmgw.console import render_status
+
+    key = key or os.environ.get(_ADMIN_KEY_ENV, "").strip() or None
+    if key is None:
+        print(f"llmgw status: needs the admin key: --admin-key or ${_ADMIN_KEY_ENV}",
+              file=sys.stderr)
+        return 2
+    base = url.rstrip("/")
+    request = urllib.request.Request(base + "/admin/status",
+                                     headers={"authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            detail = json.loads(detail)["error"]["message"]
+        print(f"llmgw status: {base}/admin/status answered {exc.code}: {detail}",
+              file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"llmgw status: cannot reach {base}: {reason}", file=sys.stderr)
+        return 1
+    if raw:
+        print(body.decode())
+        return 0
+    print(render_status(json.loads(body), base), end="")
+    return 0
+
+
 def _check(paths: Sequence[str]) -> int:
     cfg = _load(paths, None, None)
     for model in cfg.models:
@@ -146,6 +193,7 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
     from llmgw.api.app import create_app
     from llmgw.build import Gateway
     from llmgw.checks import validate
+    from llmgw.console import StartupView, is_terminal
     from llmgw.fleet.controller import Fleet
     from llmgw.fleet.reload import Reloader
     from llmgw.placement.base import LaunchError
@@ -180,9 +228,14 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
     gateway = Gateway(cfg, rng=random.Random())
     fleet = Fleet(gateway, launcher, directory=directory)
     reloader = Reloader(fleet, paths, validate, overrides)
+    view = StartupView(sys.stderr, live=is_terminal(sys.stderr))
+    view.attach(fleet.progress)
     try:
         # On a cluster a replica may wait minutes for a node: serve meanwhile.
-        await fleet.start(wait=cfg.placement.backend == "local")
+        try:
+            await fleet.start(wait=cfg.placement.backend == "local")
+        finally:
+            view.finish()
         loop.add_signal_handler(signal.SIGHUP, lambda: fleet.spawn(_reload(reloader)))
         server = uvicorn.Server(uvicorn.Config(
             create_app(gateway, fleet, reloader), host=cfg.server.host, port=cfg.server.port,
@@ -199,7 +252,10 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
         await server.serve()
         return 0 if server.started else 1
     except LaunchError as exc:
-        log.error("%s", exc)
+        # A replica's failure was shown with its log as it happened: name it only.
+        replica = view.shown_errors.get(str(exc))
+        log.error("not serving: %s", f"replica {replica} did not start (its log is above)"
+                  if replica is not None else exc)
         return 1
     except asyncio.CancelledError:
         log.info("interrupted while starting engines")

@@ -25,8 +25,9 @@ from llmgw.dispatcher import ModelGroup
 from llmgw.fleet import sharing
 from llmgw.fleet.autoscaler import Autoscaler, sample
 from llmgw.fleet.deployment import Deployment
+from llmgw.fleet.progress import StartupProgress
 from llmgw.fleet.version import replica_version
-from llmgw.metrics import FleetMetrics
+from llmgw.metrics import FleetMetrics, RecentRates
 from llmgw.placement.base import Directory, Launcher, RunningReplica
 from llmgw.placement.commands import launch_roles, launch_unit
 from llmgw.placement.local import attached_addresses
@@ -66,10 +67,15 @@ class Fleet:
         self.tick_s, self.clock = tick_s, clock
         self.pools: dict[tuple[str, Role], ManagedPool] = {}
         self.metrics = FleetMetrics(gateway.metrics)
+        # Launches as they go (`llmgw up` shows them), and recent request and error rates
+        # (GET /admin/status).
+        self.progress = StartupProgress(clock)
+        self.recent = RecentRates(gateway.metrics, clock=clock)
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         launcher.on_restart = gateway.count_restart
         launcher.on_lost = self.lost
+        launcher.on_phase = self.progress.phase
 
     @property
     def config(self) -> GatewayConfig:
@@ -207,6 +213,7 @@ class Fleet:
         scaler = Autoscaler(autoscaling, target, self.tick_s, self.clock) \
             if autoscaling is not None else None
         self.pools[(model.name, role)] = ManagedPool(deployment, scaler)
+        self.metrics.managed(model.name, role)
         self.metrics.desired(model.name, role, target)
         return deployment
 
@@ -265,15 +272,19 @@ class Fleet:
     async def launch(self, deployment: Deployment, replica_id: str, ordinal: int) -> None:
         model = deployment.spec
         started = self.clock()
+        self.progress.launching(model.name, deployment.role, replica_id)
         try:
             address = await self.launcher.launch(
                 replica_id, launch_unit(model, deployment.role, ordinal),
                 role=deployment.role, version=deployment.version)
-        except BaseException:
+        except BaseException as exc:
             self.metrics.started(model.name, deployment.role, ok=False)
+            self.progress.failed(replica_id, "interrupted" if isinstance(
+                exc, asyncio.CancelledError) else str(exc) or type(exc).__name__)
             raise
         self.metrics.started(model.name, deployment.role, ok=True,
                              seconds=self.clock() - started)
+        self.progress.ready(replica_id)
         if self.pools.get((deployment.model, deployment.role)) is not None:
             self.gateway.wire(model.name, address, deployment.role, deployment.version,
                               healthy=True)
@@ -303,6 +314,7 @@ class Fleet:
         while True:
             try:
                 self.tick()
+                self.recent.sample()
             except Exception:  # a bug here must not stop scaling for good
                 log.exception("fleet tick failed")
             await asyncio.sleep(self.tick_s)

@@ -15,6 +15,7 @@ from llmgw.metrics.bound import (
     ShadowMetrics,
 )
 from llmgw.metrics.fleet import FleetFamilies, FleetMetrics
+from llmgw.metrics.recent import RecentRates
 from llmgw.metrics.registry import Metrics
 from llmgw.metrics.tenants import AdmissionMetrics, TenantFamilies, TenantMetrics
 
@@ -27,6 +28,7 @@ __all__ = [
     "Metrics",
     "ModelMetrics",
     "PDMetrics",
+    "RecentRates",
     "ReplicaMetrics",
     "ShadowMetrics",
     "TenantFamilies",

@@ -124,6 +124,8 @@ class LoraMetrics:
 
     def residency(self, replica: str, adapters: frozenset[str], known: list[str]) -> None:
         self._m.lora_resident_count.labels(self.model, replica).set(len(adapters))
+        # Exported at 0 from the first check on: "no correction" reads as 0, not "no data".
+        self._m.lora_drift.labels(self.model, replica)
         for adapter in known:
             self._m.lora_resident.labels(self.model, adapter, replica).set(
                 int(adapter in adapters))

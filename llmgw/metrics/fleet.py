@@ -57,6 +57,16 @@ class FleetMetrics:
     def __init__(self, metrics: Metrics) -> None:
         self._f = metrics.fleet
         self._pools: set[tuple[str, str]] = set()
+        for result in ("applied", "refused"):  # 0 until the first reload, not "no data"
+            self._f.reloads.labels(result)
+
+    def managed(self, model: str, pool: str) -> None:
+        """A pool the fleet launches: its start and loss series are exported from now
+        on, at 0 until something happens (so a rate sees the first start too)."""
+        for result in ("ok", "failed"):
+            self._f.starts.labels(model, pool, result)
+        self._f.lost.labels(model, pool)
+        self._f.start_duration.labels(model, pool)
 
     def desired(self, model: str, pool: str, replicas: int) -> None:
         self._f.desired.labels(model, pool).set(replicas)

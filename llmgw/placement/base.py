@@ -54,6 +54,9 @@ class Launcher(Protocol):
     on_restart: Callable[[str, str], None]
     # (model, replica id, why): the replica is gone for good; its resources are freed.
     on_lost: Callable[[str, str, str], None]
+    # (replica id, phase): what a starting replica does now, as ``phase`` says it
+    # (`llmgw up` shows each change).
+    on_phase: Callable[[str, str], None]
 
     async def launch(self, replica_id: str, unit: ModelConfig, *, role: Role,
                      version: str) -> ReplicaAddress:

@@ -59,8 +59,11 @@ class EngineProcess:
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
 
-    async def start(self) -> None:
+    async def start(self, spawned: Callable[[], None] = lambda: None) -> None:
+        """Spawn the engine (then ``spawned()``: it loads its model) and wait until it
+        answers its health route."""
         self._process = await self._spawn()
+        spawned()
         await self._wait_ready()
         self._supervisor = asyncio.create_task(
             self._supervise(), name=f"supervise-{self.replica_id}"
@@ -198,9 +201,24 @@ class LocalLauncher:
         self.on_restart: Callable[[str, str], None] = lambda model, replica_id: None
         # A local engine restarts on its own ports: it is never lost.
         self.on_lost: Callable[[str, str, str], None] = lambda model, replica_id, why: None
+        self.on_phase: Callable[[str, str], None] = lambda replica_id, phase: None
+        # Starting replicas: "starting" (the model resolved, the process spawned), then
+        # "loading" (the engine runs and loads its model until its health route answers).
+        self.phases: dict[str, str] = {}
 
     async def launch(self, replica_id: str, unit: ModelConfig, *, role: Role = "mixed",
                      version: str = "") -> ReplicaAddress:
+        self._phase(replica_id, "starting")
+        try:
+            return await self._launch(replica_id, unit)
+        finally:
+            self.phases.pop(replica_id, None)
+
+    def _phase(self, replica_id: str, phase: str) -> None:
+        self.phases[replica_id] = phase
+        self.on_phase(replica_id, phase)
+
+    async def _launch(self, replica_id: str, unit: ModelConfig) -> ReplicaAddress:
         # Building the demo model for an engine that cannot build it itself is disk work.
         model_path = await asyncio.to_thread(resolve_model, unit)
         host, port = "127.0.0.1", free_port()
@@ -213,7 +231,7 @@ class LocalLauncher:
             unit.startup_timeout_s, lambda m, r: self.on_restart(m, r),
         )
         try:
-            await process.start()
+            await process.start(spawned=lambda: self._phase(replica_id, "loading"))
         except BaseException:
             self.processes.pop(replica_id, None)
             await asyncio.shield(process.stop())
@@ -230,7 +248,7 @@ class LocalLauncher:
             await process.stop()
 
     def phase(self, replica_id: str) -> str | None:
-        return None  # a local engine is either starting or ready: nothing more to say
+        return self.phases.get(replica_id)
 
     async def adoptable(self) -> list[RunningReplica]:
         return []  # engines are the gateway's children: none survive it

@@ -111,6 +111,7 @@ class RayLauncher:
         self.phases: dict[str, str] = {}
         self.on_restart: Callable[[str, str], None] = lambda model, replica_id: None
         self.on_lost: Callable[[str, str, str], None] = lambda model, replica_id, why: None
+        self.on_phase: Callable[[str, str], None] = lambda replica_id, phase: None
         # Bundles of replicas that could not be placed: kept requested from the cluster
         # autoscaler until a replica of the same pool is placed.
         self._unplaced: dict[tuple[str, Role], list[dict[str, float]]] = {}
@@ -171,7 +172,7 @@ class RayLauncher:
         return self._address(replica)
 
     async def _placed(self, replica: RayReplica, bundles: list[dict[str, float]]) -> None:
-        self.phases[replica.replica_id] = f"placing {bundles}"
+        self._phase(replica.replica_id, f"placing {bundles}")
         timeout = self.settings.placement_timeout_s
         try:
             await _result(replica.group.ready(), timeout)
@@ -190,7 +191,7 @@ class RayLauncher:
         nodes = unit.placement.nodes
         labels = {"model": replica.model, "role": replica.role, "version": replica.version,
                   "nodes": nodes}
-        self.phases[replica.replica_id] = "starting engine"
+        self._phase(replica.replica_id, "starting engine")
         try:
             replica.hosts.append(self._start_host(replica, unit, labels, 0, None))
             first = await _result(replica.hosts[0].info.remote(), unit.startup_timeout_s)
@@ -255,6 +256,10 @@ class RayLauncher:
     def phase(self, replica_id: str) -> str | None:
         """What a starting replica waits for: its placement, or its engine."""
         return self.phases.get(replica_id)
+
+    def _phase(self, replica_id: str, phase: str) -> None:
+        self.phases[replica_id] = phase
+        self.on_phase(replica_id, phase)
 
     # --- supervision ---------------------------------------------------------------
 

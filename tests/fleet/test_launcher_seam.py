@@ -28,6 +28,7 @@ class ProcessLauncher:
         self.servers: dict[str, Server] = {}
         self.on_restart: Callable[[str, str], None] = lambda m, r: None
         self.on_lost: Callable[[str, str, str], None] = lambda m, r, why: None
+        self.on_phase: Callable[[str, str], None] = lambda r, phase: None
         self.running: list[RunningReplica] = []
         self.launched: list[str] = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,6 +14,7 @@ import orjson
 import pytest
 
 from llmgw.api.admin import ADMIN_KEY_ENV
+from tests.prometheus import Prometheus, evaluate_panels
 from tests.support import ROOT, Server, free_port, launched_engine_urls, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -218,3 +220,36 @@ def test_engine_metrics_are_visible_on_the_gateway(gateway: Server,
             'llmgw_engine_kv_cache_usage_ratio{model="demo",replica="demo-0"}' in text and \
             'llmgw_engine_kv_cache_capacity_tokens{model="demo",replica="demo-1"}' in text
     wait_until(scraped, 10, "engine stats on the gateway's /metrics")
+
+
+@pytest.fixture(scope="module")
+def prometheus(gateway: Server, engines: list[str]) -> Iterator[Prometheus]:
+    """A real Prometheus scraping the gateway and, as a job of their own, both engines."""
+    prom = Prometheus({"llmgw": [gateway.url], "vllm": engines})
+    try:
+        prom.wait_for_targets()
+        yield prom
+    finally:
+        prom.stop()
+
+
+def test_the_dashboards_vllm_panels_return_data(client: openai.OpenAI,
+                                                 prometheus: Prometheus) -> None:
+    """The panels that need vLLM (tests/e2e/test_dashboards_prometheus.py checks the
+    others): KV events, prefix-cache hits and predictions, and vLLM's own metrics beside
+    the gateway's, evaluated by Prometheus under traffic."""
+    prompt = [{"role": "user", "content": " ".join(f"dash{i}" for i in range(300))}]
+
+    def traffic() -> None:  # a repeated prefix (cache hits), streamed and not
+        for stream in (False, True, False, True):
+            reply = client.chat.completions.create(
+                model="demo", messages=prompt, max_tokens=4, stream=stream)  # type: ignore[arg-type, call-overload]
+            if stream:
+                list(reply)
+
+    # Twice, with a scrape between: the second round is seen as an increase.
+    traffic()
+    prometheus.wait_for_scrape(after=time.time())
+    traffic()
+    evaluate_panels(prometheus, data=lambda panel: panel.needs == "vllm",
+                    valid=lambda panel: panel.needs == "vllm")
