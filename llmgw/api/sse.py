@@ -16,6 +16,7 @@ from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_event, internal_error
 from llmgw.dispatcher import DONE_EVENT, Exchange
 from llmgw.errors import GatewayError, UpstreamTimeout
+from llmgw.protocol import ENDPOINTS
 from llmgw.types import Outcome
 
 log = logging.getLogger("llmgw.api")
@@ -48,7 +49,8 @@ async def relay_stream(exchange: Exchange, send: Send, client_wants_usage: bool,
         error = internal_error(request_id)
     watch.done = True
     if error is None:
-        await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})
+        done = DONE_EVENT if ENDPOINTS[exchange.ctx.endpoint].done_event else b""
+        await send({"type": "http.response.body", "body": done, "more_body": False})
         return "ok"
     exchange.record_error(error)
     await send({"type": "http.response.body", "body": error_event(error) + DONE_EVENT,
