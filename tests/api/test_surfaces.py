@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ import openai
 import pytest
 
 from llmgw.engines.fake_endpoints import fake_embedding
-from tests.support import Server, engine_counter, wait_until
+from tests.support import Server, engine_counter, start_gateway, wait_until
 
 
 def sample(gateway: Server, name: str) -> float:
@@ -164,3 +165,50 @@ def test_get_one_model(client: openai.OpenAI, gateway: Server) -> None:
                                  "type": "invalid_request_error", "param": "model",
                                  "code": "model_not_found"}
     assert httpx.get(gateway.url + "/v1/models/org/with/slashes").status_code == 404
+
+
+@pytest.fixture(scope="module")
+def typed_gateway(engines: list[Server],
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Fake engines attached as engine types that do not serve every endpoint (the fake
+    answers them all: a refusal can only come from the gateway)."""
+    config = {"models": [
+        {"name": "sg", "engine": "sglang", "url": [engines[0].url]},
+        {"name": "tf", "engine": "transformers", "url": [engines[1].url]},
+    ]}
+    server = start_gateway(config, tmp_path_factory.mktemp("typed"))
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(("model", "path", "engine"), [
+    ("tf", "/v1/responses", "transformers"), ("sg", "/v1/responses", "sglang"),
+    ("sg", "/tokenize", "sglang"), ("sg", "/detokenize", "sglang"),
+], ids=["responses-on-embedded", "responses-on-sglang", "tokenize-on-sglang",
+        "detokenize-on-sglang"])
+def test_an_endpoint_the_engine_does_not_serve_is_a_clear_400(
+        typed_gateway: Server, engines: list[Server], model: str, path: str,
+        engine: str) -> None:
+    served = [engine_counter(e.url, "llmgw_engine_requests_served_total") for e in engines]
+    body = {"model": model, "input": "x", "prompt": "x"} if path != "/detokenize" else \
+        {"model": model, "tokens": [1]}
+    if path == "/v1/responses":
+        body.pop("prompt")
+    response = httpx.post(typed_gateway.url + path, json=body)
+    assert response.status_code == 400
+    assert response.json() == {"error": {
+        "message": f"The model '{model}' runs on the {engine} engine, which does not serve "
+                   f"{path}.", "type": "invalid_request_error", "param": "model",
+        "code": "unsupported_endpoint"}}
+    assert [engine_counter(e.url, "llmgw_engine_requests_served_total")
+            for e in engines] == served
+    assert sample(typed_gateway, f'llmgw_requests_total{{endpoint="{path.split("/")[-1]}",'
+                                 f'model="{model}",status="400"}}') >= 1
+
+
+def test_what_the_engine_serves_is_relayed(typed_gateway: Server) -> None:
+    with openai.OpenAI(base_url=typed_gateway.url + "/v1", api_key="x", max_retries=0) as c:
+        assert len(c.embeddings.create(model="sg", input="a").data[0].embedding) == 8
+        assert len(c.embeddings.create(model="tf", input="a").data[0].embedding) == 8
+    assert httpx.post(typed_gateway.url + "/tokenize",
+                      json={"model": "tf", "prompt": "ab"}).json()["tokens"] == [97, 98]
