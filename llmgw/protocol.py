@@ -159,6 +159,8 @@ class ResponsesRequest(ModelRequest):
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, ge=0, le=1)
     user: str | None = None
+    # A response stored by the engine that made it: see docs/api.md on replicas.
+    previous_response_id: str | None = None
 
 
 def _no_default(schema: dict[str, Any]) -> None:
