@@ -222,6 +222,8 @@ class EndpointSpec:
     # stream). Inside a JSON string the quotes would be escaped, so generated text cannot
     # fake either mark.
     usage_mark: bytes | None = None
+    # Its tokens count against tokens-per-minute limits (a tokenizer route runs no model).
+    counts_tokens: bool = True
 
 
 ENDPOINTS: dict[Endpoint, EndpointSpec] = {
@@ -234,8 +236,8 @@ ENDPOINTS: dict[Endpoint, EndpointSpec] = {
     # inside its response object; earlier events carry "usage":null.
     "responses": EndpointSpec("/v1/responses", ResponsesRequest, done_event=False,
                               usage_mark=b'"usage":{'),
-    "tokenize": EndpointSpec("/tokenize", TokenizeRequest),
-    "detokenize": EndpointSpec("/detokenize", DetokenizeRequest),
+    "tokenize": EndpointSpec("/tokenize", TokenizeRequest, counts_tokens=False),
+    "detokenize": EndpointSpec("/detokenize", DetokenizeRequest, counts_tokens=False),
 }
 
 

@@ -236,7 +236,7 @@ class GenerationRoute:
         call.model, stream = group.name, req.streamed
         dispatcher.check_served(group, self.endpoint)
         if call.key is not None:
-            _admit(tenancy, call, call.key, group.name)
+            _admit(tenancy, call, call.key, group.name, ENDPOINTS[self.endpoint].counts_tokens)
         if adapter is not None and group.lora is not None:
             group.lora.note_request(adapter)
         ctx = await request_context(call.gateway_id, group, self.endpoint, stream, headers,
@@ -287,11 +287,13 @@ class GenerationRoute:
         exchange.finish(call.outcome, call.status)
 
 
-def _admit(tenancy: Tenancy, call: _Call, key: ApiKey, model: str) -> None:
+def _admit(tenancy: Tenancy, call: _Call, key: ApiKey, model: str, tokens: bool) -> None:
     """Charge the key's and model's limits (RateLimited when over one); the response
-    carries OpenAI's x-ratelimit-* headers."""
+    carries OpenAI's x-ratelimit-* headers. ``tokens``: whether the request's tokens
+    count against tokens per minute (not a tokenizer route's)."""
     assert call.parsed is not None
-    call.admission = admission = tenancy.admit(key, model, estimate_tokens(call.parsed))
+    estimate = estimate_tokens(call.parsed) if tokens else 0
+    call.admission = admission = tenancy.admit(key, model, estimate)
     if admission is not None:
         call.reply_headers += [(k.encode(), v.encode())
                                for k, v in admission.headers().items()]
