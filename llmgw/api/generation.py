@@ -83,9 +83,18 @@ def validate(parsed: dict[str, Any], endpoint: Endpoint) -> ModelRequest:
         return ENDPOINTS[endpoint].request.model_validate(parsed)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        param = ".".join(str(p) for p in first["loc"] if not _union_branch(p)) or None
         raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"],
                              param=param) from None
+
+
+# How pydantic names the member of a union that failed (``input.str``, ``input.list[int]``):
+# not part of the field's path, so not part of ``param``.
+_BRANCH_NAMES = frozenset({"str", "int", "float", "bool", "none"})
+
+
+def _union_branch(part: str | int) -> bool:
+    return isinstance(part, str) and (part in _BRANCH_NAMES or "[" in part)
 
 
 def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], ModelRequest]:

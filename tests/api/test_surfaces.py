@@ -53,10 +53,11 @@ def test_embeddings_single_batch_and_token_ids(client: openai.OpenAI, gateway: S
 
 
 def test_embeddings_input_is_checked_before_any_engine(client: openai.OpenAI) -> None:
-    for bad, param in [([], "input"), ([[]], "input"), ([-1], "input"), (5, "input")]:
+    # The field is named without pydantic's name for the union's member (input.str).
+    for bad in ([], [[]], [-1], 5, [["a"]], [1, "a"]):
         with pytest.raises(openai.BadRequestError) as caught:
             client.embeddings.create(model="fake", input=bad)  # type: ignore[arg-type]
-        assert caught.value.param is not None and caught.value.param.startswith(param)
+        assert caught.value.param == "input", caught.value.message
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="nope", input="x")
 
@@ -147,11 +148,7 @@ def test_bad_bodies_are_openai_400s(gateway: Server, path: str, body: dict[str, 
     response = httpx.post(gateway.url + path, json=body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert error["type"] == "invalid_request_error"
-    if param is None:
-        assert error["param"] is None
-    else:  # a union's branch may follow the field's name (input.str)
-        assert error["param"] is not None and error["param"].startswith(param)
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
 
 
 def test_get_one_model(client: openai.OpenAI, gateway: Server) -> None:
