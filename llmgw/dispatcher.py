@@ -27,6 +27,7 @@ from llmgw.errors import (
     GatewayError,
     ModelNotFound,
     NoReplica,
+    UnsupportedEndpoint,
     UpstreamDisconnected,
     UpstreamError,
     UpstreamRejected,
@@ -38,6 +39,7 @@ from llmgw.lora.group import LoraGroup
 from llmgw.lora.residency import Lease, SlotsBusy
 from llmgw.metrics import ModelMetrics
 from llmgw.pool import Replica, ReplicaWait
+from llmgw.protocol import ENDPOINTS, Endpoint, normalized_usage
 from llmgw.resilience.budget import RetryBudget
 from llmgw.resilience.retry import failure_reason, retryable
 from llmgw.resilience.stall import until_idle
@@ -49,12 +51,9 @@ from llmgw.types import Outcome, ReplicaView, RequestContext
 
 log = logging.getLogger("llmgw.dispatcher")
 
-PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+PATHS = {name: spec.path for name, spec in ENDPOINTS.items()}
 DONE_EVENT = b"data: [DONE]\n\n"
 _DONE = b"data: [DONE]"
-# The engine's usage chunk, asked for on every stream so token metrics are exact. Inside
-# a JSON string the quotes would be escaped, so generated text cannot fake this mark.
-_USAGE_MARK = b'"choices":[]'
 
 
 @dataclass
@@ -159,6 +158,9 @@ class Exchange:
         self.decision: Decision | None = None
         self.lease: Lease | None = None  # the LoRA adapter held for this request
         self.events = 0
+        # The stream event that carries the usage (chat's usage chunk, asked for on every
+        # stream so token metrics are exact; Responses' response.completed).
+        self._usage_mark = ENDPOINTS[ctx.endpoint].usage_mark
         self._finished = False
 
     async def read_all(self) -> bytes:
@@ -188,7 +190,7 @@ class Exchange:
                 done_at = _done_offset(block)
                 if done_at >= 0:
                     block = block[:done_at]
-                if _USAGE_MARK in block:
+                if self._usage_mark is not None and self._usage_mark in block:
                     block = self._take_usage(block, client_wants_usage)
                 self.events += block.count(b"\n\n")
                 if block:
@@ -200,10 +202,14 @@ class Exchange:
             raise
 
     def _take_usage(self, block: bytes, keep: bool) -> bytes:
+        """Read the usage event; drop it unless the client asked for it (an endpoint
+        without a usage option always keeps its events)."""
+        assert self._usage_mark is not None
+        keep = keep or not ENDPOINTS[self.ctx.endpoint].usage_option
         events = block.split(b"\n\n")
         for index, event in enumerate(events):
-            if _USAGE_MARK in event:
-                self.usage = _usage_of(event[5:])
+            if self._usage_mark in event:
+                self.usage = _usage_of(_event_data(event))
                 if not keep:
                     del events[index]
                 break
@@ -319,12 +325,26 @@ class Dispatcher:
                                 f"(asked for '{asked}').", param="model")
         return adapter
 
+    @staticmethod
+    def check_served(group: ModelGroup, endpoint: Endpoint) -> None:
+        """Raises UnsupportedEndpoint when the model's engine does not serve ``endpoint``
+        (or the model is disaggregated and the endpoint cannot be split)."""
+        path = ENDPOINTS[endpoint].path
+        if endpoint not in group.engine.endpoints:
+            raise UnsupportedEndpoint(
+                f"The model '{group.name}' runs on the {group.engine.engine_type} engine, "
+                f"which does not serve {path}.", param="model")
+        if group.disagg is not None and not ENDPOINTS[endpoint].disaggregates:
+            raise UnsupportedEndpoint(
+                f"The model '{group.name}' is served disaggregated (prefill and decode "
+                f"pools); {path} is not served for it.", param="model")
+
     def upstream_body(self, group: ModelGroup, body: bytes, parsed: dict[str, Any],
                       stream: bool, wants_usage: bool, upstream_id: str,
-                      adapter: Adapter | None = None) -> bytes:
+                      adapter: Adapter | None = None, endpoint: Endpoint = "chat") -> bytes:
         """The client's bytes unless the engine must see something else."""
         rename = adapter is not None or parsed.get("model") != group.upstream_model
-        force_usage = stream and not wants_usage
+        force_usage = stream and not wants_usage and ENDPOINTS[endpoint].usage_option
         engine_fields = group.engine.body_fields(upstream_id)
         if not rename and not force_usage and not engine_fields:
             return body
@@ -350,7 +370,7 @@ class Dispatcher:
             await group.waiter.wait(group.routable)
         group.retry_budget.requested()
         if group.disagg is not None:  # two legs on two pools; the decode leg comes back
-            opened = await group.disagg.open(ctx, PATHS[ctx.endpoint], body, upstream_id,
+            opened = await group.disagg.open(ctx, ENDPOINTS[ctx.endpoint].path, body, upstream_id,
                                              deadline, explain)
             exchange = Exchange(ctx, group, opened.replica, opened.upstream, started, deadline,
                                 upstream_id)
@@ -378,7 +398,7 @@ class Dispatcher:
                 if adapter is not None:
                     assert group.lora is not None
                     lease = await group.lora.ensure(replica.id, adapter)
-                upstream = await _send(replica, PATHS[ctx.endpoint], body, deadline,
+                upstream = await _send(replica, ENDPOINTS[ctx.endpoint].path, body, deadline,
                                        group.timeouts.first_byte_s if ctx.stream else None)
             except UpstreamRejected:
                 _give_back(replica, lease)
@@ -485,9 +505,17 @@ def _done_offset(block: bytes) -> int:
     return at + 2 if at >= 0 else -1
 
 
+def _event_data(event: bytes) -> bytes:
+    """The ``data:`` field of one SSE event (Responses events have an ``event:`` line
+    first)."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            return line[5:]
+    return b""
+
+
 def _usage_of(payload: bytes) -> Mapping[str, Any] | None:
     try:
-        usage = orjson.loads(payload).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
+        return normalized_usage(orjson.loads(payload))
+    except orjson.JSONDecodeError:
         return None
-    return usage if isinstance(usage, dict) else None

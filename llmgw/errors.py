@@ -4,6 +4,7 @@
     ├── InvalidRequest                400 invalid_request_error
     │   ├── ContextTooLong            400 invalid_request_error / context_length_exceeded
     │   ├── AdapterLoadFailed         400 invalid_request_error / adapter_load_failed
+    │   ├── UnsupportedEndpoint       400 invalid_request_error / unsupported_endpoint
     │   ├── PayloadTooLarge           413 invalid_request_error / payload_too_large
     │   └── HeadersTooLarge           431 invalid_request_error / request_header_fields_too_large
     ├── ClientGone                    499 (never sent: the client left; what metrics record)
@@ -70,6 +71,13 @@ class InvalidRequest(GatewayError):
 
 class ContextTooLong(InvalidRequest):
     code = "context_length_exceeded"
+
+
+class UnsupportedEndpoint(InvalidRequest):
+    """The model's engine does not serve the endpoint (say, /v1/responses on the embedded
+    engine). A 400, not a 5xx: the same on every replica, and SDKs retry 5xx answers."""
+
+    code = "unsupported_endpoint"
 
 
 class AdapterLoadFailed(InvalidRequest):

@@ -1,4 +1,5 @@
-"""The OpenAI request fields the gateway itself reads, validated strictly.
+"""The OpenAI request fields the gateway itself reads, validated strictly, and the table of
+endpoints the gateway relays (``ENDPOINTS``).
 
 Everything else (tools, response_format, engine-specific extras) is kept as is and
 forwarded: models allow extra fields, and the gateway relays the client's own bytes.
@@ -6,9 +7,18 @@ forwarded: models allow extra fields, and the gateway relays the client's own by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 # Bounds on client-controlled work that every engine pays per generated token (stop
@@ -77,8 +87,23 @@ class ChatMessage(_Open):
     tool_call_id: str | None = None
 
 
-class _GenerationRequest(_Open):
+class ModelRequest(_Open):
+    """A request naming the model that serves it: what every relayed endpoint has."""
+
     model: str = Field(min_length=1)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the answer is a stream of server-sent events."""
+        return bool(getattr(self, "stream", False))
+
+    @property
+    def wants_usage(self) -> bool:
+        """Whether the client asked for the stream's usage chunk (``stream_options``)."""
+        return False
+
+
+class _GenerationRequest(ModelRequest):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=0)
@@ -104,23 +129,158 @@ class CompletionRequest(_GenerationRequest):
 
 GenerationRequest = ChatCompletionRequest | CompletionRequest
 
+TokenIds = list[Annotated[int, Field(ge=0)]]
+
+
+class EmbeddingRequest(ModelRequest):
+    """OpenAI's embeddings request: one input or a batch (strings or token ids)."""
+
+    input: (str | Annotated[list[str], Field(min_length=1)]
+            | Annotated[TokenIds, Field(min_length=1)]
+            | Annotated[list[Annotated[TokenIds, Field(min_length=1)]], Field(min_length=1)])
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    def inputs(self) -> int:
+        """How many embeddings the request asks for."""
+        if isinstance(self.input, str) or isinstance(self.input[0], int):
+            return 1
+        return len(self.input)
+
+
+class ResponsesRequest(ModelRequest):
+    """OpenAI's Responses API request; items of ``input`` are the engine's to judge."""
+
+    input: str | list[Any] | None = None
+    instructions: str | None = None
+    stream: bool | None = False
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    user: str | None = None
+    # A response stored by the engine that made it: see docs/api.md on replicas.
+    previous_response_id: str | None = None
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """The schema of a field that is either given (not null) or absent."""
+    schema.pop("default", None)
+
+
+# vLLM's /tokenize takes either a prompt or chat messages, never both.
+_PROMPT_OR_MESSAGES: dict[str, Any] = {
+    "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
+
+
+class TokenizeRequest(ModelRequest):
+    """vLLM's /tokenize: a completion ``prompt`` or chat ``messages`` (the chat template
+    applied), to token ids."""
+
+    model_config = ConfigDict(json_schema_extra=_PROMPT_OR_MESSAGES)
+    prompt: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | SkipJsonSchema[None] = \
+        Field(default=None, json_schema_extra=_no_default)
+    add_special_tokens: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        given = [name for name in ("prompt", "messages") if name in self.model_fields_set]
+        if len(given) != 1 or getattr(self, given[0]) is None:
+            raise PydanticCustomError("prompt_or_messages",
+                                      "give either `prompt` or `messages`, not both or none")
+        return self
+
+
+class DetokenizeRequest(ModelRequest):
+    """vLLM's /detokenize: token ids back to text."""
+
+    tokens: TokenIds
+
+
+Endpoint = Literal["chat", "completions", "embeddings", "responses", "tokenize", "detokenize"]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    """How the gateway relays one endpoint. Every endpoint takes the same path through the
+    gateway (auth, limits, routing, failover, relay, accounting); these are the
+    differences."""
+
+    path: str
+    request: type[ModelRequest]
+    # Split into prefill and decode legs on a disaggregated model; other endpoints are
+    # not served there.
+    disaggregates: bool = False
+    # The client may ask for the stream's usage chunk (``stream_options``); the gateway
+    # asks for it on every stream, for its metrics, and strips it when not asked.
+    usage_option: bool = False
+    # Its streams end with ``data: [DONE]`` (Responses streams end with their
+    # ``response.completed`` event instead).
+    done_event: bool = True
+    # What marks the stream event that carries the usage (None: the endpoint does not
+    # stream). Inside a JSON string the quotes would be escaped, so generated text cannot
+    # fake either mark.
+    usage_mark: bytes | None = None
+    # Its tokens count against tokens-per-minute limits (a tokenizer route runs no model).
+    counts_tokens: bool = True
+
+
+ENDPOINTS: dict[Endpoint, EndpointSpec] = {
+    "chat": EndpointSpec("/v1/chat/completions", ChatCompletionRequest, disaggregates=True,
+                         usage_option=True, usage_mark=b'"choices":[]'),
+    "completions": EndpointSpec("/v1/completions", CompletionRequest, disaggregates=True,
+                                usage_option=True, usage_mark=b'"choices":[]'),
+    "embeddings": EndpointSpec("/v1/embeddings", EmbeddingRequest),
+    # The usage arrives in the last event (response.completed, .incomplete or .failed)
+    # inside its response object; earlier events carry "usage":null.
+    "responses": EndpointSpec("/v1/responses", ResponsesRequest, done_event=False,
+                              usage_mark=b'"usage":{'),
+    "tokenize": EndpointSpec("/tokenize", TokenizeRequest, counts_tokens=False),
+    "detokenize": EndpointSpec("/detokenize", DetokenizeRequest, counts_tokens=False),
+}
+
+
+def normalized_usage(payload: Any) -> dict[str, Any] | None:
+    """The ``usage`` of an engine's answer or stream event, in chat's terms
+    (``prompt_tokens``, ``completion_tokens``, ``prompt_tokens_details``): the Responses
+    API's ``input_tokens`` / ``output_tokens``, also inside a ``response.completed``
+    event's ``response``, are renamed. None when the payload carries no usage."""
+    if not isinstance(payload, dict):
+        return None
+    usage = payload.get("usage")
+    if usage is None and isinstance(payload.get("response"), dict):
+        usage = payload["response"].get("usage")
+    if not isinstance(usage, dict):
+        return None
+    if "input_tokens" not in usage and "output_tokens" not in usage:
+        return usage
+    return {"prompt_tokens": usage.get("input_tokens"),
+            "completion_tokens": usage.get("output_tokens"),
+            "total_tokens": usage.get("total_tokens"),
+            "prompt_tokens_details": usage.get("input_tokens_details")}
+
 
 def prompt_text(body: dict[str, Any]) -> str:
-    """The prompt as one string, for prefix hashing: chat messages rendered in order
-    (role, then text content), or the completion prompt. Not the engine's chat template:
+    """The prompt as one string, for prefix hashing: chat messages (or the Responses API's
+    ``instructions`` and ``input`` items) rendered in order (role, then text content), or
+    the completion prompt (or a single ``input`` string). Not the engine's chat template:
     only a stable rendering whose prefixes line up with the engine's. Only text counts:
     whatever is not a string is skipped (the engine, not routing, judges it)."""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        parts = []
+    instructions = body.get("instructions")
+    head = f"<system>{instructions}" if isinstance(instructions, str) else ""
+    messages = body.get("messages", body.get("input"))
+    if isinstance(messages, list) and ("messages" in body or
+                                       any(isinstance(m, dict) for m in messages)):
+        parts = [head]
         for message in messages:
             if isinstance(message, dict):
                 role = message.get("role")
                 parts.append(f"<{role if isinstance(role, str) else ''}>"
                              f"{content_text(message.get('content'))}")
         return "".join(parts)
-    prompt = body.get("prompt")
-    return prompt if isinstance(prompt, str) else ""
+    prompt = body.get("prompt", body.get("input"))
+    return head + prompt if isinstance(prompt, str) else head
 
 
 def content_text(content: Any) -> str:

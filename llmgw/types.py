@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from llmgw.protocol import Endpoint
+
 Role = Literal["mixed", "prefill", "decode"]
 Outcome = Literal["ok", "client_error", "upstream_error", "timeout", "cancelled"]
 
@@ -42,7 +44,7 @@ class RequestContext:
 
     request_id: str
     model: str
-    endpoint: Literal["chat", "completions"]
+    endpoint: Endpoint
     stream: bool
     adapter: str | None = None
     session_id: str | None = None

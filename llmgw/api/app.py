@@ -20,6 +20,7 @@ from llmgw.build import Gateway
 from llmgw.config import GatewayConfig
 from llmgw.fleet.controller import Fleet
 from llmgw.fleet.reload import Reloader
+from llmgw.protocol import ENDPOINTS
 
 
 def create_app(gateway: Gateway, fleet: Fleet | None = None,
@@ -55,13 +56,12 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
         reloader.listeners.append(lambda config: _apply_server(app, config))
     install_error_handlers(app)
     app.add_middleware(HeaderLimit)
-    # Generation routes are raw ASGI apps: no per-request Request/Response objects and
-    # one disconnect watch per request (bench/overhead.py measured both).
-    app.router.routes += [
-        Route("/v1/chat/completions", GenerationRoute("chat"), methods=["POST"]),
-        Route("/v1/completions", GenerationRoute("completions"), methods=["POST"]),
-    ]
+    # Model routes are raw ASGI apps: no per-request Request/Response objects and one
+    # disconnect watch per request (bench/overhead.py measured both).
+    app.router.routes += [Route(spec.path, GenerationRoute(endpoint), methods=["POST"])
+                          for endpoint, spec in ENDPOINTS.items()]
     app.add_route("/v1/models", routes.list_models, methods=["GET"])
+    app.add_route("/v1/models/{model:path}", routes.get_model, methods=["GET"])
     app.add_route("/health", routes.health, methods=["GET"])
     app.add_route("/ready", routes.ready, methods=["GET"])
     app.add_route("/metrics", routes.metrics, methods=["GET"])

@@ -1,4 +1,5 @@
-"""The generation routes (/v1/chat/completions, /v1/completions) as a raw ASGI app.
+"""The model routes (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses,
+/tokenize, /detokenize: ``llmgw.protocol.ENDPOINTS``) as one raw ASGI app per endpoint.
 
 The hot path skips Starlette's request/response wrappers: one function reads the body,
 validates it once, opens the engine request and relays the answer, with one disconnect
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -37,12 +38,7 @@ from llmgw.errors import (
     UpstreamTimeout,
 )
 from llmgw.lora.catalog import Adapter
-from llmgw.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    GenerationRequest,
-    prompt_text,
-)
+from llmgw.protocol import ENDPOINTS, Endpoint, ModelRequest, prompt_text
 from llmgw.routing.session import session_key
 from llmgw.tenancy.estimate import estimate_tokens, used_tokens
 from llmgw.tenancy.gate import Admission, Tenancy
@@ -50,10 +46,6 @@ from llmgw.tenancy.keys import ApiKey
 from llmgw.types import Outcome, RequestContext
 
 log = logging.getLogger("llmgw.api")
-
-Endpoint = Literal["chat", "completions"]
-_MODELS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
-    "chat": ChatCompletionRequest, "completions": CompletionRequest}
 
 
 async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
@@ -86,17 +78,26 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return parsed
 
 
-def validate(parsed: dict[str, Any], endpoint: Endpoint) -> GenerationRequest:
+def validate(parsed: dict[str, Any], endpoint: Endpoint) -> ModelRequest:
     try:
-        return _MODELS[endpoint].model_validate(parsed)
+        return ENDPOINTS[endpoint].request.model_validate(parsed)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        param = ".".join(str(p) for p in first["loc"] if not _union_branch(p)) or None
         raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"],
                              param=param) from None
 
 
-def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], GenerationRequest]:
+# How pydantic names the member of a union that failed (``input.str``, ``input.list[int]``):
+# not part of the field's path, so not part of ``param``.
+_BRANCH_NAMES = frozenset({"str", "int", "float", "bool", "none"})
+
+
+def _union_branch(part: str | int) -> bool:
+    return isinstance(part, str) and (part in _BRANCH_NAMES or "[" in part)
+
+
+def parse_request(body: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], ModelRequest]:
     parsed = parse_json(body)
     return parsed, validate(parsed, endpoint)
 
@@ -118,7 +119,8 @@ async def request_context(request_id: str, group: ModelGroup, endpoint: Endpoint
     ``request_id`` keys routing's per-request state: the gateway's own, unique id."""
     needs = group.needs
     tokens = None
-    if "tokens" in needs and group.tokenizer is not None:
+    if "tokens" in needs and group.tokenizer is not None and (
+            endpoint == "chat" or endpoint == "completions"):  # a prompt to tokenize
         tokens = await group.tokenizer.tokens(endpoint, parsed)
     return RequestContext(
         request_id=request_id, model=group.name, endpoint=endpoint, stream=stream,
@@ -203,7 +205,8 @@ class _Call:
 
 
 class GenerationRoute:
-    """An ASGI app for one generation endpoint; reads its collaborators from app.state."""
+    """An ASGI app for one model endpoint (generation, embeddings, tokenizer); reads its
+    collaborators from app.state."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -239,15 +242,16 @@ class GenerationRoute:
         req = validate(call.parsed, self.endpoint)
         check_request(req, state.request_bounds)
         group, adapter = resolve_for(dispatcher, call.key, req.model, headers, call.parsed)
-        call.model, stream = group.name, bool(req.stream)
+        call.model, stream = group.name, req.streamed
+        dispatcher.check_served(group, self.endpoint)
         if call.key is not None:
-            _admit(tenancy, call, call.key, group.name)
+            _admit(tenancy, call, call.key, group.name, ENDPOINTS[self.endpoint].counts_tokens)
         if adapter is not None and group.lora is not None:
             group.lora.note_request(adapter)
         ctx = await request_context(call.gateway_id, group, self.endpoint, stream, headers,
                                     call.parsed, adapter, call.admission)
         upstream = dispatcher.upstream_body(group, body, call.parsed, stream, req.wants_usage,
-                                            call.gateway_id, adapter)
+                                            call.gateway_id, adapter, self.endpoint)
         async with DisconnectWatch(receive) as watch:
             if group.admission is not None:  # a saturated model: wait for a slot
                 await group.admission.acquire(ctx.tenant or "", ctx.priority,
@@ -292,11 +296,13 @@ class GenerationRoute:
         exchange.finish(call.outcome, call.status)
 
 
-def _admit(tenancy: Tenancy, call: _Call, key: ApiKey, model: str) -> None:
+def _admit(tenancy: Tenancy, call: _Call, key: ApiKey, model: str, tokens: bool) -> None:
     """Charge the key's and model's limits (RateLimited when over one); the response
-    carries OpenAI's x-ratelimit-* headers."""
+    carries OpenAI's x-ratelimit-* headers. ``tokens``: whether the request's tokens
+    count against tokens per minute (not a tokenizer route's)."""
     assert call.parsed is not None
-    call.admission = admission = tenancy.admit(key, model, estimate_tokens(call.parsed))
+    estimate = estimate_tokens(call.parsed) if tokens else 0
+    call.admission = admission = tenancy.admit(key, model, estimate)
     if admission is not None:
         call.reply_headers += [(k.encode(), v.encode())
                                for k, v in admission.headers().items()]

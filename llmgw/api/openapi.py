@@ -19,7 +19,14 @@ from pydantic.json_schema import models_json_schema
 from llmgw.api.admin import RegisterAdapter
 from llmgw.api.keys import CreateKey
 from llmgw.config import RequestBounds
-from llmgw.protocol import ChatCompletionRequest, CompletionRequest
+from llmgw.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    ResponsesRequest,
+    TokenizeRequest,
+)
 
 Schema = dict[str, Any]
 
@@ -29,12 +36,25 @@ _ERROR: Schema = {"type": "object", "required": ["error"], "properties": {"error
                    "param": {"type": ["string", "null"]},
                    "code": {"type": ["string", "null"]}}}}}
 _OBJECT: Schema = {"type": "object"}
+_MODEL: Schema = {"type": "object", "required": ["id", "object"],
+                  "properties": {"id": {"type": "string"}, "object": {"const": "model"}}}
 _LIST: Schema = {"type": "object", "required": ["object", "data"],
                  "properties": {"object": {"const": "list"}, "data": {"type": "array"}}}
 _COMPLETION: Schema = {"type": "object", "required": ["id", "object", "choices"],
                        "properties": {"id": {"type": "string"},
                                       "object": {"enum": ["chat.completion", "text_completion"]},
                                       "choices": {"type": "array"}}}
+_RESPONSE: Schema = {"type": "object", "required": ["id", "object", "output"],
+                     "properties": {"id": {"type": "string"}, "object": {"const": "response"},
+                                    "output": {"type": "array"}}}
+_EMBEDDINGS: Schema = {"type": "object", "required": ["object", "data", "usage"],
+                       "properties": {"object": {"const": "list"}, "data": {"type": "array"},
+                                      "usage": {"type": "object"}}}
+_TOKENS: Schema = {"type": "object", "required": ["count", "tokens"],
+                   "properties": {"count": {"type": "integer"},
+                                  "tokens": {"type": "array", "items": {"type": "integer"}}}}
+_TEXT: Schema = {"type": "object", "required": ["prompt"],
+                 "properties": {"prompt": {"type": "string"}}}
 # What each kind of route may answer besides success. The generation routes also pass an
 # engine's own 4xx through (UpstreamRejected), hence the 4XX range.
 _GENERATION_ERRORS = ("400", "401", "404", "413", "429", "431", "4XX", "502", "503", "504")
@@ -61,7 +81,8 @@ def openapi_schema(bounds: RequestBounds) -> Schema:
 
 def _request_schemas(bounds: RequestBounds) -> dict[str, Schema]:
     models: list[type[BaseModel]] = [ChatCompletionRequest, CompletionRequest,
-                                     RegisterAdapter, CreateKey]
+                                     EmbeddingRequest, ResponsesRequest, TokenizeRequest,
+                                     DetokenizeRequest, RegisterAdapter, CreateKey]
     _, defs = models_json_schema([(m, "validation") for m in models],
                                  ref_template="#/components/schemas/{model}")
     schemas: dict[str, Schema] = defs["$defs"]
@@ -74,6 +95,16 @@ def _request_schemas(bounds: RequestBounds) -> dict[str, Schema]:
     chat["messages"]["maxItems"] = bounds.max_messages
     if bounds.max_tokens is not None:
         _bound(chat["max_completion_tokens"], "integer", "maximum", bounds.max_tokens)
+    _bound(schemas["TokenizeRequest"]["properties"]["messages"], "array", "maxItems",
+           bounds.max_messages)
+    responses = schemas["ResponsesRequest"]["properties"]
+    _bound(responses["input"], "array", "maxItems", bounds.max_messages)
+    if bounds.max_tokens is not None:
+        _bound(responses["max_output_tokens"], "integer", "maximum", bounds.max_tokens)
+    for branch in schemas["EmbeddingRequest"]["properties"]["input"]["anyOf"]:
+        # A batch of strings or of id lists; one list of ids is one input.
+        if branch.get("type") == "array" and branch["items"].get("type") != "integer":
+            branch["maxItems"] = bounds.max_inputs
     return schemas
 
 
@@ -109,13 +140,16 @@ def _op(summary: str, ok: dict[str, Schema], errors: tuple[str, ...] = (),
     return op
 
 
-def _generation(summary: str, body: str) -> Schema:
-    # Each event: a chunk's JSON, an error's ({"error": ...}) after the stream started, or
-    # [DONE] last.
+def _generation(summary: str, body: str, answer: Schema = _COMPLETION,
+                streams: bool = True) -> Schema:
+    """A model route (llmgw.protocol.ENDPOINTS). ``streams``: it answers ``stream: true``
+    with server-sent events: each a chunk's JSON (Responses events also have an
+    ``event:`` line), an error's ({"error": ...}) after the stream started, or [DONE]
+    last (chat and completions)."""
     stream = {"text/event-stream": {"schema": {
         "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}}}
-    op = _op(summary, {"200": {**_json(_COMPLETION), **stream}}, _GENERATION_ERRORS,
-             _ref(body))
+    op = _op(summary, {"200": {**_json(answer), **(stream if streams else {})}},
+             _GENERATION_ERRORS, _ref(body))
     # No key needed without auth:, hence the empty alternative.
     op["security"] = [{}, {"bearer": []}, {"apiKey": []}]
     return op
@@ -127,9 +161,24 @@ def _paths() -> dict[str, Schema]:
         "/v1/chat/completions": {"post": _generation("Chat completion (streamed with "
                                                      "stream: true)", "ChatCompletionRequest")},
         "/v1/completions": {"post": _generation("Text completion", "CompletionRequest")},
+        "/v1/embeddings": {"post": _generation("Embeddings of one input or a batch",
+                                               "EmbeddingRequest", _EMBEDDINGS, False)},
+        "/v1/responses": {"post": _generation(
+            "Responses API (streamed with stream: true), relayed to engines that serve it",
+            "ResponsesRequest", _RESPONSE)},
+        "/tokenize": {"post": _generation("A prompt or chat messages to the model's token ids",
+                                          "TokenizeRequest", _TOKENS, False)},
+        "/detokenize": {"post": _generation("Token ids to text", "DetokenizeRequest", _TEXT,
+                                            False)},
         "/v1/models": {"get": {**_op("Served models, adapters and aliases the caller may use",
                                      {"200": _json(_LIST)}, ("401", "431")),
                                "security": [{}, {"bearer": []}, {"apiKey": []}]}},
+        "/v1/models/{model}": {"get": {
+            **_op("One model, adapter or alias the caller may use", {"200": _json(_MODEL)},
+                  ("401", "404", "431")),
+            "parameters": [{"name": "model", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "security": [{}, {"bearer": []}, {"apiKey": []}]}},
         "/health": {"get": _op("Liveness", {"200": _json(_OBJECT)}, ("431",))},
         "/ready": {"get": _op("Readiness: 503 while a model cannot answer",
                               {"200": _json(_OBJECT), "503": _json(_OBJECT)}, ("431",))},

@@ -1,5 +1,5 @@
-"""The small routes: model listing, health, readiness, metrics. Generation lives in
-``generation.py``."""
+"""The small routes: model listing and lookup, health, readiness, metrics. The model
+endpoints (generation, embeddings, tokenizer) live in ``generation.py``."""
 
 from __future__ import annotations
 
@@ -13,24 +13,44 @@ from llmgw.api.admin import authorize
 from llmgw.api.errors import error_response
 from llmgw.api.generation import (
     MULTIPLEX_HEADER,
-    Endpoint,
     parse_request,
     read_body,
     request_context,
 )
 from llmgw.api.request_checks import check_request
 from llmgw.dispatcher import Dispatcher
-from llmgw.errors import GatewayError
+from llmgw.errors import GatewayError, ModelNotFound
+from llmgw.protocol import Endpoint
 
 
 async def list_models(request: Request) -> Response:
     """Every served name, or with ``auth:`` those the caller's key may use."""
-    dispatcher: Dispatcher = request.app.state.dispatcher
-    created = request.app.state.created
     try:
-        key = request.app.state.tenancy.authenticate(request.headers)
+        data = _visible_models(request)
     except GatewayError as exc:
         return error_response(exc)
+    return Response(orjson.dumps({"object": "list", "data": data}),
+                    media_type="application/json")
+
+
+async def get_model(request: Request) -> Response:
+    """One entry of /v1/models (a model, an adapter or an alias); a name the caller's key
+    may not use is a 404 exactly like one that does not exist."""
+    name = request.path_params["model"]
+    try:
+        found = [entry for entry in _visible_models(request) if entry["id"] == name]
+        if not found:
+            raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
+    except GatewayError as exc:
+        return error_response(exc)
+    return Response(orjson.dumps(found[0]), media_type="application/json")
+
+
+def _visible_models(request: Request) -> list[dict[str, object]]:
+    """The /v1/models entries the caller may see. Raises InvalidApiKey (with ``auth:``)."""
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    created = request.app.state.created
+    key = request.app.state.tenancy.authenticate(request.headers)
     data: list[dict[str, object]] = [
         {"id": name, "object": "model", "created": created, "owned_by": "llmgw"}
         for name in dispatcher.groups]
@@ -43,8 +63,7 @@ async def list_models(request: Request) -> Response:
               "targets": split.weights()} for name, split in dispatcher.splits.items()]
     if key is not None:
         data = [entry for entry in data if key.allows(str(entry["id"]))]
-    return Response(orjson.dumps({"object": "list", "data": data}),
-                    media_type="application/json")
+    return data
 
 
 async def health(request: Request) -> Response:
@@ -89,7 +108,7 @@ async def debug_route(request: Request) -> Response:
         group, adapter = dispatcher.resolve(model, request.headers.get(MULTIPLEX_HEADER))
     except GatewayError as exc:
         return error_response(exc)
-    ctx = await request_context(os.urandom(8).hex(), group, endpoint, bool(req.stream),
+    ctx = await request_context(os.urandom(8).hex(), group, endpoint, req.streamed,
                                 request.headers, parsed, adapter)
     decision = dispatcher.explain(ctx, group)
     replica = decision.ranked[0].id if decision.ranked else None

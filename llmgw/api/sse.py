@@ -2,7 +2,8 @@
 
 Both functions return the request's outcome and never raise a GatewayError once the
 response has started: a failure mid-stream becomes an SSE error event followed by
-``data: [DONE]``, because the status line is already on the wire.
+``data: [DONE]`` (on the endpoints whose streams end so), because the status line is
+already on the wire.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_event, internal_error
 from llmgw.dispatcher import DONE_EVENT, Exchange
 from llmgw.errors import GatewayError, UpstreamTimeout
+from llmgw.protocol import ENDPOINTS
 from llmgw.types import Outcome
 
 log = logging.getLogger("llmgw.api")
@@ -47,11 +49,13 @@ async def relay_stream(exchange: Exchange, send: Send, client_wants_usage: bool,
         log.exception("unhandled error mid-stream (request_id=%s)", request_id)
         error = internal_error(request_id)
     watch.done = True
+    # Responses streams end with their last event, chat and completions with [DONE].
+    done = DONE_EVENT if ENDPOINTS[exchange.ctx.endpoint].done_event else b""
     if error is None:
-        await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})
+        await send({"type": "http.response.body", "body": done, "more_body": False})
         return "ok"
     exchange.record_error(error)
-    await send({"type": "http.response.body", "body": error_event(error) + DONE_EVENT,
+    await send({"type": "http.response.body", "body": error_event(error) + done,
                 "more_body": False})
     return "timeout" if isinstance(error, UpstreamTimeout) else "upstream_error"
 

@@ -8,8 +8,9 @@ behaviour (health path, stats scraping, LoRA endpoints, abort) lives in subclass
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
+from llmgw.protocol import Endpoint
 from llmgw.types import EngineStats
 
 # One health check: "ok" (200), "down" (refused, reset or an error answer: the engine is
@@ -40,6 +41,11 @@ class Engine(Protocol):
     """One replica's engine server. Safe to share across tasks of one event loop."""
 
     url: str
+    # The config's name of the engine type, for messages.
+    engine_type: ClassVar[str]
+    # The endpoints its servers answer (llmgw.protocol.ENDPOINTS); the gateway refuses
+    # the others with UnsupportedEndpoint instead of relaying them.
+    endpoints: ClassVar[frozenset[Endpoint]]
 
     async def health(self) -> Health:
         """Whether the engine answers its health route with 200 within the timeout."""

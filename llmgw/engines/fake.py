@@ -4,7 +4,9 @@ It is a stand-in, not an engine: it answers ``tok0 tok1 ...`` (one token per wor
 many as ``max_tokens``, default 16) instantly or with a fixed per-token delay, counts the
 requests it is running (``/metrics``), shows the last request body it got
 (``/fake/last_request``), and notices when a client goes away, so tests can
-prove the gateway aborts engine requests. Run it as
+prove the gateway aborts engine requests. It also answers embeddings, the Responses API
+and vLLM's tokenizer routes (``fake_endpoints``), and scripted tool calls
+(``fake_tools``). Run it as
 ``python -m llmgw.engines.fake --port P [--token-delay-ms D] [--fail-status S]``.
 """
 
@@ -22,6 +24,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from llmgw.engines.fake_endpoints import endpoint_routes, run_or_abort
+from llmgw.engines.fake_tools import scripted_answer, scripted_tool_turn
 
 
 class FakeEngineState:
@@ -68,6 +73,9 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
         chat = request.url.path.endswith("/chat/completions")
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
                  "total_tokens": prompt_tokens + n}
+        turn = scripted_tool_turn(body) if chat else None
+        if turn is not None:  # a tool call the request asked for (fake_tools)
+            return scripted_answer(turn, body, body.get("model", state.name), usage)
         if body.get("stream"):
             return StreamingResponse(_stream(state, body, n, usage, chat),
                                      media_type="text/event-stream")
@@ -106,6 +114,7 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
         Route("/v1/chat/completions", generate, methods=["POST"]),
         Route("/v1/completions", generate, methods=["POST"]),
         Route("/metrics", metrics), Route("/health", health), Route("/v1/models", models),
+        *endpoint_routes(state),
     ])
 
 
@@ -156,19 +165,8 @@ async def _stream(state: FakeEngineState, body: dict[str, Any], n: int,
 
 async def _complete(state: FakeEngineState, request: Request, body: dict[str, Any], n: int,
                     usage: dict[str, int], chat: bool) -> Response:
-    state.running += 1
-    try:
-        work = asyncio.ensure_future(asyncio.sleep(state.token_delay_s * n))
-        gone = asyncio.ensure_future(_wait_disconnect(request))
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():
-            work.cancel()
-            state.aborted += 1
-            return Response(status_code=499)
-        gone.cancel()
-    finally:
-        state.running -= 1
-    state.served += 1
+    if not await run_or_abort(state, request, state.token_delay_s * n):
+        return Response(status_code=499)
     text = " ".join(f"tok{i}" for i in range(n))
     choice = ({"index": 0, "message": {"role": "assistant", "content": text},
                "finish_reason": "length"} if chat
@@ -178,11 +176,6 @@ async def _complete(state: FakeEngineState, request: Request, body: dict[str, An
         "created": int(time.time()), "model": body.get("model", state.name),
         "choices": [choice], "usage": usage,
     }), media_type="application/json")
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def main() -> None:

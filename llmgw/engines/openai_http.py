@@ -23,6 +23,7 @@ from llmgw.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from llmgw.protocol import ENDPOINTS, Endpoint
 from llmgw.types import EngineStats
 
 _JSON = {"content-type": "application/json"}
@@ -75,6 +76,10 @@ class OpenAIHTTPEngine:
     health_path: ClassVar[str] = "/health"
     metrics_path: ClassVar[str | None] = None
     stats_names: ClassVar[StatsNames] = StatsNames()
+    engine_type: ClassVar[str] = "openai"
+    # Any OpenAI-compatible server: every endpoint is relayed, and one it does not serve
+    # answers with its own 4xx, passed through.
+    endpoints: ClassVar[frozenset[Endpoint]] = frozenset(ENDPOINTS)
 
     def __init__(
         self,
@@ -144,10 +149,10 @@ class OpenAIHTTPEngine:
             raise UpstreamError(f"engine at {self.url} failed: {exc!r}") from None
         if response.status < 400:
             return HTTPUpstreamResponse(response)
-        raise await _upstream_failure(response)
+        raise await _upstream_failure(response, path)
 
 
-async def _upstream_failure(response: aiohttp.ClientResponse) -> Exception:
+async def _upstream_failure(response: aiohttp.ClientResponse, path: str) -> Exception:
     """Turn an engine's error answer into our error, keeping its status and message."""
     try:
         raw = await response.read()
@@ -158,6 +163,8 @@ async def _upstream_failure(response: aiohttp.ClientResponse) -> Exception:
     message, param, code = _error_fields(raw)
     if response.status >= 500:
         return UpstreamFailed(f"engine failed with {response.status}: {message}")
+    if response.status == 404 and message == "Not Found":  # a web framework's own 404
+        message = f"The engine does not serve {path} for this model (404 Not Found)."
     return UpstreamRejected(message, status=response.status, param=param, code=code)
 
 

@@ -40,6 +40,7 @@ import orjson
 
 from llmgw.engines.openai_http import OpenAIHTTPEngine
 from llmgw.engines.stats import StatsNames
+from llmgw.protocol import Endpoint
 from llmgw.types import EngineStats
 
 # Scheduler gauges carry (engine_type, model_name, pp_rank, tp_rank[, dp_rank]) labels and
@@ -66,6 +67,11 @@ class SGLangEngine(OpenAIHTTPEngine):
     health_path: ClassVar[str] = "/health"
     metrics_path: ClassVar[str | None] = "/metrics"
     stats_names: ClassVar[StatsNames] = SGLANG_STATS
+    engine_type: ClassVar[str] = "sglang"
+    # Not relayed: SGLang's Responses API serves only some models, and its tokenizer
+    # routes are not vLLM's.
+    endpoints: ClassVar[frozenset[Endpoint]] = frozenset({"chat", "completions",
+                                                          "embeddings"})
 
     async def stats(self) -> EngineStats | None:
         return zero_missing_hits(await super().stats())

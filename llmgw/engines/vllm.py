@@ -13,5 +13,9 @@ from llmgw.engines.stats import VLLM_STATS, StatsNames
 
 
 class VLLMEngine(OpenAIHTTPEngine):
+    """Serves every endpoint; /v1/embeddings only for pooling models (a generative model
+    answers with its own error, passed through)."""
+
+    engine_type: ClassVar[str] = "vllm"
     metrics_path: ClassVar[str | None] = "/metrics"
     stats_names: ClassVar[StatsNames] = VLLM_STATS

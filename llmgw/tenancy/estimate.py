@@ -14,9 +14,10 @@ CHARS_PER_TOKEN = 4
 
 
 def estimate_tokens(body: Mapping[str, Any]) -> int:
-    """Prompt tokens, at least 1."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list):
+    """Prompt tokens, at least 1: a completion's prompt, a chat's messages, an embedding
+    request's inputs or a Responses request's input."""
+    prompt = body.get("prompt", body.get("input"))
+    if isinstance(prompt, list) and not any(isinstance(p, dict) for p in prompt):
         if all(isinstance(p, int) for p in prompt):
             return max(1, len(prompt))
         return max(1, sum(len(p) if isinstance(p, list) else
@@ -26,7 +27,8 @@ def estimate_tokens(body: Mapping[str, Any]) -> int:
 
 
 def used_tokens(usage: Mapping[str, Any] | None) -> tuple[int | None, int | None]:
-    """(prompt, completion) tokens from an engine's ``usage``; None where it says nothing."""
+    """(prompt, completion) tokens from an engine's ``usage`` (in chat's terms:
+    ``llmgw.protocol.normalized_usage``); None where it says nothing."""
     if not usage:
         return None, None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")

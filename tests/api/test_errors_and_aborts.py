@@ -246,6 +246,24 @@ def test_request_timeout_mid_stream_ends_with_error_event_and_done(
     assert len(events) > 3  # some tokens were relayed before the limit hit
 
 
+def test_a_responses_stream_cut_by_its_timeout_ends_with_the_error_event(
+    fleet: dict[str, Server]
+) -> None:
+    """Responses streams end with their last event: no [DONE] after the error either; the
+    SDK raises the error it reads."""
+    client = openai.OpenAI(base_url=fleet["gateway"].url + "/v1", api_key="x", max_retries=0)
+    kinds: list[str] = []
+    with pytest.raises(openai.APIError, match="time limit mid-stream"), \
+            client.responses.stream(model="timed", input="hi", max_output_tokens=100) as stream:
+        kinds.extend(event.type for event in stream)
+    assert "response.output_text.delta" in kinds  # tokens were relayed before the limit
+    body = {"model": "timed", "input": "hi", "max_output_tokens": 100, "stream": True}
+    with httpx.stream("POST", fleet["gateway"].url + "/v1/responses", json=body) as r:
+        events = [e for e in r.read().split(b"\n\n") if e]
+    assert b'"code":"upstream_timeout"' in events[-1]
+    assert events[-1].startswith(b"data: {\"error\"")
+
+
 def test_long_stream_is_not_cut_without_a_configured_timeout(fleet: dict[str, Server]) -> None:
     # 60 tokens at 20 ms each: longer than the "timed" model's limit, but "slow" has none.
     body = {"model": "slow", "messages": MESSAGES, "max_tokens": 60, "stream": True}

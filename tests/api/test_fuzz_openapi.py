@@ -36,7 +36,7 @@ ADMIN_KEY = "fuzz-admin-key"
 CLIENT_KEY = "fuzz-client-key"
 # Small bounds, published in the document: generated requests stay short generations.
 BOUNDS = {"max_n": 2, "max_tokens": 32, "max_messages": 16}
-# Per operation and mode (positive, negative), 15 operations: the file takes about 20 s on
+# Per operation and mode (positive, negative), 20 operations: the file takes about 20 s on
 # this 2-core box idle and under a minute while other tests load it, for both
 # gateways (without and with auth:).
 EXAMPLES = 40
@@ -93,16 +93,22 @@ def test_published_document_is_valid_openapi(gateway: Server) -> None:
     assert document["openapi"] == "3.1.0"
     assert sorted(document["paths"]) == [
         "/admin/adapters", "/admin/adapters/{name}", "/admin/keys", "/admin/keys/{name}",
-        "/admin/reload", "/admin/status", "/debug/route", "/health", "/metrics",
-        "/openapi.json", "/ready", "/v1/chat/completions", "/v1/completions", "/v1/models"]
+        "/admin/reload", "/admin/status", "/debug/route", "/detokenize", "/health", "/metrics",
+        "/openapi.json", "/ready", "/tokenize", "/v1/chat/completions", "/v1/completions",
+        "/v1/embeddings", "/v1/models", "/v1/models/{model}", "/v1/responses"]
     chat = document["components"]["schemas"]["ChatCompletionRequest"]["properties"]
     assert chat["messages"]["maxItems"] == BOUNDS["max_messages"]  # the instance's bounds
+
+
+def _model_route(path: str) -> bool:
+    """A route for API keys: /v1 and vLLM's tokenizer routes."""
+    return path.startswith(("/v1", "/tokenize", "/detokenize"))
 
 
 def _credentials(path: str) -> dict[str, str]:
     if path.startswith(("/admin", "/debug")):
         return {"authorization": f"Bearer {ADMIN_KEY}"}
-    if path.startswith("/v1"):
+    if _model_route(path):
         return {"authorization": f"Bearer {CLIENT_KEY}"}  # ignored without auth:
     return {}
 
@@ -134,7 +140,7 @@ def _fuzz(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMod
                                           checks=CHECKS, timeout=15)
         statuses[f"{operation.label} {mode.value} {response.status_code}"] += 1
         if mode == schemathesis.GenerationMode.POSITIVE and response.status_code == 400 \
-                and operation.path.startswith("/v1") and not _ambiguous(case.body):
+                and _model_route(operation.path) and not _ambiguous(case.body):
             raise AssertionError(f"a body the document allows was refused: "
                                  f"{response.text[:300]}\nbody: {case.body!r:.500}")
 
@@ -158,7 +164,8 @@ def test_fuzz(api_schema: schemathesis.BaseSchema) -> None:
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert not failures, "\n\n".join(failures)
     # The fuzzing reached the engines, not only the gateway's refusals.
-    for label in ("POST /v1/chat/completions", "POST /v1/completions"):
+    for label in ("POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings",
+                  "POST /v1/responses", "POST /tokenize", "POST /detokenize"):
         assert statuses[f"{label} positive 200"] > 0, statuses
 
 

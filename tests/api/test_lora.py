@@ -109,6 +109,18 @@ def test_adapter_output_is_the_engines_own_and_differs_from_the_base(
     assert direct["choices"][0]["message"]["content"] == text
 
 
+def test_an_adapter_is_looked_up_and_embeds_through_its_own_weights(
+        client: openai.OpenAI) -> None:
+    card = client.models.retrieve("demo-lora-0")
+    assert (card.id, getattr(card, "parent", None)) == ("demo-lora-0", "demo")
+    base = client.embeddings.create(model="demo", input="routers").data[0].embedding
+    tuned = client.embeddings.create(model="demo-lora-0", input="routers").data[0].embedding
+    again = client.embeddings.create(model="demo:demo-lora-0", input="routers")
+    assert len(tuned) == len(base) == 128
+    assert tuned != pytest.approx(base, abs=1e-3)  # the adapter's layers took part
+    assert again.data[0].embedding == pytest.approx(tuned, abs=1e-6)
+
+
 def test_three_ways_to_name_an_adapter_agree(client: openai.OpenAI) -> None:
     by_name, _ = chat(client, "demo-lora-2")
     by_pair, _ = chat(client, "demo:demo-lora-2")

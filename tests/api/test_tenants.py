@@ -240,3 +240,32 @@ def test_a_reload_applies_auth_changes_in_place_and_keeps_runtime_keys(
     finally:
         assert reload_with(server, state, {})["changed"] == ["auth"]
     chat(server, key)  # the model limit is gone again; the runtime key stayed
+
+
+def test_one_model_lookup_follows_the_allowlist(gateway: tuple[Server, Path]) -> None:
+    server, _ = gateway
+    key = make_key(server, name="lookup-small", models=["small"])
+    with client(server, key) as c:
+        assert c.models.retrieve("small").id == "small"
+        with pytest.raises(openai.NotFoundError) as hidden:
+            c.models.retrieve("large")
+        with pytest.raises(openai.NotFoundError) as missing:
+            c.models.retrieve("absent")
+    assert hidden.value.body == {**missing.value.body,  # type: ignore[dict-item]
+                                 "message": "The model 'large' does not exist."}
+    with pytest.raises(openai.AuthenticationError), client(server, "llmgw-wrong") as wrong:
+        wrong.models.retrieve("small")
+
+
+def test_embedding_input_tokens_count_against_tokens_per_minute(
+        gateway: tuple[Server, Path]) -> None:
+    server, _ = gateway
+    key = make_key(server, name="embed-tpm", tpm=30)
+    with client(server, key) as c:
+        reply = c.embeddings.create(model="small", input=[" ".join(["w"] * 20)] * 2)
+        assert reply.usage.prompt_tokens == 40  # the fake: a token per word
+        wait_until(lambda: 'llmgw_key_tokens_total{key="embed-tpm",kind="prompt",'
+                           'model="small"} 40.0' in httpx.get(server.url + "/metrics").text,
+                   10, "the gateway to settle the embedding's usage")
+        with pytest.raises(openai.RateLimitError, match="tokens per minute"):
+            c.embeddings.create(model="small", input="w")

@@ -12,7 +12,7 @@ from llmgw.api.request_checks import check_request
 from llmgw.config import RequestBounds
 from llmgw.errors import InvalidRequest
 
-BOUNDS = RequestBounds(max_n=4, max_tokens=100, max_messages=3)
+BOUNDS = RequestBounds(max_n=4, max_tokens=100, max_messages=3, max_inputs=4)
 USER = {"role": "user", "content": "hi"}
 
 
@@ -76,5 +76,36 @@ def test_completions_are_bounded_too() -> None:
     assert refusal({"prompt": "x"}, "completions") is None
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "body", "expected"),
+    [
+        ("embeddings", {"input": ["a"] * 5}, ("input", "input: at most 4 inputs (got 5)")),
+        ("embeddings", {"input": [[1]] * 5}, ("input", "input: at most 4 inputs (got 5)")),
+        ("embeddings", {"input": list(range(50))}, None),  # one input of 50 ids
+        ("embeddings", {"input": ["a"] * 4, "dimensions": 3, "encoding_format": "base64"},
+         None),
+        ("embeddings", {"input": "a", "encoding_format": "hex"},
+         ("encoding_format", "encoding_format: Input should be 'float' or 'base64'")),
+        ("responses", {"input": "x", "max_output_tokens": 101},
+         ("max_output_tokens", "max_output_tokens: at most 100")),
+        ("responses", {"input": [USER] * 4}, ("input", "input: at most 3 items (got 4)")),
+        ("responses", {"input": [USER] * 3, "max_output_tokens": 100, "tools": []}, None),
+        ("tokenize", {"messages": [USER] * 4},
+         ("messages", "messages: at most 3 messages (got 4)")),
+        ("tokenize", {"messages": [USER, {"role": "tool", "content": "4"}]},
+         ("messages.1.tool_call_id", "messages.1.tool_call_id: a tool message needs the id "
+                                     "of the tool call it answers")),
+        ("tokenize", {"prompt": "x", "add_special_tokens": False}, None),
+        ("detokenize", {"tokens": [1, 2]}, None),
+    ],
+    ids=["embedding-batch", "embedding-id-batch", "embedding-ids", "embedding-at-bound",
+         "embedding-format", "responses-max-output", "responses-items", "responses-at-bounds",
+         "tokenize-messages", "tokenize-tool-message", "tokenize-prompt", "detokenize"])
+def test_other_endpoints_are_bounded(endpoint: str, body: dict[str, Any],
+                                     expected: tuple[str, str] | None) -> None:
+    assert refusal(body, endpoint) == expected
+
+
 def test_default_bounds_are_openais() -> None:
-    assert RequestBounds() == RequestBounds(max_n=128, max_tokens=None, max_messages=2048)
+    assert RequestBounds() == RequestBounds(max_n=128, max_tokens=None, max_messages=2048,
+                                            max_inputs=2048)

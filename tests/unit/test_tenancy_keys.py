@@ -232,8 +232,15 @@ def test_a_bad_state_file_is_refused_by_check_and_ignored_by_a_running_gateway(
     ("body", "tokens"),
     [({"messages": [{"role": "user", "content": "x" * 40}]}, 11),  # "<user>" counts too
      ({"prompt": "y" * 400}, 100), ({"prompt": [1, 2, 3]}, 3),
-     ({"prompt": [[1, 2], [3]]}, 3), ({"prompt": ["a" * 8, "b" * 8]}, 4), ({}, 1)],
-    ids=["chat", "text", "token-ids", "batch-of-ids", "batch-of-text", "nothing"])
+     ({"prompt": [[1, 2], [3]]}, 3), ({"prompt": ["a" * 8, "b" * 8]}, 4), ({}, 1),
+     # embeddings' input, as the prompt's forms
+     ({"input": "z" * 40}, 10), ({"input": ["a" * 8, "b" * 8]}, 4),
+     ({"input": [[1, 2], [3]]}, 3),
+     # the Responses API: instructions and input items, rendered as chat messages
+     ({"instructions": "i" * 32, "input": [{"role": "user", "content": [
+         {"type": "input_text", "text": "t" * 30}]}]}, 19)],  # "<system>", "<user>" too
+    ids=["chat", "text", "token-ids", "batch-of-ids", "batch-of-text", "nothing",
+         "embedding-text", "embedding-batch", "embedding-ids", "responses-items"])
 def test_token_estimates(body: dict[str, Any], tokens: int) -> None:
     assert estimate_tokens(body) == tokens
 

@@ -7,6 +7,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -220,6 +221,51 @@ def test_engine_metrics_are_visible_on_the_gateway(gateway: Server,
             'llmgw_engine_kv_cache_usage_ratio{model="demo",replica="demo-0"}' in text and \
             'llmgw_engine_kv_cache_capacity_tokens{model="demo",replica="demo-1"}' in text
     wait_until(scraped, 10, "engine stats on the gateway's /metrics")
+
+
+def test_responses_api_is_relayed_streamed_and_not(client: openai.OpenAI,
+                                                   gateway: Server) -> None:
+    def completion_tokens() -> float:
+        return sum(float(line.rsplit(" ", 1)[1])
+                   for line in httpx.get(gateway.url + "/metrics").text.splitlines()
+                   if line.startswith('llmgw_completion_tokens_total{model="demo"}'))
+
+    before = completion_tokens()
+    args: dict[str, Any] = {"model": "demo", "input": "Tell me about gateways.",
+                            "max_output_tokens": 12, "temperature": 0}
+    full = client.responses.create(**args)
+    with client.responses.stream(**args) as stream:
+        kinds = {event.type for event in stream}
+        streamed = stream.get_final_response()
+    assert streamed.output_text == full.output_text and full.output_text
+    assert full.usage is not None and streamed.usage is not None
+    assert full.usage.output_tokens == streamed.usage.output_tokens <= 12
+    assert {"response.created", "response.output_text.delta", "response.completed"} <= kinds
+    # vLLM's input_tokens / output_tokens counted as the model's completion tokens.
+    assert completion_tokens() - before == 2 * full.usage.output_tokens
+
+
+def test_tokenizer_routes_and_model_lookup(client: openai.OpenAI, gateway: Server) -> None:
+    from transformers import AutoTokenizer
+
+    from llmgw.engines.demo_model import ensure_demo_model
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_demo_model())
+    ids = tokenizer("def f():").input_ids
+    tokens = httpx.post(gateway.url + "/tokenize", json={"model": "demo", "prompt": "def f():"})
+    assert tokens.json()["tokens"] == ids
+    text = httpx.post(gateway.url + "/detokenize", json={"model": "demo", "tokens": ids})
+    assert text.json() == {"prompt": tokenizer.decode(ids)}
+    assert client.models.retrieve("demo").id == "demo"
+
+
+def test_embeddings_of_a_generative_model_pass_vllms_refusal_through(
+        client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.embeddings.create(model="demo", input="x")
+    assert caught.value.body == {  # type: ignore[comparison-overlap]
+        "message": "The engine does not serve /v1/embeddings for this model (404 Not Found).",
+        "type": "invalid_request_error", "param": None, "code": None}
 
 
 @pytest.fixture(scope="module")

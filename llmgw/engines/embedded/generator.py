@@ -238,6 +238,16 @@ class Generator:
             self._inbox.put(_Call(fn, future))
         return future
 
+    def embed(self, prompts: list[list[int]],
+              adapter: int = BASE_SLOT) -> concurrent.futures.Future[list[list[float]]]:
+        """Each prompt's pooled embedding (``ModelRunner.embed``), computed on the
+        scheduler thread between two steps, so it never races a forward."""
+        return self.run_on_scheduler(lambda: [self._runner.embed(p, adapter) for p in prompts])
+
+    @property
+    def hidden_size(self) -> int:
+        return self._runner.hidden_size
+
     def adapters_in_use(self) -> set[int]:
         """LoRA slots of queued and running requests; scheduler thread only (say, in
         a `run_on_scheduler` call)."""

@@ -80,6 +80,21 @@ class ModelRunner:
         logits = self.forward(ids, cache, adapters=[adapter])
         return logits[0], cache
 
+    @torch.inference_mode()
+    def embed(self, prompt_ids: list[int], adapter: int = BASE_SLOT) -> list[float]:
+        """The prompt's embedding: the last hidden state (after the final norm) averaged
+        over its positions, scaled to unit length, as vLLM's mean pooling does."""
+        ids = torch.tensor([prompt_ids], dtype=torch.long)
+        with self._select([adapter]):
+            hidden = self.model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        pooled = hidden[0].float().mean(dim=0)
+        vector: list[float] = torch.nn.functional.normalize(pooled, dim=0).tolist()
+        return vector
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.get_text_config().hidden_size)
+
     def _select(self, adapters: Sequence[int] | None) -> contextlib.AbstractContextManager[None]:
         if self.adapters is not None:
             return self.adapters.select(adapters)

@@ -19,12 +19,14 @@ Bounds, checked before the expensive step they guard:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from llmgw.engines.embedded.protocol import GenerationRequest, generation_request, opt
 from llmgw.errors import ContextTooLong, InvalidRequest
 
+T = TypeVar("T")
 # Normalizers may compose characters before the tokenizer splits them (NFC/NFKC turn
 # at most 4 code points, e.g. a Greek letter with three diacritics, into one).
 _NORMALIZER_SLACK = 4
@@ -110,8 +112,12 @@ class PromptBuilder:
             raise InvalidRequest(
                 "`prompt` must be a string (or a list of one string)", param="prompt"
             )
-        self._check_chars(prompt, "prompt")
-        return list(self._tokenizer(prompt).input_ids)
+        return self.text_ids(prompt, "prompt")
+
+    def text_ids(self, text: str, param: str, add_special_tokens: bool = True) -> list[int]:
+        """A plain text's token ids; refused (ContextTooLong) when it cannot fit."""
+        self._check_chars(text, param)
+        return list(self._tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
 
     def _template(self, body: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         """The request's own template (None: the model's) and the other template kwargs."""
@@ -160,10 +166,14 @@ class PromptWorker:
     async def run(
         self, builder: PromptBuilder, body: dict[str, Any], kind: str
     ) -> GenerationRequest:
+        return await self.call(builder.request, body, kind)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Any other tokenizer work of a request (embeddings' inputs, /tokenize)."""
         self.preparing += 1
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, builder.request, body, kind)
+            return await loop.run_in_executor(self._pool, fn, *args)
         finally:
             self.preparing -= 1
 

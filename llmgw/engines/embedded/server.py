@@ -1,10 +1,12 @@
 """The embedded engine's HTTP face: vLLM's OpenAI routes on Starlette.
 
 Routes: `GET /health`, `GET /v1/models`, `GET /metrics`, `POST /v1/chat/completions`
-and `POST /v1/completions` (streaming or not), `POST /v1/load_lora_adapter` and
-`POST /v1/unload_lora_adapter`. Bodies are relayed byte for byte by the gateway, so
-their shapes follow vLLM's server. A non-streaming answer is the concatenation of
-the same events a stream would carry, so both always agree.
+and `POST /v1/completions` (streaming or not), `POST /v1/embeddings` (mean-pooled last
+hidden states, see `pooling`), vLLM's `POST /tokenize` and `POST /detokenize`,
+`POST /v1/load_lora_adapter` and `POST /v1/unload_lora_adapter`. Bodies are relayed
+byte for byte by the gateway, so their shapes follow vLLM's server. A non-streaming
+answer is the concatenation of the same events a stream would carry, so both always
+agree.
 
 A request whose `model` names a loaded LoRA adapter runs with it and answers under
 that name, as in vLLM; /v1/models lists each adapter with `root` = its path and
@@ -17,6 +19,7 @@ tokenized in `PromptWorker` threads (see `prompts`), so /health always answers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -43,6 +46,7 @@ from llmgw.engines.embedded.generator import RequestHandle
 from llmgw.engines.embedded.loader import LoadedModel
 from llmgw.engines.embedded.lora_layers import BASE_SLOT
 from llmgw.engines.embedded.metrics import engine_registry
+from llmgw.engines.embedded.pooling import Pooling
 from llmgw.engines.embedded.prompts import PromptBuilder, PromptWorker
 from llmgw.engines.embedded.protocol import (
     load_adapter_request,
@@ -51,6 +55,7 @@ from llmgw.engines.embedded.protocol import (
     unload_adapter_name,
 )
 from llmgw.engines.embedded.responses import DONE, Kind, ResponseBuilder, sse
+from llmgw.engines.embedding_wire import embeddings_answer
 from llmgw.errors import GatewayError, PayloadTooLarge
 
 log = logging.getLogger(__name__)
@@ -139,6 +144,10 @@ class EngineServer:
             vocab_size=loaded.vocab_size,
             trust_request_chat_template=self._options.trust_request_chat_template,
         )
+        self._pooling = Pooling(self._prompts, loaded.tokenizer,
+                                max_model_len=loaded.max_model_len,
+                                vocab_size=loaded.vocab_size,
+                                hidden_size=self._generator.hidden_size)
         self._worker = PromptWorker()
         max_loras = lora.max_loras if lora is not None else 0
         self.adapters = AdapterManager(self._generator, loaded.adapters, served_name, max_loras)
@@ -164,6 +173,9 @@ class EngineServer:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/tokenize", self.tokenize, methods=["POST"]),
+            Route("/detokenize", self.detokenize, methods=["POST"]),
             Route("/v1/load_lora_adapter", self.load_lora_adapter, methods=["POST"]),
             Route("/v1/unload_lora_adapter", self.unload_lora_adapter, methods=["POST"]),
         ]
@@ -204,6 +216,34 @@ class EngineServer:
 
     async def completions(self, request: Request) -> Response:
         return await self._generate(request, "completion")
+
+    async def embeddings(self, request: Request) -> Response:
+        try:
+            body = parse_body(await self._body(request))
+            adapter = self.adapters.resolve(requested_model(body))
+            job = await self._worker.call(self._pooling.embedding_job, body)
+            vectors = await asyncio.wrap_future(self._generator.embed(job.prompts,
+                                                                      _slot(adapter)))
+        except GatewayError as exc:
+            return _error(exc)
+        name = adapter.name if adapter else self._name
+        return _json(embeddings_answer(vectors, name, job.prompt_tokens, job.encoding_format))
+
+    async def tokenize(self, request: Request) -> Response:
+        return await self._tokenizer_call(request, self._pooling.tokenize)
+
+    async def detokenize(self, request: Request) -> Response:
+        return await self._tokenizer_call(request, self._pooling.detokenize)
+
+    async def _tokenizer_call(
+        self, request: Request, work: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> Response:
+        try:
+            body = parse_body(await self._body(request))
+            self.adapters.resolve(requested_model(body))  # an unknown model is 404
+            return _json(await self._worker.call(work, body))
+        except GatewayError as exc:
+            return _error(exc)
 
     async def _generate(self, request: Request, kind: Kind) -> Response:
         try:
