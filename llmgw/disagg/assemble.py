@@ -11,11 +11,12 @@ from llmgw.disagg.sglang_flow import SGLangFlow
 from llmgw.disagg.vllm_flow import VLLMFlow
 from llmgw.metrics import PDMetrics
 from llmgw.routing.base import RoutingPolicy
+from llmgw.telemetry import NO_TRACING, Tracing
 
 
 def make_disaggregation(model: ModelConfig, prefill_policy: RoutingPolicy,
                         decode_policy: RoutingPolicy, metrics: PDMetrics,
-                        rng: random.Random) -> Disaggregation:
+                        rng: random.Random, tracing: Tracing = NO_TRACING) -> Disaggregation:
     """A disaggregated model with empty pools; replicas join by role as they start."""
     pd = model.disaggregation
     assert pd is not None
@@ -25,5 +26,5 @@ def make_disaggregation(model: ModelConfig, prefill_policy: RoutingPolicy,
     else:
         flow = VLLMFlow(pd.prefill_timeout_s)
     legs = Legs(prefill_policy, decode_policy, metrics, model.max_attempts,
-                decode_timeout_s=pd.decode_timeout_s)
+                decode_timeout_s=pd.decode_timeout_s, tracing=tracing)
     return Disaggregation(model.name, legs, flow, pd.conditional)

@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from llmgw.engines.base import UpstreamResponse
 from llmgw.errors import (
@@ -29,6 +30,7 @@ from llmgw.errors import (
 from llmgw.metrics import PDMetrics
 from llmgw.pool import Replica
 from llmgw.routing.base import RoutingPolicy
+from llmgw.telemetry import NO_TRACING, Span, Tracing
 from llmgw.types import RequestContext
 
 log = logging.getLogger("llmgw.disagg")
@@ -55,6 +57,7 @@ class Legs:
     # Seconds a decode engine gets to answer (headers) before the next one is tried.
     decode_timeout_s: float = 60.0
     clock: Callable[[], float] = time.perf_counter
+    tracing: Tracing = NO_TRACING
     # Aborts of legs the request no longer waits for (kept so they are not collected).
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -81,7 +84,8 @@ class Legs:
                 timeout_at = deadline if timeout_at is None else min(timeout_at, deadline)
             try:
                 try:
-                    upstream = await send_within(replica, path, body, timeout_at)
+                    with self.leg_span("decode", replica):
+                        upstream = await send_within(replica, path, body, timeout_at)
                 except TimeoutError:
                     raise UpstreamTimeout(f"decode replica {replica.id} did not answer in "
                                           f"time") from None
@@ -103,6 +107,21 @@ class Legs:
             return replica, upstream, sent_at
         assert error is not None
         raise error
+
+    def leg_span(self, leg: Literal["prefill", "decode"],
+                 replica: Replica) -> AbstractContextManager[Span | None]:
+        """The span over one leg (``llmgw.pd.prefill`` / ``llmgw.pd.decode``), naming its
+        replica; the engine request inside it is its child."""
+        if not self.tracing.enabled:
+            return self.tracing.span("")
+        return self._traced_leg(leg, replica)
+
+    @contextlib.contextmanager
+    def _traced_leg(self, leg: str, replica: Replica) -> Iterator[Span | None]:
+        with self.tracing.span(f"llmgw.pd.{leg}") as span:
+            if span is not None:
+                span.set_attributes({"llmgw.replica": replica.id, "llmgw.pd.leg": leg})
+            yield span
 
     def decode_split(self, ctx: RequestContext) -> None:
         """The decode leg of a split request: its engine will count the transferred KV as
@@ -184,13 +203,14 @@ class PrefillLeg:
     async def _run(self, path: str, body: bytes, stream: bool, timeout_s: float) -> None:
         started, upstream = self.legs.clock(), None
         try:
-            async with asyncio.timeout(timeout_s):
-                upstream = await self.replica.engine.send(path, body)
-                if stream:
-                    async for _ in upstream.event_blocks():
-                        pass
-                else:
-                    await upstream.read()
+            with self.legs.leg_span("prefill", self.replica):
+                async with asyncio.timeout(timeout_s):
+                    upstream = await self.replica.engine.send(path, body)
+                    if stream:
+                        async for _ in upstream.event_blocks():
+                            pass
+                    else:
+                        await upstream.read()
             self.legs.metrics.prefill_leg.observe(self.legs.clock() - started)
         except (GatewayError, TimeoutError) as exc:
             self.error = exc

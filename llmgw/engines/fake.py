@@ -3,7 +3,8 @@
 It is a stand-in, not an engine: it answers ``tok0 tok1 ...`` (one token per word, as
 many as ``max_tokens``, default 16) instantly or with a fixed per-token delay, counts the
 requests it is running (``/metrics``), shows the last request body it got
-(``/fake/last_request``), and notices when a client goes away, so tests can
+(``/fake/last_request``) and the W3C trace headers that came with it (``/fake/last_trace``),
+and notices when a client goes away, so tests can
 prove the gateway aborts engine requests. Run it as
 ``python -m llmgw.engines.fake --port P [--token-delay-ms D] [--fail-status S]``.
 """
@@ -33,6 +34,8 @@ class FakeEngineState:
         self.aborted = 0
         self.served = 0
         self.last_request: bytes = b"{}"
+        # traceparent / tracestate of the last generation request (tracing tests).
+        self.last_trace: dict[str, str | None] = {"traceparent": None, "tracestate": None}
         # Several nodes (vLLM's --nnodes): rank 0 lists the ranks that joined it.
         self.nnodes, self.master_port = 1, 0
         self.joined: list[int] = []
@@ -56,6 +59,8 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
                             "type": "server_error", "param": None, "code": None}}),
                             status_code=state.fail_status, media_type="application/json")
         raw = state.last_request = await request.body()
+        state.last_trace = {name: request.headers.get(name)
+                            for name in ("traceparent", "tracestate")}
         try:
             body = orjson.loads(raw)
             n = _max_tokens(body)
@@ -90,6 +95,9 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
     async def last_request(request: Request) -> Response:
         return Response(state.last_request, media_type="application/json")
 
+    async def last_trace(request: Request) -> Response:
+        return Response(orjson.dumps(state.last_trace), media_type="application/json")
+
     async def topology(request: Request) -> Response:
         return Response(orjson.dumps({"nnodes": state.nnodes, "joined": sorted(state.joined)}),
                         media_type="application/json")
@@ -102,7 +110,8 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
             master.close()
 
     return Starlette(lifespan=lifespan, routes=[
-        Route("/fake/last_request", last_request), Route("/fake/topology", topology),
+        Route("/fake/last_request", last_request), Route("/fake/last_trace", last_trace),
+        Route("/fake/topology", topology),
         Route("/v1/chat/completions", generate, methods=["POST"]),
         Route("/v1/completions", generate, methods=["POST"]),
         Route("/metrics", metrics), Route("/health", health), Route("/v1/models", models),
