@@ -4,7 +4,8 @@ It is a stand-in, not an engine: it answers ``tok0 tok1 ...`` (one token per wor
 many as ``max_tokens``, default 16) instantly or with a fixed per-token delay, counts the
 requests it is running (``/metrics``), shows the last request body it got
 (``/fake/last_request``) and the W3C trace headers that came with it (``/fake/last_trace``),
-and notices when a client goes away, so tests can
+loads and unloads LoRA adapters by name as vLLM's runtime API does (nothing is read: the
+answer stays the same), and notices when a client goes away, so tests can
 prove the gateway aborts engine requests. Run it as
 ``python -m llmgw.engines.fake --port P [--token-delay-ms D] [--fail-status S]``.
 """
@@ -36,6 +37,7 @@ class FakeEngineState:
         self.last_request: bytes = b"{}"
         # traceparent / tracestate of the last generation request (tracing tests).
         self.last_trace: dict[str, str | None] = {"traceparent": None, "tracestate": None}
+        self.adapters: dict[str, str] = {}  # LoRA adapter name -> the path it was given
         # Several nodes (vLLM's --nnodes): rank 0 lists the ranks that joined it.
         self.nnodes, self.master_port = 1, 0
         self.joined: list[int] = []
@@ -88,9 +90,20 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
         return Response(b"{}", media_type="application/json")
 
     async def models(request: Request) -> Response:
+        adapters = [{"id": name, "object": "model", "created": 0, "owned_by": "fake",
+                     "root": path, "parent": state.name} for name, path in state.adapters.items()]
         return Response(orjson.dumps({"object": "list", "data": [
-            {"id": state.name, "object": "model", "created": 0, "owned_by": "fake"}]}),
-            media_type="application/json")
+            {"id": state.name, "object": "model", "created": 0, "owned_by": "fake"},
+            *adapters]}), media_type="application/json")
+
+    async def load_adapter(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        state.adapters[str(body["lora_name"])] = str(body["lora_path"])
+        return Response(b"Success", media_type="text/plain")
+
+    async def unload_adapter(request: Request) -> Response:
+        state.adapters.pop(str(orjson.loads(await request.body())["lora_name"]), None)
+        return Response(b"Success", media_type="text/plain")
 
     async def last_request(request: Request) -> Response:
         return Response(state.last_request, media_type="application/json")
@@ -115,6 +128,8 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
         Route("/v1/chat/completions", generate, methods=["POST"]),
         Route("/v1/completions", generate, methods=["POST"]),
         Route("/metrics", metrics), Route("/health", health), Route("/v1/models", models),
+        Route("/v1/load_lora_adapter", load_adapter, methods=["POST"]),
+        Route("/v1/unload_lora_adapter", unload_adapter, methods=["POST"]),
     ])
 
 

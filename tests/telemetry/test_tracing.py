@@ -9,6 +9,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -241,3 +242,29 @@ def test_the_gateway_serves_without_opentelemetry_installed(engine: Server) -> N
         "status 200",
         "refused telemetry.tracing: the OpenTelemetry SDK is not installed here (pip install "
         "'llmgw[tracing]')"]
+
+
+async def test_waiting_for_a_lora_adapter_is_a_span(engine: Server, tmp_path: Path) -> None:
+    """The fake engine takes vLLM's runtime adapter API, so it stands in for vLLM here."""
+    cfg = GatewayConfig.model_validate({
+        "server": {"state_dir": str(tmp_path)},
+        "telemetry": {"tracing": {"endpoint": "http://127.0.0.1:9/v1/traces"}},
+        "models": [{"name": "fake", "engine": "vllm", "url": [engine.url],
+                    "lora": {"adapters": [{"name": "sql", "source": str(tmp_path)}]}}]})
+    exporter = InMemorySpanExporter()
+    gateway = in_process_gateway(cfg, make_tracing(cfg.telemetry.tracing, exporter))
+    traced = Traced(gateway, exporter)
+    try:
+        response = await traced.client.post("/v1/chat/completions",
+                                            json={**CHAT, "model": "sql"})
+        assert response.status_code == 200
+        wait = traced.spans()["llmgw.lora.wait"]
+        assert dict(wait.attributes or {}) == {"llmgw.adapter": "sql",
+                                               "llmgw.replica": "fake-0"}
+        assert wait.parent is not None
+        assert wait.parent.span_id == ids(traced.spans()["llmgw.request"])[1]
+        assert dict(traced.spans()["llmgw.request"].attributes or {})["llmgw.adapter"] == "sql"
+        assert httpx.get(engine.url + "/v1/models").json()["data"][1]["id"] == "sql"
+    finally:
+        await traced.client.aclose()
+        await gateway.close()
