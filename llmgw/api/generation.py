@@ -305,7 +305,6 @@ class GenerationRoute:
             await exchange.abort()
         exchange.finish(call.outcome, call.status)
 
-
     def _report(self, dispatcher: Dispatcher, access_log: AccessLog | None,
                 call: _Call) -> None:
         """The request's access log line and its root span's outcome, when either is on."""
