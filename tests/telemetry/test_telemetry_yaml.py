@@ -8,15 +8,10 @@ from __future__ import annotations
 import json
 import secrets
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.support import (
     ROOT,
@@ -25,53 +20,7 @@ from tests.support import (
     free_port,
     launched_engine_urls,
 )
-
-
-class Collector:
-    """An OTLP/HTTP traces receiver: keeps every export request it is sent."""
-
-    def __init__(self) -> None:
-        self.exports: list[ExportTraceServiceRequest] = []
-        collector = self
-
-        class Receive(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["content-length"]))
-                collector.exports.append(ExportTraceServiceRequest.FromString(body))
-                self.send_response(200)
-                self.send_header("content-type", "application/x-protobuf")
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Receive)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def spans(self) -> list[tuple[str, str, bytes]]:
-        """(service name, span name, trace id) of every span received."""
-        found = []
-        for export in self.exports:
-            for resource in export.resource_spans:
-                service = next(a.value.string_value for a in resource.resource.attributes
-                               if a.key == "service.name")
-                found += [(service, span.name, span.trace_id)
-                          for scope in resource.scope_spans for span in scope.spans]
-        return found
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def collector() -> Iterator[Collector]:
-    receiver = Collector()
-    yield receiver
-    receiver.close()
+from tests.telemetry.collector import Collector
 
 
 def test_the_shipped_config_traces_into_a_collector_and_logs_each_request(
@@ -102,10 +51,10 @@ def test_the_shipped_config_traces_into_a_collector_and_logs_each_request(
         assert gateway.stop() == 0  # the exporter flushes as the gateway stops
 
     spans = collector.spans()
-    assert {service for service, _, _ in spans} == {"llmgw"}
-    names = sorted(name for _, name, _ in spans)
+    assert {span.service for span in spans} == {"llmgw"}
+    names = sorted(span.name for span in spans)
     assert names == sorted(["llmgw.request", "llmgw.parse", "llmgw.route", "llmgw.engine"] * 2)
-    assert sorted(name for _, name, tid in spans if tid.hex() == trace_id) == sorted(
+    assert sorted(s.name for s in spans if s.trace_id.hex() == trace_id) == sorted(
         ["llmgw.request", "llmgw.parse", "llmgw.route", "llmgw.engine"])
 
     lines = [json.loads(line) for line in gateway.output().splitlines()
