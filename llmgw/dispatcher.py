@@ -364,6 +364,7 @@ class Dispatcher:
             if traced and decision is not None:
                 assert span is not None
                 span.set_attributes({"llmgw.route.policy": group.policy_name,
+                                     "llmgw.route.ranked": [r.id for r in ranked],
                                      "llmgw.route.decision": orjson.dumps(
                                          decision.as_dict()).decode()})
         decision = decision if explain else None

@@ -21,7 +21,8 @@ class TLSConfig(_Strict):
 
 class AccessLogConfig(_Strict):
     """One JSON line per request (llmgw/telemetry/access_log.py): ids, model, replica,
-    status, tokens, timings. Never a body, a prompt or a key. Read at start."""
+    status, tokens, timings. Never a body, a prompt or a key. Read at start: a reload
+    that changes it is refused."""
 
     enabled: bool = False
     # A file appended to (created if missing); null: standard error.

@@ -10,7 +10,7 @@ from llmgw.config.base import _Strict
 
 class TracingConfig(_Strict):
     """Spans per request, exported over OTLP/HTTP (protobuf) in batches from a background
-    thread. Read at start: a change needs a restart."""
+    thread. Read at start: a reload that changes it is refused."""
 
     # The collector's OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces.
     # Launched vLLM replicas export their own spans here too (--otlp-traces-endpoint).

@@ -124,6 +124,7 @@ async def test_a_request_continues_the_callers_trace_into_the_engine(
 
     route = dict(spans["llmgw.route"].attributes or {})
     assert route["llmgw.route.policy"] == "prefix-aware"
+    assert route["llmgw.route.ranked"] == ("fake-0",)
     decision = json.loads(str(route["llmgw.route.decision"]))
     assert decision["ranked"] == ["fake-0"]
     assert set(decision["scores"]) >= {"prefix-cache", "least-load"}

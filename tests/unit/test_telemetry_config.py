@@ -10,6 +10,7 @@ import yaml
 
 from llmgw.checks import check_telemetry
 from llmgw.config import ConfigError, GatewayConfig, load_config
+from llmgw.fleet.plan import plan_reload
 from llmgw.placement.commands import engine_command, engine_env
 
 COLLECTOR = "http://collector:4318/v1/traces"
@@ -78,3 +79,15 @@ def test_an_access_log_that_cannot_be_written_is_refused(tmp_path: Path) -> None
     # A path is not read while the log is off.
     check_telemetry(load(tmp_path, {"models": models, "server": {
         "access_log": {"enabled": False, "path": str(missing)}}}))
+
+
+@pytest.mark.parametrize("change", [
+    {"server": {"access_log": {"enabled": True}}},
+    {"telemetry": {"tracing": {"endpoint": COLLECTOR}}},
+], ids=["access log", "tracing"])
+def test_a_reload_that_changes_telemetry_is_refused(tmp_path: Path,
+                                                    change: dict[str, object]) -> None:
+    models = [{"name": "m", "engine": "openai", "url": "http://e:1"}]
+    old = load(tmp_path, {"models": models})
+    with pytest.raises(ConfigError, match="cannot change while the gateway runs"):
+        plan_reload(old, load(tmp_path, {"models": models, **change}))
