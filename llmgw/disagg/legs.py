@@ -30,7 +30,7 @@ from llmgw.errors import (
 from llmgw.metrics import PDMetrics
 from llmgw.pool import Replica
 from llmgw.routing.base import RoutingPolicy
-from llmgw.telemetry import NO_TRACING, Span, Tracing
+from llmgw.telemetry import NO_SPAN, NO_TRACING, Span, Tracing
 from llmgw.types import RequestContext
 
 log = logging.getLogger("llmgw.disagg")
@@ -113,7 +113,7 @@ class Legs:
         """The span over one leg (``llmgw.pd.prefill`` / ``llmgw.pd.decode``), naming its
         replica; the engine request inside it is its child."""
         if not self.tracing.enabled:
-            return self.tracing.span("")
+            return NO_SPAN
         return self._traced_leg(leg, replica)
 
     @contextlib.contextmanager

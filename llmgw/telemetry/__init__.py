@@ -3,6 +3,6 @@
 and cost the request path nothing then."""
 
 from llmgw.telemetry.access_log import AccessLog
-from llmgw.telemetry.tracing import NO_TRACING, SPANS, Span, Tracing, make_tracing
+from llmgw.telemetry.tracing import NO_SPAN, NO_TRACING, SPANS, Span, Tracing, make_tracing
 
-__all__ = ["NO_TRACING", "SPANS", "AccessLog", "Span", "Tracing", "make_tracing"]
+__all__ = ["NO_SPAN", "NO_TRACING", "SPANS", "AccessLog", "Span", "Tracing", "make_tracing"]

@@ -61,12 +61,12 @@ class Tracing:
 
     def span(self, name: str, kind: Kind = "internal") -> AbstractContextManager[Span | None]:
         """A child of the current span, current itself inside the ``with``."""
-        return _NO_SPAN
+        return NO_SPAN
 
     def request(self, name: str, headers: Mapping[str, str]
                 ) -> AbstractContextManager[Span | None]:
         """The root span of a request, continuing the caller's ``traceparent``."""
-        return _NO_SPAN
+        return NO_SPAN
 
     def inject(self, headers: dict[str, str]) -> dict[str, str]:
         """``headers`` plus the current span's ``traceparent`` (a new dict)."""
@@ -83,7 +83,8 @@ class Tracing:
         return None
 
 
-_NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
+# What every span of ``NO_TRACING`` is: one shared context that yields None.
+NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
 NO_TRACING = Tracing()
 
 

@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 from llmgw.api.app import create_app
 from llmgw.build import Gateway
 from llmgw.config import GatewayConfig
-from llmgw.telemetry import NO_TRACING, make_tracing
+from llmgw.telemetry import NO_TRACING, SPANS, make_tracing
 from tests.support import ROOT, Server, in_process_gateway, start_fake_engine
 
 CHAT = {"model": "fake", "max_tokens": 4,
@@ -52,6 +52,7 @@ class Traced:
         finished = self.exporter.get_finished_spans()
         by_name = {span.name: span for span in finished}
         assert len(by_name) == len(finished), [s.name for s in finished]
+        assert set(by_name) <= set(SPANS)
         return by_name
 
 
@@ -269,3 +270,10 @@ async def test_waiting_for_a_lora_adapter_is_a_span(engine: Server, tmp_path: Pa
     finally:
         await traced.client.aclose()
         await gateway.close()
+
+
+def test_every_span_is_listed_and_documented() -> None:
+    """SPANS names every span the gateway opens (the tests above stay inside it), and the
+    operations page describes each."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    assert [name for name in SPANS if f"`{name}`" not in text] == []
