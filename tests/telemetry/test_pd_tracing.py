@@ -1,7 +1,7 @@
 """A disaggregated request's trace: the routing decision with its path, a span per leg,
-each with the engine request inside it. The engines are tests/fakes/sglang_pd.py (SGLang's
-prefill and decode servers need a GPU; the fake follows their protocol), the gateway runs
-in this process with the SDK's in-memory exporter."""
+each with the engine request inside it. For SGLang the engines are
+tests/fakes/sglang_pd.py (SGLang's prefill and decode servers need a GPU; the fake follows
+their protocol); the gateway runs in this process with the SDK's in-memory exporter."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from llmgw.api.app import create_app
 from llmgw.config import GatewayConfig
 from llmgw.telemetry import make_tracing
-from tests.support import Server, free_port, in_process_gateway
+from tests.support import Server, free_port, in_process_gateway, start_fake_engine
 
 SERVED = "deepseek-ai/DeepSeek-V3"
 
@@ -87,3 +87,38 @@ async def test_each_leg_is_a_span_holding_its_engine_request(
                                                     "llmgw.replica")} == {
         "llmgw.pd_path": "disaggregated", "llmgw.prefill_replica": "ds-prefill-0",
         "llmgw.replica": "ds-decode-0"}
+
+
+async def test_vllm_legs_run_one_after_the_other_under_the_request() -> None:
+    """vLLM's protocol (prefill leg first, then decode) on two fake engines: the fake
+    answers the prefill leg like any request and ignores kv_transfer_params, which is all
+    the gateway's side of the protocol needs here."""
+    prefill, decode = start_fake_engine(), start_fake_engine()
+    try:
+        config = GatewayConfig.model_validate({
+            "telemetry": {"tracing": {"endpoint": "http://127.0.0.1:9/v1/traces"}},
+            "models": [{"name": "fake", "engine": "vllm", "disaggregation": {
+                "prefill": {"url": prefill.url}, "decode": {"url": decode.url},
+                "conditional": {"enabled": False}}}]})  # split every request
+        exporter = InMemorySpanExporter()
+        gateway = in_process_gateway(config, make_tracing(config.telemetry.tracing, exporter))
+        try:
+            transport = httpx.ASGITransport(app=create_app(gateway))
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                response = await client.post("/v1/chat/completions", timeout=30, json={
+                    "model": "fake", "max_tokens": 4,
+                    "messages": [{"role": "user", "content": "one two three"}]})
+            assert response.status_code == 200
+        finally:
+            await gateway.close()
+    finally:
+        prefill.stop()
+        decode.stop()
+    spans = list(exporter.get_finished_spans())
+    legs = sorted((s for s in spans if s.name.startswith("llmgw.pd.")),
+                  key=lambda s: s.start_time or 0)
+    assert [(s.name, (s.attributes or {})["llmgw.replica"]) for s in legs] == [
+        ("llmgw.pd.prefill", "fake-prefill-0"), ("llmgw.pd.decode", "fake-decode-0")]
+    assert (legs[0].end_time or 0) <= (legs[1].start_time or 0)  # one after the other
+    assert {parent_name(s, spans) for s in spans if s.name == "llmgw.engine"} == {
+        "llmgw.pd.prefill", "llmgw.pd.decode"}
