@@ -210,7 +210,7 @@ class Gateway:
         check_config(config)
         self.config = config
         self.metrics = metrics or Metrics()
-        # Both read at start: a reload does not change them.
+        # Both set up at start: a reload that changes them is refused (fleet/plan.py).
         self.tracing = tracing or make_tracing(config.telemetry.tracing)
         access = config.server.access_log
         self.access_log = AccessLog(
