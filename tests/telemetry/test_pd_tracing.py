@@ -45,27 +45,33 @@ def parent_name(span: ReadableSpan, spans: list[ReadableSpan]) -> str | None:
     return next(s.name for s in spans if s.context.span_id == span.parent.span_id)
 
 
-async def test_each_leg_is_a_span_holding_its_engine_request(
-        engines: dict[str, tuple[Server, int]]) -> None:
-    (prefill, bootstrap), (decode, _) = engines["prefill"], engines["decode"]
+async def traced_request(model: dict[str, object], stream: bool) -> list[ReadableSpan]:
+    """One chat request to ``model`` through an in-process gateway that traces; its spans."""
     config = GatewayConfig.model_validate({
         "telemetry": {"tracing": {"endpoint": "http://127.0.0.1:9/v1/traces"}},
-        "models": [{"name": "ds", "engine": "sglang", "served_model_name": SERVED,
-                    "disaggregation": {"prefill": {"url": prefill.url,
-                                                   "bootstrap_port": bootstrap},
-                                       "decode": {"url": decode.url}}}]})
+        "models": [model]})
     exporter = InMemorySpanExporter()
     gateway = in_process_gateway(config, make_tracing(config.telemetry.tracing, exporter))
     try:
         transport = httpx.ASGITransport(app=create_app(gateway))
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             response = await client.post("/v1/chat/completions", timeout=30, json={
-                "model": "ds", "max_tokens": 4, "stream": True,
+                "model": model["name"], "max_tokens": 4, "stream": stream,
                 "messages": [{"role": "user", "content": "one two three"}]})
-        assert response.status_code == 200 and response.text.endswith("data: [DONE]\n\n")
+        assert response.status_code == 200
+        assert not stream or response.text.endswith("data: [DONE]\n\n")
     finally:
         await gateway.close()
-    spans = list(exporter.get_finished_spans())
+    return list(exporter.get_finished_spans())
+
+
+async def test_each_leg_is_a_span_holding_its_engine_request(
+        engines: dict[str, tuple[Server, int]]) -> None:
+    (prefill, bootstrap), (decode, _) = engines["prefill"], engines["decode"]
+    spans = await traced_request({
+        "name": "ds", "engine": "sglang", "served_model_name": SERVED,
+        "disaggregation": {"prefill": {"url": prefill.url, "bootstrap_port": bootstrap},
+                           "decode": {"url": decode.url}}}, stream=True)
     assert sorted(s.name for s in spans) == sorted([
         "llmgw.request", "llmgw.parse", "llmgw.route", "llmgw.pd.prefill", "llmgw.pd.decode",
         "llmgw.engine", "llmgw.engine"])
@@ -95,26 +101,12 @@ async def test_vllm_legs_run_one_after_the_other_under_the_request() -> None:
     the gateway's side of the protocol needs here."""
     prefill, decode = start_fake_engine(), start_fake_engine()
     try:
-        config = GatewayConfig.model_validate({
-            "telemetry": {"tracing": {"endpoint": "http://127.0.0.1:9/v1/traces"}},
-            "models": [{"name": "fake", "engine": "vllm", "disaggregation": {
-                "prefill": {"url": prefill.url}, "decode": {"url": decode.url},
-                "conditional": {"enabled": False}}}]})  # split every request
-        exporter = InMemorySpanExporter()
-        gateway = in_process_gateway(config, make_tracing(config.telemetry.tracing, exporter))
-        try:
-            transport = httpx.ASGITransport(app=create_app(gateway))
-            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-                response = await client.post("/v1/chat/completions", timeout=30, json={
-                    "model": "fake", "max_tokens": 4,
-                    "messages": [{"role": "user", "content": "one two three"}]})
-            assert response.status_code == 200
-        finally:
-            await gateway.close()
+        spans = await traced_request({"name": "fake", "engine": "vllm", "disaggregation": {
+            "prefill": {"url": prefill.url}, "decode": {"url": decode.url},
+            "conditional": {"enabled": False}}}, stream=False)  # split every request
     finally:
         prefill.stop()
         decode.stop()
-    spans = list(exporter.get_finished_spans())
     legs = sorted((s for s in spans if s.name.startswith("llmgw.pd.")),
                   key=lambda s: s.start_time or 0)
     assert [(s.name, (s.attributes or {})["llmgw.replica"]) for s in legs] == [
