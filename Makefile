@@ -12,7 +12,7 @@ VLLM_VENV ?= .venv-vllm
 $(BIN)/llmgw: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[embedded,dev,ray]'
+	$(BIN)/pip install -q -e '.[embedded,dev,ray,tracing]'
 	touch $@
 
 install: $(BIN)/llmgw

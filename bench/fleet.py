@@ -32,6 +32,8 @@ STARTERS: dict[str, Starter] = {
     "llmgw": start_llmgw, "baseline": start_baseline, "sglang-router": start_sglang_router,
     # A what-if: llmgw with gc.freeze() after its imports (bench/gc_probe.py --freeze).
     "llmgw-gc-freeze": functools.partial(start_llmgw, freeze=True, name="llmgw-gc-freeze"),
+    # llmgw with every request traced (telemetry.tracing, sample_ratio 1).
+    "llmgw-traced": functools.partial(start_llmgw, tracing=True, name="llmgw-traced"),
 }
 
 

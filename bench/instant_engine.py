@@ -90,6 +90,8 @@ class Answers:
             {"id": served_model_name, "object": "model", "created": 0, "owned_by": "bench"}]}
         self.models = json_answer(200, orjson.dumps(models))
         self.ok = json_answer(200, b"{}")
+        # An empty ExportTraceServiceResponse: every span accepted.
+        self.traces_ok = [response_head(200, "application/x-protobuf", 0)]
         self.not_found = json_answer(404, b'{"error":{"message":"not found","type":'
                                           b'"invalid_request_error","param":null,"code":null}}')
         self.bad_json = json_answer(400, b'{"error":{"message":"bad json","type":'
@@ -118,6 +120,8 @@ class Answers:
     def route(self, method: bytes, path: str, body: bytes) -> tuple[list[bytes], bool]:
         if method == b"POST" and path in ("/v1/chat/completions", "/v1/completions"):
             return self.generation(path, body)
+        if method == b"POST" and path == "/v1/traces":  # an OTLP/HTTP sink: spans dropped
+            return self.traces_ok, False
         if method == b"GET" and path == "/v1/models":
             return self.models, False
         if method == b"GET":

@@ -176,7 +176,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated scenario names or prefixes, e.g. json16,sse1000-c1")
     parser.add_argument("--targets", default="llmgw,baseline,sglang-router",
                         help="proxies to compare with the direct engine (always measured); "
-                             "also llmgw-gc-freeze, a what-if")
+                             "also llmgw-gc-freeze (a what-if), llmgw-traced (tracing on) "
+                             "and llmgw-main (with --main-tree)")
+    parser.add_argument("--main-tree", type=Path, default=None,
+                        help="a checkout (e.g. `git worktree add /tmp/main main`) whose llmgw "
+                             "runs as the target llmgw-main, beside this tree's llmgw")
     parser.add_argument("--profile", action="store_true",
                         help="instead of comparing, profile llmgw under py-spy on one scenario "
                              "(the first of --only; json16-c16 by default)")
@@ -222,16 +226,19 @@ async def run(args: argparse.Namespace) -> int:
         return 2
     rounds = args.rounds or (1 if args.quick else 5)
     names = [LLMGW] if args.profile else [n.strip() for n in args.targets.split(",")]
-    unknown = [n for n in names if n not in STARTERS]
+    starters = dict(STARTERS)
+    if args.main_tree is not None:
+        starters["llmgw-main"] = functools.partial(start_llmgw, tree=args.main_tree.resolve(),
+                                                   name="llmgw-main")
+    unknown = [n for n in names if n not in starters]
     if unknown:
-        print(f"unknown --targets {unknown}; known: {', '.join(STARTERS)}", file=sys.stderr)
+        print(f"unknown --targets {unknown}; known: {', '.join(starters)}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="llmgw-bench-") as tmp, \
             contextlib.ExitStack() as stack:
         layout = Layout.pinned() if args.pin else Layout()
         if layout.client is not None:
             os.sched_setaffinity(0, {layout.client})
-        starters = dict(STARTERS)
         if args.profile:
             starters[LLMGW] = functools.partial(start_llmgw, probe=True)
         fleet = Fleet(stack, Path(tmp), layout, starters)

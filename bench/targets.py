@@ -58,20 +58,30 @@ def start_engine(logs: Path, token_delay_ms: float, cpu: int | None) -> Proc:
     return spawn("direct", argv, port, logs, cpu)
 
 
-def llmgw_config(engine_url: str, port: int) -> str:
-    return (f"server: {{host: 127.0.0.1, port: {port}, log_level: warning}}\n"
-            f"models:\n  - name: {MODEL}\n    engine: openai\n"
-            f"    url: [\"{engine_url}\"]\n    routing: least-load\n")
+def llmgw_config(engine_url: str, port: int, tracing: bool = False) -> str:
+    config = (f"server: {{host: 127.0.0.1, port: {port}, log_level: warning}}\n"
+              f"models:\n  - name: {MODEL}\n    engine: openai\n"
+              f"    url: [\"{engine_url}\"]\n    routing: least-load\n")
+    if tracing:  # every request traced, spans exported to the instant engine's OTLP sink
+        config += (f"telemetry:\n  tracing: {{endpoint: \"{engine_url}/v1/traces\", "
+                   f"sample_ratio: 1.0}}\n")
+    return config
 
 
 def start_llmgw(logs: Path, engine_url: str, cpu: int | None, probe: bool = False,
-                freeze: bool = False, name: str = "llmgw") -> Proc:
+                freeze: bool = False, name: str = "llmgw", tracing: bool = False,
+                tree: Path | None = None) -> Proc:
     """``llmgw up`` on a temporary config; through bench/gc_probe.py (stats in
-    ``logs/<name>-gc.json``) when ``probe`` or ``freeze``."""
+    ``logs/<name>-gc.json``) when ``probe`` or ``freeze``. ``tracing``: with
+    ``telemetry.tracing`` on. ``tree``: the llmgw of another checkout (e.g. a worktree of
+    main), to measure a change against it in the same alternating rounds."""
     port = free_ports(1)[0]
     config = logs / f"{name}.yaml"
-    config.write_text(llmgw_config(engine_url, port))
+    config.write_text(llmgw_config(engine_url, port, tracing))
     entry = ["-m", "llmgw"]
+    if tree is not None:
+        entry = ["-c", f"import runpy, sys; sys.path.insert(0, {str(tree)!r}); "
+                       f"runpy.run_module('llmgw', run_name='__main__', alter_sys=True)"]
     if probe or freeze:
         entry = [str(BENCH / "gc_probe.py"), *(["--freeze"] if freeze else []),
                  str(logs / f"{name}-gc.json")]
@@ -98,4 +108,5 @@ def start_sglang_router(logs: Path, engine_url: str, cpu: int | None) -> Proc:
 
 
 READY_PATHS = {"direct": "/health", "llmgw": "/ready", "llmgw-gc-freeze": "/ready",
+               "llmgw-traced": "/ready", "llmgw-main": "/ready",
                "baseline": "/health", "sglang-router": "/health"}

@@ -6,6 +6,7 @@ The only module that reads both the config and the plugin registries.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import Coroutine
 from typing import Any
@@ -43,6 +44,7 @@ from llmgw.routing.kv_block_index import KVBlockIndex
 from llmgw.routing.registry import make_policy, policy_names, policy_spec, uses_kv_index
 from llmgw.routing.traffic_split import TrafficSplit
 from llmgw.shadow import Shadow
+from llmgw.telemetry import AccessLog, Tracing, make_tracing
 from llmgw.tenancy.gate import Tenancy
 from llmgw.types import ReplicaAddress, Role
 
@@ -203,10 +205,16 @@ class Gateway:
     """
 
     def __init__(self, config: GatewayConfig, *, rng: random.Random | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, tracing: Tracing | None = None) -> None:
+        """``tracing``: instead of what ``telemetry.tracing`` asks for (tests)."""
         check_config(config)
         self.config = config
         self.metrics = metrics or Metrics()
+        # Both set up at start: a reload that changes them is refused (fleet/plan.py).
+        self.tracing = tracing or make_tracing(config.telemetry.tracing)
+        access = config.server.access_log
+        self.access_log = AccessLog(
+            os.path.expanduser(access.path) if access.path else None) if access.enabled else None
         self._rng = rng or random.Random(0)
         # One connection pool for all engines; keep-alive connections are the main saving
         # of a proxy's per-request cost. No limit: admission is the engines' business.
@@ -223,7 +231,8 @@ class Gateway:
         self.dispatcher = Dispatcher(
             {}, ModelMetrics(self.metrics, "unknown"), splits=make_splits(config, self._rng),
             split_counter=lambda alias, target:
-                self.metrics.fleet.split_requests.labels(alias, target).inc())
+                self.metrics.fleet.split_requests.labels(alias, target).inc(),
+            tracing=self.tracing)
         self.kv = KVFeeds(self.metrics)
         self._series = SeriesCleanup(self.metrics)
         self._groups: dict[str, ModelGroup] = {}
@@ -363,7 +372,8 @@ class Gateway:
             if model.lora is not None else None,
             disagg=make_disaggregation(
                 model, policy(_routing(model, "prefill")), live,
-                PDMetrics(self.metrics, model.name), random.Random(rng.random()), budget)
+                PDMetrics(self.metrics, model.name), random.Random(rng.random()), budget,
+                self.tracing)
             if model.disaggregation is not None else None,
             waiter=ReplicaWait(model.name, scaling.max_queued_requests,
                                scaling.queue_timeout_s) if scaling is not None else None,
@@ -403,7 +413,7 @@ class Gateway:
     def _engine(self, model: ModelConfig, url: str) -> OpenAIHTTPEngine:
         return ENGINES[model.engine](
             url, self.session, connect_timeout_s=model.timeouts.connect_s,
-            health_timeout_s=self.config.health.timeout_s,
+            health_timeout_s=self.config.health.timeout_s, tracing=self.tracing,
         )
 
     # --- lifecycle ------------------------------------------------------------------
@@ -427,3 +437,6 @@ class Gateway:
         for _, tokenizer in self._tokenizers.values():
             tokenizer.close()
         await self.session.close()
+        await self.tracing.close()
+        if self.access_log is not None:
+            await self.access_log.close()

@@ -4,7 +4,8 @@ exactly this, so whatever `check` accepts, `up` starts.
 Pydantic (llmgw.config) checks the shape of the data. This adds what needs the registries
 (policy and plugin names), the launch tables (engine flags, the engine's Python), this
 machine's files (model, tokenizer and adapter directories), the LoRA side (demo
-adapters, the adapter state file and its directory) and the key state file (``auth:``).
+adapters, the adapter state file and its directory), the key state file (``auth:``),
+the access log's file and the tracing extra (``telemetry:``).
 Nothing here starts a process, opens a socket or downloads; each check is cheap enough to
 run on every test's config too.
 """
@@ -20,6 +21,7 @@ from llmgw.build import check_config, reads_kv_events
 from llmgw.config import DEMO_SOURCE, ConfigError, GatewayConfig
 from llmgw.lora.setup import check_lora
 from llmgw.placement.commands import DEMO_MODEL, check_launchable
+from llmgw.telemetry.tracing import tracing_installed
 from llmgw.tenancy.store import check_store
 
 # A Hugging Face repo id: `name` or `org/name`, as huggingface_hub validates them.
@@ -36,6 +38,24 @@ def validate(cfg: GatewayConfig) -> None:
     check_lora(cfg)
     check_store(cfg)
     check_tls(cfg)
+    check_telemetry(cfg)
+
+
+def check_telemetry(cfg: GatewayConfig) -> None:
+    """Tracing needs its extra installed; the access log's file must be writable."""
+    if cfg.telemetry.tracing is not None and not tracing_installed():
+        raise ConfigError("telemetry.tracing: the OpenTelemetry SDK is not installed here "
+                          "(pip install 'llmgw[tracing]')")
+    access = cfg.server.access_log
+    if not access.enabled or access.path is None:
+        return
+    path = os.path.expanduser(access.path)
+    if os.path.exists(path):
+        writable = os.path.isfile(path) and os.access(path, os.W_OK)
+    else:
+        writable = os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
+    if not writable:
+        raise ConfigError(f"server.access_log.path: {path!r} cannot be written")
 
 
 def check_tls(cfg: GatewayConfig) -> None:

@@ -47,6 +47,7 @@ from llmgw.routing.base import Decision, Need, RoutingPolicy
 from llmgw.routing.session import session_key
 from llmgw.routing.traffic_split import TrafficSplit
 from llmgw.shadow import Shadow
+from llmgw.telemetry import NO_TRACING, Tracing
 from llmgw.types import Outcome, ReplicaView, RequestContext
 
 log = logging.getLogger("llmgw.dispatcher")
@@ -157,6 +158,9 @@ class Exchange:
         self.usage: Mapping[str, Any] | None = None
         self.decision: Decision | None = None
         self.lease: Lease | None = None  # the LoRA adapter held for this request
+        # Disaggregated models: the path taken and the prefill replica, if any.
+        self.pd_path: str | None = None
+        self.prefill_replica: str | None = None
         self.events = 0
         # The stream event that carries the usage (chat's usage chunk, asked for on every
         # stream so token metrics are exact; Responses' response.completed).
@@ -273,8 +277,10 @@ class Dispatcher:
         clock: Callable[[], float] = time.perf_counter,
         splits: Mapping[str, TrafficSplit] | None = None,
         split_counter: Callable[[str, str], None] = lambda alias, target: None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.groups = dict(groups)
+        self.tracing = tracing
         # Requests for models that do not exist are counted under one bounded label.
         self.unknown_model = unknown_model
         self._clock = clock
@@ -375,11 +381,22 @@ class Dispatcher:
             exchange = Exchange(ctx, group, opened.replica, opened.upstream, started, deadline,
                                 upstream_id)
             exchange.decision = opened.decision
+            exchange.pd_path, exchange.prefill_replica = opened.path, opened.prefill
             return exchange
         views = group.views()
-        decision = group.policy.explain(ctx, views) if explain else None
-        ranked = [group.replica(v.id) for v in (
-            decision.ranked if decision is not None else group.policy.rank(ctx, views))]
+        with self.tracing.span("llmgw.route") as span:
+            # Traced, the decision is explained for its scores; only ``explain`` shows it.
+            traced = span is not None and span.is_recording()
+            decision = group.policy.explain(ctx, views) if explain or traced else None
+            ranked = [group.replica(v.id) for v in (
+                decision.ranked if decision is not None else group.policy.rank(ctx, views))]
+            if traced and decision is not None:
+                assert span is not None
+                span.set_attributes({"llmgw.route.policy": group.policy_name,
+                                     "llmgw.route.ranked": [r.id for r in ranked],
+                                     "llmgw.route.decision": orjson.dumps(
+                                         decision.as_dict()).decode()})
+        decision = decision if explain else None
         if not ranked:
             raise NoReplica(f"no healthy replica for model '{group.name}'; retry shortly")
         error: UpstreamError | NoReplica | None = None
@@ -397,7 +414,11 @@ class Dispatcher:
             try:
                 if adapter is not None:
                     assert group.lora is not None
-                    lease = await group.lora.ensure(replica.id, adapter)
+                    with self.tracing.span("llmgw.lora.wait") as span:
+                        if span is not None:
+                            span.set_attributes({"llmgw.adapter": adapter.name,
+                                                 "llmgw.replica": replica.id})
+                        lease = await group.lora.ensure(replica.id, adapter)
                 upstream = await _send(replica, ENDPOINTS[ctx.endpoint].path, body, deadline,
                                        group.timeouts.first_byte_s if ctx.stream else None)
             except UpstreamRejected:

@@ -21,6 +21,7 @@ import yaml
 if TYPE_CHECKING:
     from llmgw.build import Gateway
     from llmgw.config import GatewayConfig
+    from llmgw.telemetry import Tracing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,14 +150,15 @@ def launched_engine_urls(gateway: Server) -> list[str]:
             if "ready at http://" in line]
 
 
-def in_process_gateway(config: GatewayConfig) -> Gateway:
+def in_process_gateway(config: GatewayConfig, tracing: Tracing | None = None) -> Gateway:
     """A gateway built in this process (for httpx.ASGITransport tests): every model served,
     attached engines wired as members (untouched until a request goes to one). No fleet:
-    nothing is launched. Call inside the event loop that serves it; close it after."""
+    nothing is launched. Call inside the event loop that serves it; close it after.
+    ``tracing``: instead of what the config asks for (an in-memory span exporter)."""
     from llmgw.build import Gateway
     from llmgw.placement.local import attached_addresses
 
-    gateway = Gateway(config)
+    gateway = Gateway(config, tracing=tracing)
     for model in config.models:
         gateway.serve(gateway.add_model(model))
         for address, role in zip(attached_addresses(model), model.replica_roles, strict=True):

@@ -50,6 +50,7 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     app.state.created = int(time.time())
     app.state.catalog = gateway.catalog
     app.state.tenancy = gateway.tenancy
+    app.state.access_log = gateway.access_log
     app.state.fleet, app.state.reloader = fleet, reloader
     _apply_server(app, gateway.config)
     if reloader is not None:

@@ -27,6 +27,7 @@ from llmgw.admission import FairQueue
 from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_response, internal_error
 from llmgw.api.request_checks import check_request
+from llmgw.api.request_record import first_token_ns, request_record
 from llmgw.api.sse import relay_json, relay_stream
 from llmgw.dispatcher import Dispatcher, Exchange, ModelGroup
 from llmgw.errors import (
@@ -40,6 +41,7 @@ from llmgw.errors import (
 from llmgw.lora.catalog import Adapter
 from llmgw.protocol import ENDPOINTS, Endpoint, ModelRequest, prompt_text
 from llmgw.routing.session import session_key
+from llmgw.telemetry import AccessLog, Span
 from llmgw.tenancy.estimate import estimate_tokens, used_tokens
 from llmgw.tenancy.gate import Admission, Tenancy
 from llmgw.tenancy.keys import ApiKey
@@ -178,7 +180,7 @@ class _Call:
 
     __slots__ = ("headers", "started", "gateway_id", "request_id", "reply_headers", "parsed",
                  "model", "exchange", "outcome", "status", "error", "key", "admission",
-                 "slot")
+                 "slot", "span")
 
     def __init__(self, headers: Headers) -> None:
         self.headers = headers
@@ -202,6 +204,7 @@ class _Call:
         self.admission: Admission | None = None
         # The model's admission queue while the request holds one of its slots.
         self.slot: FairQueue | None = None
+        self.span: Span | None = None  # with tracing: the request's root span
 
 
 class GenerationRoute:
@@ -214,6 +217,14 @@ class GenerationRoute:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         dispatcher: Dispatcher = scope["app"].state.dispatcher
         call = _Call(Headers(scope=scope))
+        if not dispatcher.tracing.enabled:
+            return await self._handle(dispatcher, call, scope, receive, send)
+        with dispatcher.tracing.request("llmgw.request", call.headers) as span:
+            call.span = span
+            await self._handle(dispatcher, call, scope, receive, send)
+
+    async def _handle(self, dispatcher: Dispatcher, call: _Call, scope: Scope,
+                      receive: Receive, send: Send) -> None:
         try:
             await self._serve(call, scope, receive, send)
         except GatewayError as exc:
@@ -231,17 +242,20 @@ class GenerationRoute:
                     call.slot.release(call.key.name if call.key else "")
                 if call.key is not None:
                     _settle(scope["app"].state.tenancy, call, call.key)
+                self._report(dispatcher, scope["app"].state.access_log, call)
 
     async def _serve(self, call: _Call, scope: Scope, receive: Receive, send: Send) -> None:
         state, headers = scope["app"].state, call.headers
         dispatcher: Dispatcher = state.dispatcher
         tenancy: Tenancy = state.tenancy
-        call.key = tenancy.authenticate(headers)  # before reading a stranger's body
-        body = await read_body(receive, headers, state.max_body_bytes)
-        call.parsed = parse_json(body)
-        req = validate(call.parsed, self.endpoint)
-        check_request(req, state.request_bounds)
-        group, adapter = resolve_for(dispatcher, call.key, req.model, headers, call.parsed)
+        with dispatcher.tracing.span("llmgw.parse"):
+            call.key = tenancy.authenticate(headers)  # before reading a stranger's body
+            body = await read_body(receive, headers, state.max_body_bytes)
+            call.parsed = parse_json(body)
+            req = validate(call.parsed, self.endpoint)
+            check_request(req, state.request_bounds)
+            group, adapter = resolve_for(dispatcher, call.key, req.model, headers,
+                                         call.parsed)
         call.model, stream = group.name, req.streamed
         dispatcher.check_served(group, self.endpoint)
         if call.key is not None:
@@ -294,6 +308,22 @@ class GenerationRoute:
         if call.outcome in ("cancelled", "timeout"):
             await exchange.abort()
         exchange.finish(call.outcome, call.status)
+
+    def _report(self, dispatcher: Dispatcher, access_log: AccessLog | None,
+                call: _Call) -> None:
+        """The request's access log line and its root span's outcome, when either is on."""
+        span = call.span if call.span is not None and call.span.is_recording() else None
+        if access_log is None and span is None:
+            return
+        record = request_record(
+            request_id=call.request_id, gateway_id=call.gateway_id, endpoint=self.endpoint,
+            model=call.model, status=call.status, outcome=call.outcome, error=call.error,
+            tenant=call.key.name if call.key is not None else None, started=call.started,
+            exchange=call.exchange)
+        if access_log is not None:
+            access_log.write(record)
+        if span is not None:
+            dispatcher.tracing.end_request(span, record, first_token_ns(call.exchange))
 
 
 def _admit(tenancy: Tenancy, call: _Call, key: ApiKey, model: str, tokens: bool) -> None:

@@ -1,7 +1,7 @@
 """The YAML config as typed, frozen data, and the loader that merges several files.
 
 One module per section (``server``, ``launch``, ``lora``, ``disagg``, ``routing``,
-``auth``, ``bounds``), the
+``auth``, ``bounds``, ``telemetry``), the
 model that ties them together (``model``, whose ``cross_section_rules`` lists every rule
 across sections), the whole file (``gateway``) and loading (``load``). Data only: no I/O
 besides reading the files.
@@ -36,9 +36,11 @@ from llmgw.config.model import ModelConfig, cross_section_rules
 from llmgw.config.placement import PlacementConfig, ReplicaPlacementConfig, Strategy
 from llmgw.config.resilience import OutlierConfig, RetryBudgetConfig
 from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
-from llmgw.config.server import HealthConfig, ServerConfig, TLSConfig
+from llmgw.config.server import AccessLogConfig, HealthConfig, ServerConfig, TLSConfig
+from llmgw.config.telemetry import TelemetryConfig, TracingConfig
 
 __all__ = [
+    "AccessLogConfig",
     "AdmissionConfig",
     "AliasConfig",
     "AliasTarget",
@@ -76,7 +78,9 @@ __all__ = [
     "PolicyConfig",
     "ServerConfig",
     "Strategy",
+    "TelemetryConfig",
     "TimeoutConfig",
+    "TracingConfig",
     "TLSConfig",
     "cross_section_rules",
     "demo_adapter_index",

@@ -1,5 +1,5 @@
 """The whole file: ``server``, ``health``, ``placement``, ``policies``, ``models``,
-``aliases`` and ``auth``, and the rules across them."""
+``aliases``, ``auth`` and ``telemetry``, and the rules across them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from llmgw.config.model import ModelConfig
 from llmgw.config.placement import PlacementConfig
 from llmgw.config.routing import PolicyConfig
 from llmgw.config.server import HealthConfig, ServerConfig
+from llmgw.config.telemetry import TelemetryConfig
 
 
 class GatewayConfig(_Strict):
@@ -26,6 +27,8 @@ class GatewayConfig(_Strict):
     aliases: list[AliasConfig] = Field(default_factory=list)
     # API keys and limits; absent: no key is asked for (as before keys existed).
     auth: AuthConfig | None = None
+    # Tracing (OpenTelemetry); off unless ``telemetry.tracing`` is given.
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from llmgw.config.base import ConfigError
 from llmgw.config.gateway import GatewayConfig
+from llmgw.config.model import ModelConfig
 
 # Key path (as pydantic reports it) -> the file that last set it.
 Origins = dict[tuple[str | int, ...], str]
@@ -30,9 +31,31 @@ def load_config(paths: Sequence[str | Path]) -> GatewayConfig:
     for path in paths:
         _merge_file(merged, origins, _read_yaml(Path(path)), str(path))
     try:
-        return GatewayConfig.model_validate(merged)
+        return traced_engines(GatewayConfig.model_validate(merged))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origins)) from None
+
+
+def traced_engines(cfg: GatewayConfig) -> GatewayConfig:
+    """With ``telemetry.tracing``, launched vLLM engines export their own spans to the same
+    collector (``--otlp-traces-endpoint``, over OTLP/HTTP like the gateway), so they join
+    each request's trace from the traceparent the gateway sends them. A flag or variable
+    the config sets itself wins."""
+    tracing = cfg.telemetry.tracing
+    if tracing is None:
+        return cfg
+    models = [_traced(m, tracing.endpoint) if m.engine == "vllm" and m.launched else m
+              for m in cfg.models]
+    return cfg.model_copy(update={"models": models})
+
+
+def _traced(model: ModelConfig, endpoint: str) -> ModelConfig:
+    args = {"otlp_traces_endpoint": endpoint, **model.engine_args}
+    # vLLM's exporter speaks gRPC unless told otherwise.
+    env = {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_SERVICE_NAME": "vllm",
+           **model.launch.env}
+    return model.model_copy(update={"engine_args": args,
+                                    "launch": model.launch.model_copy(update={"env": env})})
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

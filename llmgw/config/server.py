@@ -19,6 +19,16 @@ class TLSConfig(_Strict):
     key: str = Field(min_length=1)
 
 
+class AccessLogConfig(_Strict):
+    """One JSON line per request (llmgw/telemetry/access_log.py): ids, model, replica,
+    status, tokens, timings. Never a body, a prompt or a key. Read at start: a reload
+    that changes it is refused."""
+
+    enabled: bool = False
+    # A file appended to (created if missing); null: standard error.
+    path: str | None = Field(default=None, min_length=1)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -44,6 +54,8 @@ class ServerConfig(_Strict):
     tls: TLSConfig | None = None
     # Per request: n, max_tokens and message count (400 beyond them).
     request_bounds: RequestBounds = RequestBounds()
+    # Off by default: {enabled: true} writes to standard error, {enabled: true, path: F} to F.
+    access_log: AccessLogConfig = AccessLogConfig()
 
     @field_validator("admin_key")
     @classmethod

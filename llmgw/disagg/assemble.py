@@ -12,11 +12,13 @@ from llmgw.disagg.vllm_flow import VLLMFlow
 from llmgw.metrics import PDMetrics
 from llmgw.resilience.budget import RetryBudget
 from llmgw.routing.base import RoutingPolicy
+from llmgw.telemetry import NO_TRACING, Tracing
 
 
 def make_disaggregation(model: ModelConfig, prefill_policy: RoutingPolicy,
                         decode_policy: RoutingPolicy, metrics: PDMetrics,
-                        rng: random.Random, budget: RetryBudget) -> Disaggregation:
+                        rng: random.Random, budget: RetryBudget,
+                        tracing: Tracing = NO_TRACING) -> Disaggregation:
     """A disaggregated model with empty pools; replicas join by role as they start."""
     pd = model.disaggregation
     assert pd is not None
@@ -26,5 +28,5 @@ def make_disaggregation(model: ModelConfig, prefill_policy: RoutingPolicy,
     else:
         flow = VLLMFlow(pd.prefill_timeout_s)
     legs = Legs(prefill_policy, decode_policy, metrics, model.max_attempts,
-                decode_timeout_s=pd.decode_timeout_s, budget=budget)
+                decode_timeout_s=pd.decode_timeout_s, budget=budget, tracing=tracing)
     return Disaggregation(model.name, legs, flow, pd.conditional)

@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from llmgw.engines.base import UpstreamResponse
 from llmgw.errors import (
@@ -34,6 +35,7 @@ from llmgw.pool import Replica
 from llmgw.resilience.budget import RetryBudget
 from llmgw.resilience.retry import failure_reason
 from llmgw.routing.base import RoutingPolicy
+from llmgw.telemetry import NO_SPAN, NO_TRACING, Span, Tracing
 from llmgw.types import RequestContext
 
 log = logging.getLogger("llmgw.disagg")
@@ -65,6 +67,7 @@ class Legs:
     # Both pools, filled as replicas join and emptied as they leave (Disaggregation).
     prefill: list[Replica] = field(default_factory=list)
     decode: list[Replica] = field(default_factory=list)
+    tracing: Tracing = NO_TRACING
     # Aborts of legs the request no longer waits for (kept so they are not collected).
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -91,7 +94,8 @@ class Legs:
                 timeout_at = deadline if timeout_at is None else min(timeout_at, deadline)
             try:
                 try:
-                    upstream = await send_within(replica, path, body, timeout_at)
+                    with self.leg_span("decode", replica):
+                        upstream = await send_within(replica, path, body, timeout_at)
                 except TimeoutError:
                     raise UpstreamTimeout(f"decode replica {replica.id} did not answer in "
                                           f"time") from None
@@ -133,6 +137,21 @@ class Legs:
 
     def pool_of(self, replica: Replica) -> Sequence[Replica]:
         return self.prefill if replica.role == "prefill" else self.decode
+
+    def leg_span(self, leg: Literal["prefill", "decode"],
+                 replica: Replica) -> AbstractContextManager[Span | None]:
+        """The span over one leg (``llmgw.pd.prefill`` / ``llmgw.pd.decode``), naming its
+        replica; the engine request inside it is its child."""
+        if not self.tracing.enabled:
+            return NO_SPAN
+        return self._traced_leg(leg, replica)
+
+    @contextlib.contextmanager
+    def _traced_leg(self, leg: str, replica: Replica) -> Iterator[Span | None]:
+        with self.tracing.span(f"llmgw.pd.{leg}") as span:
+            if span is not None:
+                span.set_attributes({"llmgw.replica": replica.id, "llmgw.pd.leg": leg})
+            yield span
 
     def decode_split(self, ctx: RequestContext) -> None:
         """The decode leg of a split request: its engine will count the transferred KV as
@@ -214,13 +233,14 @@ class PrefillLeg:
     async def _run(self, path: str, body: bytes, stream: bool, timeout_s: float) -> None:
         started, upstream = self.legs.clock(), None
         try:
-            async with asyncio.timeout(timeout_s):
-                upstream = await self.replica.engine.send(path, body)
-                if stream:
-                    async for _ in upstream.event_blocks():
-                        pass
-                else:
-                    await upstream.read()
+            with self.legs.leg_span("prefill", self.replica):
+                async with asyncio.timeout(timeout_s):
+                    upstream = await self.replica.engine.send(path, body)
+                    if stream:
+                        async for _ in upstream.event_blocks():
+                            pass
+                    else:
+                        await upstream.read()
             self.legs.metrics.prefill_leg.observe(self.legs.clock() - started)
             self.replica.answered()
         except (GatewayError, TimeoutError) as exc:

@@ -44,6 +44,10 @@ class Opened:
     replica: Replica
     upstream: UpstreamResponse
     decision: Decision | None
+    # The path the request took (disaggregated, aggregated, fallback) and its prefill
+    # replica, if a prefill leg was sent: for the access log.
+    path: str = ""
+    prefill: str | None = None
 
 
 class Disaggregation:
@@ -105,11 +109,17 @@ class Disaggregation:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:  # the API layer parsed it already: not expected
             raise InvalidRequest("request body is not valid JSON") from None
-        plan = self.plan(ctx, parsed)
+        with self.legs.tracing.span("llmgw.route") as span:
+            plan = self.plan(ctx, parsed)
+            if span is not None and span.is_recording():
+                span.set_attribute("llmgw.route.decision", orjson.dumps(
+                    plan.decision.as_dict()).decode())
         replica, upstream = await self.flow.open(self.legs, plan, ctx, path, parsed, body,
                                                  upstream_id, deadline)
         self.legs.metrics.routed(plan.path, plan.reason)
-        return Opened(replica, upstream, plan.decision if explain else None)
+        prefill = plan.decision.disaggregation.get("prefill_replica")
+        return Opened(replica, upstream, plan.decision if explain else None, plan.path,
+                      prefill if isinstance(prefill, str) else None)
 
     def explain(self, ctx: RequestContext) -> PDDecision:
         """A dry run: the path and both pools' decisions, nothing sent."""

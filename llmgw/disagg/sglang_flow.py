@@ -100,12 +100,13 @@ class SGLangFlow:
         first: bytes | None = None
         blocks: AsyncIterator[bytes] | None = None
         try:
-            async with asyncio.timeout_at(timeout_at) as limit:
-                upstream = await _unless_failed(leg, send_within(decode, path, body, None),
-                                                limit, deadline)
-                if stream:
-                    blocks = upstream.event_blocks()
-                    first = await _unless_failed(leg, anext(blocks, b""), limit, deadline)
+            with legs.leg_span("decode", decode):
+                async with asyncio.timeout_at(timeout_at) as limit:
+                    upstream = await _unless_failed(leg, send_within(decode, path, body, None),
+                                                    limit, deadline)
+                    if stream:
+                        blocks = upstream.event_blocks()
+                        first = await _unless_failed(leg, anext(blocks, b""), limit, deadline)
         except BaseException as exc:
             decode.release()
             legs.in_background(_abandon(decode, upstream, rid, leg))

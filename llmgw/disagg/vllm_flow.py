@@ -110,11 +110,12 @@ class VLLMFlow:
         replica.acquire()
         started, upstream, ok = legs.clock(), None, False
         try:
-            async with asyncio.timeout_at(timeout_at):
-                upstream = await replica.engine.send(path, body)
-                legs.prefill_policy.on_routed(ctx, replica.id)
-                replica.metrics.routed.inc()
-                answer = await upstream.read()
+            with legs.leg_span("prefill", replica):
+                async with asyncio.timeout_at(timeout_at):
+                    upstream = await replica.engine.send(path, body)
+                    legs.prefill_policy.on_routed(ctx, replica.id)
+                    replica.metrics.routed.inc()
+                    answer = await upstream.read()
             ok = True
         finally:
             # Closing an unfinished leg (time limit, client gone) makes vLLM abort it.

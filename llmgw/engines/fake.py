@@ -3,7 +3,9 @@
 It is a stand-in, not an engine: it answers ``tok0 tok1 ...`` (one token per word, as
 many as ``max_tokens``, default 16) instantly or with a fixed per-token delay, counts the
 requests it is running (``/metrics``), shows the last request body it got
-(``/fake/last_request``), and notices when a client goes away, so tests can
+(``/fake/last_request``) and the W3C trace headers that came with it (``/fake/last_trace``),
+loads and unloads LoRA adapters by name as vLLM's runtime API does (nothing is read: the
+answer stays the same), and notices when a client goes away, so tests can
 prove the gateway aborts engine requests. It also answers embeddings, the Responses API
 and vLLM's tokenizer routes (``fake_endpoints``), and scripted tool calls
 (``fake_tools``). Run it as
@@ -38,6 +40,9 @@ class FakeEngineState:
         self.aborted = 0
         self.served = 0
         self.last_request: bytes = b"{}"
+        # traceparent / tracestate of the last generation request (tracing tests).
+        self.last_trace: dict[str, str | None] = {"traceparent": None, "tracestate": None}
+        self.adapters: dict[str, str] = {}  # LoRA adapter name -> the path it was given
         # Several nodes (vLLM's --nnodes): rank 0 lists the ranks that joined it.
         self.nnodes, self.master_port = 1, 0
         self.joined: list[int] = []
@@ -61,6 +66,8 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
                             "type": "server_error", "param": None, "code": None}}),
                             status_code=state.fail_status, media_type="application/json")
         raw = state.last_request = await request.body()
+        state.last_trace = {name: request.headers.get(name)
+                            for name in ("traceparent", "tracestate")}
         try:
             body = orjson.loads(raw)
             n = _max_tokens(body)
@@ -91,12 +98,26 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
         return Response(b"{}", media_type="application/json")
 
     async def models(request: Request) -> Response:
+        adapters = [{"id": name, "object": "model", "created": 0, "owned_by": "fake",
+                     "root": path, "parent": state.name} for name, path in state.adapters.items()]
         return Response(orjson.dumps({"object": "list", "data": [
-            {"id": state.name, "object": "model", "created": 0, "owned_by": "fake"}]}),
-            media_type="application/json")
+            {"id": state.name, "object": "model", "created": 0, "owned_by": "fake"},
+            *adapters]}), media_type="application/json")
+
+    async def load_adapter(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        state.adapters[str(body["lora_name"])] = str(body["lora_path"])
+        return Response(b"Success", media_type="text/plain")
+
+    async def unload_adapter(request: Request) -> Response:
+        state.adapters.pop(str(orjson.loads(await request.body())["lora_name"]), None)
+        return Response(b"Success", media_type="text/plain")
 
     async def last_request(request: Request) -> Response:
         return Response(state.last_request, media_type="application/json")
+
+    async def last_trace(request: Request) -> Response:
+        return Response(orjson.dumps(state.last_trace), media_type="application/json")
 
     async def topology(request: Request) -> Response:
         return Response(orjson.dumps({"nnodes": state.nnodes, "joined": sorted(state.joined)}),
@@ -110,11 +131,14 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
             master.close()
 
     return Starlette(lifespan=lifespan, routes=[
-        Route("/fake/last_request", last_request), Route("/fake/topology", topology),
+        Route("/fake/last_request", last_request), Route("/fake/last_trace", last_trace),
+        Route("/fake/topology", topology),
         Route("/v1/chat/completions", generate, methods=["POST"]),
         Route("/v1/completions", generate, methods=["POST"]),
         Route("/metrics", metrics), Route("/health", health), Route("/v1/models", models),
         *endpoint_routes(state),
+        Route("/v1/load_lora_adapter", load_adapter, methods=["POST"]),
+        Route("/v1/unload_lora_adapter", unload_adapter, methods=["POST"]),
     ])
 
 

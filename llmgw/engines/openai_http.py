@@ -24,6 +24,7 @@ from llmgw.errors import (
     UpstreamUnreachable,
 )
 from llmgw.protocol import ENDPOINTS, Endpoint
+from llmgw.telemetry import NO_TRACING, Tracing
 from llmgw.types import EngineStats
 
 _JSON = {"content-type": "application/json"}
@@ -88,9 +89,11 @@ class OpenAIHTTPEngine:
         *,
         connect_timeout_s: float = 5.0,
         health_timeout_s: float = 2.0,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.url = url
         self._session = session
+        self._tracing = tracing
         # No total or read timeout: a long generation is never cut here. Request
         # deadlines are explicit config, enforced by the dispatcher.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s)
@@ -132,9 +135,21 @@ class OpenAIHTTPEngine:
         return False
 
     async def send(self, path: str, body: bytes) -> HTTPUpstreamResponse:
+        if not self._tracing.enabled:
+            return await self._post(path, body, _JSON)
+        with self._tracing.span("llmgw.engine", kind="client") as span:
+            assert span is not None
+            span.set_attributes({"url.full": self.url + path, "http.request.method": "POST"})
+            # The engine continues the trace under this span (vLLM does, when it traces).
+            answer = await self._post(path, body, self._tracing.inject(_JSON))
+            span.set_attribute("http.response.status_code", answer.status)
+            return answer
+
+    async def _post(self, path: str, body: bytes,
+                    headers: dict[str, str]) -> HTTPUpstreamResponse:
         try:
             response = await self._session.post(
-                self.url + path, data=body, headers=_JSON, timeout=self._timeout
+                self.url + path, data=body, headers=headers, timeout=self._timeout
             )
         # Whether the request may have reached the engine decides whether it may be
         # resent (llmgw.resilience.retry): connecting failed -> it did not.

@@ -14,8 +14,9 @@ What each model needs, by what changed:
   in place around the same replicas.
 
 Changes that need a new listening socket or process (``server.host``/``port``/``tls``,
-``server.state_dir``, the top-level ``placement``) cannot be applied while running: the
-plan refuses them, and the gateway keeps its config.
+``server.state_dir``, the top-level ``placement``) or that are set up once at start
+(``server.access_log``, ``telemetry``) cannot be applied while running: the plan refuses
+them, and the gateway keeps its config.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from llmgw.placement.commands import launch_roles
 
 Action = Literal["add", "remove", "roll", "scale", "attach", "update"]
 # Server settings a running gateway cannot take on: it would need a new socket / process.
-RESTART_ONLY = ("host", "port", "state_dir", "tls", "keep_alive_s")
+RESTART_ONLY = ("host", "port", "state_dir", "tls", "keep_alive_s", "access_log")
 # Model keys that only size pools; their replicas stay.
 _COUNT_KEYS = frozenset({"replicas", "autoscaling", "rollout"})
 # Model keys that decide replicas' membership for attached engines.
@@ -75,6 +76,9 @@ def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
     if old.placement != new.placement:  # the backend and its cluster are chosen at start
         raise ConfigError("placement: cannot change while the gateway runs; restart the "
                           "gateway (on Ray the engines keep running and are adopted)")
+    if old.telemetry != new.telemetry:  # the tracer and its exporter are built at start
+        raise ConfigError("telemetry: cannot change while the gateway runs; restart the "
+                          "gateway")
     before = {m.name: m for m in old.models}
     after = {m.name: m for m in new.models}
     changed_policies = {name for name in {*old.policies, *new.policies}
