@@ -133,6 +133,11 @@ def _check(paths: Sequence[str]) -> int:
                    else model.routing)
         lora = f" adapters={len(model.lora.adapters)}" if model.lora is not None else ""
         print(f"ok  {model.name}: engine={model.engine} replicas={where} routing={routing}{lora}")
+    from llmgw.tools.registry import check_tools
+
+    for spec in check_tools(cfg):
+        print(f"ok  tool {spec.name}: {spec.deployment}.{spec.method}"
+              f"{' batched' if spec.batched is not None else ''}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """The YAML config as typed, frozen data, and the loader that merges several files.
 
 One module per section (``server``, ``launch``, ``lora``, ``disagg``, ``routing``,
-``auth``, ``bounds``), the
+``auth``, ``bounds``, ``tools``), the
 model that ties them together (``model``, whose ``cross_section_rules`` lists every rule
 across sections), the whole file (``gateway``) and loading (``load``). Data only: no I/O
 besides reading the files.
@@ -37,12 +37,14 @@ from llmgw.config.placement import PlacementConfig, ReplicaPlacementConfig, Stra
 from llmgw.config.resilience import OutlierConfig, RetryBudgetConfig
 from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
 from llmgw.config.server import HealthConfig, ServerConfig, TLSConfig
+from llmgw.config.tools import TOOL_NAME, BatchConfig, ToolConfig
 
 __all__ = [
     "AdmissionConfig",
     "AliasConfig",
     "AliasTarget",
     "AuthConfig",
+    "BatchConfig",
     "AutoscalingConfig",
     "ReplicaPlacementConfig",
     "RetryBudgetConfig",
@@ -77,6 +79,8 @@ __all__ = [
     "ServerConfig",
     "Strategy",
     "TimeoutConfig",
+    "TOOL_NAME",
+    "ToolConfig",
     "TLSConfig",
     "cross_section_rules",
     "demo_adapter_index",
