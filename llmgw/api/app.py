@@ -10,7 +10,7 @@ import orjson
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from llmgw.api import admin, keys, routes
+from llmgw.api import admin, keys, routes, tools
 from llmgw.api import fleet as fleet_routes
 from llmgw.api.errors import install_error_handlers
 from llmgw.api.generation import GenerationRoute
@@ -20,12 +20,14 @@ from llmgw.build import Gateway
 from llmgw.config import GatewayConfig
 from llmgw.fleet.controller import Fleet
 from llmgw.fleet.reload import Reloader
+from llmgw.tools.toolset import ToolSet
 
 
 def create_app(gateway: Gateway, fleet: Fleet | None = None,
-               reloader: Reloader | None = None) -> FastAPI:
+               reloader: Reloader | None = None, tool_set: ToolSet | None = None) -> FastAPI:
     """``fleet`` and ``reloader``: what `llmgw up` runs beside the app (replicas started,
-    scaled and reloaded); without them the admin fleet routes answer that there is none."""
+    scaled and reloaded); without them the admin fleet routes answer that there is none.
+    ``tool_set``: the started tools (``tools:``); without it /v1/tools lists none."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,6 +52,7 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     app.state.catalog = gateway.catalog
     app.state.tenancy = gateway.tenancy
     app.state.fleet, app.state.reloader = fleet, reloader
+    app.state.tools = tool_set or ToolSet(gateway.config, [], gateway.metrics)
     _apply_server(app, gateway.config)
     if reloader is not None:
         reloader.listeners.append(lambda config: _apply_server(app, config))
@@ -62,6 +65,8 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
         Route("/v1/completions", GenerationRoute("completions"), methods=["POST"]),
     ]
     app.add_route("/v1/models", routes.list_models, methods=["GET"])
+    app.add_route("/v1/tools", tools.list_tools, methods=["GET"])
+    app.add_route("/v1/tools/{name}", tools.call_tool, methods=["POST"])
     app.add_route("/health", routes.health, methods=["GET"])
     app.add_route("/ready", routes.ready, methods=["GET"])
     app.add_route("/metrics", routes.metrics, methods=["GET"])
@@ -73,6 +78,7 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     app.add_route("/admin/keys", keys.list_keys, methods=["GET"])
     app.add_route("/admin/keys", keys.create_key, methods=["POST"])
     app.add_route("/admin/keys/{name}", keys.revoke_key, methods=["DELETE"])
+    app.add_route("/admin/tools/{name}/batch", tools.set_batch_bounds, methods=["POST"])
     app.add_route("/admin/status", fleet_routes.status, methods=["GET"])
     app.add_route("/admin/reload", fleet_routes.reload, methods=["POST"])
     return app

@@ -17,6 +17,7 @@ from llmgw.metrics.bound import (
 from llmgw.metrics.fleet import FleetFamilies, FleetMetrics
 from llmgw.metrics.registry import Metrics
 from llmgw.metrics.tenants import AdmissionMetrics, TenantFamilies, TenantMetrics
+from llmgw.metrics.tools import ToolFamilies
 
 __all__ = [
     "AdmissionMetrics",
@@ -31,4 +32,5 @@ __all__ = [
     "ShadowMetrics",
     "TenantFamilies",
     "TenantMetrics",
+    "ToolFamilies",
 ]

@@ -60,6 +60,10 @@ def check_tools(cfg: GatewayConfig) -> list[ToolSpec]:
                                   f"{owner[spec.name]}")
             owner[spec.name] = where
             specs.append(spec)
+    for index, key in enumerate(cfg.auth.keys if cfg.auth is not None else []):
+        unknown = sorted(set(key.tools or ()) - set(owner))
+        if unknown:
+            raise ConfigError(f"auth.keys[{index}].tools: no tool named {unknown[0]!r}")
     return specs
 
 
