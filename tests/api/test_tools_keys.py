@@ -1,0 +1,80 @@
+"""Tools and API keys, with the app in process (one in-process tool instance): a key whose
+``tools:`` lists names sees and calls only those; another name is a 404 as for a tool
+that does not exist; without a key, 401."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llmgw.api.app import create_app
+from llmgw.config import ConfigError, GatewayConfig
+from llmgw.tenancy.keys import hash_key
+from llmgw.tools.registry import check_tools
+from llmgw.tools.toolset import ToolSet
+from tests.support import in_process_gateway
+
+LIMITED, FULL = "limited-key", "full-key"
+
+
+def config(tmp: Path, tools: list[str]) -> GatewayConfig:
+    return GatewayConfig.model_validate({
+        "server": {"state_dir": str(tmp)},
+        "models": [{"name": "m", "engine": "openai", "url": "http://127.0.0.1:9"}],
+        "tools": [{"name": "t", "import_path": "tests.fakes.tools:Recorder", "replicas": 0}],
+        "auth": {"keys": [{"name": "limited", "hash": hash_key(LIMITED), "tools": tools},
+                          {"name": "full", "hash": hash_key(FULL)}]},
+    })
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    cfg = config(tmp_path, ["t_echo"])
+    gateway = in_process_gateway(cfg)
+    tools = ToolSet(cfg, check_tools(cfg), gateway.metrics)
+    await tools.start()
+    transport = httpx.ASGITransport(app=create_app(gateway, tool_set=tools))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        yield client
+    await tools.close()
+    await gateway.close()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def test_a_key_lists_and_calls_only_its_tools(client: httpx.AsyncClient) -> None:
+    limited = (await client.get("/v1/tools", headers=bearer(LIMITED))).json()["data"]
+    assert [t["function"]["name"] for t in limited] == ["t_echo"]
+    full = (await client.get("/v1/tools", headers=bearer(FULL))).json()["data"]
+    assert len(full) == 7
+    ok = await client.post("/v1/tools/t_echo", json={"arguments": {"text": "a"}},
+                           headers=bearer(LIMITED))
+    assert ok.json()["output"]["text"] == "a"
+    hidden = await client.post("/v1/tools/t_add", json={"arguments": {}},
+                               headers=bearer(LIMITED))
+    unknown = await client.post("/v1/tools/t_nope", json={"arguments": {}},
+                                headers=bearer(LIMITED))
+    assert (hidden.status_code, unknown.status_code) == (404, 404)
+    assert hidden.json()["error"] == {"message": "no tool named 't_add'", "param": "name",
+                                      "type": "invalid_request_error",
+                                      "code": "tool_not_found"}
+    allowed = await client.post("/v1/tools/t_add", json={"arguments": {"point": {"x": 1}}},
+                                headers=bearer(FULL))
+    assert allowed.json()["output"] == 1
+
+
+async def test_tools_need_a_key_with_auth(client: httpx.AsyncClient) -> None:
+    for answer in (await client.get("/v1/tools"),
+                   await client.post("/v1/tools/t_echo", json={"arguments": {"text": "a"}})):
+        assert answer.status_code == 401
+        assert answer.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_key_naming_an_unknown_tool_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^auth.keys\[0\].tools: no tool named 'weather'$"):
+        check_tools(config(tmp_path, ["weather"]))
