@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import orjson
 from fastapi import FastAPI
@@ -22,6 +25,11 @@ from llmgw.fleet.controller import Fleet
 from llmgw.fleet.reload import Reloader
 from llmgw.tools.toolset import ToolSet
 
+if TYPE_CHECKING:
+    from llmgw.api.mcp import MCPEndpoint
+
+log = logging.getLogger("llmgw.api")
+
 
 def create_app(gateway: Gateway, fleet: Fleet | None = None,
                reloader: Reloader | None = None, tool_set: ToolSet | None = None) -> FastAPI:
@@ -29,11 +37,18 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     scaled and reloaded); without them the admin fleet routes answer that there is none.
     ``tool_set``: the started tools (``tools:``); without it /v1/tools lists none."""
 
+    tools_served = tool_set or ToolSet(gateway.config, [], gateway.metrics)
+    mcp = _mcp_endpoint(tools_served, gateway)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
         try:
-            yield
+            if mcp is None:
+                yield
+            else:
+                async with mcp.running():
+                    yield
         finally:
             if fleet is not None:  # no scaling decision while the gateway closes
                 await fleet.stop_loop()
@@ -52,7 +67,7 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     app.state.catalog = gateway.catalog
     app.state.tenancy = gateway.tenancy
     app.state.fleet, app.state.reloader = fleet, reloader
-    app.state.tools = tool_set or ToolSet(gateway.config, [], gateway.metrics)
+    app.state.tools = tools_served
     _apply_server(app, gateway.config)
     if reloader is not None:
         reloader.listeners.append(lambda config: _apply_server(app, config))
@@ -67,6 +82,8 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     app.add_route("/v1/models", routes.list_models, methods=["GET"])
     app.add_route("/v1/tools", tools.list_tools, methods=["GET"])
     app.add_route("/v1/tools/{name}", tools.call_tool, methods=["POST"])
+    if mcp is not None:  # one route, no Mount: no /mcp -> /mcp/ redirect
+        app.router.routes.append(Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]))
     app.add_route("/health", routes.health, methods=["GET"])
     app.add_route("/ready", routes.ready, methods=["GET"])
     app.add_route("/metrics", routes.metrics, methods=["GET"])
@@ -82,6 +99,26 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     app.add_route("/admin/status", fleet_routes.status, methods=["GET"])
     app.add_route("/admin/reload", fleet_routes.reload, methods=["POST"])
     return app
+
+
+def _mcp_endpoint(tool_set: ToolSet, gateway: Gateway) -> MCPEndpoint | None:
+    """/mcp when tools are served; its package (the ``llmgw[mcp]`` extra) is imported only
+    then. Without the package, tools are served over /v1/tools alone (logged)."""
+    if not tool_set.specs:
+        return None
+    try:
+        from llmgw.api.mcp import MCPEndpoint
+    except ImportError:
+        log.warning("/mcp is off: the mcp package is not installed (pip install 'llmgw[mcp]')")
+        return None
+    return MCPEndpoint(tool_set, gateway.tenancy, gateway.config.server.host, _version())
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("llmgw")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def _apply_server(app: FastAPI, config: GatewayConfig) -> None:

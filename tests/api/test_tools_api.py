@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support import ROOT, Server, llmgw_up, start_gateway, wait_until
+from tests.support import Server, start_gateway, wait_until
 
 ADMIN = "tools-admin-key"
 RECORDER = "tests.fakes.tools:Recorder"
@@ -203,21 +203,6 @@ def test_killed_worker_fails_its_calls_clearly_and_is_replaced(gateway: Server) 
     assert call(gateway, "kill_echo", {"text": "x"}).json()["output"]["pid"] != pid
     assert metric(gateway, 'llmgw_tool_replica_restarts_total{deployment="kill",'
                            'replica="kill-0"}') == 1
-
-
-def test_configs_tools_yaml_serves_its_examples() -> None:
-    server = llmgw_up("configs/tools.yaml", timeout_s=120)
-    try:
-        names = [t["function"]["name"]
-                 for t in httpx.get(server.url + "/v1/tools").json()["data"]]
-        assert names == ["weather", "weather_forecast", "embed"]
-        forecast = call(server, "weather_forecast", {"city": "Oslo", "days": 2}).json()
-        assert forecast["output"]["city"] == "Oslo"
-        assert len(forecast["output"]["temperatures"]) == 2
-        assert len(call(server, "embed", {"text": "hi"}).json()["output"]) == 8
-    finally:
-        server.stop()
-    assert (ROOT / "configs" / "tools.yaml").exists()
 
 
 def _admin() -> dict[str, str]:
