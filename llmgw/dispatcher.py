@@ -332,10 +332,11 @@ class Dispatcher:
 
     async def open(self, ctx: RequestContext, group: ModelGroup, body: bytes,
                    upstream_id: str, explain: bool = False,
-                   adapter: Adapter | None = None) -> Exchange:
+                   adapter: Adapter | None = None, pin: str | None = None) -> Exchange:
         """Pick a replica and send the request; try the next ranked replica when one cannot
         be reached or fails before answering. Nothing reached the client yet, so failover
-        is safe here and nowhere later."""
+        is safe here and nowhere later. ``pin``: that replica first while it is routable
+        (the rounds of a tool loop share one engine's prefix cache)."""
         started = self._clock()
         deadline = _deadline(group.timeouts)
         if group.waiter is not None and not group.routable():  # scaled to zero: wait
@@ -351,6 +352,8 @@ class Dispatcher:
         decision = group.policy.explain(ctx, views) if explain else None
         ranked = [group.replica(v.id) for v in (
             decision.ranked if decision is not None else group.policy.rank(ctx, views))]
+        if pin is not None:
+            ranked.sort(key=lambda replica: replica.id != pin)
         if not ranked:
             raise NoReplica(f"no healthy replica for model '{group.name}'; retry shortly")
         error: UpstreamError | NoReplica | None = None

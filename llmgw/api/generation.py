@@ -27,6 +27,7 @@ from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_response, internal_error
 from llmgw.api.request_checks import check_request
 from llmgw.api.sse import relay_json, relay_stream
+from llmgw.api.tool_loop import ToolLoop
 from llmgw.dispatcher import Dispatcher, Exchange, ModelGroup
 from llmgw.errors import (
     ClientGone,
@@ -47,6 +48,8 @@ from llmgw.routing.session import session_key
 from llmgw.tenancy.estimate import estimate_tokens, used_tokens
 from llmgw.tenancy.gate import Admission, Tenancy
 from llmgw.tenancy.keys import ApiKey
+from llmgw.tools.loop import hosted_tools, offered
+from llmgw.tools.toolset import ToolSet
 from llmgw.types import Outcome, RequestContext
 
 log = logging.getLogger("llmgw.api")
@@ -246,6 +249,7 @@ class GenerationRoute:
             group.lora.note_request(adapter)
         ctx = await request_context(call.gateway_id, group, self.endpoint, stream, headers,
                                     call.parsed, adapter, call.admission)
+        loop = tool_loop(state, call, group, ctx, adapter) if self.endpoint == "chat" else None
         upstream = dispatcher.upstream_body(group, body, call.parsed, stream, req.wants_usage,
                                             call.gateway_id, adapter)
         async with DisconnectWatch(receive) as watch:
@@ -255,6 +259,9 @@ class GenerationRoute:
                 call.slot = group.admission
                 if call.key is not None:  # it may have been revoked while this waited
                     tenancy.check_current(call.key)
+            if loop is not None:
+                await _serve_loop(loop, call, send, watch, stream)
+                return
             call.exchange = exchange = await dispatcher.open(
                 ctx, group, upstream, call.gateway_id, explain=EXPLAIN_HEADER in headers,
                 adapter=adapter)
@@ -290,6 +297,35 @@ class GenerationRoute:
         if call.outcome in ("cancelled", "timeout"):
             await exchange.abort()
         exchange.finish(call.outcome, call.status)
+
+
+def tool_loop(state: Any, call: _Call, group: ModelGroup, ctx: RequestContext,
+              adapter: Adapter | None) -> ToolLoop | None:
+    """The request's tool loop when it names the gateway's tools (llmgw/tools/loop.py)."""
+    assert call.parsed is not None
+    hosted = hosted_tools(call.parsed)
+    if hosted is None:
+        return None
+    tools: ToolSet = state.tools
+    key = call.key
+    specs = offered(hosted, tools.specs.values(),
+                    lambda name: key is None or key.allows_tool(name))
+    return ToolLoop(state.dispatcher, group, ctx, adapter, tools, specs, call.parsed,
+                    hosted.max_rounds, call.gateway_id)
+
+
+async def _serve_loop(loop: ToolLoop, call: _Call, send: Send, watch: DisconnectWatch,
+                      stream: bool) -> None:
+    try:
+        if stream:
+            call.outcome = await loop.answer_stream(send, call.reply_headers, watch,
+                                                    call.request_id)
+            call.status = 200
+        else:
+            call.status = await loop.answer_json(send, call.reply_headers, watch)
+            call.outcome = "ok"
+    finally:  # the round in flight, finished or aborted by _close like any exchange
+        call.exchange = loop.exchange
 
 
 def _admit(tenancy: Tenancy, call: _Call, key: ApiKey, model: str) -> None:
