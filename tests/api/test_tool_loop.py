@@ -189,3 +189,29 @@ def test_bad_hosted_entries_are_400s_naming_the_field(
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == param
     assert answer.json()["error"]["message"].startswith(message)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["run", "run_streamed"])
+async def test_openai_agents_sdk_runs_a_gateway_tool_over_mcp(gateway: Server,
+                                                              streamed: bool) -> None:
+    """A black-box agent: the OpenAI Agents SDK lists the gateway's tools over /mcp, offers
+    them to the model through /v1/chat/completions, runs the model's call over /mcp and
+    sends the result back (the client-side loop, as agent frameworks run it)."""
+    from agents import Agent, OpenAIChatCompletionsModel, Runner, set_tracing_disabled
+    from agents.mcp import MCPServerStreamableHttp
+
+    set_tracing_disabled(True)  # else it exports traces to OpenAI
+    model = OpenAIChatCompletionsModel(model="agent", openai_client=openai.AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key="unused", max_retries=0))
+    async with MCPServerStreamableHttp(params={"url": gateway.url + "/mcp"},
+                                       cache_tools_list=True) as mcp:
+        agent = Agent(name="forecaster", instructions="Use the tools.", model=model,
+                      mcp_servers=[mcp])
+        if streamed:
+            run = Runner.run_streamed(agent, "weather?")
+            async for _ in run.stream_events():
+                pass
+            output = run.final_output
+        else:
+            output = (await Runner.run(agent, "weather?")).final_output
+    assert output == f"final: {weather_of(gateway, 'x')}"
