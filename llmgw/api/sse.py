@@ -20,7 +20,7 @@ from llmgw.types import Outcome
 
 log = logging.getLogger("llmgw.api")
 Headers = list[tuple[bytes, bytes]]
-_SSE_HEADERS: Headers = [
+SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),  # keep proxies like nginx from buffering the stream
@@ -31,7 +31,7 @@ async def relay_stream(exchange: Exchange, send: Send, client_wants_usage: bool,
                        headers: Headers, watch: DisconnectWatch, request_id: str) -> Outcome:
     """``request_id``: the client's, named in the error event of a gateway bug."""
     await send({"type": "http.response.start", "status": 200,
-                "headers": _SSE_HEADERS + headers})
+                "headers": SSE_HEADERS + headers})
     error: GatewayError | None = None
     try:
         if exchange.deadline is None:

@@ -24,6 +24,7 @@ from starlette.types import Send
 
 from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_event
+from llmgw.api.sse import SSE_HEADERS
 from llmgw.dispatcher import DONE_EVENT, Dispatcher, Exchange, ModelGroup
 from llmgw.errors import GatewayError, InvalidRequest, ToolError, UpstreamTimeout
 from llmgw.lora.catalog import Adapter
@@ -33,8 +34,6 @@ from llmgw.tools.toolset import ToolSet
 from llmgw.types import Outcome, RequestContext
 
 Headers = list[tuple[bytes, bytes]]
-_SSE: Headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
-                 (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
 class ToolLoop:
@@ -125,7 +124,7 @@ class ToolLoop:
         HTTP errors); from then on every failure ends the stream in-band."""
         first = await self._open()
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [*_SSE, *headers, _replica_header(first)]})
+                    "headers": [*SSE_HEADERS, *headers, _replica_header(first)]})
         stream = _Stream(send, f"chatcmpl-{request_id}", self._group.name)
         error: GatewayError | None = None
         try:
