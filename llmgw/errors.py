@@ -24,6 +24,7 @@
     ├── AdminRequestRejected          4xx an admin change that cannot be made (404/409/400)
     ├── ChangeNotSaved                500 server_error / state_not_saved
     ├── ToolNotFound                  404 invalid_request_error / tool_not_found
+    ├── ToolDepthExceeded             400 invalid_request_error / tool_depth_exceeded
     ├── ToolError                     500 server_error / tool_error (the tool raised)
     ├── ToolUnavailable               503 server_error / tool_unavailable (+ Retry-After)
     ├── ToolWorkerLost                502 server_error / tool_worker_lost
@@ -245,6 +246,12 @@ class ToolNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "tool_not_found"
+
+
+class ToolDepthExceeded(InvalidRequest):
+    """Tools called through ``llmgw.context`` nested deeper than ``MAX_DEPTH``."""
+
+    code = "tool_depth_exceeded"
 
 
 class ToolError(GatewayError):

@@ -27,7 +27,8 @@ from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_response, internal_error
 from llmgw.api.request_checks import check_request
 from llmgw.api.sse import relay_json, relay_stream
-from llmgw.api.tool_loop import ToolLoop
+from llmgw.api.tool_loop import HeldSlot, ToolLoop
+from llmgw.context import CallContext, depth_of
 from llmgw.dispatcher import Dispatcher, Exchange, ModelGroup
 from llmgw.errors import (
     ClientGone,
@@ -253,15 +254,15 @@ class GenerationRoute:
         upstream = dispatcher.upstream_body(group, body, call.parsed, stream, req.wants_usage,
                                             call.gateway_id, adapter)
         async with DisconnectWatch(receive) as watch:
+            if loop is not None:
+                await _serve_loop(loop, call, send, watch, stream, tenancy)
+                return
             if group.admission is not None:  # a saturated model: wait for a slot
                 await group.admission.acquire(ctx.tenant or "", ctx.priority,
                                               call.key.weight if call.key else 1.0)
                 call.slot = group.admission
                 if call.key is not None:  # it may have been revoked while this waited
                     tenancy.check_current(call.key)
-            if loop is not None:
-                await _serve_loop(loop, call, send, watch, stream)
-                return
             call.exchange = exchange = await dispatcher.open(
                 ctx, group, upstream, call.gateway_id, explain=EXPLAIN_HEADER in headers,
                 adapter=adapter)
@@ -310,13 +311,23 @@ def tool_loop(state: Any, call: _Call, group: ModelGroup, ctx: RequestContext,
     key = call.key
     specs = offered(hosted, tools.specs.values(),
                     lambda name: key is None or key.allows_tool(name))
-    return ToolLoop(state.dispatcher, group, ctx, adapter, tools, specs, call.parsed,
-                    hosted.max_rounds, call.gateway_id)
+    loop = ToolLoop(state.dispatcher, group, ctx, adapter, tools, specs, call.parsed,
+                    hosted.max_rounds, call.gateway_id,
+                    CallContext(None, depth_of(call.headers), call.headers.get("authorization")))
+    if group.admission is not None:
+        loop.slot = HeldSlot(group.admission, ctx.tenant or "", ctx.priority,
+                             key.weight if key else 1.0)
+    return loop
 
 
 async def _serve_loop(loop: ToolLoop, call: _Call, send: Send, watch: DisconnectWatch,
-                      stream: bool) -> None:
+                      stream: bool, tenancy: Tenancy) -> None:
+    """The loop holds its own admission slot (let go while its tools run)."""
     try:
+        if loop.slot is not None:
+            await loop.slot.acquire()
+            if call.key is not None:  # it may have been revoked while this waited
+                tenancy.check_current(call.key)
         if stream:
             call.outcome = await loop.answer_stream(send, call.reply_headers, watch,
                                                     call.request_id)
@@ -326,6 +337,8 @@ async def _serve_loop(loop: ToolLoop, call: _Call, send: Send, watch: Disconnect
             call.outcome = "ok"
     finally:  # the round in flight, finished or aborted by _close like any exchange
         call.exchange = loop.exchange
+        if loop.slot is not None:
+            loop.slot.release()
 
 
 def _admit(tenancy: Tenancy, call: _Call, key: ApiKey, model: str) -> None:

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from llmgw.api.errors import error_response
+from llmgw.context import depth_of
 from llmgw.errors import GatewayError
 from llmgw.tenancy.gate import Tenancy
 from llmgw.tenancy.keys import ApiKey
@@ -78,11 +79,14 @@ class MCPEndpoint:
     async def _call(self, ctx: Any, params: types.CallToolRequestParams,
                     ) -> types.CallToolResult:
         key = self._key(ctx.request)
+        headers = ctx.request.headers if ctx.request is not None else {}
         if params.name not in self._tools.specs or (key is not None
                                                     and not key.allows_tool(params.name)):
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
         try:
-            result = await self._tools.call(params.name, params.arguments or {})
+            result = await self._tools.call(
+                params.name, params.arguments or {}, depth=depth_of(headers),
+                authorization=headers.get("authorization"))
         except GatewayError as exc:  # the model should see why, and may correct its call
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=exc.message)], is_error=True)

@@ -22,9 +22,11 @@ from typing import Any
 import orjson
 from starlette.types import Send
 
+from llmgw.admission import FairQueue
 from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_event
 from llmgw.api.sse import SSE_HEADERS
+from llmgw.context import CallContext
 from llmgw.dispatcher import DONE_EVENT, Dispatcher, Exchange, ModelGroup
 from llmgw.errors import GatewayError, InvalidRequest, ToolError, UpstreamTimeout
 from llmgw.lora.catalog import Adapter
@@ -42,7 +44,8 @@ class ToolLoop:
 
     def __init__(self, dispatcher: Dispatcher, group: ModelGroup, ctx: RequestContext,
                  adapter: Adapter | None, tools: ToolSet, offered: list[ToolSpec],
-                 parsed: dict[str, Any], max_rounds: int, upstream_id: str) -> None:
+                 parsed: dict[str, Any], max_rounds: int, upstream_id: str,
+                 caller: CallContext) -> None:
         self._dispatcher, self._group, self._ctx, self._adapter = dispatcher, group, ctx, \
             adapter
         self._tools, self._hosted = tools, {s.name for s in offered}
@@ -50,9 +53,13 @@ class ToolLoop:
         self._messages: list[Any] = list(parsed.get("messages") or [])
         self._max_rounds, self._upstream_id = max_rounds, upstream_id
         self._wants_usage = bool((parsed.get("stream_options") or {}).get("include_usage"))
+        self._caller = caller  # the request's depth and key, for the tools' own calls
         self.usage: dict[str, int] = {}
         self.exchange: Exchange | None = None
         self.rounds = 0
+        # The model's admission slot (admission:), held while a round runs and let go
+        # while tools run: a tool that calls the model (llmgw.context) must find a slot.
+        self.slot: HeldSlot | None = None
 
     async def _open(self) -> Exchange:
         """The next round on the first round's replica (failover only while unreachable)."""
@@ -77,7 +84,11 @@ class ToolLoop:
 
     async def _run_calls(self, turn: Turn) -> None:
         """The round's hosted calls, at once; their results join the conversation."""
+        if self.slot is not None:
+            self.slot.release()
         results = await asyncio.gather(*(self._result(c) for c in turn.tool_calls))
+        if self.slot is not None:
+            await self.slot.acquire()
         self._messages.append(turn.assistant_message())
         self._messages += [{"role": "tool", "tool_call_id": call.get("id"), "content": text}
                            for call, text in zip(turn.tool_calls, results, strict=True)]
@@ -86,7 +97,9 @@ class ToolLoop:
         function = call.get("function") or {}
         try:
             result = await self._tools.call(function.get("name", ""),
-                                            function.get("arguments") or "{}")
+                                            function.get("arguments") or "{}",
+                                            depth=self._caller.depth,
+                                            authorization=self._caller.authorization)
         except (ToolError, InvalidRequest) as exc:  # the model reads it and may retry
             return f"error: {exc.message}"
         return result.content
@@ -186,6 +199,25 @@ class ToolLoop:
                 if text:
                     await stream.delta({"content": text})
         return round_.done()
+
+
+class HeldSlot:
+    """One request's slot in its model's admission queue; ``release`` is idempotent."""
+
+    def __init__(self, queue: FairQueue, tenant: str, priority: str, weight: float) -> None:
+        self._queue, self._tenant, self._priority, self._weight = queue, tenant, priority, \
+            weight
+        self.held = False
+
+    async def acquire(self) -> None:
+        """Raises Saturated when shed (then nothing is held)."""
+        await self._queue.acquire(self._tenant, self._priority, self._weight)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._queue.release(self._tenant)
 
 
 class _Stream:

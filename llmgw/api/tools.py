@@ -23,6 +23,7 @@ from starlette.responses import Response
 from llmgw.api.admin import authorize
 from llmgw.api.body import json_response, parse_body, read_limited
 from llmgw.api.errors import error_response
+from llmgw.context import depth_of
 from llmgw.errors import GatewayError, InvalidRequest, ToolNotFound
 from llmgw.tenancy.keys import ApiKey
 from llmgw.tools.toolset import ToolSet
@@ -67,7 +68,8 @@ async def call_tool(request: Request) -> Response:
         tools.spec(name)  # an unknown tool is a 404 before its body is read
         body = parse_body(CallTool, await read_limited(request,
                                                        request.app.state.max_body_bytes))
-        result = await tools.call(name, body.arguments)
+        result = await tools.call(name, body.arguments, depth=depth_of(request.headers),
+                                  authorization=request.headers.get("authorization"))
     except GatewayError as exc:
         return error_response(exc)
     return json_response(result.as_dict())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 from collections import deque
 from collections.abc import Callable
@@ -50,7 +51,10 @@ class BatchQueue:
     async def submit(self, item: Any) -> tuple[Any, int]:
         """The item's result and the size of the batch it ran in."""
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._loop(), name=f"batch-{self.name}")
+            # An empty context: a batch serves many callers, none of whose llmgw.context
+            # (key, depth) may leak into the others' batches.
+            self._task = asyncio.create_task(self._loop(), name=f"batch-{self.name}",
+                                             context=contextvars.Context())
         call = _Call(item)
         self._waiting.append(call)
         self._arrived.set()

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from llmgw.config import ToolConfig
+from llmgw.context import CallContext
 from llmgw.errors import ToolTimeout, ToolUnavailable
 from llmgw.metrics import ToolFamilies
 from llmgw.tools.replicas import NotSent, ToolReplica
@@ -32,22 +33,24 @@ class ToolDeployment:
     def name(self) -> str:
         return self.cfg.name
 
-    async def call(self, spec: ToolSpec, arguments: dict[str, Any]) -> tuple[Any, int | None]:
+    async def call(self, spec: ToolSpec, arguments: dict[str, Any],
+                   context: CallContext) -> tuple[Any, int | None]:
         """(output, batch size). Raises the GatewayErrors of llmgw.tools.replicas, plus
         ToolUnavailable and ToolTimeout."""
         try:
             async with asyncio.timeout(self.cfg.timeout_s):
-                return await self._call(spec, arguments)
+                return await self._call(spec, arguments, context)
         except TimeoutError:
             raise ToolTimeout(f"tool {spec.name!r} did not answer within "
                               f"{self.cfg.timeout_s:g}s (timeout_s)") from None
 
-    async def _call(self, spec: ToolSpec, arguments: dict[str, Any]) -> tuple[Any, int | None]:
+    async def _call(self, spec: ToolSpec, arguments: dict[str, Any],
+                    context: CallContext) -> tuple[Any, int | None]:
         tried: set[str] = set()
         while True:
             replica = await self._acquire(tried)
             try:
-                return await replica.call(spec, arguments)
+                return await replica.call(spec, arguments, context)
             except NotSent:
                 tried.add(replica.id)
             finally:

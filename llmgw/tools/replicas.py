@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 
 from llmgw.config import ToolConfig
+from llmgw.context import CallContext, enter, leave
 from llmgw.errors import InvalidRequest, ToolError, ToolWorkerLost
 from llmgw.placement.local import EngineProcess, free_port
 from llmgw.tools.host import ToolHost, ToolRaised
@@ -37,9 +38,10 @@ class ToolReplica(Protocol):
     in_flight: int
     healthy: bool
 
-    async def call(self, spec: ToolSpec, arguments: dict[str, Any]) -> tuple[Any, int | None]:
-        """(output, batch size or None). Raises NotSent, ToolError, ToolWorkerLost,
-        InvalidRequest."""
+    async def call(self, spec: ToolSpec, arguments: dict[str, Any],
+                   context: CallContext) -> tuple[Any, int | None]:
+        """(output, batch size or None); ``context``: what the tool's code sees as
+        llmgw.context. Raises NotSent, ToolError, ToolWorkerLost, InvalidRequest."""
         ...
 
     async def check(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
@@ -58,13 +60,17 @@ class LocalReplica:
         self.id, self.host = replica_id, host
         self.in_flight, self.healthy = 0, True
 
-    async def call(self, spec: ToolSpec, arguments: dict[str, Any]) -> tuple[Any, int | None]:
+    async def call(self, spec: ToolSpec, arguments: dict[str, Any],
+                   context: CallContext) -> tuple[Any, int | None]:
+        token = enter(context)
         try:
             return await self.host.call(spec.method, arguments)
         except ArgumentsInvalid as exc:
             raise InvalidRequest(exc.message, param=exc.param) from None
         except ToolRaised as exc:
             raise ToolError(f"tool {spec.name!r} failed: {exc}") from None
+        finally:
+            leave(token)
 
     async def check(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
         return None
@@ -81,14 +87,15 @@ class WorkerReplica:
     """One worker process of a deployment, reached over loopback HTTP."""
 
     def __init__(self, replica_id: str, cfg: ToolConfig, session: aiohttp.ClientSession,
-                 log_path: Path, on_restart: Callable[[str, str], None]) -> None:
+                 log_path: Path, on_restart: Callable[[str, str], None],
+                 gateway_url: str) -> None:
         self.id, self._session = replica_id, session
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         # The worker imports what the gateway imported: the same module search path.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         argv = [sys.executable, "-m", "llmgw.tools.worker", "--port", str(port),
-                "--config", json.dumps(cfg.model_dump(mode="json"))]
+                "--gateway-url", gateway_url, "--config", json.dumps(cfg.model_dump(mode="json"))]
         self.process = EngineProcess(cfg.name, replica_id, argv, env, self.url, log_path,
                                      cfg.startup_timeout_s, on_restart)
         self.in_flight, self.healthy = 0, False
@@ -98,11 +105,13 @@ class WorkerReplica:
         await self.process.start()
         self.healthy = True
 
-    async def call(self, spec: ToolSpec, arguments: dict[str, Any]) -> tuple[Any, int | None]:
+    async def call(self, spec: ToolSpec, arguments: dict[str, Any],
+                   context: CallContext) -> tuple[Any, int | None]:
+        headers = {**context.headers(), "content-type": "application/json"}
         try:
             async with self._session.post(f"{self.url}/call/{spec.method}",
                                           data=orjson.dumps(arguments),
-                                          headers={"content-type": "application/json"}) as resp:
+                                          headers=headers) as resp:
                 body = await resp.read()
         except aiohttp.ClientConnectorError:
             self.healthy = False

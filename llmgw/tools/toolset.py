@@ -22,7 +22,8 @@ from typing import Any
 import aiohttp
 
 from llmgw.config import GatewayConfig, ToolConfig
-from llmgw.errors import GatewayError, InvalidRequest, ToolNotFound
+from llmgw.context import MAX_DEPTH, CallContext
+from llmgw.errors import GatewayError, InvalidRequest, ToolDepthExceeded, ToolNotFound
 from llmgw.metrics import Metrics
 from llmgw.placement.local import log_file_name
 from llmgw.tools.deployment import ToolDeployment
@@ -65,6 +66,11 @@ class ToolSet:
         # Workers' logs, made when the first worker starts; removed at close.
         self._log_dir: Path | None = None
         self._log_names: set[str] = set()
+        # Where tools' own calls (llmgw.context) reach this gateway.
+        server = config.server
+        host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+        host = f"[{host}]" if ":" in host else host
+        self.gateway_url = f"{'https' if server.tls else 'http'}://{host}:{server.port}"
 
     def openai_tools(self, names: list[str] | None = None) -> list[dict[str, Any]]:
         """The OpenAI function tools, in config order (stable: prompt caches hit)."""
@@ -92,7 +98,7 @@ class ToolSet:
             self._log_dir = Path(tempfile.mkdtemp(prefix="llmgw-tool-logs-"))
         workers = [WorkerReplica(rid, entry, self._session,
                                  self._log_dir / log_file_name(rid, self._log_names),
-                                 self._restarted)
+                                 self._restarted, self.gateway_url)
                    for rid in (f"{entry.name}-{i}" for i in range(entry.replicas))]
         # Registered before they start, so close() stops one that started while another
         # failed.
@@ -118,10 +124,17 @@ class ToolSet:
             raise ToolNotFound(f"no tool named {name!r}", param="name")
         return spec
 
-    async def call(self, name: str, arguments: object) -> ToolResult:
-        """Raises GatewayError: ToolNotFound, InvalidRequest (naming the field), and the
-        errors of ToolDeployment.call."""
+    async def call(self, name: str, arguments: object, *, depth: int = 0,
+                   authorization: str | None = None) -> ToolResult:
+        """Raises GatewayError: ToolNotFound, InvalidRequest (naming the field),
+        ToolDepthExceeded, and the errors of ToolDeployment.call. ``depth``: how deep in
+        nested tool calls the caller is (llmgw.context); ``authorization``: the caller's
+        header, which the tool's own calls to the gateway carry."""
         spec = self.spec(name)
+        if depth >= MAX_DEPTH:
+            raise ToolDepthExceeded(f"tool {name!r}: called {depth} levels deep through "
+                                    f"llmgw.context; the limit is {MAX_DEPTH}")
+        context = CallContext(self.gateway_url, depth + 1, authorization)
         start, outcome = time.monotonic(), "ok"
         try:
             try:
@@ -129,7 +142,7 @@ class ToolSet:
             except ArgumentsInvalid as exc:
                 raise InvalidRequest(exc.message, param=exc.param) from None
             output, size = await self.deployments[spec.deployment].call(
-                spec, args.model_dump(mode="json", exclude_unset=True))
+                spec, args.model_dump(mode="json", exclude_unset=True), context)
         except GatewayError as exc:
             outcome = _OUTCOMES.get(exc.code or "", "invalid" if exc.status_code < 500
                                     else "error")

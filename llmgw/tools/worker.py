@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from llmgw.config import ToolConfig
+from llmgw.context import CallContext, depth_of, enter, leave
 from llmgw.tools.host import ToolHost, ToolRaised, UnknownMethod
 from llmgw.tools.registry import deployment_specs
 from llmgw.tools.schema import ArgumentsInvalid
@@ -43,12 +44,14 @@ def _error(message: str, status: int, param: str | None = None) -> web.Response:
     return _json({"error": {"message": message, "param": param}}, status)
 
 
-def create_worker_app(host: ToolHost) -> web.Application:
+def create_worker_app(host: ToolHost, gateway_url: str) -> web.Application:
     async def health(request: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
     async def call(request: web.Request) -> web.Response:
         method = request.match_info["method"]
+        token = enter(CallContext(gateway_url, depth_of(request.headers),
+                                  request.headers.get("authorization")))
         try:
             output, size = await host.call(method, await request.read())
         except UnknownMethod:
@@ -57,6 +60,8 @@ def create_worker_app(host: ToolHost) -> web.Application:
             return _error(exc.message, 400, exc.param)
         except ToolRaised as exc:
             return _error(str(exc), 500)
+        finally:
+            leave(token)
         return _json({"output": output, "batch_size": size})
 
     async def batch(request: web.Request) -> web.Response:
@@ -78,10 +83,10 @@ def create_worker_app(host: ToolHost) -> web.Application:
     return app
 
 
-async def _serve(cfg: ToolConfig, host_name: str, port: int) -> None:
+async def _serve(cfg: ToolConfig, host_name: str, port: int, gateway_url: str) -> None:
     specs = deployment_specs(cfg, f"tools[{cfg.name}]")
     host = await ToolHost.create(cfg, specs)
-    runner = web.AppRunner(create_worker_app(host), shutdown_timeout=_SHUTDOWN_GRACE_S,
+    runner = web.AppRunner(create_worker_app(host, gateway_url), shutdown_timeout=_SHUTDOWN_GRACE_S,
                            access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host_name, port).start()
@@ -100,10 +105,12 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--config", required=True, help="the tools: entry, as JSON")
+    parser.add_argument("--gateway-url", required=True,
+                        help="where the tool's own calls go (llmgw.context)")
     args = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = ToolConfig.model_validate_json(args.config)
-    asyncio.run(_serve(cfg, args.host, args.port))
+    asyncio.run(_serve(cfg, args.host, args.port, args.gateway_url))
 
 
 if __name__ == "__main__":

@@ -24,11 +24,19 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("loop")
     config = {
         "models": [{"name": "agent", "engine": "fake", "model": "fake", "replicas": 2,
-                    "engine_args": {"scripted_tool_calls": True}, "routing": "round-robin"}],
+                    "engine_args": {"scripted_tool_calls": True}, "routing": "round-robin"},
+                   # One request at a time in all: a loop whose tool calls this model
+                   # must let go of its slot while the tool runs.
+                   {"name": "solo", "engine": "fake", "model": "fake", "replicas": 1,
+                    "engine_args": {"scripted_tool_calls": True},
+                    "admission": {"max_in_flight_per_replica": 1, "queue_timeout_s": 20}}],
         "tools": [
             {"name": "weather", "import_path": "llmgw.tools.examples:Weather", "replicas": 0},
             {"name": "rec", "import_path": "tests.fakes.tools:Recorder", "replicas": 0,
              "timeout_s": 1, "init_args": {"gate": str(tmp / "never")}},
+            {"name": "comp", "import_path": "tests.fakes.tools:Composer", "replicas": 0},
+            {"name": "compw", "import_path": "tests.fakes.tools:Composer", "replicas": 1,
+             "init_args": {"own_name": "compw_recurse", "model": "solo"}},
         ],
     }
     server = start_gateway(config, tmp)
@@ -215,3 +223,42 @@ async def test_openai_agents_sdk_runs_a_gateway_tool_over_mcp(gateway: Server,
         else:
             output = (await Runner.run(agent, "weather?")).final_output
     assert output == f"final: {weather_of(gateway, 'x')}"
+
+
+@pytest.mark.parametrize("deployment", ["comp", "compw"], ids=["in-process", "worker"])
+def test_tools_call_tools_and_models_through_the_gateway(gateway: Server,
+                                                         deployment: str) -> None:
+    def call(tool: str, arguments: dict[str, Any]) -> Any:
+        answer = httpx.post(f"{gateway.url}/v1/tools/{deployment}_{tool}",
+                            json={"arguments": arguments}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["output"]
+
+    assert call("relay", {"city": "Oslo"}) == f"via: {weather_of(gateway, 'Oslo')}"
+    assert call("ask", {"question": "hi"}) == "tok0 tok1 tok2"
+    # A tool calling itself is refused at the depth limit (llmgw.context.MAX_DEPTH).
+    assert call("recurse", {"n": 0}) == 4
+
+
+def test_a_refused_depth_is_a_400(gateway: Server) -> None:
+    answer = httpx.post(gateway.url + "/v1/tools/weather", headers={"x-llmgw-depth": "4"},
+                        json={"arguments": {"city": "Oslo"}})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "tool_depth_exceeded"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_loop_whose_tool_calls_its_model_does_not_deadlock_admission(
+    gateway: Server, client: openai.OpenAI, stream: bool,
+) -> None:
+    """`solo` takes one request at a time; its loop runs `compw_ask`, which asks `solo`
+    while the loop's request is open: the loop lets go of its slot while tools run."""
+    kwargs: dict[str, Any] = {
+        "model": "solo", "messages": [{"role": "user", "content": "ask"}],
+        "tools": [{**HOSTED, "allowed_tools": ["compw_ask"]}]}
+    if stream:
+        chunks = list(client.chat.completions.create(**kwargs, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        text = client.chat.completions.create(**kwargs).choices[0].message.content or ""
+    assert text == "final: tok0 tok1 tok2"

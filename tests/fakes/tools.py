@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 
 import llmgw
+import llmgw.context
 
 
 class Point(BaseModel):
@@ -112,3 +113,37 @@ class Clash:
 
 
 NOT_A_CLASS = 3
+
+
+class Composer:
+    """Tools that call the gateway that called them (llmgw.context). ``own_name``: the
+    name its ``recurse`` tool has; ``model``: the model ``ask`` asks."""
+
+    def __init__(self, own_name: str = "comp_recurse", model: str = "agent") -> None:
+        self.own_name, self.model = own_name, model
+
+    @llmgw.tool
+    async def relay(self, city: str) -> str:
+        """Ask the weather tool, through the gateway."""
+        return "via: " + str(await llmgw.context.call_tool("weather", {"city": city}))
+
+    @llmgw.tool
+    async def recurse(self, n: int) -> int:
+        """Call itself until the gateway refuses; answer the depth reached."""
+        try:
+            return int(await llmgw.context.call_tool(self.own_name, {"n": n + 1}))
+        except llmgw.context.ToolCallFailed as exc:
+            assert exc.error["code"] == "tool_depth_exceeded", exc.error
+            return llmgw.context.current().depth
+
+    @llmgw.tool
+    def ask(self, question: str) -> str:
+        """Ask the model (a sync method: its thread runs its own event loop)."""
+
+        async def chat() -> str:
+            answer = await llmgw.context.client(max_retries=0).chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": question}],
+                max_tokens=3)
+            return str(answer.choices[0].message.content)
+
+        return asyncio.run(chat())
