@@ -78,3 +78,38 @@ async def test_tools_need_a_key_with_auth(client: httpx.AsyncClient) -> None:
 def test_a_key_naming_an_unknown_tool_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^auth.keys\[0\].tools: no tool named 'weather'$"):
         check_tools(config(tmp_path, ["weather"]))
+
+
+async def test_mcp_asks_for_a_key_and_lists_only_its_tools(tmp_path: Path) -> None:
+    cfg = config(tmp_path, ["t_echo"])
+    gateway = in_process_gateway(cfg)
+    tools = ToolSet(cfg, check_tools(cfg), gateway.metrics)
+    await tools.start()
+    app = create_app(gateway, tool_set=tools)
+    headers = {"accept": "application/json, text/event-stream",
+               "content-type": "application/json", "mcp-protocol-version": "2025-11-25"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}}
+    try:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000") as http:
+            refused = await http.post("/mcp", json=init, headers=headers)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (
+                401, "invalid_api_key")
+            keyed = {**headers, **bearer(LIMITED)}
+            started = await http.post("/mcp", json=init, headers=keyed)
+            assert started.status_code == 200, started.text
+            session = {**keyed, "mcp-session-id": started.headers["mcp-session-id"]}
+            await http.post("/mcp", headers=session,
+                            json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+            listed = await http.post("/mcp", headers=session, json={
+                "jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+            assert [t["name"] for t in listed.json()["result"]["tools"]] == ["t_echo"]
+            hidden = await http.post("/mcp", headers=session, json={
+                "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": {"name": "t_add", "arguments": {"point": {"x": 1}}}})
+            assert hidden.json()["error"]["message"] == "Unknown tool: t_add"
+    finally:
+        await tools.close()
+        await gateway.close()
