@@ -16,6 +16,7 @@ an error: its status before the stream started, an error event and ``[DONE]`` af
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ from starlette.types import Send
 
 from llmgw.admission import FairQueue
 from llmgw.api.disconnect import DisconnectWatch
-from llmgw.api.errors import error_event
+from llmgw.api.errors import error_event, internal_error
 from llmgw.api.sse import SSE_HEADERS
 from llmgw.context import CallContext
 from llmgw.dispatcher import DONE_EVENT, Dispatcher, Exchange, ModelGroup
@@ -35,6 +36,7 @@ from llmgw.tools.schema import ToolSpec
 from llmgw.tools.toolset import ToolSet
 from llmgw.types import Outcome, RequestContext
 
+log = logging.getLogger("llmgw.api")
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -144,6 +146,9 @@ class ToolLoop:
             await self._stream_rounds(first, stream)
         except GatewayError as exc:
             error = exc
+        except Exception:  # the status is sent: a bug (or an engine's bad chunk) in-band too
+            log.exception("unhandled error in a tool loop (request_id=%s)", request_id)
+            error = internal_error(request_id)
         watch.done = True
         if error is None:
             await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})

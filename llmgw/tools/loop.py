@@ -90,7 +90,8 @@ def round_request(parsed: Mapping[str, Any], specs: list[ToolSpec]) -> dict[str,
     after the client's own (a client tool named like a hosted one is refused)."""
     own = [t for t in parsed.get("tools") or [] if not (isinstance(t, dict)
                                                          and t.get("type") == "mcp")]
-    names = {str((t.get("function") or {}).get("name")) for t in own if isinstance(t, dict)}
+    names = {str(t["function"].get("name")) for t in own
+             if isinstance(t, dict) and isinstance(t.get("function"), dict)}
     clash = sorted(names & {s.name for s in specs})
     if clash:
         raise InvalidRequest(f"tools: {clash[0]!r} is both a tool of the request and a hosted "
