@@ -147,3 +147,14 @@ class Composer:
             return str(answer.choices[0].message.content)
 
         return asyncio.run(chat())
+
+
+class Broken:
+    """A class whose constructor fails: its workers never become ready."""
+
+    def __init__(self) -> None:
+        raise RuntimeError("cannot load the model weights")
+
+    @llmgw.tool
+    def run(self, q: str) -> str:
+        return q
