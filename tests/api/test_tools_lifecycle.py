@@ -34,12 +34,20 @@ def test_a_worker_that_cannot_start_stops_up_with_its_error(tmp_path: Path) -> N
                 and str(path) in " ".join(p.info["cmdline"] or [])]
 
 
-def test_shutdown_lets_a_call_in_flight_finish(tmp_path: Path) -> None:
+def test_reload_keeps_tools_and_shutdown_lets_a_call_in_flight_finish(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    gateway = start_gateway({
-        "server": {"drain_timeout_s": 30}, "models": MODELS,
-        "tools": [{"name": "r", "import_path": "tests.fakes.tools:Recorder", "replicas": 1,
-                   "init_args": {"gate": str(gate)}}]}, tmp_path)
+    config = {"server": {"drain_timeout_s": 30, "admin_key": "k"}, "models": MODELS,
+              "tools": [{"name": "r", "import_path": "tests.fakes.tools:Recorder",
+                         "replicas": 1, "init_args": {"gate": str(gate)}}]}
+    gateway = start_gateway(config, tmp_path)
+    # Tools are set up at start: a reload that changes them is refused, nothing changes.
+    (file,) = tmp_path.glob("gateway-*.yaml")
+    changed = yaml.safe_load(file.read_text())
+    changed["tools"][0]["replicas"] = 2
+    file.write_text(yaml.safe_dump(changed))
+    refused = httpx.post(gateway.url + "/admin/reload", headers={"authorization": "Bearer k"})
+    assert refused.status_code == 400
+    assert "tools: changed; tools are set up at start" in refused.json()["error"]["message"]
     worker = [c for c in psutil.Process(gateway.proc.pid).children(recursive=True)
               if "llmgw.tools.worker" in " ".join(c.cmdline())]
     assert len(worker) == 1
