@@ -127,6 +127,7 @@ class ToolLoop:
             await self._run_calls(turn)
         completion["usage"] = self.usage
         exchange.usage = self.usage
+        self._tools.metrics.loop_rounds.labels(self._group.name).observe(self.rounds)
         watch.done = True
         return await _send_json(send, 200, orjson.dumps(completion),
                                 [*headers, _replica_header(exchange)])
@@ -172,6 +173,7 @@ class ToolLoop:
         await stream.finish(turn.finish_reason or "stop")
         assert self.exchange is not None
         self.exchange.usage = self.usage
+        self._tools.metrics.loop_rounds.labels(self._group.name).observe(self.rounds)
         if self._wants_usage:
             await stream.usage(self.usage)
 

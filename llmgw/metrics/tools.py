@@ -8,6 +8,8 @@ from llmgw.metrics.buckets import LATENCY_S
 
 # Calls per batch: powers of two up to the largest max_batch_size worth running.
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Model rounds of a tool loop: 1 (no hosted call) up to the cap of 32 rounds of calls + 1.
+ROUNDS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 33)
 
 
 class ToolFamilies:
@@ -30,6 +32,10 @@ class ToolFamilies:
         self.healthy = Gauge(
             "llmgw_tool_replica_healthy", "1 when a tool replica passes its health check.",
             ["deployment", "replica"], registry=r)
+        self.loop_rounds = Histogram(
+            "llmgw_tool_loop_rounds", "Model rounds of each finished server-side tool loop "
+            "(chat completions naming the gateway's tools), by model.", ["model"],
+            buckets=ROUNDS, registry=r)
         self.restarts = Counter(
             "llmgw_tool_replica_restarts", "Tool worker processes restarted after exiting.",
             ["deployment", "replica"], registry=r)

@@ -59,6 +59,7 @@ class ToolSet:
 
     def __init__(self, config: GatewayConfig, specs: list[ToolSpec], metrics: Metrics) -> None:
         self._config, self._metrics = config, metrics.tools
+        self.metrics = metrics.tools
         self.specs = {spec.name: spec for spec in specs}
         self.deployments: dict[str, ToolDeployment] = {}
         self._session: aiohttp.ClientSession | None = None

@@ -59,11 +59,19 @@ def served(url: str) -> float:
     return float(re.search(r"llmgw_engine_requests_served_total (\S+)", text).group(1))  # type: ignore[union-attr]
 
 
-def tool_calls(gateway: Server, tool: str, outcome: str = "ok") -> float:
-    sample = f'llmgw_tool_calls_total{{outcome="{outcome}",tool="{tool}"}} '
+def sample(gateway: Server, name: str) -> float:
     lines = [line for line in httpx.get(gateway.url + "/metrics").text.splitlines()
-             if line.startswith(sample)]
+             if line.startswith(name + " ")]
     return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def tool_calls(gateway: Server, tool: str, outcome: str = "ok") -> float:
+    return sample(gateway, f'llmgw_tool_calls_total{{outcome="{outcome}",tool="{tool}"}}')
+
+
+def three_round_loops(gateway: Server) -> float:
+    bucket = 'llmgw_tool_loop_rounds_bucket{{le="{}",model="agent"}}'
+    return sample(gateway, bucket.format("3.0")) - sample(gateway, bucket.format("2.0"))
 
 
 def weather_of(gateway: Server, city: str) -> str:
@@ -147,12 +155,13 @@ def test_a_client_tool_call_comes_back_untouched(gateway: Server,
 
 def test_the_round_cap_ends_with_an_answer_in_words(gateway: Server,
                                                     client: openai.OpenAI) -> None:
-    before = tool_calls(gateway, "weather")
+    before, loops = tool_calls(gateway, "weather"), three_round_loops(gateway)
     answer = client.chat.completions.create(
         model="agent", messages=[{"role": "user", "content": "tool_rounds=5"}],
         tools=[{**HOSTED, "max_tool_rounds": 2}])  # type: ignore[list-item]
     # Two rounds of calls, then tool_choice "none": the fake's plain answer.
     assert tool_calls(gateway, "weather") - before == 2
+    assert three_round_loops(gateway) - loops == 1  # two rounds of calls, one answer
     assert answer.choices[0].message.content == " ".join(f"tok{i}" for i in range(16))
 
 
