@@ -349,11 +349,13 @@ class Gateway:
         live_name = _routing(model, "decode" if model.disaggregation else "mixed")
         live = policy(live_name)
         scaling = _scales_to_zero(model)
+        metrics = ModelMetrics(self.metrics, model.name)
+        # One budget for the model: the dispatcher's failover and the PD legs' share it.
+        budget = RetryBudget(model.retry_budget, on_denied=metrics.retries_denied.inc)
         group = ModelGroup(
             name=model.name, upstream_model=model.upstream_model, engine=ENGINES[model.engine],
             policy=live, policy_name=live_name, timeouts=model.timeouts,
-            max_attempts=model.max_attempts, metrics=ModelMetrics(self.metrics, model.name),
-            retry_budget=RetryBudget(model.retry_budget),
+            max_attempts=model.max_attempts, metrics=metrics, retry_budget=budget,
             shadows=[Shadow(name, policy(name), ShadowMetrics(self.metrics, model.name, name))
                      for name in model.shadow],
             tokenizer=self._tokenizer(model) if kv_index is not None else None,
@@ -361,7 +363,7 @@ class Gateway:
             if model.lora is not None else None,
             disagg=make_disaggregation(
                 model, policy(_routing(model, "prefill")), live,
-                PDMetrics(self.metrics, model.name), random.Random(rng.random()))
+                PDMetrics(self.metrics, model.name), random.Random(rng.random()), budget)
             if model.disaggregation is not None else None,
             waiter=ReplicaWait(model.name, scaling.max_queued_requests,
                                scaling.queue_timeout_s) if scaling is not None else None,

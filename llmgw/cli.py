@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(ensure_demo_model())
             return 0
         cfg = _load(args.configs, args.host, args.port)
+        if args.log_level is None:  # the config's level, for llmgw's own logs too
+            logging.getLogger().setLevel(cfg.server.log_level.upper())
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_up(cfg, args.configs, _overrides(args.host, args.port),
                                   args.log_level))
@@ -197,6 +199,7 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
             # Seconds as given: uvicorn hands it to asyncio.wait_for, where 0.5 waits half a
             # second and 0 not at all (None would wait for every open stream, however long).
             timeout_graceful_shutdown=cfg.server.drain_timeout_s,  # type: ignore[arg-type]
+            timeout_keep_alive=cfg.server.keep_alive_s,  # type: ignore[arg-type]
             loop="none", http="httptools", lifespan="on",
             ssl_certfile=_tls_file(cfg, "cert"), ssl_keyfile=_tls_file(cfg, "key"),
         ))

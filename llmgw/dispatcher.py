@@ -40,6 +40,7 @@ from llmgw.metrics import ModelMetrics
 from llmgw.pool import Replica, ReplicaWait
 from llmgw.resilience.budget import RetryBudget
 from llmgw.resilience.retry import failure_reason, retryable
+from llmgw.resilience.stall import until_idle
 from llmgw.routing.base import Decision, Need, RoutingPolicy
 from llmgw.routing.session import session_key
 from llmgw.routing.traffic_split import TrafficSplit
@@ -177,19 +178,26 @@ class Exchange:
         """The engine's SSE events, in blocks as they arrive, without ``[DONE]`` (the caller
         ends the stream). Raises GatewayError mid-stream. The caller enforces
         ``deadline``: a timeout scope must not span this generator's yields."""
-        async for block in self.upstream.event_blocks():
-            if self.first_chunk_at is None:
-                self.first_chunk_at = time.perf_counter()
-            done_at = _done_offset(block)
-            if done_at >= 0:
-                block = block[:done_at]
-            if _USAGE_MARK in block:
-                block = self._take_usage(block, client_wants_usage)
-            self.events += block.count(b"\n\n")
-            if block:
-                yield block
-            if done_at >= 0:
-                return
+        blocks = self.upstream.event_blocks()
+        if (idle_s := self.group.timeouts.stream_idle_s) is not None:
+            blocks = until_idle(blocks, idle_s)
+        try:
+            async for block in blocks:
+                if self.first_chunk_at is None:
+                    self.first_chunk_at = time.perf_counter()
+                done_at = _done_offset(block)
+                if done_at >= 0:
+                    block = block[:done_at]
+                if _USAGE_MARK in block:
+                    block = self._take_usage(block, client_wants_usage)
+                self.events += block.count(b"\n\n")
+                if block:
+                    yield block
+                if done_at >= 0:
+                    return
+        except UpstreamError as exc:  # the engine broke off or went quiet mid-stream
+            self.replica.failed(failure_reason(exc, stream=True), self.group.replicas)
+            raise
 
     def _take_usage(self, block: bytes, keep: bool) -> bytes:
         events = block.split(b"\n\n")
@@ -341,6 +349,7 @@ class Dispatcher:
         deadline = _deadline(group.timeouts)
         if group.waiter is not None and not group.routable():  # scaled to zero: wait
             await group.waiter.wait(group.routable)
+        group.retry_budget.requested()
         if group.disagg is not None:  # two legs on two pools; the decode leg comes back
             opened = await group.disagg.open(ctx, PATHS[ctx.endpoint], body, upstream_id,
                                              deadline, explain)
@@ -359,11 +368,9 @@ class Dispatcher:
         error: UpstreamError | NoReplica | None = None
         if adapter is None and group.lora and ctx.adapter:
             adapter = group.lora.adapter(ctx.adapter)
-        group.retry_budget.requested()
         for attempt, replica in enumerate(ranked[: group.max_attempts]):
             if attempt:
                 if not group.retry_budget.try_retry():
-                    group.metrics.retries_denied.inc()
                     break
                 replica.metrics.retries.inc()
             # Counted while being sent, so concurrent picks see it; the Exchange takes the

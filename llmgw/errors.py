@@ -17,7 +17,8 @@
     │   ├── UpstreamDisconnected      502 server_error / upstream_disconnected
     │   ├── UpstreamFailed            502 server_error / upstream_error (the engine's 5xx)
     │   └── UpstreamTimeout           504 server_error / upstream_timeout
-    │       └── FirstByteTimeout      504 server_error / upstream_timeout
+    │       ├── FirstByteTimeout      504 server_error / upstream_timeout
+    │       └── StreamIdleTimeout     504 server_error / upstream_timeout (mid-stream only)
     ├── UpstreamRejected              4xx passed through from the engine with its message
     ├── Unauthorized                  401 authentication_error / invalid_admin_key
     │   └── InvalidApiKey             401 invalid_request_error / invalid_api_key
@@ -184,6 +185,11 @@ class UpstreamTimeout(UpstreamError):
 class FirstByteTimeout(UpstreamTimeout):
     """A stream's headers did not come within ``timeouts.first_byte_s`` (the request's
     own deadline had time left)."""
+
+
+class StreamIdleTimeout(UpstreamTimeout):
+    """A stream's engine sent nothing for ``timeouts.stream_idle_s`` after its headers:
+    the client gets it as an SSE error event, the replica a failure."""
 
 
 class UpstreamRejected(GatewayError):

@@ -20,6 +20,11 @@ class TimeoutConfig(_Strict):
     # its ejection, and the request retried elsewhere. A non-streaming answer's headers
     # come only when generation is done: ``request_s`` bounds those.
     first_byte_s: float | None = Field(default=None, gt=0)
+    # Streaming requests: the longest silence between two of the engine's events once its
+    # headers came (the first token's prefill included, so allow for the longest prompt,
+    # and for preemption under load). A stream that goes quiet longer ends with an SSE
+    # error event and counts as a timeout against the replica (outlier ejection).
+    stream_idle_s: float | None = Field(default=None, gt=0)
 
 
 class LaunchConfig(_Strict):

@@ -27,6 +27,11 @@ class ServerConfig(_Strict):
     # On SIGTERM / Ctrl-C: stop accepting, let open requests finish for this long (seconds,
     # fractions too), then cut those still open; 0 cuts them at once.
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    # How long an idle client connection stays open. Above the 5 s that HTTP client pools
+    # (httpx, so the OpenAI SDKs; aiohttp) keep an idle connection: a server that closes
+    # first races the client reusing it, and that request fails with a reset it never
+    # caused (uvicorn's default is 5 s). 75 s is nginx's default.
+    keep_alive_s: float = Field(default=75.0, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # Key for the admin API (/admin/...), sent as `Authorization: Bearer KEY`; the
     # environment variable LLMGW_ADMIN_KEY overrides it. Unset: the admin API refuses all.

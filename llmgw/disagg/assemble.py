@@ -10,12 +10,13 @@ from llmgw.disagg.orchestrator import Disaggregation, Flow
 from llmgw.disagg.sglang_flow import SGLangFlow
 from llmgw.disagg.vllm_flow import VLLMFlow
 from llmgw.metrics import PDMetrics
+from llmgw.resilience.budget import RetryBudget
 from llmgw.routing.base import RoutingPolicy
 
 
 def make_disaggregation(model: ModelConfig, prefill_policy: RoutingPolicy,
                         decode_policy: RoutingPolicy, metrics: PDMetrics,
-                        rng: random.Random) -> Disaggregation:
+                        rng: random.Random, budget: RetryBudget) -> Disaggregation:
     """A disaggregated model with empty pools; replicas join by role as they start."""
     pd = model.disaggregation
     assert pd is not None
@@ -25,5 +26,5 @@ def make_disaggregation(model: ModelConfig, prefill_policy: RoutingPolicy,
     else:
         flow = VLLMFlow(pd.prefill_timeout_s)
     legs = Legs(prefill_policy, decode_policy, metrics, model.max_attempts,
-                decode_timeout_s=pd.decode_timeout_s)
+                decode_timeout_s=pd.decode_timeout_s, budget=budget)
     return Disaggregation(model.name, legs, flow, pd.conditional)

@@ -5,6 +5,9 @@ leg that runs beside its decode leg (SGLang).
 Every leg holds its replica's in-flight count from the moment it is sent until it ends,
 and every exit path (answer, error, time limit, client gone) closes its connection, which
 makes vLLM and SGLang abort the engine request; SGLang gets an explicit abort first.
+Legs are requests like any other to the resilience layer: a failed leg counts against
+its replica (outlier ejection, within its own pool's cap), an answer ends its streak, and
+a leg tried again elsewhere spends the model's retry budget.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +31,8 @@ from llmgw.errors import (
 )
 from llmgw.metrics import PDMetrics
 from llmgw.pool import Replica
+from llmgw.resilience.budget import RetryBudget
+from llmgw.resilience.retry import failure_reason
 from llmgw.routing.base import RoutingPolicy
 from llmgw.types import RequestContext
 
@@ -55,6 +60,11 @@ class Legs:
     # Seconds a decode engine gets to answer (headers) before the next one is tried.
     decode_timeout_s: float = 60.0
     clock: Callable[[], float] = time.perf_counter
+    # The model's retry budget, shared with the dispatcher (which counts the requests).
+    budget: RetryBudget = field(default_factory=RetryBudget)
+    # Both pools, filled as replicas join and emptied as they leave (Disaggregation).
+    prefill: list[Replica] = field(default_factory=list)
+    decode: list[Replica] = field(default_factory=list)
     # Aborts of legs the request no longer waits for (kept so they are not collected).
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -69,8 +79,8 @@ class Legs:
         error: UpstreamError | None = None
         loop = asyncio.get_running_loop()
         for attempt, replica in enumerate(ranked[: self.max_attempts]):
-            if attempt:
-                replica.metrics.retries.inc()
+            if attempt and not self.may_retry(replica):
+                break
             replica.acquire()
             sent_at = self.clock()
             # An engine answers a stream at once and a non-streamed request when it is
@@ -91,18 +101,38 @@ class Legs:
             except UpstreamError as exc:
                 replica.release()
                 log.warning("decode replica %s failed: %s", replica.id, exc.message)
-                if isinstance(exc, UpstreamUnreachable | UpstreamDisconnected):
-                    replica.set_health(False)  # the health loop brings it back
+                self.failed(replica, exc, ctx.stream)
                 error = exc
                 continue
             except BaseException:
                 replica.release()
                 raise
+            replica.answered()
             self.decode_policy.on_routed(ctx, replica.id)
             replica.metrics.routed.inc()
             return replica, upstream, sent_at
         assert error is not None
         raise error
+
+    def may_retry(self, replica: Replica) -> bool:
+        """Whether the model's retry budget lets a leg be tried again on ``replica``."""
+        if not self.budget.try_retry():
+            return False
+        replica.metrics.retries.inc()
+        return True
+
+    def failed(self, replica: Replica, error: UpstreamError | TimeoutError,
+               stream: bool) -> None:
+        """A leg failed before the client got a byte: counted against its replica (a leg
+        past its own time limit as a timeout), and a replica that cannot be reached or
+        broke off is out until a health check passes."""
+        reason = "timeout" if isinstance(error, TimeoutError) else failure_reason(error, stream)
+        replica.failed(reason, self.pool_of(replica))
+        if isinstance(error, UpstreamUnreachable | UpstreamDisconnected):
+            replica.set_health(False)  # the health loop brings it back
+
+    def pool_of(self, replica: Replica) -> Sequence[Replica]:
+        return self.prefill if replica.role == "prefill" else self.decode
 
     def decode_split(self, ctx: RequestContext) -> None:
         """The decode leg of a split request: its engine will count the transferred KV as
@@ -192,11 +222,14 @@ class PrefillLeg:
                 else:
                     await upstream.read()
             self.legs.metrics.prefill_leg.observe(self.legs.clock() - started)
+            self.replica.answered()
         except (GatewayError, TimeoutError) as exc:
             self.error = exc
-            if isinstance(exc, UpstreamUnreachable | UpstreamDisconnected):
-                self.replica.set_health(False)
-            elif isinstance(exc, TimeoutError):
+            if isinstance(exc, UpstreamRejected):
+                self.replica.answered()
+            elif isinstance(exc, UpstreamError | TimeoutError):
+                self.legs.failed(self.replica, exc, stream)
+            if isinstance(exc, TimeoutError):
                 await self.replica.engine.abort(self.rid)  # before the connection closes
         finally:
             if upstream is not None:

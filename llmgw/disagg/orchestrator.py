@@ -52,9 +52,8 @@ class Disaggregation:
     def __init__(self, model: str, legs: Legs, flow: Flow,
                  conditional: ConditionalPDConfig) -> None:
         self.model = model
-        # Both pools fill as replicas join (``added``) and shrink as they leave.
-        self.prefill: list[Replica] = []
-        self.decode: list[Replica] = []
+        # Both pools (kept by ``legs``) fill as replicas join and shrink as they leave.
+        self.prefill, self.decode = legs.prefill, legs.decode
         self.legs, self.flow, self.conditional = legs, flow, conditional
         self._by_id: dict[str, Replica] = {}
         # The prompt's length decides the path (unless every request is split).

@@ -5,8 +5,9 @@ An SGLang decode server cannot serve a request without its prefill server, so th
 no aggregated fallback here. Fail-safe instead: the request is not handed to the client
 until the decode leg produced its first token (streaming) or its answer; until then a
 prefill leg that fails, a decode leg that fails, or ``prefill_timeout_s`` passing aborts
-both legs. An unreachable replica is skipped and the pair tried again with the others;
-otherwise the client gets a clean 502 / 504.
+both legs. The pair is tried again with the replicas still routable when the failure
+allows a retry (``resilience.retry``: nothing can have been generated for the client) and
+the retry budget has one; otherwise the client gets a clean 502 / 504.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from llmgw.errors import (
     UpstreamUnreachable,
 )
 from llmgw.pool import Replica
+from llmgw.resilience.retry import retryable
 from llmgw.types import RequestContext
 
 T = TypeVar("T")
@@ -59,18 +61,25 @@ class SGLangFlow:
                             f"decode servers cannot serve without one; retry shortly")
         prefills, decodes = list(plan.prefill), list(plan.decode)
         error: GatewayError | None = None
-        for _ in range(legs.max_attempts):
+        for attempt in range(legs.max_attempts):
             if not prefills or not decodes:
                 break
             prefill, decode = prefills[0], decodes[0]
+            if attempt and not legs.may_retry(decode):
+                break
             try:
                 return await self._pair(legs, plan, ctx, prefill, decode, path, parsed,
                                         upstream_id, deadline)
-            except UpstreamUnreachable as exc:
-                # The leg that could not be reached is out of rotation (health loop).
+            except UpstreamError as exc:
+                # Both legs were aborted and nothing reached the client. Tried again with
+                # the replicas still routable (a failed leg's may be out now) when the
+                # failure allows it (resilience.retry), e.g. a leg cut off before its
+                # stream began; never past the request's own time limit.
                 error = exc
+                if not retryable(exc, ctx.stream):
+                    raise
                 for pool in (prefills, decodes):
-                    pool[:] = [r for r in pool if r.healthy]
+                    pool[:] = [r for r in pool if r.routable]
         raise error or NoReplica(f"no reachable prefill/decode pair for model '{ctx.model}'")
 
     async def _pair(self, legs: Legs, plan: Plan, ctx: RequestContext, prefill: Replica,
@@ -100,7 +109,10 @@ class SGLangFlow:
         except BaseException as exc:
             decode.release()
             legs.in_background(_abandon(decode, upstream, rid, leg))
-            raise _translated(exc, leg, decode) from None
+            if isinstance(exc, UpstreamError):  # the decode leg's own failure
+                legs.failed(decode, exc, stream)
+            raise _translated(exc, leg) from None
+        decode.answered()
         legs.decode_policy.on_routed(ctx, decode.id)
         decode.metrics.routed.inc()
         legs.decode_split(ctx)
@@ -145,7 +157,7 @@ async def _abandon(decode: Replica, upstream: UpstreamResponse | None, rid: str,
     await leg.stop()
 
 
-def _translated(exc: BaseException, leg: PrefillLeg, decode: Replica) -> BaseException:
+def _translated(exc: BaseException, leg: PrefillLeg) -> BaseException:
     if isinstance(exc, PrefillLegFailed):
         error = leg.error
         if isinstance(error, UpstreamUnreachable | UpstreamRejected):
@@ -156,8 +168,6 @@ def _translated(exc: BaseException, leg: PrefillLeg, decode: Replica) -> BaseExc
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout("the decode leg produced nothing within the prefill time "
                                "limit (disaggregation.prefill_timeout_s)")
-    if isinstance(exc, UpstreamUnreachable):
-        decode.set_health(False)  # the health loop brings it back
     return exc
 
 

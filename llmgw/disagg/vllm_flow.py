@@ -77,24 +77,30 @@ class VLLMFlow:
         if deadline is not None:
             timeout_at = min(timeout_at, deadline)
         body = vllm_protocol.prefill_body(parsed)
-        for replica in plan.prefill[: legs.max_attempts]:
+        for attempt, replica in enumerate(plan.prefill[: legs.max_attempts]):
+            if attempt and not legs.may_retry(replica):
+                break
             plan.prefill_on(replica)
             try:
                 answer = await self._leg(legs, ctx, replica, path, body, timeout_at)
             except UpstreamRejected:
+                replica.answered()
                 raise
-            except (UpstreamUnreachable, UpstreamDisconnected):
+            except (UpstreamUnreachable, UpstreamDisconnected) as exc:
                 # Not reached, or cut off before it answered (killed): a prefill leg sends
                 # the client nothing, so the next prefill replica may take it.
-                replica.set_health(False)  # the health loop brings it back
+                legs.failed(replica, exc, ctx.stream)
                 continue  # the next prefill replica, if any
             except (TimeoutError, UpstreamTimeout):
                 if deadline is not None and loop.time() >= deadline:
                     raise UpstreamTimeout("the request exceeded its time limit during its "
                                           "prefill leg") from None
+                legs.failed(replica, TimeoutError(), ctx.stream)  # past prefill_timeout_s
                 raise PrefillFailed("prefill_timeout") from None
-            except UpstreamError:
+            except UpstreamError as exc:
+                legs.failed(replica, exc, ctx.stream)
                 raise PrefillFailed("prefill_error") from None
+            replica.answered()
             return vllm_protocol.transfer_params(answer)
         raise PrefillFailed("prefill_unreachable")
 

@@ -29,7 +29,7 @@ from llmgw.placement.commands import launch_roles
 
 Action = Literal["add", "remove", "roll", "scale", "attach", "update"]
 # Server settings a running gateway cannot take on: it would need a new socket / process.
-RESTART_ONLY = ("host", "port", "state_dir", "tls")
+RESTART_ONLY = ("host", "port", "state_dir", "tls", "keep_alive_s")
 # Model keys that only size pools; their replicas stay.
 _COUNT_KEYS = frozenset({"replicas", "autoscaling", "rollout"})
 # Model keys that decide replicas' membership for attached engines.

@@ -17,9 +17,12 @@ class RetryBudget:
     ``clock`` in seconds, monotonic."""
 
     def __init__(self, config: RetryBudgetConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic, slots: int = 10) -> None:
+                 clock: Callable[[], float] = time.monotonic, slots: int = 10,
+                 on_denied: Callable[[], None] | None = None) -> None:
         self.config = config or RetryBudgetConfig()
         self._clock = clock
+        # Called for each refused retry (the model's llmgw_retries_denied counter).
+        self._on_denied = on_denied
         self._width = self.config.window_s / slots
         self._requests = [0] * slots
         self._retries = [0] * slots
@@ -34,6 +37,8 @@ class RetryBudget:
         slot = self._slot()
         allowed = self.config.min_retries + self.config.ratio * sum(self._requests)
         if sum(self._retries) + 1 > allowed:
+            if self._on_denied is not None:
+                self._on_denied()
             return False
         self._retries[slot] += 1
         return True

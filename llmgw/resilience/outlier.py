@@ -1,7 +1,8 @@
 """Passive outlier ejection of one replica, after Envoy's outlier detection.
 
 Requests are the probes: ``consecutive_failures`` failures in a row (connect errors,
-resets, engine 5xx, streams' timeouts to the first byte) eject the replica for
+resets, engine 5xx, streams' timeouts to the first byte, streams cut or silent mid-way)
+eject the replica for
 ``base_ejection_s`` x its number of ejections, at most ``max_ejection_s``. When that time
 is up it is half-open: it takes one trial request at a time, and the trial's answer (or a
 good health check) closes it, while a failure ejects it again for longer. The multiplier

@@ -81,7 +81,8 @@ class Tenancy:
 
     def reconfigure(self, config: GatewayConfig) -> None:
         """The config's keys and model limits (at start and on reload); runtime keys and
-        revocations stay. Quotas whose limits did not change keep what they counted."""
+        revocations stay. Quotas keep what they counted: a changed limit applies to the
+        usage so far, so a reload never resets anyone's minute."""
         auth = config.auth
         self.enabled = auth is not None
         if auth is None:
@@ -96,10 +97,10 @@ class Tenancy:
                           key.name)
             ring.put(key)
         self.ring, self._model_limits = ring, dict(auth.model_limits)
-        self._key_quotas = {name: q for name, q in self._key_quotas.items()
-                            if (k := ring.get(name)) is not None and k.limits == q.limits}
-        self._model_quotas = {name: q for name, q in self._model_quotas.items()
-                              if self._model_limits.get(name) == q.limits}
+        now = self._clock()
+        self._key_quotas = _retuned(self._key_quotas, lambda name: (
+            k.limits if (k := ring.get(name)) is not None else None), now)
+        self._model_quotas = _retuned(self._model_quotas, self._model_limits.get, now)
 
     def _load_state(self) -> None:
         self._loaded = True
@@ -242,3 +243,17 @@ class Tenancy:
         except OSError as exc:
             raise ChangeNotSaved(f"the change was NOT made: cannot write the key state "
                                  f"file {self._state_file}: {exc.strerror or exc}") from None
+
+
+def _retuned(quotas: dict[str, Quota], limits_of: Callable[[str], Limits | None],
+             now: float) -> dict[str, Quota]:
+    """The quotas whose subject still has limits, each under its current ones."""
+    kept: dict[str, Quota] = {}
+    for name, quota in quotas.items():
+        limits = limits_of(name)
+        if limits is None or limits.unlimited:
+            continue
+        if limits != quota.limits:
+            quota.retune(limits, now)
+        kept[name] = quota
+    return kept

@@ -47,6 +47,13 @@ class Bucket:
         """Take (or, negative, give back) units; never above capacity."""
         self.level = min(self.capacity, self.level - amount)
 
+    def resized(self, capacity: int, now: float) -> Bucket:
+        """This bucket under a new limit (after ``refill``): what was used of the old
+        allowance is used of the new one, so a reload never hands out a fresh minute."""
+        bucket = Bucket(capacity, now)
+        bucket.level = min(capacity, capacity - (self.capacity - self.level))
+        return bucket
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -62,6 +69,14 @@ class Quota:
         self.requests = Bucket(limits.rpm, now) if limits.rpm is not None else None
         self.tokens = Bucket(limits.tpm, now) if limits.tpm is not None else None
         self.in_flight = 0
+
+    def retune(self, limits: Limits, now: float) -> None:
+        """New limits (a reload): usage so far counts against them, and requests in flight
+        (which settle on this object) stay counted against the concurrency cap."""
+        self.refill(now)
+        self.requests = _resized(self.requests, limits.rpm, now)
+        self.tokens = _resized(self.tokens, limits.tpm, now)
+        self.limits = limits
 
     def refill(self, now: float) -> None:
         for bucket in (self.requests, self.tokens):
@@ -92,6 +107,12 @@ class Quota:
         self.in_flight -= 1
         if self.tokens is not None and extra_tokens:
             self.tokens.take(extra_tokens)
+
+
+def _resized(bucket: Bucket | None, capacity: int | None, now: float) -> Bucket | None:
+    if capacity is None:
+        return None
+    return Bucket(capacity, now) if bucket is None else bucket.resized(capacity, now)
 
 
 def rate_headers(quotas: list[Quota]) -> dict[str, str]:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import ROOT
+from tests.support import ROOT, start_gateway
 
 
 def test_up_on_a_port_in_use_fails_before_launching_engines(tmp_path: Path) -> None:
@@ -23,3 +23,13 @@ def test_up_on_a_port_in_use_fails_before_launching_engines(tmp_path: Path) -> N
     assert up.returncode == 1, up.stderr
     assert f"cannot listen on 127.0.0.1:{port}:" in up.stderr
     assert "starting m-0" not in up.stderr  # no engine was launched to be stopped again
+
+
+def test_the_configs_log_level_reaches_llmgws_own_logs(tmp_path: Path) -> None:
+    for level, quiet in (("info", False), ("warning", True)):
+        gateway = start_gateway({"server": {"log_level": level}, "models": [
+            {"name": "m", "engine": "fake", "model": "fake", "replicas": 1}]}, tmp_path)
+        gateway.stop()
+        own_info = [line for line in gateway.output().splitlines()
+                    if " INFO llmgw" in line]  # e.g. "INFO llmgw.placement: starting m-0"
+        assert (own_info == []) is quiet, own_info[:3]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -153,6 +154,23 @@ def test_sigterm_cuts_streams_open_past_drain_timeout(tmp_path: Path, drain_s: f
         gateway.stop(signal.SIGKILL)
     assert not b"".join(received).endswith(b"data: [DONE]\n\n")  # cut, not finished
     assert drain_s <= took < 15, f"exited {took:.1f}s after SIGTERM, drain {drain_s}s"
+
+
+def test_idle_client_connections_close_after_keep_alive_s(tmp_path: Path) -> None:
+    config = {"server": {"keep_alive_s": 0.5},
+              "models": [{"name": "fake", "engine": "fake", "model": "fake", "replicas": 1}]}
+    gateway = start_gateway(config, tmp_path, timeout_s=60)
+    try:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=20) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+            opened = time.monotonic()
+            assert sock.recv(65536) == b""  # closed by the gateway, not by this timeout
+            idle = time.monotonic() - opened
+    finally:
+        gateway.stop()
+    assert 0.4 <= idle < 4, idle  # the setting reached the server (uvicorn's default: 5 s)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,8 @@
 """A replica killed (kill -9) or frozen (SIGSTOP) under load: no request that had not
 received a byte fails; streams in flight on a dead replica end with an SSE error event
 and [DONE]; a frozen replica is ejected by its requests' first-byte timeouts, traffic
-flows to the others, and it comes back half-open once it answers again."""
+flows to the others, and it comes back half-open once it answers again. A stream whose
+replica freezes mid-way ends after ``stream_idle_s`` and its engine request is aborted."""
 
 from __future__ import annotations
 
@@ -84,3 +85,36 @@ def test_sigstop_ejects_the_hung_replica_then_it_comes_back_half_open(
     assert all(r.finished and r.replica != victim for r in frozen), \
         [r for r in frozen if not r.finished][:3]
     assert all(r.finished for r in load.results)
+
+
+def test_a_stream_whose_replica_hangs_mid_way_ends_with_an_error_and_is_aborted(
+        fleet_factory: Any) -> None:
+    idle_s = 0.5
+    fleet: Fleet = fleet_factory(outlier=OUTLIER, timeouts={"stream_idle_s": idle_s},
+                                 health={"timeout_s": 0.3, "failure_threshold": 100})
+    with httpx.Client(timeout=30) as client, \
+            client.stream("POST", fleet.gateway.url + "/v1/chat/completions", json={
+                "model": "fake", "stream": True, "max_tokens": 500,
+                "messages": [{"role": "user", "content": "a long one"}]}) as long:
+        victim = long.headers["x-llmgw-replica"]
+        engine = fleet.engines[victim]
+        lines = long.iter_lines()
+        assert next(lines).startswith("data: ")
+        os.kill(engine.proc.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        rest = [line[6:] for line in lines if line.startswith("data: ")]
+        silent_for = time.monotonic() - stopped_at
+    assert rest[-1] == "[DONE]" and 'stream_idle_s' in rest[-2], rest[-3:]
+    assert idle_s <= silent_for < idle_s + 5  # not held until the engine wakes
+    assert fleet.replicas()[victim]["outlier"]["failures"] == 1  # counted against it
+    os.kill(engine.proc.pid, signal.SIGCONT)
+    # Awake, the engine finds the gateway's connection closed and aborts the request.
+    fleet.wait(lambda: engine_counts(engine.url) == (0, 1), 10, "the engine request aborted")
+
+
+def engine_counts(url: str) -> tuple[float, float]:
+    """The fake engine's requests running and aborted, from its /metrics."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines())
+    return (float(values["llmgw_engine_requests_running"]),
+            float(values["llmgw_engine_requests_aborted_total"]))

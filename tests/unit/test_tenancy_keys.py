@@ -154,6 +154,25 @@ def test_admission_charges_reconciles_and_refuses_with_headers(tmp_path: Path) -
         tenancy.admit(key, "n", 1)  # the key's rpm spans its models
 
 
+def test_a_reload_keeps_what_the_quotas_counted(tmp_path: Path) -> None:
+    cfg = config(tmp_path, model_limits={"m": {"rpm": 5}})
+    tenancy, _ = gate(cfg)
+    key = tenancy.ring.get("cfg")
+    for _ in range(2):
+        tenancy.admit(key, "m", 1)
+    tenancy.reconfigure(cfg)  # unchanged: the key's rpm of 2 is spent
+    with pytest.raises(RateLimited, match="on key 'cfg'"):
+        tenancy.admit(key, "m", 1)
+    raised = cfg.model_copy(update={"auth": cfg.auth.model_copy(update={  # type: ignore[union-attr]
+        "keys": [KeyConfig(name="cfg", hash=hash_key(SECRET), models=["m"], rpm=3)],
+        "model_limits": {"m": Limits(rpm=3)}})})
+    tenancy.reconfigure(raised)  # one more request for the key, and the model's 2 used count
+    key = tenancy.ring.get("cfg")
+    tenancy.admit(key, "m", 1)
+    with pytest.raises(RateLimited):
+        tenancy.admit(key, "m", 1)
+
+
 def test_runtime_keys_persist_and_revocations_hold_across_restarts(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     tenancy, metrics = gate(cfg)

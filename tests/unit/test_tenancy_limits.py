@@ -57,6 +57,20 @@ def test_settling_frees_the_slot_and_corrects_the_estimate() -> None:
     assert quota.tokens.level == 650.0
 
 
+def test_new_limits_apply_to_the_usage_so_far() -> None:
+    quota = Quota(Limits(rpm=10, tpm=1000, max_concurrency=3), now=0.0)
+    for _ in range(2):
+        quota.charge(300)  # 2 requests and 600 tokens used, both in flight
+    quota.retune(Limits(rpm=4, max_concurrency=2), now=0.0)
+    assert quota.requests is not None and quota.requests.level == 2.0  # 4 - the 2 used
+    assert quota.tokens is None  # the token limit was lifted
+    assert quota.refusal(1) == Refusal("concurrency", 1.0)  # the 2 in flight still count
+    quota.settle(0)
+    quota.retune(Limits(rpm=1, tpm=500), now=0.0)  # less than was used: owed
+    assert quota.requests.level == -1.0 and quota.refusal(1) == Refusal("requests", 120.0)
+    assert quota.tokens is not None and quota.tokens.level == 500.0  # a new limit starts full
+
+
 def test_rate_headers_show_the_tightest_quota_per_kind() -> None:
     key = Quota(Limits(rpm=100, tpm=1000), now=0.0)
     model = Quota(Limits(rpm=10), now=0.0)

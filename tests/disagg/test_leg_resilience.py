@@ -1,0 +1,155 @@
+"""The resilience layer on disaggregated requests: a failed leg counts against its
+replica (outlier ejection, capped per pool), an answer ends its streak, and a leg tried
+again elsewhere spends the model's retry budget, on both protocols' flows.
+
+In process, with scripted engines: each answers, or raises the error an engine client
+raises for a refused connection, a reset or a 5xx. The legs' I/O against real (and fake
+SGLang) servers is covered by test_vllm_pd_e2e.py and test_sglang_pd.py."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+from llmgw.config import ConditionalPDConfig, OutlierConfig, RetryBudgetConfig
+from llmgw.disagg.legs import Legs
+from llmgw.disagg.orchestrator import Disaggregation, Flow
+from llmgw.disagg.sglang_flow import SGLangFlow
+from llmgw.disagg.vllm_flow import VLLMFlow
+from llmgw.errors import UpstreamDisconnected, UpstreamError, UpstreamFailed, UpstreamUnreachable
+from llmgw.metrics import Metrics, ModelMetrics, PDMetrics, ReplicaMetrics
+from llmgw.pool import Replica
+from llmgw.resilience.budget import RetryBudget
+from llmgw.routing.registry import make_policy
+from llmgw.types import RequestContext
+
+ANSWER = b'{"choices":[{"message":{"content":"ok"}}],"kv_transfer_params":{"x":1}}'
+
+
+class Answer:
+    status = 200
+
+    async def read(self) -> bytes:
+        return ANSWER
+
+    async def event_blocks(self) -> AsyncIterator[bytes]:
+        yield b'data: {"choices":[{"delta":{"content":"ok"}}]}\n\n'
+
+    def close(self) -> None:
+        pass
+
+
+class ScriptedEngine:
+    """Raises ``error`` on every send, or answers."""
+
+    url = "http://127.0.0.1:1"
+
+    def __init__(self, error: UpstreamError | None = None) -> None:
+        self.error, self.sent, self.aborted = error, 0, 0
+
+    async def send(self, path: str, body: bytes) -> Answer:
+        self.sent += 1
+        if self.error is not None:
+            raise self.error
+        return Answer()
+
+    async def abort(self, request_id: str) -> bool:
+        self.aborted += 1
+        return True
+
+
+def fleet(flow: Flow, errors: dict[str, UpstreamError], budget: RetryBudget
+          ) -> tuple[Disaggregation, dict[str, Replica]]:
+    metrics = Metrics()
+    legs = Legs(make_policy("round-robin", random.Random(1)),
+                make_policy("round-robin", random.Random(2)), PDMetrics(metrics, "m"),
+                max_attempts=2, budget=budget)
+    d = Disaggregation("m", legs, flow, ConditionalPDConfig(enabled=False))  # always split
+    replicas = {}
+    for rid in ("p0", "p1", "d0", "d1"):
+        replica = Replica(rid, "m", ScriptedEngine(errors.get(rid)),  # type: ignore[arg-type]
+                          ReplicaMetrics(metrics, "m", rid, "round-robin"),
+                          role="prefill" if rid.startswith("p") else "decode")
+        replica.outlier.configure(OutlierConfig(consecutive_failures=1))
+        replica.set_health(True)
+        d.added(replica)
+        replicas[rid] = replica
+    return d, replicas
+
+
+def engine(replica: Replica) -> ScriptedEngine:
+    assert isinstance(replica.engine, ScriptedEngine)
+    return replica.engine
+
+
+def ctx(stream: bool) -> RequestContext:
+    return RequestContext(request_id="r", model="m", endpoint="chat", stream=stream,
+                          prompt="hello")
+
+
+def open_request(d: Disaggregation, stream: bool) -> Replica:
+    body = b'{"model":"m","messages":[{"role":"user","content":"hello"}],"stream":%s}' % (
+        b"true" if stream else b"false")
+
+    async def run() -> Replica:
+        opened = await d.open(ctx(stream), "/v1/chat/completions", body, "r", None, False)
+        opened.upstream.close()
+        opened.replica.release()
+        return opened.replica
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("flow", [VLLMFlow(5), SGLangFlow(5, random.Random(0))],
+                         ids=["vllm", "sglang"])
+def test_a_failing_decode_leg_is_ejected_and_the_request_served_by_the_other(
+        flow: Flow) -> None:
+    budget = RetryBudget(RetryBudgetConfig())
+    d, r = fleet(flow, {"d0": UpstreamFailed("engine 500")}, budget)
+    for _ in range(3):  # round-robin would send every other request to d0
+        assert open_request(d, stream=True).id == "d1"
+    assert engine(r["d0"]).sent == 1  # the one failure ejected it (and only it)
+    assert r["d0"].outlier.state == "ejected" and r["d1"].outlier.state == "in"
+    assert r["p0"].outlier.failures == r["p1"].outlier.failures == 0
+
+
+def test_a_prefill_replica_that_cannot_be_reached_is_counted_and_skipped() -> None:
+    budget = RetryBudget(RetryBudgetConfig())
+    d, r = fleet(VLLMFlow(5), {"p0": UpstreamUnreachable("refused")}, budget)
+    for _ in range(2):  # round-robin ranks p0 first for one of them
+        open_request(d, stream=False)
+    assert (engine(r["p0"]).sent, engine(r["p1"]).sent) == (1, 2)
+    assert r["p0"].outlier.state == "ejected" and not r["p0"].healthy
+    assert r["p1"].outlier.failures == 0
+
+
+def test_an_sglang_pair_cut_off_before_its_stream_began_is_retried_on_another_pair() -> None:
+    budget = RetryBudget(RetryBudgetConfig())
+    d, r = fleet(SGLangFlow(5, random.Random(0)), {"d0": UpstreamDisconnected("reset")},
+                 budget)
+    assert open_request(d, stream=True).id == "d1"
+    assert engine(r["d0"]).aborted == 1  # both legs of the first pair were abandoned
+    assert r["d0"].outlier.state == "ejected"
+
+
+def test_legs_spend_the_models_retry_budget() -> None:
+    denied: list[None] = []
+    budget = RetryBudget(RetryBudgetConfig(ratio=0, min_retries=0),
+                         on_denied=lambda: denied.append(None))
+    d, r = fleet(VLLMFlow(5), {"d0": UpstreamFailed("engine 500"),
+                               "d1": UpstreamFailed("engine 500")}, budget)
+    with pytest.raises(UpstreamFailed):
+        open_request(d, stream=True)
+    assert engine(r["d0"]).sent + engine(r["d1"]).sent == 1 and len(denied) == 1
+
+
+def test_the_budget_reports_refusals_on_the_models_counter() -> None:
+    metrics = Metrics()
+    model = ModelMetrics(metrics, "m")
+    budget = RetryBudget(RetryBudgetConfig(ratio=0, min_retries=1),
+                         on_denied=model.retries_denied.inc)
+    assert [budget.try_retry() for _ in range(3)] == [True, False, False]
+    assert metrics.registry.get_sample_value("llmgw_retries_denied_total",
+                                             {"model": "m"}) == 2
