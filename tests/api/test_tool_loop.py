@@ -45,8 +45,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture
-def client(gateway: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+def client(gateway: Server) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused",
+                       max_retries=0) as client:
+        yield client
 
 
 def engines(gateway: Server) -> dict[str, str]:
@@ -218,10 +220,10 @@ async def test_openai_agents_sdk_runs_a_gateway_tool_over_mcp(gateway: Server,
     from agents.mcp import MCPServerStreamableHttp
 
     set_tracing_disabled(True)  # else it exports traces to OpenAI
-    model = OpenAIChatCompletionsModel(model="agent", openai_client=openai.AsyncOpenAI(
-        base_url=gateway.url + "/v1", api_key="unused", max_retries=0))
-    async with MCPServerStreamableHttp(params={"url": gateway.url + "/mcp"},
-                                       cache_tools_list=True) as mcp:
+    llm = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    model = OpenAIChatCompletionsModel(model="agent", openai_client=llm)
+    async with llm, MCPServerStreamableHttp(params={"url": gateway.url + "/mcp"},
+                                            cache_tools_list=True) as mcp:
         agent = Agent(name="forecaster", instructions="Use the tools.", model=model,
                       mcp_servers=[mcp])
         if streamed:

@@ -81,10 +81,11 @@ def test_list_is_openai_function_tools_a_chat_completion_takes(gateway: Server) 
                                     "description": "What to echo"},
                            "times": {"type": "integer", "title": "Times", "default": 1}}}}}
     # The list goes into `tools` as it is: the real client sends it, the engine gets it.
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
-    answer = client.chat.completions.create(
-        model="fake", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
-        tools=listed["data"])
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused",
+                       max_retries=0) as client:
+        answer = client.chat.completions.create(
+            model="fake", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+            tools=listed["data"])
     assert answer.choices[0].message.content == "tok0 tok1"
 
 
