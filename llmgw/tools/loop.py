@@ -46,6 +46,9 @@ def hosted_tools(parsed: Mapping[str, Any]) -> HostedTools | None:
         return None
     if len(entries) > 1:
         raise InvalidRequest("tools: one entry of type 'mcp' at most", param="tools")
+    if parsed.get("n") not in (None, 1):
+        raise InvalidRequest("n: a request that names the gateway's tools gets one choice",
+                             param="n")
     index, entry = entries[0]
     where = f"tools[{index}]"
     if entry.get("server_label") != HOSTED_LABEL:

@@ -52,6 +52,13 @@ def test_refused_entries_name_the_field(tools: Any, param: str) -> None:
     assert caught.value.param == param
 
 
+def test_one_choice_only() -> None:
+    with pytest.raises(InvalidRequest, match="^n: ") as caught:
+        hosted_tools({"n": 2, "tools": [{"type": "mcp", "server_label": "llmgw"}]})
+    assert caught.value.param == "n"
+    assert hosted_tools({"n": 2, "tools": []}) is None  # without the entry, n is the engine's
+
+
 def test_round_request_puts_hosted_tools_after_the_clients() -> None:
     own = {"type": "function", "function": {"name": "lookup"}}
     parsed = {"model": "m", "tools": [{"type": "mcp", "server_label": "llmgw"}, own, "junk"]}
