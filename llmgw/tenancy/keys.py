@@ -76,7 +76,8 @@ class ApiKey:
         """What the admin API shows: everything but the hash."""
         return {"name": self.name, "models": sorted(self.models) if self.models is not None
                 else None, **self.limits.model_dump(), "priority": self.priority,
-                "weight": self.weight, "origin": self.origin}
+                "weight": self.weight, "origin": self.origin,
+                "tools": sorted(self.tools) if self.tools is not None else None}
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

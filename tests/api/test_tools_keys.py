@@ -113,3 +113,30 @@ async def test_mcp_asks_for_a_key_and_lists_only_its_tools(tmp_path: Path) -> No
     finally:
         await tools.close()
         await gateway.close()
+
+
+async def test_a_key_made_at_run_time_may_list_tools(tmp_path: Path) -> None:
+    cfg = config(tmp_path, ["t_echo"])
+    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"admin_key": "adm"})})
+    gateway = in_process_gateway(cfg)
+    tools = ToolSet(cfg, check_tools(cfg), gateway.metrics)
+    await tools.start()
+    admin = bearer("adm")
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(
+                app=create_app(gateway, tool_set=tools)), base_url="http://gw") as client:
+            unknown = await client.post("/admin/keys", headers=admin,
+                                        json={"name": "rt", "tools": ["nope"]})
+            assert (unknown.status_code, unknown.json()["error"]["param"]) == (400, "tools")
+            made = (await client.post("/admin/keys", headers=admin,
+                                      json={"name": "rt", "tools": ["t_add"]})).json()
+            assert made["tools"] == ["t_add"]
+            listed = await client.get("/v1/tools", headers=bearer(made["key"]))
+            assert [t["function"]["name"] for t in listed.json()["data"]] == ["t_add"]
+    finally:
+        await tools.close()
+        await gateway.close()
+    # Kept in the state file: a restart still limits the key to its tools.
+    restarted = in_process_gateway(cfg)
+    assert restarted.tenancy.ring.get("rt").tools == frozenset({"t_add"})  # type: ignore[union-attr]
+    await restarted.close()
