@@ -3,7 +3,8 @@ admin routes do; client keys never open these.
 
     GET    /admin/keys          every key, without secrets or hashes
     POST   /admin/keys          {"name", "models", "rpm", "tpm", "max_concurrency",
-                                 "priority", "weight", "tools"} -> 201 {"key": <secret, shown only now>, ...}
+                                 "priority", "weight", "tools"}
+                                -> 201 {"key": <secret, shown only now>, ...}
     DELETE /admin/keys/{name}   revoked at once (configured keys too, until their hash
                                 changes)
 
