@@ -72,7 +72,7 @@ class MCPEndpoint:
         key = self._key(ctx.request)
         return types.ListToolsResult(tools=[
             types.Tool(name=spec.name, description=spec.description,
-                       input_schema=spec.parameters)
+                       input_schema=spec.parameters, output_schema=spec.output_schema)
             for spec in self._tools.specs.values()
             if key is None or key.allows_tool(spec.name)])
 
@@ -90,10 +90,9 @@ class MCPEndpoint:
         except GatewayError as exc:  # the model should see why, and may correct its call
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=exc.message)], is_error=True)
-        output = result.output
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=result.content)],
-            structured_content=output if isinstance(output, dict) else {"result": output})
+            structured_content=self._tools.specs[params.name].structured(result.output))
 
 
 def _security(host: str) -> TransportSecuritySettings:

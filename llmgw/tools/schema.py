@@ -87,6 +87,21 @@ class ToolSpec:
         (only,) = type(args).model_fields
         return (getattr(args, only),), {}
 
+    @property
+    def output_schema(self) -> dict[str, Any]:
+        """The result's JSON Schema as MCP's ``outputSchema`` (an object): the return
+        type's own when it is an object, else ``{"result": <schema>}``."""
+        schema = self.returns.json_schema()
+        if schema.get("type") == "object":
+            return schema
+        return {"type": "object", "properties": {"result": schema}, "required": ["result"]}
+
+    def structured(self, output: Any) -> dict[str, Any]:
+        """An output as MCP's ``structuredContent``, shaped as ``output_schema``."""
+        if self.returns.json_schema().get("type") == "object":
+            return dict(output)
+        return {"result": output}
+
     def dump(self, result: Any) -> Any:
         """The result as JSON-able data (pydantic models, dataclasses, tuples...)."""
         return self.returns.dump_python(result, mode="json")

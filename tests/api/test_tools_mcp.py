@@ -41,6 +41,10 @@ async def test_mcp_client_lists_and_calls_tools(gateway: Server, mode: str) -> N
         weather = listed.tools[0]
         assert weather.description == "The weather today in a city, in one sentence."
         assert weather.input_schema["required"] == ["city"]
+        assert weather.output_schema == {"type": "object", "required": ["result"],
+                                         "properties": {"result": {"type": "string"}}}
+        assert listed.tools[1].output_schema is not None
+        assert listed.tools[1].output_schema["title"] == "Forecast"
         result = await client.call_tool("weather", {"city": "Oslo"})
         expected = httpx.post(gateway.url + "/v1/tools/weather",
                               json={"arguments": {"city": "Oslo"}}).json()["output"]
