@@ -67,18 +67,19 @@ def in_process_us(calls: int) -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
+async def call_ms(http: aiohttp.ClientSession, url: str, body: str) -> float:
+    """One tool call's milliseconds; raises on any answer but 200."""
+    started = time.perf_counter()
+    async with http.post(url, data=body, headers={"content-type": "application/json"}) as r:
+        await r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{url}: {r.status}")
+    return (time.perf_counter() - started) * 1000
+
+
 async def sequential_ms(http: aiohttp.ClientSession, url: str, calls: int) -> list[float]:
     body = json.dumps({"arguments": {"city": "Oslo"}})
-    latencies = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        async with http.post(url, data=body,
-                             headers={"content-type": "application/json"}) as response:
-            await response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{url}: {response.status}")
-        latencies.append((time.perf_counter() - started) * 1000)
-    return latencies
+    return [await call_ms(http, url, body) for _ in range(calls)]
 
 
 async def closed_loop(http: aiohttp.ClientSession, url: str, seconds: float,
@@ -90,13 +91,7 @@ async def closed_loop(http: aiohttp.ClientSession, url: str, seconds: float,
     async def client(n: int) -> None:
         body = json.dumps({"arguments": {"text": f"text {n}"}})
         while time.perf_counter() < end:
-            started = time.perf_counter()
-            async with http.post(url, data=body,
-                                 headers={"content-type": "application/json"}) as response:
-                await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"{url}: {response.status}")
-            latencies.append((time.perf_counter() - started) * 1000)
+            latencies.append(await call_ms(http, url, body))
 
     started = time.perf_counter()
     await asyncio.gather(*(client(n) for n in range(concurrency)))

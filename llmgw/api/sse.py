@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from starlette.types import Send
 
@@ -32,13 +33,18 @@ async def relay_stream(exchange: Exchange, send: Send, client_wants_usage: bool,
     """``request_id``: the client's, named in the error event of a gateway bug."""
     await send({"type": "http.response.start", "status": 200,
                 "headers": SSE_HEADERS + headers})
+    return await end_in_band(_relay_in_time(exchange, send, client_wants_usage), send, watch,
+                             exchange.record_error, request_id)
+
+
+async def end_in_band(work: Awaitable[None], send: Send, watch: DisconnectWatch,
+                      record: Callable[[GatewayError], None], request_id: str) -> Outcome:
+    """Run ``work``, which writes the events of a stream whose status is sent, then end
+    the stream: ``[DONE]``, or the failure (``record``-ed) as an error event and
+    ``[DONE]``. ``request_id``: the client's, named in the error event of a gateway bug."""
     error: GatewayError | None = None
     try:
-        if exchange.deadline is None:
-            await _relay_events(exchange, send, client_wants_usage)
-        else:
-            async with asyncio.timeout_at(exchange.deadline):
-                await _relay_events(exchange, send, client_wants_usage)
+        await work
     except TimeoutError:
         error = UpstreamTimeout("the request exceeded its time limit mid-stream")
     except GatewayError as exc:
@@ -50,10 +56,18 @@ async def relay_stream(exchange: Exchange, send: Send, client_wants_usage: bool,
     if error is None:
         await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})
         return "ok"
-    exchange.record_error(error)
+    record(error)
     await send({"type": "http.response.body", "body": error_event(error) + DONE_EVENT,
                 "more_body": False})
     return "timeout" if isinstance(error, UpstreamTimeout) else "upstream_error"
+
+
+async def _relay_in_time(exchange: Exchange, send: Send, client_wants_usage: bool) -> None:
+    if exchange.deadline is None:
+        await _relay_events(exchange, send, client_wants_usage)
+    else:
+        async with asyncio.timeout_at(exchange.deadline):
+            await _relay_events(exchange, send, client_wants_usage)
 
 
 async def _relay_events(exchange: Exchange, send: Send, client_wants_usage: bool) -> None:

@@ -16,7 +16,6 @@ an error: its status before the stream started, an error event and ``[DONE]`` af
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any
 
@@ -25,10 +24,9 @@ from starlette.types import Send
 
 from llmgw.admission import FairQueue
 from llmgw.api.disconnect import DisconnectWatch
-from llmgw.api.errors import error_event, internal_error
-from llmgw.api.sse import SSE_HEADERS
+from llmgw.api.sse import SSE_HEADERS, end_in_band
 from llmgw.context import CallContext
-from llmgw.dispatcher import DONE_EVENT, Dispatcher, Exchange, ModelGroup
+from llmgw.dispatcher import Dispatcher, Exchange, ModelGroup
 from llmgw.errors import GatewayError, InvalidRequest, ToolError, UpstreamTimeout
 from llmgw.lora.catalog import Adapter
 from llmgw.tools.loop import StreamTurn, Turn, add_usage, round_request, turn_of
@@ -36,7 +34,6 @@ from llmgw.tools.schema import ToolSpec
 from llmgw.tools.toolset import ToolSet
 from llmgw.types import Outcome, RequestContext
 
-log = logging.getLogger("llmgw.api")
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -142,23 +139,12 @@ class ToolLoop:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*SSE_HEADERS, *headers, _replica_header(first)]})
         stream = _Stream(send, f"chatcmpl-{request_id}", self._group.name)
-        error: GatewayError | None = None
-        try:
-            await self._stream_rounds(first, stream)
-        except GatewayError as exc:
-            error = exc
-        except Exception:  # the status is sent: a bug (or an engine's bad chunk) in-band too
-            log.exception("unhandled error in a tool loop (request_id=%s)", request_id)
-            error = internal_error(request_id)
-        watch.done = True
-        if error is None:
-            await send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})
-            return "ok"
+        return await end_in_band(self._stream_rounds(first, stream), send, watch,
+                                 self._record, request_id)
+
+    def _record(self, error: GatewayError) -> None:
         if self.exchange is not None:
             self.exchange.record_error(error)
-        await send({"type": "http.response.body", "body": error_event(error) + DONE_EVENT,
-                    "more_body": False})
-        return "timeout" if isinstance(error, UpstreamTimeout) else "upstream_error"
 
     async def _stream_rounds(self, exchange: Exchange, stream: _Stream) -> None:
         while True:
