@@ -5,7 +5,8 @@ Pydantic (llmgw.config) checks the shape of the data. This adds what needs the r
 (policy and plugin names), the launch tables (engine flags, the engine's Python), this
 machine's files (model, tokenizer and adapter directories), the LoRA side (demo
 adapters, the adapter state file and its directory), the key state file (``auth:``),
-the access log's file and the tracing extra (``telemetry:``).
+the access log's file and the tracing extra (``telemetry:``) and the tool classes
+(``tools:``, imported).
 Nothing here starts a process, opens a socket or downloads; each check is cheap enough to
 run on every test's config too.
 """
@@ -23,6 +24,7 @@ from llmgw.lora.setup import check_lora
 from llmgw.placement.commands import DEMO_MODEL, check_launchable
 from llmgw.telemetry.tracing import tracing_installed
 from llmgw.tenancy.store import check_store
+from llmgw.tools.registry import check_tools
 
 # A Hugging Face repo id: `name` or `org/name`, as huggingface_hub validates them.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -39,6 +41,7 @@ def validate(cfg: GatewayConfig) -> None:
     check_store(cfg)
     check_tls(cfg)
     check_telemetry(cfg)
+    check_tools(cfg)
 
 
 def check_telemetry(cfg: GatewayConfig) -> None:

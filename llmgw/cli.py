@@ -182,6 +182,11 @@ def _check(paths: Sequence[str]) -> int:
                    else model.routing)
         lora = f" adapters={len(model.lora.adapters)}" if model.lora is not None else ""
         print(f"ok  {model.name}: engine={model.engine} replicas={where} routing={routing}{lora}")
+    from llmgw.tools.registry import check_tools
+
+    for spec in check_tools(cfg):
+        print(f"ok  tool {spec.name}: {spec.deployment}.{spec.method}"
+              f"{' batched' if spec.batched is not None else ''}")
     return 0
 
 
@@ -192,11 +197,12 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
 
     from llmgw.api.app import create_app
     from llmgw.build import Gateway
-    from llmgw.checks import validate
     from llmgw.console import StartupView, is_terminal
     from llmgw.fleet.controller import Fleet
     from llmgw.fleet.reload import Reloader
     from llmgw.placement.base import LaunchError
+    from llmgw.tools.registry import check_tools
+    from llmgw.tools.toolset import ToolSet
 
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -227,7 +233,8 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
     # make the same random choices in lockstep (round robin's start, tie-breaks).
     gateway = Gateway(cfg, rng=random.Random())
     fleet = Fleet(gateway, launcher, directory=directory)
-    reloader = Reloader(fleet, paths, validate, overrides)
+    reloader = Reloader(fleet, paths, lambda new: _validate_reload(cfg, new), overrides)
+    tool_set = ToolSet(cfg, check_tools(cfg), gateway.metrics)
     view = StartupView(sys.stderr, live=is_terminal(sys.stderr))
     view.attach(fleet.progress)
     try:
@@ -236,9 +243,11 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
             await fleet.start(wait=cfg.placement.backend == "local")
         finally:
             view.finish()
+        await tool_set.start()
         loop.add_signal_handler(signal.SIGHUP, lambda: fleet.spawn(_reload(reloader)))
         server = uvicorn.Server(uvicorn.Config(
-            create_app(gateway, fleet, reloader), host=cfg.server.host, port=cfg.server.port,
+            create_app(gateway, fleet, reloader, tool_set), host=cfg.server.host,
+            port=cfg.server.port,
             log_level=log_level or cfg.server.log_level, access_log=False,
             # Seconds as given: uvicorn hands it to asyncio.wait_for, where 0.5 waits half a
             # second and 0 not at all (None would wait for every open stream, however long).
@@ -267,8 +276,20 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
         else:
             log.info("leaving %d engine(s) running on Ray for the next gateway (`llmgw down` "
                      "stops them)", len(gateway.pool.all()))
+        await asyncio.shield(tool_set.close())
         await asyncio.shield(fleet.close())
         await asyncio.shield(gateway.close())
+
+
+def _validate_reload(running: GatewayConfig, new: GatewayConfig) -> None:
+    """What a reload must pass: ``check``, and the same ``tools:`` (tool workers and
+    their classes are set up once, at start)."""
+    from llmgw.checks import validate
+
+    validate(new)
+    if new.tools != running.tools:
+        raise ConfigError("tools: changed; tools are set up at start: restart the gateway "
+                          "to change them")
 
 
 async def _launcher(cfg: GatewayConfig) -> tuple[Launcher, Directory | None]:

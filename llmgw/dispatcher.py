@@ -366,10 +366,11 @@ class Dispatcher:
 
     async def open(self, ctx: RequestContext, group: ModelGroup, body: bytes,
                    upstream_id: str, explain: bool = False,
-                   adapter: Adapter | None = None) -> Exchange:
+                   adapter: Adapter | None = None, pin: str | None = None) -> Exchange:
         """Pick a replica and send the request; try the next ranked replica when one cannot
         be reached or fails before answering. Nothing reached the client yet, so failover
-        is safe here and nowhere later."""
+        is safe here and nowhere later. ``pin``: that replica first while it is routable
+        (the rounds of a tool loop share one engine's prefix cache)."""
         started = self._clock()
         deadline = _deadline(group.timeouts)
         if group.waiter is not None and not group.routable():  # scaled to zero: wait
@@ -397,6 +398,8 @@ class Dispatcher:
                                      "llmgw.route.decision": orjson.dumps(
                                          decision.as_dict()).decode()})
         decision = decision if explain else None
+        if pin is not None:
+            ranked.sort(key=lambda replica: replica.id != pin)
         if not ranked:
             raise NoReplica(f"no healthy replica for model '{group.name}'; retry shortly")
         error: UpstreamError | NoReplica | None = None

@@ -24,7 +24,13 @@
     ├── Unauthorized                  401 authentication_error / invalid_admin_key
     │   └── InvalidApiKey             401 invalid_request_error / invalid_api_key
     ├── AdminRequestRejected          4xx an admin change that cannot be made (404/409/400)
-    └── ChangeNotSaved                500 server_error / state_not_saved
+    ├── ChangeNotSaved                500 server_error / state_not_saved
+    ├── ToolNotFound                  404 invalid_request_error / tool_not_found
+    ├── ToolDepthExceeded             400 invalid_request_error / tool_depth_exceeded
+    ├── ToolError                     500 server_error / tool_error (the tool raised)
+    ├── ToolUnavailable               503 server_error / tool_unavailable (+ Retry-After)
+    ├── ToolWorkerLost                502 server_error / tool_worker_lost
+    └── ToolTimeout                   504 server_error / tool_timeout
 
 The HTTP status is the contract: the ``openai`` SDK picks its exception class from it.
 """
@@ -248,3 +254,44 @@ class ChangeNotSaved(GatewayError):
     """A runtime change (admin API) the state file could not keep: it was not made."""
 
     code = "state_not_saved"
+
+
+class ToolNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "tool_not_found"
+
+
+class ToolDepthExceeded(InvalidRequest):
+    """Tools called through ``llmgw.context`` nested deeper than ``MAX_DEPTH``."""
+
+    code = "tool_depth_exceeded"
+
+
+class ToolError(GatewayError):
+    """The tool's own code raised (or returned what cannot be JSON). The message is the
+    exception's type and text: the tool's author wrote it for its caller (a model reads
+    it to correct its call)."""
+
+    code = "tool_error"
+
+
+class ToolUnavailable(NoReplica):
+    """No replica of the tool is healthy, or none had room within the call's timeout."""
+
+    code = "tool_unavailable"
+
+
+class ToolWorkerLost(GatewayError):
+    """The worker process running the call went away (killed, crashed) before answering.
+    Never retried: a tool need not be idempotent."""
+
+    status = 502
+    code = "tool_worker_lost"
+
+
+class ToolTimeout(GatewayError):
+    """The call took longer than the tool's ``timeout_s`` (it may still run to its end)."""
+
+    status = 504
+    code = "tool_timeout"

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import orjson
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from llmgw.api import admin, keys, routes
+from llmgw.api import admin, keys, routes, tools
 from llmgw.api import fleet as fleet_routes
 from llmgw.api.errors import install_error_handlers
 from llmgw.api.generation import GenerationRoute
@@ -21,18 +24,32 @@ from llmgw.config import GatewayConfig
 from llmgw.fleet.controller import Fleet
 from llmgw.fleet.reload import Reloader
 from llmgw.protocol import ENDPOINTS
+from llmgw.tools.toolset import ToolSet
+
+if TYPE_CHECKING:
+    from llmgw.api.mcp import MCPEndpoint
+
+log = logging.getLogger("llmgw.api")
 
 
 def create_app(gateway: Gateway, fleet: Fleet | None = None,
-               reloader: Reloader | None = None) -> FastAPI:
+               reloader: Reloader | None = None, tool_set: ToolSet | None = None) -> FastAPI:
     """``fleet`` and ``reloader``: what `llmgw up` runs beside the app (replicas started,
-    scaled and reloaded); without them the admin fleet routes answer that there is none."""
+    scaled and reloaded); without them the admin fleet routes answer that there is none.
+    ``tool_set``: the started tools (``tools:``); without it /v1/tools lists none."""
+
+    tools_served = tool_set or ToolSet(gateway.config, [], gateway.metrics)
+    mcp = _mcp_endpoint(tools_served, gateway)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
         try:
-            yield
+            if mcp is None:
+                yield
+            else:
+                async with mcp.running():
+                    yield
         finally:
             if fleet is not None:  # no scaling decision while the gateway closes
                 await fleet.stop_loop()
@@ -52,6 +69,7 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     app.state.tenancy = gateway.tenancy
     app.state.access_log = gateway.access_log
     app.state.fleet, app.state.reloader = fleet, reloader
+    app.state.tools = tools_served
     _apply_server(app, gateway.config)
     if reloader is not None:
         reloader.listeners.append(lambda config: _apply_server(app, config))
@@ -63,6 +81,10 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
                           for endpoint, spec in ENDPOINTS.items()]
     app.add_route("/v1/models", routes.list_models, methods=["GET"])
     app.add_route("/v1/models/{model:path}", routes.get_model, methods=["GET"])
+    app.add_route("/v1/tools", tools.list_tools, methods=["GET"])
+    app.add_route("/v1/tools/{name}", tools.call_tool, methods=["POST"])
+    if mcp is not None:  # one route, no Mount: no /mcp -> /mcp/ redirect
+        app.router.routes.append(Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]))
     app.add_route("/health", routes.health, methods=["GET"])
     app.add_route("/ready", routes.ready, methods=["GET"])
     app.add_route("/metrics", routes.metrics, methods=["GET"])
@@ -74,9 +96,30 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     app.add_route("/admin/keys", keys.list_keys, methods=["GET"])
     app.add_route("/admin/keys", keys.create_key, methods=["POST"])
     app.add_route("/admin/keys/{name}", keys.revoke_key, methods=["DELETE"])
+    app.add_route("/admin/tools/{name}/batch", tools.set_batch_bounds, methods=["POST"])
     app.add_route("/admin/status", fleet_routes.status, methods=["GET"])
     app.add_route("/admin/reload", fleet_routes.reload, methods=["POST"])
     return app
+
+
+def _mcp_endpoint(tool_set: ToolSet, gateway: Gateway) -> MCPEndpoint | None:
+    """/mcp when tools are served; its package (the ``llmgw[mcp]`` extra) is imported only
+    then. Without the package, tools are served over /v1/tools alone (logged)."""
+    if not tool_set.specs:
+        return None
+    try:
+        from llmgw.api.mcp import MCPEndpoint
+    except ImportError:
+        log.warning("/mcp is off: the mcp package is not installed (pip install 'llmgw[mcp]')")
+        return None
+    return MCPEndpoint(tool_set, gateway.tenancy, gateway.config.server.host, _version())
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("llmgw")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def _apply_server(app: FastAPI, config: GatewayConfig) -> None:

@@ -29,6 +29,8 @@ from llmgw.api.errors import error_response, internal_error
 from llmgw.api.request_checks import check_request
 from llmgw.api.request_record import first_token_ns, request_record
 from llmgw.api.sse import relay_json, relay_stream
+from llmgw.api.tool_loop import HeldSlot, ToolLoop
+from llmgw.context import CallContext, depth_of
 from llmgw.dispatcher import Dispatcher, Exchange, ModelGroup
 from llmgw.errors import (
     ClientGone,
@@ -45,6 +47,8 @@ from llmgw.telemetry import AccessLog, Span
 from llmgw.tenancy.estimate import estimate_tokens, used_tokens
 from llmgw.tenancy.gate import Admission, Tenancy
 from llmgw.tenancy.keys import ApiKey
+from llmgw.tools.loop import hosted_tools, offered
+from llmgw.tools.toolset import ToolSet
 from llmgw.types import Outcome, RequestContext
 
 log = logging.getLogger("llmgw.api")
@@ -264,9 +268,13 @@ class GenerationRoute:
             group.lora.note_request(adapter)
         ctx = await request_context(call.gateway_id, group, self.endpoint, stream, headers,
                                     call.parsed, adapter, call.admission)
+        loop = tool_loop(state, call, group, ctx, adapter) if self.endpoint == "chat" else None
         upstream = dispatcher.upstream_body(group, body, call.parsed, stream, req.wants_usage,
                                             call.gateway_id, adapter, self.endpoint)
         async with DisconnectWatch(receive) as watch:
+            if loop is not None:
+                await _serve_loop(loop, call, send, watch, stream, tenancy)
+                return
             if group.admission is not None:  # a saturated model: wait for a slot
                 await group.admission.acquire(ctx.tenant or "", ctx.priority,
                                               call.key.weight if call.key else 1.0)
@@ -324,6 +332,46 @@ class GenerationRoute:
             access_log.write(record)
         if span is not None:
             dispatcher.tracing.end_request(span, record, first_token_ns(call.exchange))
+
+def tool_loop(state: Any, call: _Call, group: ModelGroup, ctx: RequestContext,
+              adapter: Adapter | None) -> ToolLoop | None:
+    """The request's tool loop when it names the gateway's tools (llmgw/tools/loop.py)."""
+    assert call.parsed is not None
+    hosted = hosted_tools(call.parsed)
+    if hosted is None:
+        return None
+    tools: ToolSet = state.tools
+    key = call.key
+    specs = offered(hosted, tools.specs.values(),
+                    lambda name: key is None or key.allows_tool(name))
+    loop = ToolLoop(state.dispatcher, group, ctx, adapter, tools, specs, call.parsed,
+                    hosted.max_rounds, call.gateway_id,
+                    CallContext(None, depth_of(call.headers), call.headers.get("authorization")))
+    if group.admission is not None:
+        loop.slot = HeldSlot(group.admission, ctx.tenant or "", ctx.priority,
+                             key.weight if key else 1.0)
+    return loop
+
+
+async def _serve_loop(loop: ToolLoop, call: _Call, send: Send, watch: DisconnectWatch,
+                      stream: bool, tenancy: Tenancy) -> None:
+    """The loop holds its own admission slot (let go while its tools run)."""
+    try:
+        if loop.slot is not None:
+            await loop.slot.acquire()
+            if call.key is not None:  # it may have been revoked while this waited
+                tenancy.check_current(call.key)
+        if stream:
+            call.outcome = await loop.answer_stream(send, call.reply_headers, watch,
+                                                    call.request_id)
+            call.status = 200
+        else:
+            call.status = await loop.answer_json(send, call.reply_headers, watch)
+            call.outcome = "ok"
+    finally:  # the round in flight, finished or aborted by _close like any exchange
+        call.exchange = loop.exchange
+        if loop.slot is not None:
+            loop.slot.release()
 
 
 def _admit(tenancy: Tenancy, call: _Call, key: ApiKey, model: str, tokens: bool) -> None:

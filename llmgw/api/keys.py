@@ -3,7 +3,8 @@ admin routes do; client keys never open these.
 
     GET    /admin/keys          every key, without secrets or hashes
     POST   /admin/keys          {"name", "models", "rpm", "tpm", "max_concurrency",
-                                 "priority", "weight"} -> 201 {"key": <secret, shown only now>, ...}
+                                 "priority", "weight", "tools"}
+                                -> 201 {"key": <secret, shown only now>, ...}
     DELETE /admin/keys/{name}   revoked at once (configured keys too, until their hash
                                 changes)
 
@@ -25,6 +26,7 @@ from llmgw.config.auth import KEY_NAME, MAX_LIMIT
 from llmgw.dispatcher import Dispatcher
 from llmgw.errors import GatewayError, InvalidRequest
 from llmgw.tenancy.gate import Tenancy
+from llmgw.tools.toolset import ToolSet
 
 
 class CreateKey(BaseModel):
@@ -36,6 +38,8 @@ class CreateKey(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
     priority: Priority = "interactive"
     weight: float = Field(default=1.0, gt=0, le=1000)
+    # Tools (tools:) the key may list and call; null: every one.
+    tools: list[str] | None = None
 
 
 
@@ -48,11 +52,13 @@ def _served_names(dispatcher: Dispatcher) -> set[str]:
     return names
 
 
-def _check_models(spec: CreateKey, dispatcher: Dispatcher) -> None:
-    unknown = sorted(set(spec.models or ()) - _served_names(dispatcher))
-    if unknown:
-        raise InvalidRequest(f"models: not served here: {', '.join(unknown)[:500]}",
-                             param="models")
+def _check_names(spec: CreateKey, dispatcher: Dispatcher, tools: ToolSet) -> None:
+    for field, asked, served in (("models", spec.models, _served_names(dispatcher)),
+                                 ("tools", spec.tools, set(tools.specs))):
+        unknown = sorted(set(asked or ()) - served)
+        if unknown:
+            raise InvalidRequest(f"{field}: not served here: {', '.join(unknown)[:500]}",
+                                 param=field)
 
 
 async def list_keys(request: Request) -> Response:
@@ -69,10 +75,10 @@ async def create_key(request: Request) -> Response:
     try:
         authorize(request)
         spec = parse_body(CreateKey, await read_limited(request, request.app.state.max_body_bytes))
-        _check_models(spec, request.app.state.dispatcher)
+        _check_names(spec, request.app.state.dispatcher, request.app.state.tools)
         limits = Limits(rpm=spec.rpm, tpm=spec.tpm, max_concurrency=spec.max_concurrency)
         key, secret = tenancy.create(spec.name, spec.models, limits, spec.priority,
-                                     spec.weight)
+                                     spec.weight, spec.tools)
     except GatewayError as exc:
         return error_response(exc)
     return json_response({"key": secret, **key.describe()}, 201)

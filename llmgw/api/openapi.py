@@ -18,6 +18,7 @@ from pydantic.json_schema import models_json_schema
 
 from llmgw.api.admin import RegisterAdapter
 from llmgw.api.keys import CreateKey
+from llmgw.api.tools import BatchBounds, CallTool
 from llmgw.config import RequestBounds
 from llmgw.protocol import (
     ChatCompletionRequest,
@@ -60,6 +61,15 @@ _TEXT: Schema = {"type": "object", "required": ["prompt"],
 _GENERATION_ERRORS = ("400", "401", "404", "413", "429", "431", "4XX", "502", "503", "504")
 _ADMIN_ERRORS = ("400", "401", "404", "409", "413", "431", "500")
 _BEARER: list[Schema] = [{"bearer": []}]
+# /v1 routes: no key needed without auth:, hence the empty alternative.
+_CLIENT: list[Schema] = [{}, {"bearer": []}, {"apiKey": []}]
+_TOOL_RESULT: Schema = {"type": "object", "required": ["object", "tool", "output", "content"],
+                        "properties": {"object": {"const": "tool.result"},
+                                       "tool": {"type": "string"}, "output": {},
+                                       "content": {"type": "string"}}}
+# A tool call: its arguments refused (400), an unknown tool (404), the tool raised (500),
+# its worker went away (502), no healthy replica (503), past timeout_s (504).
+_TOOL_ERRORS = ("400", "401", "404", "413", "431", "500", "502", "503", "504")
 
 
 def openapi_schema(bounds: RequestBounds) -> Schema:
@@ -82,7 +92,8 @@ def openapi_schema(bounds: RequestBounds) -> Schema:
 def _request_schemas(bounds: RequestBounds) -> dict[str, Schema]:
     models: list[type[BaseModel]] = [ChatCompletionRequest, CompletionRequest,
                                      EmbeddingRequest, ResponsesRequest, TokenizeRequest,
-                                     DetokenizeRequest, RegisterAdapter, CreateKey]
+                                     DetokenizeRequest, RegisterAdapter, CreateKey, CallTool,
+                                     BatchBounds]
     _, defs = models_json_schema([(m, "validation") for m in models],
                                  ref_template="#/components/schemas/{model}")
     schemas: dict[str, Schema] = defs["$defs"]
@@ -150,8 +161,7 @@ def _generation(summary: str, body: str, answer: Schema = _COMPLETION,
         "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}}}
     op = _op(summary, {"200": {**_json(answer), **(stream if streams else {})}},
              _GENERATION_ERRORS, _ref(body))
-    # No key needed without auth:, hence the empty alternative.
-    op["security"] = [{}, {"bearer": []}, {"apiKey": []}]
+    op["security"] = _CLIENT
     return op
 
 
@@ -172,13 +182,23 @@ def _paths() -> dict[str, Schema]:
                                             False)},
         "/v1/models": {"get": {**_op("Served models, adapters and aliases the caller may use",
                                      {"200": _json(_LIST)}, ("401", "431")),
-                               "security": [{}, {"bearer": []}, {"apiKey": []}]}},
+                               "security": _CLIENT}},
         "/v1/models/{model}": {"get": {
             **_op("One model, adapter or alias the caller may use", {"200": _json(_MODEL)},
                   ("401", "404", "431")),
             "parameters": [{"name": "model", "in": "path", "required": True,
                             "schema": {"type": "string"}}],
-            "security": [{}, {"bearer": []}, {"apiKey": []}]}},
+            "security": _CLIENT}},
+        "/v1/tools": {"get": {**_op("The tools the caller may use, as OpenAI function tools",
+                                    {"200": _json(_LIST)}, ("401", "431")),
+                              "security": _CLIENT}},
+        "/v1/tools/{name}": {"post": {**_op("Call a tool", {"200": _json(_TOOL_RESULT)},
+                                            _TOOL_ERRORS, _ref("CallTool"), path_name=True),
+                                      "security": _CLIENT}},
+        "/admin/tools/{name}/batch": {"post": _op(
+            "A batched tool's bounds on every replica, from its next batch",
+            {"200": _json(_OBJECT)}, _ADMIN_ERRORS, _ref("BatchBounds"), admin=True,
+            path_name=True)},
         "/health": {"get": _op("Liveness", {"200": _json(_OBJECT)}, ("431",))},
         "/ready": {"get": _op("Readiness: 503 while a model cannot answer",
                               {"200": _json(_OBJECT), "503": _json(_OBJECT)}, ("431",))},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from starlette.types import Send
 
@@ -22,7 +23,7 @@ from llmgw.types import Outcome
 
 log = logging.getLogger("llmgw.api")
 Headers = list[tuple[bytes, bytes]]
-_SSE_HEADERS: Headers = [
+SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),  # keep proxies like nginx from buffering the stream
@@ -33,14 +34,22 @@ async def relay_stream(exchange: Exchange, send: Send, client_wants_usage: bool,
                        headers: Headers, watch: DisconnectWatch, request_id: str) -> Outcome:
     """``request_id``: the client's, named in the error event of a gateway bug."""
     await send({"type": "http.response.start", "status": 200,
-                "headers": _SSE_HEADERS + headers})
+                "headers": SSE_HEADERS + headers})
+    # Responses streams end with their last event, chat and completions with [DONE].
+    done = DONE_EVENT if ENDPOINTS[exchange.ctx.endpoint].done_event else b""
+    return await end_in_band(_relay_in_time(exchange, send, client_wants_usage), send, watch,
+                             exchange.record_error, request_id, done)
+
+
+async def end_in_band(work: Awaitable[None], send: Send, watch: DisconnectWatch,
+                      record: Callable[[GatewayError], None], request_id: str,
+                      done: bytes = DONE_EVENT) -> Outcome:
+    """Run ``work``, which writes the events of a stream whose status is sent, then end
+    the stream: ``done``, or the failure (``record``-ed) as an error event and ``done``.
+    ``request_id``: the client's, named in the error event of a gateway bug."""
     error: GatewayError | None = None
     try:
-        if exchange.deadline is None:
-            await _relay_events(exchange, send, client_wants_usage)
-        else:
-            async with asyncio.timeout_at(exchange.deadline):
-                await _relay_events(exchange, send, client_wants_usage)
+        await work
     except TimeoutError:
         error = UpstreamTimeout("the request exceeded its time limit mid-stream")
     except GatewayError as exc:
@@ -49,15 +58,21 @@ async def relay_stream(exchange: Exchange, send: Send, client_wants_usage: bool,
         log.exception("unhandled error mid-stream (request_id=%s)", request_id)
         error = internal_error(request_id)
     watch.done = True
-    # Responses streams end with their last event, chat and completions with [DONE].
-    done = DONE_EVENT if ENDPOINTS[exchange.ctx.endpoint].done_event else b""
     if error is None:
         await send({"type": "http.response.body", "body": done, "more_body": False})
         return "ok"
-    exchange.record_error(error)
+    record(error)
     await send({"type": "http.response.body", "body": error_event(error) + done,
                 "more_body": False})
     return "timeout" if isinstance(error, UpstreamTimeout) else "upstream_error"
+
+
+async def _relay_in_time(exchange: Exchange, send: Send, client_wants_usage: bool) -> None:
+    if exchange.deadline is None:
+        await _relay_events(exchange, send, client_wants_usage)
+    else:
+        async with asyncio.timeout_at(exchange.deadline):
+            await _relay_events(exchange, send, client_wants_usage)
 
 
 async def _relay_events(exchange: Exchange, send: Send, client_wants_usage: bool) -> None:

@@ -1,7 +1,7 @@
 """The YAML config as typed, frozen data, and the loader that merges several files.
 
 One module per section (``server``, ``launch``, ``lora``, ``disagg``, ``routing``,
-``auth``, ``bounds``, ``telemetry``), the
+``auth``, ``bounds``, ``telemetry``, ``tools``), the
 model that ties them together (``model``, whose ``cross_section_rules`` lists every rule
 across sections), the whole file (``gateway``) and loading (``load``). Data only: no I/O
 besides reading the files.
@@ -38,6 +38,7 @@ from llmgw.config.resilience import OutlierConfig, RetryBudgetConfig
 from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
 from llmgw.config.server import AccessLogConfig, HealthConfig, ServerConfig, TLSConfig
 from llmgw.config.telemetry import TelemetryConfig, TracingConfig
+from llmgw.config.tools import TOOL_NAME, BatchConfig, ToolConfig
 
 __all__ = [
     "AccessLogConfig",
@@ -45,6 +46,7 @@ __all__ = [
     "AliasConfig",
     "AliasTarget",
     "AuthConfig",
+    "BatchConfig",
     "AutoscalingConfig",
     "ReplicaPlacementConfig",
     "RetryBudgetConfig",
@@ -81,6 +83,8 @@ __all__ = [
     "TelemetryConfig",
     "TimeoutConfig",
     "TracingConfig",
+    "TOOL_NAME",
+    "ToolConfig",
     "TLSConfig",
     "cross_section_rules",
     "demo_adapter_index",

@@ -45,6 +45,8 @@ class KeyConfig(Limits):
     # Served names (models, adapters, aliases) the key may use; null: every one. A base
     # model does not grant its adapters: list them too.
     models: list[str] | None = None
+    # Tools (``tools:``) the key may list and call; null: every one.
+    tools: list[str] | None = None
     # Who waits first when replicas are saturated (a model's admission:): interactive
     # before batch; within a class keys share by weight (2 gets twice 1's turns).
     priority: Priority = "interactive"

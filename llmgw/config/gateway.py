@@ -1,5 +1,5 @@
 """The whole file: ``server``, ``health``, ``placement``, ``policies``, ``models``,
-``aliases``, ``auth`` and ``telemetry``, and the rules across them."""
+``aliases``, ``auth``, ``telemetry`` and ``tools``, and the rules across them."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from llmgw.config.placement import PlacementConfig
 from llmgw.config.routing import PolicyConfig
 from llmgw.config.server import HealthConfig, ServerConfig
 from llmgw.config.telemetry import TelemetryConfig
+from llmgw.config.tools import ToolConfig
 
 
 class GatewayConfig(_Strict):
@@ -29,6 +30,8 @@ class GatewayConfig(_Strict):
     auth: AuthConfig | None = None
     # Tracing (OpenTelemetry); off unless ``telemetry.tracing`` is given.
     telemetry: TelemetryConfig = TelemetryConfig()
+    # Python classes served as tools (/v1/tools, /mcp, the server-side tool loop).
+    tools: list[ToolConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -54,6 +57,10 @@ class GatewayConfig(_Strict):
                 if target.model not in models:
                     raise ValueError(f"aliases[{index}].targets[{position}].model: no model "
                                      f"named {target.model!r}")
+        tools = [t.name for t in self.tools]
+        for index, name in enumerate(tools):
+            if name in tools[:index]:
+                raise ValueError(f"tools[{index}].name: tool {name!r} is declared twice")
         for name in self.auth.model_limits if self.auth is not None else []:
             if name not in models:
                 raise ValueError(f"auth.model_limits.{name}: no model named {name!r}")

@@ -326,5 +326,37 @@ RESILIENCE = Dashboard("llmgw-resilience", "llmgw: resilience", (
     "Failing replicas ejected and back, retries and their budget, 5xx answers.")
 
 
+TOOL = 'tool=~"$tool"'
+TOOLS = Dashboard("llmgw-tools", "llmgw: tools", (
+    Panel("Tool calls/s by tool and outcome", (
+        Query(rate("llmgw_tool_calls_total", "tool, outcome", TOOL), "{{tool}} {{outcome}}"),),
+        unit="reqps"),
+    Panel("Failed share of tool calls (not ok, not invalid)", (
+        Query(_ratio(rate("llmgw_tool_calls_total", "tool",
+                          and_where(TOOL, 'outcome!~"ok|invalid"')),
+                     rate("llmgw_tool_calls_total", "tool", TOOL)), "{{tool}}"),),
+        unit="percentunit"),
+    Panel("Tool call latency p50 / p99",
+          _quantiles("llmgw_tool_call_duration_seconds", "tool", 0.5, 0.99, where=TOOL,
+                     who="{{tool}}"), unit="s"),
+    Panel("Batch size per call (mean, p90)", (
+        Query(_ratio(rate("llmgw_tool_batch_size_sum", "tool", TOOL),
+                     rate("llmgw_tool_batch_size_count", "tool", TOOL)), "mean {{tool}}"),
+        *_quantiles("llmgw_tool_batch_size", "tool", 0.9, where=TOOL, who="{{tool}}"))),
+    Panel("Tool calls in flight by deployment", (
+        Query(gauge("llmgw_tool_in_flight_calls", "deployment", ""), "{{deployment}}"),),
+        width=8),
+    Panel("Healthy tool replicas", (
+        Query(gauge("llmgw_tool_replica_healthy", "deployment", ""), "{{deployment}}"),),
+        width=8),
+    Panel("Tool worker restarts (1 h)", (
+        Query(increase("llmgw_tool_replica_restarts_total", "deployment, replica", "1h", ""),
+              "{{deployment}} {{replica}}"),), width=8),
+    Panel("Model rounds per server-side tool loop (p50, p90)",
+          _quantiles("llmgw_tool_loop_rounds", "model", 0.5, 0.9, where=""), width=24),
+), (Variable("tool", "Tool", "llmgw_tool_calls_total", "tool"),),
+    "Python deployments served as tools: calls, failures, latency, batching, workers.")
+
+
 DASHBOARDS: tuple[Dashboard, ...] = (GATEWAY, ROUTING_LORA, TENANTS, PD, ENGINES, FLEET,
-                                     RESILIENCE)
+                                     RESILIENCE, TOOLS)

@@ -7,9 +7,10 @@ requests it is running (``/metrics``), shows the last request body it got
 loads and unloads LoRA adapters by name as vLLM's runtime API does (nothing is read: the
 answer stays the same), and notices when a client goes away, so tests can
 prove the gateway aborts engine requests. It also answers embeddings, the Responses API
-and vLLM's tokenizer routes (``fake_endpoints``), and scripted tool calls
-(``fake_tools``). Run it as
-``python -m llmgw.engines.fake --port P [--token-delay-ms D] [--fail-status S]``.
+and vLLM's tokenizer routes (``fake_endpoints``). Run it as
+``python -m llmgw.engines.fake --port P [--token-delay-ms D] [--fail-status S]``. Tool
+calls are scripted (llmgw.engines.fake_tools): with ``--scripted-tool-calls`` it calls
+the tools a request offers, as a model would; without it, when the request asks in words.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from llmgw.engines.fake_endpoints import endpoint_routes, run_or_abort
-from llmgw.engines.fake_tools import scripted_answer, scripted_tool_turn
+from llmgw.engines.fake_tools import finish_reason, marked_turn, message_deltas, scripted_turn
 
 
 class FakeEngineState:
@@ -46,6 +47,7 @@ class FakeEngineState:
         # Several nodes (vLLM's --nnodes): rank 0 lists the ranks that joined it.
         self.nnodes, self.master_port = 1, 0
         self.joined: list[int] = []
+        self.scripted_tool_calls = False
 
 
 def _chunk(rid: str, model: str, created: int, choice: dict[str, Any] | None,
@@ -78,11 +80,12 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
                             b'"invalid_request_error","param":null,"code":null}}', 400,
                             media_type="application/json")
         chat = request.url.path.endswith("/chat/completions")
+        if chat:  # a tool call, scripted (fake_tools)
+            turn = scripted_turn(body) if state.scripted_tool_calls else marked_turn(body)
+            if turn is not None:
+                return _scripted(state, body, turn, prompt_tokens)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
                  "total_tokens": prompt_tokens + n}
-        turn = scripted_tool_turn(body) if chat else None
-        if turn is not None:  # a tool call the request asked for (fake_tools)
-            return scripted_answer(turn, body, body.get("model", state.name), usage)
         if body.get("stream"):
             return StreamingResponse(_stream(state, body, n, usage, chat),
                                      media_type="text/event-stream")
@@ -202,6 +205,27 @@ async def _complete(state: FakeEngineState, request: Request, body: dict[str, An
     }), media_type="application/json")
 
 
+def _scripted(state: FakeEngineState, body: dict[str, Any], turn: dict[str, Any],
+              prompt_tokens: int) -> Response:
+    rid, model, created = "fake-1", body.get("model", state.name), int(time.time())
+    deltas = message_deltas(turn)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(deltas),
+             "total_tokens": prompt_tokens + len(deltas)}
+    state.served += 1
+    if not body.get("stream"):
+        return Response(orjson.dumps({
+            "id": rid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": turn, "finish_reason": finish_reason(turn)}],
+            "usage": usage}), media_type="application/json")
+    events = [_chunk(rid, model, created, {"index": 0, "delta": d, "finish_reason": None})
+              for d in deltas]
+    events.append(_chunk(rid, model, created, {"index": 0, "delta": {},
+                                               "finish_reason": finish_reason(turn)}))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append(_chunk(rid, model, created, None, usage))
+    return Response(b"".join(events) + b"data: [DONE]\n\n", media_type="text/event-stream")
+
+
 def main() -> None:
     import uvicorn
 
@@ -212,6 +236,8 @@ def main() -> None:
     parser.add_argument("--model", default="fake", help="ignored; accepted like real engines")
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
     parser.add_argument("--fail-status", type=int, default=None)
+    parser.add_argument("--scripted-tool-calls", action="store_true",
+                        help="call the tools a request offers (llmgw.engines.fake_tools)")
     # An engine over several nodes, with vLLM's flags: rank 0 serves and listens on the
     # master port; other ranks (--headless) join it there and serve nothing.
     parser.add_argument("--nnodes", type=int, default=1)
@@ -225,6 +251,7 @@ def main() -> None:
         return
     state = FakeEngineState(args.served_model_name, args.token_delay_ms / 1000, args.fail_status)
     state.nnodes, state.master_port = args.nnodes, args.master_port
+    state.scripted_tool_calls = args.scripted_tool_calls
     uvicorn.run(create_fake_app(state), host=args.host, port=args.port, log_level="warning",
                 access_log=False, http="httptools", loop="uvloop")
 

@@ -1,113 +1,140 @@
-"""Scripted tool calls for the fake engine, in OpenAI's wire format, so that agent
-frameworks can be driven through the gateway without a model that really calls tools.
+"""The fake engine's scripted tool calls (``--scripted-tool-calls``): a stand-in for a model
+that calls tools, in OpenAI's wire format, because no model that runs on a CPU box emits
+tool calls on its own. Deterministic:
 
-The script, for a chat request that carries ``tools``:
+- a request with function ``tools`` (and ``tool_choice`` not ``"none"``) gets a tool call
+  while fewer than N assistant tool-call turns follow the last user message (N:
+  ``tool_rounds=N`` in that message, default 1). The tool: the one ``tool_choice`` names,
+  else ``call=NAME`` in the user message, else the first. Its arguments come from the
+  tool's JSON Schema (required properties: the first enum value, the minimum or 0,
+  ``"x"``, false, [] or {});
+- after that, the answer is ``final: `` and the last tool message's content.
 
-- the last message is the user's and holds ``[[call NAME {json arguments}]]`` (one or
-  more, NAME among the request's tools): the answer is those tool calls
-  (``finish_reason: "tool_calls"``), as a message with ``tool_calls`` or, streamed, as
-  ``delta.tool_calls`` chunks (the first naming the call, the next ones carrying the
-  arguments in pieces), as OpenAI sends them;
-- the last message is a tool result: the answer is the text ``tool said: <its content>``;
-- anything else is answered as usual (``tok0 tok1 ...``).
+Without ``--scripted-tool-calls``, a request with function ``tools`` is scripted only when
+it asks in words (``marked_turn``), for clients that drive a tool loop themselves
+(agent frameworks): ``[[call NAME {json arguments}]]`` in the last user message (one or
+more, NAME among the request's tools) gets those calls with those arguments, and a tool
+result as the last message gets ``tool said: `` and its content.
+
+Streamed as OpenAI streams tool calls: the call's id and name in the first delta, its
+arguments in fragments, then ``finish_reason: "tool_calls"``.
 """
 
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
 
-CALL = re.compile(r"\[\[call ([A-Za-z0-9_-]+)\s*(\{.*?\})?\]\]", re.DOTALL)
-# Streamed arguments arrive in pieces of this many characters.
-_PIECE = 8
-
-
-@dataclass(frozen=True, slots=True)
-class ScriptedTurn:
-    """What the script answers: tool calls (name, arguments JSON) or a text."""
-
-    calls: tuple[tuple[str, str], ...] = ()
-    text: str = ""
+_ROUNDS = re.compile(r"tool_rounds=(\d+)")
+_MARKED_CALL = re.compile(r"\[\[call ([A-Za-z0-9_-]+)\s*(\{.*?\})?\]\]", re.DOTALL)
+_CALL = re.compile(r"call=([A-Za-z0-9_-]+)")
 
 
-def scripted_tool_turn(body: dict[str, Any]) -> ScriptedTurn | None:
-    """The scripted answer to a chat body, or None when the script does not apply."""
+def scripted_turn(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The assistant message to answer with, or None when the script has nothing to say
+    (no function tools: the usual ``tok0 tok1 ...``)."""
+    tools = [t["function"] for t in body.get("tools") or []
+             if isinstance(t, dict) and t.get("type") == "function"
+             and isinstance(t.get("function"), dict)]
+    if not tools or body.get("tool_choice") == "none":
+        return None
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    asked = _text(messages[last_user].get("content")) if last_user >= 0 else ""
+    made = sum(1 for m in messages[last_user + 1:]
+               if m.get("role") == "assistant" and m.get("tool_calls"))
+    rounds = int(match.group(1)) if (match := _ROUNDS.search(asked)) else 1
+    if made >= rounds:
+        results = [m for m in messages if m.get("role") == "tool"]
+        return {"role": "assistant",
+                "content": "final: " + (_text(results[-1].get("content")) if results else "")}
+    tool = _chosen(tools, body.get("tool_choice"), asked)
+    arguments = orjson.dumps(_arguments(tool.get("parameters") or {})).decode()
+    return {"role": "assistant", "content": None, "tool_calls": [{
+        "id": f"call_{made}_{tool['name']}", "type": "function",
+        "function": {"name": tool["name"], "arguments": arguments}}]}
+
+
+def marked_turn(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The calls the last user message asks for in ``[[call NAME {json}]]`` markers, or
+    the answer to a tool result; None when the request has no tools or asks nothing."""
     tools, messages = body.get("tools"), body.get("messages")
     if not isinstance(tools, list) or not tools or not isinstance(messages, list) \
             or not messages or not isinstance(messages[-1], dict):
         return None
     last = messages[-1]
     if last.get("role") == "tool":
-        return ScriptedTurn(text=f"tool said: {_text(last.get('content'))}")
+        return {"role": "assistant", "content": f"tool said: {_text(last.get('content'))}"}
     names = {t.get("function", {}).get("name") for t in tools if isinstance(t, dict)}
-    calls = tuple((name, args or "{}") for name, args in CALL.findall(_text(last.get("content")))
-                  if name in names)
-    return ScriptedTurn(calls=calls) if last.get("role") == "user" and calls else None
+    calls = [(name, args or "{}") for name, args in
+             _MARKED_CALL.findall(_text(last.get("content"))) if name in names]
+    if last.get("role") != "user" or not calls:
+        return None
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": f"call_fake_{index}", "type": "function",
+         "function": {"name": name, "arguments": args}}
+        for index, (name, args) in enumerate(calls)]}
 
 
-def scripted_answer(turn: ScriptedTurn, body: dict[str, Any], model: str,
-                    usage: dict[str, int]) -> Response:
-    """The turn as chat.completion JSON or, for ``stream: true``, as SSE chunks."""
-    usage = {**usage, "completion_tokens": len(turn.text.split()) + len(turn.calls),
-             "total_tokens": usage["prompt_tokens"] + len(turn.text.split()) + len(turn.calls)}
-    reason = "tool_calls" if turn.calls else "stop"
-    if body.get("stream"):
-        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(_events(turn, model, reason, usage if with_usage else None),
-                                 media_type="text/event-stream")
-    message: dict[str, Any] = {"role": "assistant", "content": turn.text or None}
-    if turn.calls:
-        message["tool_calls"] = [
-            {"id": _call_id(i), "type": "function",
-             "function": {"name": name, "arguments": args}}
-            for i, (name, args) in enumerate(turn.calls)]
-    return Response(orjson.dumps({
-        "id": "fake-tools", "object": "chat.completion", "created": int(time.time()),
-        "model": model, "usage": usage,
-        "choices": [{"index": 0, "message": message, "finish_reason": reason}],
-    }), media_type="application/json")
+def message_deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The message as stream deltas, tool calls as OpenAI streams them."""
+    calls = message.get("tool_calls")
+    if not calls:
+        words = str(message["content"]).split(" ")
+        return [{"role": "assistant", "content": ""},
+                *({"content": w if i == 0 else " " + w} for i, w in enumerate(words))]
+    deltas: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        arguments = call["function"]["arguments"]
+        head = {"index": index, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        deltas.append({"role": "assistant", "content": None, "tool_calls": [head]}
+                      if index == 0 else {"tool_calls": [head]})
+        half = len(arguments) // 2
+        deltas += [{"tool_calls": [{"index": index, "function": {"arguments": part}}]}
+                   for part in (arguments[:half], arguments[half:]) if part]
+    return deltas
 
 
-def _events(turn: ScriptedTurn, model: str, reason: str,
-            usage: dict[str, int] | None) -> Iterator[bytes]:
-    def chunk(delta: dict[str, Any] | None, finish: str | None = None,
-              with_usage: dict[str, int] | None = None) -> bytes:
-        payload: dict[str, Any] = {
-            "id": "fake-tools", "object": "chat.completion.chunk", "created": created,
-            "model": model, "choices": [] if delta is None else [
-                {"index": 0, "delta": delta, "finish_reason": finish}]}
-        if with_usage is not None:
-            payload["usage"] = with_usage
-        return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-    created = int(time.time())
-    yield chunk({"role": "assistant", "content": turn.text or None})
-    for index, (name, args) in enumerate(turn.calls):
-        yield chunk({"tool_calls": [{"index": index, "id": _call_id(index), "type": "function",
-                                     "function": {"name": name, "arguments": ""}}]})
-        for at in range(0, len(args), _PIECE):
-            yield chunk({"tool_calls": [{"index": index,
-                                         "function": {"arguments": args[at:at + _PIECE]}}]})
-    yield chunk({}, reason)
-    if usage is not None:
-        yield chunk(None, with_usage=usage)
-    yield b"data: [DONE]\n\n"
+def finish_reason(message: dict[str, Any]) -> str:
+    return "tool_calls" if message.get("tool_calls") else "stop"
 
 
-def _call_id(index: int) -> str:
-    return f"call_fake_{index}"
+def _chosen(tools: list[dict[str, Any]], choice: Any, asked: str) -> dict[str, Any]:
+    by_name = {t.get("name"): t for t in tools}
+    if isinstance(choice, dict):
+        named = (choice.get("function") or {}).get("name")
+        if named in by_name:
+            return by_name[named]
+    match = _CALL.search(asked)
+    return by_name.get(match.group(1), tools[0]) if match else tools[0]
+
+
+def _arguments(schema: dict[str, Any]) -> dict[str, Any]:
+    properties = schema.get("properties") or {}
+    return {name: _value(properties.get(name) or {}) for name in schema.get("required") or []}
+
+
+def _value(prop: dict[str, Any]) -> Any:
+    if prop.get("enum"):
+        return prop["enum"][0]
+    kind = prop.get("type")
+    if kind in ("integer", "number"):
+        return prop.get("minimum", 0)
+    if kind == "boolean":
+        return False
+    if kind == "array":
+        return []
+    if kind == "object":
+        return _arguments(prop)
+    return "x"
 
 
 def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
+    """Message content as text: a string, or the text parts of a list (as agent
+    frameworks send tool results)."""
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content
-                       if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)

@@ -18,6 +18,7 @@ from llmgw.metrics.fleet import FleetFamilies, FleetMetrics
 from llmgw.metrics.recent import RecentRates
 from llmgw.metrics.registry import Metrics
 from llmgw.metrics.tenants import AdmissionMetrics, TenantFamilies, TenantMetrics
+from llmgw.metrics.tools import ToolFamilies
 
 __all__ = [
     "AdmissionMetrics",
@@ -33,4 +34,5 @@ __all__ = [
     "ShadowMetrics",
     "TenantFamilies",
     "TenantMetrics",
+    "ToolFamilies",
 ]

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from llmgw.metrics.buckets import ITL_S, LATENCY_S, TOKENS
 from llmgw.metrics.fleet import FleetFamilies
 from llmgw.metrics.tenants import TenantFamilies
+from llmgw.metrics.tools import ToolFamilies
 
 
 class Metrics:
@@ -189,6 +190,7 @@ class Metrics:
 
         self.fleet = FleetFamilies(r)
         self.tenants = TenantFamilies(r)
+        self.tools = ToolFamilies(r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -196,7 +196,8 @@ class Tenancy:
     # --- the admin API ----------------------------------------------------------------
 
     def create(self, name: str, models: list[str] | None, limits: Limits,
-               priority: Priority, weight: float = 1.0) -> tuple[ApiKey, str]:
+               priority: Priority, weight: float = 1.0,
+               tools: list[str] | None = None) -> tuple[ApiKey, str]:
         """A new key and its secret (shown once). Saved before it takes effect; raises
         AdminRequestRejected (409: the name is taken, auth is off), ChangeNotSaved (the
         file cannot keep it)."""
@@ -206,7 +207,8 @@ class Tenancy:
                                        param="name")
         secret = new_key()
         key = ApiKey(name, hash_key(secret), frozenset(models) if models is not None
-                     else None, limits, priority, origin="runtime", weight=weight)
+                     else None, limits, priority, origin="runtime", weight=weight,
+                     tools=frozenset(tools) if tools is not None else None)
         runtime = {**self._runtime, name: key}
         self._save(runtime, self._revoked)
         self._runtime = runtime

@@ -54,6 +54,8 @@ class ApiKey:
     priority: Priority = "interactive"
     origin: Literal["config", "runtime"] = "config"
     weight: float = 1.0
+    # Tool names the key may list and call; None: every tool.
+    tools: frozenset[str] | None = None
 
     @classmethod
     def from_config(cls, spec: KeyConfig,
@@ -61,16 +63,21 @@ class ApiKey:
         return cls(spec.name, spec.hash,
                    frozenset(spec.models) if spec.models is not None else None,
                    Limits(rpm=spec.rpm, tpm=spec.tpm, max_concurrency=spec.max_concurrency),
-                   spec.priority, origin, spec.weight)
+                   spec.priority, origin, spec.weight,
+                   frozenset(spec.tools) if spec.tools is not None else None)
 
     def allows(self, name: str) -> bool:
         return self.models is None or name in self.models
+
+    def allows_tool(self, name: str) -> bool:
+        return self.tools is None or name in self.tools
 
     def describe(self) -> dict[str, object]:
         """What the admin API shows: everything but the hash."""
         return {"name": self.name, "models": sorted(self.models) if self.models is not None
                 else None, **self.limits.model_dump(), "priority": self.priority,
-                "weight": self.weight, "origin": self.origin}
+                "weight": self.weight, "origin": self.origin,
+                "tools": sorted(self.tools) if self.tools is not None else None}
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

@@ -74,7 +74,8 @@ def write_keys(path: Path, registered: Iterable[ApiKey], revoked: Iterable[str])
         "registered": {k.name: {"hash": k.hash, "models": sorted(k.models)
                                 if k.models is not None else None,
                                 **k.limits.model_dump(), "priority": k.priority,
-                                "weight": k.weight}
+                                "weight": k.weight, "tools": sorted(k.tools)
+                                if k.tools is not None else None}
                        for k in registered},
         "revoked": sorted(revoked)})
 

@@ -93,9 +93,10 @@ def test_published_document_is_valid_openapi(gateway: Server) -> None:
     assert document["openapi"] == "3.1.0"
     assert sorted(document["paths"]) == [
         "/admin/adapters", "/admin/adapters/{name}", "/admin/keys", "/admin/keys/{name}",
-        "/admin/reload", "/admin/status", "/debug/route", "/detokenize", "/health", "/metrics",
-        "/openapi.json", "/ready", "/tokenize", "/v1/chat/completions", "/v1/completions",
-        "/v1/embeddings", "/v1/models", "/v1/models/{model}", "/v1/responses"]
+        "/admin/reload", "/admin/status", "/admin/tools/{name}/batch", "/debug/route",
+        "/detokenize", "/health", "/metrics", "/openapi.json", "/ready", "/tokenize",
+        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
+        "/v1/models/{model}", "/v1/responses", "/v1/tools", "/v1/tools/{name}"]
     chat = document["components"]["schemas"]["ChatCompletionRequest"]["properties"]
     assert chat["messages"]["maxItems"] == BOUNDS["max_messages"]  # the instance's bounds
 

@@ -101,7 +101,7 @@ def test_keys_are_listed_without_secrets_and_allowlists_hide_models(
     assert by_name["small-only"] == {"name": "small-only", "models": ["small"], "rpm": None,
                                      "tpm": None, "max_concurrency": None,
                                      "priority": "batch", "weight": 1.0,
-                                     "origin": "runtime"}
+                                     "origin": "runtime", "tools": None}
     assert {"team-a", "nightly-batch"} <= set(by_name)
     assert by_name["nightly-batch"]["origin"] == "config"
     assert key not in str(listing) and "sha256" not in str(listing)

@@ -2,7 +2,9 @@
 gateway under traffic that exercises what the panels show: routing with shadow
 policies, LoRA on the embedded engine with the demo adapters, PD on fake engines, API
 keys with limits and an admission queue, a model scaled from zero behind an alias, a
-failing replica ejected, a reload. Each panel's PromQL must be valid and return data.
+failing replica ejected, a reload, tools (a worker and an in-process batched one, a tool
+that raises, a server-side tool loop on the fake engine's scripted tool calls). Each
+panel's PromQL must be valid and return data.
 
 Panels that need vLLM (its KV events, prefix-cache counters and own metrics) are only
 checked for validity here; tests/vllm/test_vllm_e2e.py evaluates them against real
@@ -47,8 +49,10 @@ def gateway(flaky_engines: list[Server],
     config: dict[str, Any] = {
         "server": {"admin_key": "dashboards-admin", "state_dir": str(tmp / "state")},
         "health": {"interval_s": 1, "stats_interval_s": 1,
-                   "outlier": {"consecutive_failures": 2, "base_ejection_s": 60,
-                               "max_ejection_s": 60}},
+                   # Ejected for longer than any run of this module takes (a slow
+                   # machine included): half-open, a good health check would bring it back.
+                   "outlier": {"consecutive_failures": 2, "base_ejection_s": 3600,
+                               "max_ejection_s": 3600}},
         "auth": {"keys": [
             {"name": "team-a", "hash": hash_key(KEYS["team-a"])},
             {"name": "nightly", "hash": hash_key(KEYS["nightly"]), "rpm": 2,
@@ -56,7 +60,7 @@ def gateway(flaky_engines: list[Server],
         "models": [
             {"name": "chat", "engine": "fake", "model": "fake", "replicas": 2,
              "routing": "session-aware", "shadow": ["prefix-aware", "least-load"],
-             "engine_args": FAST},
+             "engine_args": {**FAST, "scripted_tool_calls": True}},
             {"name": "queue", "engine": "fake", "model": "fake", "replicas": 1,
              "engine_args": {"token_delay_ms": 300},  # 1.2 s a request: others queue
              "admission": {"max_in_flight_per_replica": 1, "max_queued": 1,
@@ -76,6 +80,8 @@ def gateway(flaky_engines: list[Server],
                                    for i in range(3)],
                       "hotness": {"interval_s": 1}}},
         ],
+        "tools": [{"name": "rec", "import_path": "tests.fakes.tools:Recorder", "replicas": 1},
+                  {"name": "bat", "import_path": "tests.fakes.tools:Recorder", "replicas": 0}],
         "aliases": [{"name": "assistant", "targets": [{"model": "chat", "weight": 50},
                                                       {"model": "burst", "weight": 50}]}],
     }
@@ -122,6 +128,17 @@ def drive(gateway: Server) -> None:
             assert chat(client, "flaky", stream=bool(i % 2)) == 200
         for adapter in (0, 1, 2, 0):  # one slot: each load evicts the last adapter
             assert chat(client, f"demo-lora-{adapter}") == 200
+        for tool, arguments, status in (("rec_echo", {"text": "hi"}, 200),
+                                        ("rec_fail", {"message": "no"}, 500),
+                                        ("bat_square", {"n": 3}, 200)):
+            assert client.post(f"/v1/tools/{tool}", json={"arguments": arguments}, headers={
+                "authorization": f"Bearer {KEYS['team-a']}"}).status_code == status
+        loop = client.post("/v1/chat/completions", headers={
+            "authorization": f"Bearer {KEYS['team-a']}"}, json={
+            "model": "chat", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "mcp", "server_label": "llmgw", "require_approval": "never",
+                       "allowed_tools": ["rec_echo"]}]})
+        assert loop.status_code == 200, loop.text
         assert chat(client, "no-such-model") == 404
         assert chat(client, "chat", key="llmgw-not-a-key") == 401
         assert 429 in [chat(client, "chat", key="nightly") for _ in range(3)]  # 2 a minute
@@ -150,4 +167,4 @@ def test_every_panel_returns_data_from_a_real_prometheus(gateway: Server,
     checked = evaluate_panels(prometheus, data=lambda panel: panel.needs is None)
     assert {c.dashboard for c in checked} == {
         "llmgw-gateway", "llmgw-routing-lora", "llmgw-tenants", "llmgw-pd",
-        "llmgw-engines", "llmgw-fleet", "llmgw-resilience"}
+        "llmgw-engines", "llmgw-fleet", "llmgw-resilience", "llmgw-tools"}

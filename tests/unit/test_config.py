@@ -7,6 +7,7 @@ import pytest
 from llmgw.build import check_config
 from llmgw.cli import main
 from llmgw.config import ConfigError, load_config
+from llmgw.tools.registry import check_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,8 @@ def test_every_shipped_config_passes_llmgw_check(
         assert rc == 0, out.err
         assert out.out.splitlines() == [line for line in out.out.splitlines()
                                         if line.startswith("ok  ")]
-        assert len(out.out.splitlines()) == len(cfg.models)
+        # One line per model, then one per tool (configs/tools.yaml).
+        assert len(out.out.splitlines()) == len(cfg.models) + len(check_tools(cfg))
 
 
 def test_configs_holds_the_runnable_examples() -> None:

@@ -194,7 +194,7 @@ def test_runtime_keys_persist_and_revocations_hold_across_restarts(tmp_path: Pat
     restarted.reconfigure(cfg)
     assert [k.describe() for k in restarted.ring.all()] == [
         {"name": "rt", "models": ["n"], "rpm": 5, "tpm": None, "max_concurrency": None,
-         "priority": "batch", "weight": 1.0, "origin": "runtime"}]
+         "priority": "batch", "weight": 1.0, "origin": "runtime", "tools": None}]
     rotated = cfg.model_copy(update={"auth": cfg.auth.model_copy(update={"keys": [
         KeyConfig(name="cfg", hash=hash_key("new-secret"))]})})  # type: ignore[union-attr]
     restarted.reconfigure(rotated)  # a new secret under the revoked name is a new key

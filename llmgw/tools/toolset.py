@@ -1,0 +1,171 @@
+"""Every tool the gateway serves: what ``/v1/tools``, ``/mcp`` and the tool loop call.
+
+``ToolSet.start`` builds each deployment's replicas (worker processes, started
+concurrently, or the in-process instance) and a health loop; ``call`` validates a call's
+arguments against the tool's schema (400 naming the field, before anything runs), sends
+it to a replica and records the outcome; ``close`` stops the workers (each finishes the
+calls it has). Tools do not change on reload: the set is built once, at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from llmgw.config import GatewayConfig, ToolConfig
+from llmgw.context import MAX_DEPTH, CallContext
+from llmgw.errors import GatewayError, InvalidRequest, ToolDepthExceeded, ToolNotFound
+from llmgw.metrics import Metrics
+from llmgw.placement.local import log_file_name
+from llmgw.tools.deployment import ToolDeployment
+from llmgw.tools.host import ToolHost
+from llmgw.tools.replicas import LocalReplica, ToolReplica, WorkerReplica
+from llmgw.tools.schema import ArgumentsInvalid, ToolSpec, content_text
+
+log = logging.getLogger("llmgw.tools")
+# GatewayError code -> the outcome label of llmgw_tool_calls.
+_OUTCOMES = {"tool_error": "error", "tool_timeout": "timeout", "tool_unavailable":
+             "unavailable", "tool_worker_lost": "lost"}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """A call's answer: ``output`` as JSON-able data, ``content`` as a tool message's text."""
+
+    tool: str
+    output: Any
+    batch_size: int | None
+
+    @property
+    def content(self) -> str:
+        return content_text(self.output)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"object": "tool.result", "tool": self.tool, "output": self.output,
+                "content": self.content}
+
+
+class ToolSet:
+    """Build inside the event loop that serves it; ``specs``: ``check_tools(config)``."""
+
+    def __init__(self, config: GatewayConfig, specs: list[ToolSpec], metrics: Metrics) -> None:
+        self._config, self._metrics = config, metrics.tools
+        self.metrics = metrics.tools
+        self.specs = {spec.name: spec for spec in specs}
+        self.deployments: dict[str, ToolDeployment] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._health: asyncio.Task[None] | None = None
+        # Workers' logs, made when the first worker starts; removed at close.
+        self._log_dir: Path | None = None
+        self._log_names: set[str] = set()
+        # Where tools' own calls (llmgw.context) reach this gateway.
+        server = config.server
+        host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+        host = f"[{host}]" if ":" in host else host
+        self.gateway_url = f"{'https' if server.tls else 'http'}://{host}:{server.port}"
+
+    def openai_tools(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """The OpenAI function tools, in config order (stable: prompt caches hit)."""
+        return [spec.openai() for spec in self.specs.values()
+                if names is None or spec.name in names]
+
+    async def start(self) -> None:
+        """Raises LaunchError (a worker did not start); started workers are stopped."""
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        try:
+            for entry in self._config.tools:
+                specs = [s for s in self.specs.values() if s.deployment == entry.name]
+                self.deployments[entry.name] = ToolDeployment(
+                    entry, specs, await self._replicas(entry, specs), self._metrics)
+        except BaseException:
+            await asyncio.shield(self.close())
+            raise
+        self._health = asyncio.create_task(self._health_loop(), name="tool-health")
+
+    async def _replicas(self, entry: ToolConfig, specs: list[ToolSpec]) -> list[ToolReplica]:
+        if entry.replicas == 0:
+            return [LocalReplica(f"{entry.name}-local", await ToolHost.create(entry, specs))]
+        assert self._session is not None
+        if self._log_dir is None:
+            self._log_dir = Path(tempfile.mkdtemp(prefix="llmgw-tool-logs-"))
+        workers = [WorkerReplica(rid, entry, self._session,
+                                 self._log_dir / log_file_name(rid, self._log_names),
+                                 self._restarted, self.gateway_url)
+                   for rid in (f"{entry.name}-{i}" for i in range(entry.replicas))]
+        for worker in workers:  # exported at 0, so a dashboard shows "no restarts"
+            self._metrics.restarts.labels(entry.name, worker.id)
+        # Registered before they start, so close() stops one that started while another
+        # failed.
+        self.deployments[entry.name] = ToolDeployment(entry, specs, list(workers),
+                                                      self._metrics)
+        await asyncio.gather(*(w.start() for w in workers))
+        return list(workers)
+
+    def _restarted(self, deployment: str, replica_id: str) -> None:
+        self._metrics.restarts.labels(deployment, replica_id).inc()
+
+    async def _health_loop(self) -> None:
+        assert self._session is not None
+        while True:
+            await asyncio.sleep(self._config.health.interval_s)
+            for deployment in list(self.deployments.values()):
+                with contextlib.suppress(Exception):  # one bad check must not end the loop
+                    await deployment.check(self._session, self._config.health.timeout_s)
+
+    def spec(self, name: str) -> ToolSpec:
+        spec = self.specs.get(name)
+        if spec is None:
+            raise ToolNotFound(f"no tool named {name!r}", param="name")
+        return spec
+
+    async def call(self, name: str, arguments: object, *, depth: int = 0,
+                   authorization: str | None = None) -> ToolResult:
+        """Raises GatewayError: ToolNotFound, InvalidRequest (naming the field),
+        ToolDepthExceeded, and the errors of ToolDeployment.call. ``depth``: how deep in
+        nested tool calls the caller is (llmgw.context); ``authorization``: the caller's
+        header, which the tool's own calls to the gateway carry."""
+        spec = self.spec(name)
+        if depth >= MAX_DEPTH:
+            raise ToolDepthExceeded(f"tool {name!r}: called {depth} levels deep through "
+                                    f"llmgw.context; the limit is {MAX_DEPTH}")
+        context = CallContext(self.gateway_url, depth + 1, authorization)
+        start, outcome = time.monotonic(), "ok"
+        try:
+            try:
+                args = spec.validate(arguments)
+            except ArgumentsInvalid as exc:
+                raise InvalidRequest(exc.message, param=exc.param) from None
+            output, size = await self.deployments[spec.deployment].call(
+                spec, args.model_dump(mode="json", exclude_unset=True), context)
+        except GatewayError as exc:
+            outcome = _OUTCOMES.get(exc.code or "", "invalid" if exc.status_code < 500
+                                    else "error")
+            raise
+        finally:
+            self._metrics.calls.labels(name, outcome).inc()
+            self._metrics.duration.labels(name).observe(time.monotonic() - start)
+        if size is not None:
+            self._metrics.batch_size.labels(name).observe(size)
+        return ToolResult(name, output, size)
+
+    async def close(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
+        await asyncio.gather(*(d.stop() for d in self.deployments.values()),
+                             return_exceptions=True)
+        self.deployments.clear()
+        if self._session is not None:
+            await self._session.close()
+        if self._log_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, self._log_dir, True)
