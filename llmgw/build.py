@@ -18,7 +18,7 @@ from llmgw.admission import FairQueue
 from llmgw.config import ConfigError, GatewayConfig, ModelConfig, PDPoolConfig, PDRole
 from llmgw.config.autoscaling import AutoscalingConfig
 from llmgw.disagg.assemble import make_disaggregation
-from llmgw.dispatcher import Dispatcher, ModelGroup
+from llmgw.dispatcher import Dispatcher
 from llmgw.engines.embedded_client import EmbeddedEngine, FakeEngineClient
 from llmgw.engines.openai_http import OpenAIHTTPEngine
 from llmgw.engines.prompt_tokens import PromptTokenizer
@@ -37,6 +37,7 @@ from llmgw.metrics import (
     ShadowMetrics,
     TenantMetrics,
 )
+from llmgw.model_group import ModelGroup
 from llmgw.pool import Replica, ReplicaPool, ReplicaWait
 from llmgw.resilience.budget import RetryBudget
 from llmgw.routing.base import RoutingPolicy

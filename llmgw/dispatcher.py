@@ -10,17 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
-from llmgw.admission import FairQueue
 from llmgw.config import TimeoutConfig
-from llmgw.disagg.orchestrator import Disaggregation
-from llmgw.engines.base import Engine, UpstreamResponse
-from llmgw.engines.prompt_tokens import PromptTokenizer
+from llmgw.engines.base import UpstreamResponse
 from llmgw.engines.request_body import encode
 from llmgw.errors import (
     FirstByteTimeout,
@@ -34,242 +30,23 @@ from llmgw.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from llmgw.exchange import Exchange
 from llmgw.lora.catalog import Adapter
-from llmgw.lora.group import LoraGroup
 from llmgw.lora.residency import Lease, SlotsBusy
 from llmgw.metrics import ModelMetrics
-from llmgw.pool import Replica, ReplicaWait
-from llmgw.protocol import ENDPOINTS, Endpoint, normalized_usage
-from llmgw.resilience.budget import RetryBudget
+from llmgw.model_group import ModelGroup
+from llmgw.pool import Replica
+from llmgw.protocol import ENDPOINTS, Endpoint
 from llmgw.resilience.retry import failure_reason, retryable
-from llmgw.resilience.stall import until_idle
-from llmgw.routing.base import Decision, Need, RoutingPolicy
+from llmgw.routing.base import Decision
 from llmgw.routing.session import session_key
 from llmgw.routing.traffic_split import TrafficSplit
-from llmgw.shadow import Shadow
 from llmgw.telemetry import NO_TRACING, Tracing
-from llmgw.types import Outcome, ReplicaView, RequestContext
+from llmgw.types import RequestContext
 
 log = logging.getLogger("llmgw.dispatcher")
 
 PATHS = {name: spec.path for name, spec in ENDPOINTS.items()}
-DONE_EVENT = b"data: [DONE]\n\n"
-_DONE = b"data: [DONE]"
-
-
-@dataclass
-class ModelGroup:
-    """One served model name -> its replicas and the policy that picks among them.
-
-    Replicas join and leave at run time: the group is the pool's membership listener
-    for its model (``added`` / ``removed``) and passes each change on to whatever it
-    keeps per replica (policies' memories, LoRA residency, the PD pools). The request
-    path reads ``replicas`` afresh on every request."""
-
-    name: str
-    upstream_model: str
-    # The engine client class: what it adds to request bodies (``body_fields``).
-    engine: type[Engine]
-    policy: RoutingPolicy
-    policy_name: str
-    timeouts: TimeoutConfig
-    max_attempts: int
-    metrics: ModelMetrics
-    # Candidate policies that see every request but decide nothing (shadow.py).
-    shadows: list[Shadow] = field(default_factory=list)
-    # The model's tokenizer, when a policy routes on the prompt's tokens.
-    tokenizer: PromptTokenizer | None = None
-    # LoRA adapters multiplexed over the replicas (lora: in the config).
-    lora: LoraGroup | None = None
-    # Prefill-decode disaggregation: prefill and decode pools among ``replicas``; then
-    # ``policy`` is the decode pool's.
-    disagg: Disaggregation | None = None
-    # Requests wait here while the model has no routable replica (scaled to zero).
-    waiter: ReplicaWait | None = None
-    # Requests past the replicas' admission limit wait here (admission:); the API layer
-    # acquires a slot before ``Dispatcher.open`` and releases it when the request ends.
-    admission: FairQueue | None = None
-    replicas: list[Replica] = field(default_factory=list)
-    # How many retries the model may spend (llmgw.resilience.budget).
-    retry_budget: RetryBudget = field(default_factory=RetryBudget)
-    _by_id: dict[str, Replica] = field(init=False, repr=False)
-    # What the live and shadow policies need computed per request.
-    needs: frozenset[Need] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._by_id = {r.id: r for r in self.replicas}
-        self.needs = self.policy.needs.union(*(s.policy.needs for s in self.shadows))
-        if self.disagg is not None:
-            self.needs |= self.disagg.needs
-
-    def replica(self, replica_id: str) -> Replica:
-        return self._by_id[replica_id]
-
-    def views(self) -> list[ReplicaView]:
-        """The replicas a request may go to now: ready (not draining) and healthy."""
-        return [r.view() for r in self.replicas if r.routable]
-
-    def routable(self) -> bool:
-        return any(r.routable and r.role != "prefill" for r in self.replicas)
-
-    def serving_replicas(self) -> int:
-        """Replicas that answer requests now (a disaggregated model's decode pool)."""
-        return sum(1 for r in self.replicas if r.routable and r.role != "prefill")
-
-    def added(self, replica: Replica) -> None:
-        self.replicas.append(replica)
-        self._by_id[replica.id] = replica
-        if self.lora is not None:
-            self.lora.added(replica)
-        if self.disagg is not None:
-            self.disagg.added(replica)
-        if self.waiter is not None:
-            self.waiter.notify()
-        if self.admission is not None:
-            self.admission.poke()
-
-    def removed(self, replica: Replica) -> None:
-        if self._by_id.pop(replica.id, None) is None:
-            return
-        self.replicas.remove(replica)
-        for policy in (self.policy, *(s.policy for s in self.shadows)):
-            policy.forget(replica.id)
-        if self.lora is not None:
-            self.lora.removed(replica)
-        if self.disagg is not None:
-            self.disagg.removed(replica)
-
-
-class Exchange:
-    """One request in flight on one replica. It holds the replica's in-flight count from
-    ``Dispatcher.open`` on; ``finish`` releases everything exactly once, whatever path the
-    request takes out (done, error, timeout, client gone)."""
-
-    def __init__(
-        self, ctx: RequestContext, group: ModelGroup, replica: Replica,
-        upstream: UpstreamResponse, started: float, deadline: float | None,
-        upstream_id: str,
-    ) -> None:
-        self.ctx, self.group, self.replica, self.upstream = ctx, group, replica, upstream
-        self.upstream_id = upstream_id
-        self.started = started
-        self.deadline = deadline
-        self.first_chunk_at: float | None = None
-        self.usage: Mapping[str, Any] | None = None
-        self.decision: Decision | None = None
-        self.lease: Lease | None = None  # the LoRA adapter held for this request
-        # Disaggregated models: the path taken and the prefill replica, if any.
-        self.pd_path: str | None = None
-        self.prefill_replica: str | None = None
-        self.events = 0
-        # The stream event that carries the usage (chat's usage chunk, asked for on every
-        # stream so token metrics are exact; Responses' response.completed).
-        self._usage_mark = ENDPOINTS[ctx.endpoint].usage_mark
-        self._finished = False
-
-    async def read_all(self) -> bytes:
-        """The engine's whole (non-streaming) answer."""
-        try:
-            if self.deadline is None:
-                body = await self.upstream.read()
-            else:
-                async with asyncio.timeout_at(self.deadline):
-                    body = await self.upstream.read()
-        except TimeoutError:
-            raise UpstreamTimeout("the request exceeded its time limit") from None
-        self.usage = _usage_of(body)
-        return body
-
-    async def relay(self, client_wants_usage: bool) -> AsyncIterator[bytes]:
-        """The engine's SSE events, in blocks as they arrive, without ``[DONE]`` (the caller
-        ends the stream). Raises GatewayError mid-stream. The caller enforces
-        ``deadline``: a timeout scope must not span this generator's yields."""
-        blocks = self.upstream.event_blocks()
-        if (idle_s := self.group.timeouts.stream_idle_s) is not None:
-            blocks = until_idle(blocks, idle_s)
-        try:
-            async for block in blocks:
-                if self.first_chunk_at is None:
-                    self.first_chunk_at = time.perf_counter()
-                done_at = _done_offset(block)
-                if done_at >= 0:
-                    block = block[:done_at]
-                if self._usage_mark is not None and self._usage_mark in block:
-                    block = self._take_usage(block, client_wants_usage)
-                self.events += block.count(b"\n\n")
-                if block:
-                    yield block
-                if done_at >= 0:
-                    return
-        except UpstreamError as exc:  # the engine broke off or went quiet mid-stream
-            self.replica.failed(failure_reason(exc, stream=True), self.group.replicas)
-            raise
-
-    def _take_usage(self, block: bytes, keep: bool) -> bytes:
-        """Read the usage event; drop it unless the client asked for it (an endpoint
-        without a usage option always keeps its events)."""
-        assert self._usage_mark is not None
-        keep = keep or not ENDPOINTS[self.ctx.endpoint].usage_option
-        events = block.split(b"\n\n")
-        for index, event in enumerate(events):
-            if self._usage_mark in event:
-                self.usage = _usage_of(_event_data(event))
-                if not keep:
-                    del events[index]
-                break
-        return b"\n\n".join(events)
-
-    def record_error(self, error: GatewayError) -> None:
-        self.group.metrics.errors(error.code or error.type).inc()
-
-    async def abort(self) -> None:
-        """Stop the engine request explicitly, for engines where closing the connection
-        is not enough (SGLang); ``finish`` closes it afterwards."""
-        await self.replica.engine.abort(self.upstream_id)
-
-    def finish(self, outcome: Outcome, status: int) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        self.upstream.close()
-        self.replica.release()
-        if self.lease is not None:
-            self.lease.release()
-        prompt = self.usage.get("prompt_tokens") if self.usage else None
-        self.group.policy.on_done(self.ctx, self.replica.id, outcome,
-                                  prompt if isinstance(prompt, int) else None)
-        m = self.group.metrics
-        m.requests(self.ctx.endpoint, status).inc()
-        now = time.perf_counter()
-        m.request_duration.observe(now - self.started)
-        if self.first_chunk_at is not None:
-            m.time_to_first_token.observe(self.first_chunk_at - self.started)
-            if self.events > 1:
-                m.inter_token_latency.observe((now - self.first_chunk_at) / (self.events - 1))
-        if self.usage:
-            completion = self.usage.get("completion_tokens")
-            if isinstance(prompt, int):
-                m.prompt_tokens.inc(prompt)
-            if isinstance(completion, int):
-                m.completion_tokens.inc(completion)
-                m.request_tokens.observe(completion)
-        if outcome == "cancelled":
-            m.client_disconnects.inc()
-        self._calibrate()
-
-    def _calibrate(self) -> None:
-        """Compare the policy's expected prefix-cache share with what the engine reports
-        (``usage.prompt_tokens_details.cached_tokens``, e.g. vLLM with
-        --enable-prompt-tokens-details)."""
-        predicted = self.group.policy.take_prediction(self.ctx)
-        if predicted is None or not self.usage:
-            return
-        details = self.usage.get("prompt_tokens_details")
-        prompt = self.usage.get("prompt_tokens")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        if isinstance(cached, int) and isinstance(prompt, int) and prompt > 0:
-            self.group.metrics.prefix_prediction_error.observe(predicted - cached / prompt)
-
 
 class Dispatcher:
     def __init__(
@@ -519,27 +296,3 @@ def _deadline(timeouts: TimeoutConfig) -> float | None:
     if timeouts.request_s is None:
         return None
     return asyncio.get_running_loop().time() + timeouts.request_s
-
-
-def _done_offset(block: bytes) -> int:
-    """Where ``data: [DONE]`` starts in a block of events, or -1."""
-    if block.startswith(_DONE):
-        return 0
-    at = block.find(b"\n\n" + _DONE)
-    return at + 2 if at >= 0 else -1
-
-
-def _event_data(event: bytes) -> bytes:
-    """The ``data:`` field of one SSE event (Responses events have an ``event:`` line
-    first)."""
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            return line[5:]
-    return b""
-
-
-def _usage_of(payload: bytes) -> Mapping[str, Any] | None:
-    try:
-        return normalized_usage(orjson.loads(payload))
-    except orjson.JSONDecodeError:
-        return None

@@ -31,7 +31,7 @@ from llmgw.api.request_record import first_token_ns, request_record
 from llmgw.api.sse import relay_json, relay_stream
 from llmgw.api.tool_loop import HeldSlot, ToolLoop
 from llmgw.context import CallContext, depth_of
-from llmgw.dispatcher import Dispatcher, Exchange, ModelGroup
+from llmgw.dispatcher import Dispatcher
 from llmgw.errors import (
     ClientGone,
     GatewayError,
@@ -40,7 +40,9 @@ from llmgw.errors import (
     PayloadTooLarge,
     UpstreamTimeout,
 )
+from llmgw.exchange import Exchange
 from llmgw.lora.catalog import Adapter
+from llmgw.model_group import ModelGroup
 from llmgw.protocol import ENDPOINTS, Endpoint, ModelRequest, prompt_text
 from llmgw.routing.session import session_key
 from llmgw.telemetry import AccessLog, Span

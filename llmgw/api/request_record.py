@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from llmgw.dispatcher import Exchange
 from llmgw.errors import GatewayError
+from llmgw.exchange import Exchange
 from llmgw.tenancy.estimate import used_tokens
 from llmgw.types import Outcome
 

@@ -16,8 +16,8 @@ from starlette.types import Send
 
 from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_event, internal_error
-from llmgw.dispatcher import DONE_EVENT, Exchange
 from llmgw.errors import GatewayError, UpstreamTimeout
+from llmgw.exchange import DONE_EVENT, Exchange
 from llmgw.protocol import ENDPOINTS
 from llmgw.types import Outcome
 

@@ -26,9 +26,11 @@ from llmgw.admission import FairQueue
 from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.sse import SSE_HEADERS, end_in_band
 from llmgw.context import CallContext
-from llmgw.dispatcher import Dispatcher, Exchange, ModelGroup
+from llmgw.dispatcher import Dispatcher
 from llmgw.errors import GatewayError, InvalidRequest, ToolError, UpstreamTimeout
+from llmgw.exchange import Exchange
 from llmgw.lora.catalog import Adapter
+from llmgw.model_group import ModelGroup
 from llmgw.tools.loop import StreamTurn, Turn, add_usage, round_request, turn_of
 from llmgw.tools.schema import ToolSpec
 from llmgw.tools.toolset import ToolSet

@@ -21,13 +21,13 @@ from typing import Any
 from llmgw.build import Gateway
 from llmgw.config import GatewayConfig, ModelConfig
 from llmgw.config.autoscaling import AutoscalingConfig
-from llmgw.dispatcher import ModelGroup
 from llmgw.fleet import sharing
 from llmgw.fleet.autoscaler import Autoscaler, sample
 from llmgw.fleet.deployment import Deployment
 from llmgw.fleet.progress import StartupProgress
 from llmgw.fleet.version import replica_version
 from llmgw.metrics import FleetMetrics, RecentRates
+from llmgw.model_group import ModelGroup
 from llmgw.placement.base import Directory, Launcher, RunningReplica
 from llmgw.placement.commands import launch_roles, launch_unit
 from llmgw.placement.local import attached_addresses

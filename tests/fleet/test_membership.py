@@ -13,11 +13,11 @@ import pytest
 from llmgw import pool as pool_module
 from llmgw.build import KVFeeds, SeriesCleanup
 from llmgw.config import ModelConfig, TimeoutConfig
-from llmgw.dispatcher import ModelGroup
 from llmgw.engines.openai_http import OpenAIHTTPEngine
 from llmgw.lora.catalog import Adapter, AdapterCatalog
 from llmgw.lora.setup import make_lora_group
 from llmgw.metrics import Metrics, ModelMetrics, ReplicaMetrics
+from llmgw.model_group import ModelGroup
 from llmgw.pool import Replica, ReplicaPool
 from llmgw.routing.kv_block_index import StoredBlocks
 from llmgw.routing.registry import make_policy

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from llmgw.config import TimeoutConfig
-from llmgw.dispatcher import Exchange, ModelGroup
 from llmgw.engines.openai_http import OpenAIHTTPEngine
+from llmgw.exchange import Exchange
 from llmgw.metrics import Metrics, ModelMetrics, ReplicaMetrics
+from llmgw.model_group import ModelGroup
 from llmgw.pool import Replica
 from llmgw.routing.registry import make_policy
 from llmgw.types import ReplicaAddress, RequestContext
