@@ -87,7 +87,11 @@ class ToolLoop:
         """The round's hosted calls, at once; their results join the conversation."""
         if self.slot is not None:
             self.slot.release()
-        results = await asyncio.gather(*(self._result(c) for c in turn.tool_calls))
+        with self._dispatcher.tracing.span("llmgw.tool.round") as span:
+            if span is not None and span.is_recording():
+                span.set_attributes({"llmgw.tool.round": self.rounds, "llmgw.tool.calls": [
+                    str((c.get("function") or {}).get("name")) for c in turn.tool_calls]})
+            results = await asyncio.gather(*(self._result(c) for c in turn.tool_calls))
         if self.slot is not None:
             await self.slot.acquire()
         self._messages.append(turn.assistant_message())

@@ -37,7 +37,9 @@ SPANS = {
     "llmgw.pd.decode": "a disaggregated request's decode leg, until the engine answered",
     "llmgw.engine": "one HTTP request to an engine, until its headers arrived (client span: "
                     "the engine's time to first byte; its traceparent goes to the engine)",
-    "llmgw.tool.round": "one round of the server-side tool loop (opened by the tool loop)",
+    "llmgw.tool.round": "one round of the server-side tool loop: its hosted tool calls, "
+                        "after the model's answer that asked for them (each round's model "
+                        "request is its own llmgw.route and llmgw.engine spans)",
 }
 
 

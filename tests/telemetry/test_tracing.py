@@ -272,6 +272,44 @@ async def test_waiting_for_a_lora_adapter_is_a_span(engine: Server, tmp_path: Pa
         await gateway.close()
 
 
+async def test_each_round_of_a_tool_loop_is_a_span_with_its_calls() -> None:
+    """The fake engine's scripted tool calls (a fake: no CPU model calls tools) ask for
+    the in-process tool twice, then answer: two rounds of calls, three model requests."""
+    from llmgw.tools.registry import check_tools
+    from llmgw.tools.toolset import ToolSet
+
+    engine = start_fake_engine("--scripted-tool-calls")
+    cfg = GatewayConfig.model_validate({
+        "models": [{"name": "fake", "engine": "openai", "url": [engine.url]}],
+        "tools": [{"name": "rec", "import_path": "tests.fakes.tools:Recorder", "replicas": 0}],
+        "telemetry": {"tracing": {"endpoint": "http://127.0.0.1:9/v1/traces"}}})
+    exporter = InMemorySpanExporter()
+    gateway = in_process_gateway(cfg, make_tracing(cfg.telemetry.tracing, exporter))
+    tools = ToolSet(cfg, check_tools(cfg), gateway.metrics)
+    await tools.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(
+                app=create_app(gateway, tool_set=tools)), base_url="http://gw") as client:
+            answer = await client.post("/v1/chat/completions", json={
+                "model": "fake", "max_tokens": 4,
+                "messages": [{"role": "user", "content": "call=rec_echo tool_rounds=2"}],
+                "tools": [{"type": "mcp", "server_label": "llmgw",
+                           "require_approval": "never", "allowed_tools": ["rec_echo"]}]})
+        assert answer.status_code == 200, answer.text
+    finally:
+        await tools.close()
+        await gateway.close()
+        engine.stop()
+    spans = exporter.get_finished_spans()
+    rounds = [s for s in spans if s.name == "llmgw.tool.round"]
+    assert [(s.attributes or {}).get("llmgw.tool.round") for s in rounds] == [1, 2]
+    assert all(list((s.attributes or {}).get("llmgw.tool.calls", ())) == ["rec_echo"]
+               for s in rounds)
+    assert len([s for s in spans if s.name == "llmgw.engine"]) == 3
+    (root,) = [s for s in spans if s.name == "llmgw.request"]
+    assert all(s.context.trace_id == root.context.trace_id for s in spans)
+
+
 def test_every_span_is_listed_and_documented() -> None:
     """SPANS names every span the gateway opens (the tests above stay inside it), and the
     operations page describes each."""
