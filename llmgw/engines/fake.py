@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from llmgw.engines.fake_endpoints import endpoint_routes, run_or_abort
+from llmgw.engines.fake_endpoints import counted, endpoint_routes, run_or_abort
 from llmgw.engines.fake_tools import finish_reason, marked_turn, message_deltas, scripted_turn
 
 
@@ -87,7 +87,7 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
                  "total_tokens": prompt_tokens + n}
         if body.get("stream"):
-            return StreamingResponse(_stream(state, body, n, usage, chat),
+            return StreamingResponse(counted(state, _stream(state, body, n, usage, chat)),
                                      media_type="text/event-stream")
         return await _complete(state, request, body, n, usage, chat)
 
@@ -163,31 +163,22 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
 async def _stream(state: FakeEngineState, body: dict[str, Any], n: int,
                   usage: dict[str, int], chat: bool) -> AsyncIterator[bytes]:
     rid, model, created = "fake-1", body.get("model", state.name), int(time.time())
-    state.running += 1
-    finished = False
-    try:
-        if chat:
-            yield _chunk(rid, model, created, {"index": 0, "delta": {"role": "assistant",
-                         "content": ""}, "finish_reason": None})
-        for i in range(n):
-            if state.token_delay_s:
-                await asyncio.sleep(state.token_delay_s)
-            piece = f"tok{i} " if i < n - 1 else f"tok{i}"
-            choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
-                      else {"index": 0, "text": piece, "finish_reason": None})
-            yield _chunk(rid, model, created, choice, chat=chat)
-        last = ({"index": 0, "delta": {}, "finish_reason": "length"} if chat
-                else {"index": 0, "text": "", "finish_reason": "length"})
-        yield _chunk(rid, model, created, last, chat=chat)
-        if (body.get("stream_options") or {}).get("include_usage"):
-            yield _chunk(rid, model, created, None, usage, chat=chat)
-        yield b"data: [DONE]\n\n"
-        finished = True
-        state.served += 1
-    finally:
-        state.running -= 1
-        if not finished:
-            state.aborted += 1
+    if chat:
+        yield _chunk(rid, model, created, {"index": 0, "delta": {"role": "assistant",
+                     "content": ""}, "finish_reason": None})
+    for i in range(n):
+        if state.token_delay_s:
+            await asyncio.sleep(state.token_delay_s)
+        piece = f"tok{i} " if i < n - 1 else f"tok{i}"
+        choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
+                  else {"index": 0, "text": piece, "finish_reason": None})
+        yield _chunk(rid, model, created, choice, chat=chat)
+    last = ({"index": 0, "delta": {}, "finish_reason": "length"} if chat
+            else {"index": 0, "text": "", "finish_reason": "length"})
+    yield _chunk(rid, model, created, last, chat=chat)
+    if (body.get("stream_options") or {}).get("include_usage"):
+        yield _chunk(rid, model, created, None, usage, chat=chat)
+    yield b"data: [DONE]\n\n"
 
 
 async def _complete(state: FakeEngineState, request: Request, body: dict[str, Any], n: int,

@@ -122,7 +122,7 @@ async def _responses(state: FakeEngineState, request: Request,
              "input_tokens_details": {"cached_tokens": 0}}
     response = _response_object(body.get("model", state.name), n, usage)
     if body.get("stream"):
-        return StreamingResponse(_response_events(state, response, n),
+        return StreamingResponse(counted(state, _response_events(state, response, n)),
                                  media_type="text/event-stream")
     if not await run_or_abort(state, request, state.token_delay_s * n):
         return Response(status_code=499)
@@ -151,26 +151,34 @@ async def _response_events(state: FakeEngineState, done: dict[str, Any],
     item, part = done["output"][0], done["output"][0]["content"][0]
     at = {"item_id": item["id"], "output_index": 0}
     opened = {**item, "status": "in_progress", "content": []}
+    yield _event("response.created", 0, response={**done, "status": "in_progress",
+                                                   "output": [], "usage": None})
+    yield _event("response.in_progress", 1, response={**done, "status": "in_progress",
+                                                       "output": [], "usage": None})
+    yield _event("response.output_item.added", 2, output_index=0, item=opened)
+    yield _event("response.content_part.added", 3, **at, content_index=0,
+                 part={**part, "text": ""})
+    for i in range(n):
+        if state.token_delay_s:
+            await asyncio.sleep(state.token_delay_s)
+        yield _event("response.output_text.delta", 4 + i, **at, content_index=0,
+                     delta=f"tok{i} " if i < n - 1 else f"tok{i}")
+    yield _event("response.output_text.done", n + 4, **at, content_index=0,
+                 text=part["text"])
+    yield _event("response.content_part.done", n + 5, **at, content_index=0, part=part)
+    yield _event("response.output_item.done", n + 6, output_index=0, item=item)
+    yield _event("response.completed", n + 7, response=done)
+
+
+async def counted(state: FakeEngineState, events: AsyncIterator[bytes]
+                  ) -> AsyncIterator[bytes]:
+    """``events`` streamed as one request the engine runs: counted as running meanwhile,
+    then as served when the last went out, or as aborted when the client left first."""
     state.running += 1
     finished = False
     try:
-        yield _event("response.created", 0, response={**done, "status": "in_progress",
-                                                       "output": [], "usage": None})
-        yield _event("response.in_progress", 1, response={**done, "status": "in_progress",
-                                                           "output": [], "usage": None})
-        yield _event("response.output_item.added", 2, output_index=0, item=opened)
-        yield _event("response.content_part.added", 3, **at, content_index=0,
-                     part={**part, "text": ""})
-        for i in range(n):
-            if state.token_delay_s:
-                await asyncio.sleep(state.token_delay_s)
-            yield _event("response.output_text.delta", 4 + i, **at, content_index=0,
-                         delta=f"tok{i} " if i < n - 1 else f"tok{i}")
-        yield _event("response.output_text.done", n + 4, **at, content_index=0,
-                     text=part["text"])
-        yield _event("response.content_part.done", n + 5, **at, content_index=0, part=part)
-        yield _event("response.output_item.done", n + 6, output_index=0, item=item)
-        yield _event("response.completed", n + 7, response=done)
+        async for event in events:
+            yield event
         finished = True
         state.served += 1
     finally:
