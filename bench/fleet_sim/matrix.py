@@ -32,8 +32,7 @@ from bench.fleet_sim.tenants import kv_blocks, tenants, working_set_tokens
 from bench.processes import REPO, free_ports, wait_ready
 
 TARGETS = ("llmgw/round-robin", "llmgw/default", "llmgw/prefix-aware", "llmgw/session-aware",
-           "llmgw/prefix-tight", "llmgw/session-prefix-tight", "sglang-router/cache_aware",
-           "sglang-router/cache_aware-abs4-rel1.5", "oracle")
+           "llmgw/sticky-prefix", "sglang-router/cache_aware", "oracle")
 REFERENCE = "sglang-router/cache_aware"  # at its defaults
 MAX_LOAD_IMBALANCE = 1.2
 

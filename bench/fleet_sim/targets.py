@@ -41,6 +41,19 @@ CANDIDATES: dict[str, dict[str, object]] = {
                                          {"type": "prefix-cache", "weight": 2},
                                          {"type": "least-load", "weight": 1}],
                              "load_guard": {"abs_threshold": 2, "rel_threshold": 1.25}},
+    # A session stays where its first turn went while under 1.25 x (mean load + 1);
+    # prefix affinity and load place that first turn; no guard to move sessions.
+    "sticky-prefix": {"scorers": [{"type": "session", "weight": 3, "params": {
+                                       "load_factor": 1.25, "placement": "others"}},
+                                  {"type": "prefix-cache", "weight": 1},
+                                  {"type": "least-load", "weight": 1}],
+                      "load_guard": None},
+    # The same with the guard at abs 2 / rel 1.25 for the first turns' placement.
+    "sticky-prefix-guard": {"scorers": [{"type": "session", "weight": 3, "params": {
+                                             "load_factor": 1.25, "placement": "others"}},
+                                        {"type": "prefix-cache", "weight": 1},
+                                        {"type": "least-load", "weight": 1}],
+                            "load_guard": {"abs_threshold": 2, "rel_threshold": 1.25}},
 }
 
 

@@ -43,7 +43,7 @@ class SessionParams(BaseModel):
     load_factor: float = Field(default=1.5, ge=1.0)
     # A new session goes to a replica holding fewer live sessions than this times the
     # fair share ((live sessions + 1) / replicas).
-    session_factor: float = Field(default=1.0, ge=1.0)
+    session_factor: float = Field(default=1.15, ge=1.0)
     # A session without a request for this long stops counting and is placed afresh.
     ttl_s: float = Field(default=600.0, gt=0)
     # Who places a new session: "rendezvous" (this scorer, by hash order and session
