@@ -84,6 +84,7 @@ class SessionScorer:
         chosen = next((rid for rid in order if by_id[rid].load < cap and counts[rid] < fair),
                       None) or pick_for_session(ctx.session_id, replicas,
                                                 self.params.load_factor, self._orders).id
+        self._homes.place(ctx.session_id, chosen)
         return {chosen: 1.0}
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:

@@ -86,3 +86,23 @@ def test_the_table_forgets_idle_sessions_and_replicas_that_left() -> None:
     assert table.counts() == Counter({"r1": 1}) and len(table) == 1
     table.drop("r1")
     assert len(table) == 0 and table.counts() == Counter()
+
+
+def test_a_burst_of_new_sessions_spreads_before_any_is_answered() -> None:
+    # Scored one after another, none routed yet (all first turns of a burst in flight).
+    scorer = SessionScorer(SessionParams(session_factor=1.0))
+    placed = Counter(next(iter(scorer.score(ctx(f"h:{i:032x}"), views(0, 0, 0, 0))))
+                     for i in range(8))
+    assert sorted(placed.values()) == [2, 2, 2, 2]
+
+
+def test_placed_sessions_stop_counting_when_never_routed() -> None:
+    now = [0.0]
+    table = SessionTable(capacity=10, ttl_s=600, clock=lambda: now[0])
+    table.place("dry-run", "r0")
+    assert table.counts() == Counter({"r0": 1})
+    now[0] = 31.0
+    assert table.counts() == Counter() and table.home("dry-run") is None
+    table.place("a", "r0")
+    table.put("a", "r1")  # routed elsewhere (the guard, a failover): counted once, there
+    assert table.counts() == Counter({"r1": 1})
