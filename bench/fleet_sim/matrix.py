@@ -26,10 +26,10 @@ from pathlib import Path
 from bench.fleet_sim import targets as tg
 from bench.fleet_sim.arrivals import KINDS, schedule
 from bench.fleet_sim.replica import CostModel
-from bench.fleet_sim.report import Row, markdown, table, write_json
-from bench.fleet_sim.run import Context, run_one
+from bench.fleet_sim.report import Row, markdown, table
+from bench.fleet_sim.run import Context, finish, run_one
 from bench.fleet_sim.tenants import kv_blocks, tenants, working_set_tokens
-from bench.processes import REPO, free_ports, wait_ready
+from bench.processes import free_ports, wait_ready
 
 TARGETS = ("llmgw/round-robin", "llmgw/default", "llmgw/prefix-aware", "llmgw/session-aware",
            "llmgw/sticky-prefix", "sglang-router/cache_aware", "oracle")
@@ -163,13 +163,7 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-    rows = asyncio.run(main_async(args))
-    out = args.out or (REPO / "bench" / "out"
-                       / time.strftime("fleet_sim-matrix-%Y%m%d-%H%M%S.json"))
-    write_json(out, {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               rows)
-    print(f"\n{len(rows)} rows in {time.monotonic() - started:.0f}s; raw results: {out}")
-    return 1 if any(not r.reason and (r.errors or not r.ok) for r in rows) else 0
+    return finish(args, asyncio.run(main_async(args)), started, "fleet_sim-matrix")
 
 
 if __name__ == "__main__":

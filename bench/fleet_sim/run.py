@@ -253,16 +253,21 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.monotonic()
-    rows = asyncio.run(main_async(args))
-    out = args.out or (REPO / "bench" / "out" / time.strftime("fleet_sim-%Y%m%d-%H%M%S.json"))
+def finish(args: argparse.Namespace, rows: list[Row], started: float, stem: str) -> int:
+    """Write the rows and the flags to ``args.out`` (default
+    ``bench/out/<stem>-<time>.json``); the exit status: 1 when a row that ran had errors."""
+    out = args.out or (REPO / "bench" / "out" / time.strftime(f"{stem}-%Y%m%d-%H%M%S.json"))
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     write_json(out, config, rows)
     print(f"\n{len(rows)} rows in {time.monotonic() - started:.0f}s; raw results: {out}")
     failed = [r for r in rows if not r.reason and (r.errors or not r.ok)]
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    return finish(args, asyncio.run(main_async(args)), started, "fleet_sim")
 
 
 if __name__ == "__main__":
