@@ -1,6 +1,6 @@
 """The tenants workload over a matrix of fleets, caches and arrivals (issue 15).
 
-    python -m bench.fleet_sim.matrix [--quick] [--targets a,b,...] [--cells all|base]
+    python -m bench.fleet_sim.matrix [--quick] [--targets a,b,...] [--cells all|base|1,2]
 
 Each cell is a fleet size (4, 8, 16 replicas), a KV cache size (the workload's working
 set 0.5x, 1x, 2x or 4x the fleet's KV: from ample to tight) and an arrival process
@@ -125,9 +125,21 @@ async def run_cell(cell: Cell, args: argparse.Namespace, names: list[str], logs:
     return rows
 
 
+def chosen_cells(spec: str) -> tuple[Cell, ...]:
+    """``all``, ``base``, or comma-separated positions in :data:`CELLS`."""
+    if spec in ("all", "base"):
+        return CELLS if spec == "all" else (BASE,)
+    try:
+        return tuple(CELLS[int(part)] for part in spec.split(","))
+    except (ValueError, IndexError):
+        known = f"all, base, or positions 0-{len(CELLS) - 1}"
+        raise SystemExit(f"--cells: {known}, not {spec!r}") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="the tenants workload over fleets, caches, arrivals")
-    p.add_argument("--cells", default="all", choices=["all", "base"])
+    p.add_argument("--cells", default="all",
+                   help="all, base, or positions in the list of cells from 0 (base), e.g. 1,2")
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--per-replica", type=int, default=32, help="requests per replica")
     p.add_argument("--sessions-per-replica", type=int, default=12,
@@ -152,7 +164,7 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
     logs = Path(tempfile.mkdtemp(prefix="fleet-matrix-"))
     rows: list[Row] = []
-    for cell in CELLS if args.cells == "all" else (BASE,):
+    for cell in chosen_cells(args.cells):
         assert cell.arrival in KINDS
         rows += await run_cell(cell, args, names, logs)
     values, verdicts = matrix_tables(rows)

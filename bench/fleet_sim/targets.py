@@ -48,6 +48,12 @@ CANDIDATES: dict[str, dict[str, object]] = {
                                   {"type": "prefix-cache", "weight": 1},
                                   {"type": "least-load", "weight": 1}],
                       "load_guard": None},
+    # session-aware with new sessions placed by the hash order alone (as before sessions
+    # were counted): the session count bound never binds.
+    "session-hash": {"scorers": [{"type": "session", "weight": 3,
+                                  "params": {"session_factor": 100}},
+                                 {"type": "prefix-cache", "weight": 1},
+                                 {"type": "least-load", "weight": 1}]},
     # The same with the guard at abs 2 / rel 1.25 for the first turns' placement.
     "sticky-prefix-guard": {"scorers": [{"type": "session", "weight": 3, "params": {
                                              "load_factor": 1.25, "placement": "others"}},

@@ -91,3 +91,12 @@ def test_quick_matrix_replays_the_base_cell_open_loop(tmp_path: Path) -> None:
         assert (row["ok"], row["errors"]) == (requests, 0), row["error_sample"]
         assert sum(row["per_replica"].values()) == requests
         assert row["hit_rate"] > 0  # every tenant's system prompt is reused
+
+
+def test_cells_are_chosen_by_name_or_position() -> None:
+    assert matrix.chosen_cells("base") == (matrix.BASE,)
+    assert matrix.chosen_cells("all") == matrix.CELLS
+    assert [c.label for c in matrix.chosen_cells("1,2")] == [
+        "r8 kv2x poisson", "r16 kv2x poisson"]
+    with pytest.raises(SystemExit, match="positions 0-7, not '9'"):
+        matrix.chosen_cells("9")
