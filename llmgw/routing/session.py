@@ -6,8 +6,9 @@ under ``load_factor`` x (the mean + 1); past that it spills, and lives where it 
 A new session (or one whose replica left) is placed by rendezvous (highest-random-weight)
 hashing: the first replica in its stable order that is under the load bound and holds
 fewer live sessions than ``session_factor`` x (live sessions + 1) / replicas. So sessions
-spread as evenly as a counter spreads them, and several gateways still mostly agree
-(each places by the same order; the counts only skip a replica that is full).
+spread nearly as evenly as a counter spreads them. Each gateway counts only the sessions
+it saw, so several gateways in front of one fleet place some new sessions differently;
+a high ``session_factor`` (hash order alone) makes them agree again.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class SessionParams(BaseModel):
     # A session without a request for this long stops counting and is placed afresh.
     ttl_s: float = Field(default=600.0, gt=0)
     # Who places a new session: "rendezvous" (this scorer, by hash order and session
-    # counts: every gateway agrees) or "others" (no opinion: the policy's other scorers,
+    # counts) or "others" (no opinion: the policy's other scorers,
     # e.g. prefix affinity that puts a tenant's sessions where its system prompt is
     # cached); either way the session then stays where it went.
     placement: Literal["rendezvous", "others"] = "rendezvous"
