@@ -1,4 +1,5 @@
-"""Replaying a workload at fixed concurrency: a closed loop over sessions.
+"""Replaying a workload: a closed loop at fixed concurrency, or an open loop at given
+arrival times, over sessions.
 
 ``concurrency`` workers share a pool of ``active`` open sessions. A worker takes a ready
 session (one whose previous reply has arrived) chosen by a seeded rng, sends its next
@@ -6,6 +7,8 @@ step as a stream, appends the reply, and puts it back; a finished session makes 
 the next one. With more open sessions than workers, a session's turns are separated by
 other sessions' turns, as think time separates them in real traffic, so the caches see
 the interleaving that evicts. Bounded by the workload's count and by ``time_limit_s``.
+With arrival times (``arrivals.py``) there are no workers: each arrival sends the next
+turn of a ready session, whatever is still in flight.
 """
 
 from __future__ import annotations
@@ -141,32 +144,61 @@ class Replay:
 
     async def _worker(self, http: aiohttp.ClientSession) -> None:
         while (item := await self._take()) is not None:
-            session, history, index = item
-            step = session.steps[index]
-            history = [*history, *step.messages]
-            body: dict[str, Any] = {"model": self.model, "messages": history, "stream": True,
-                                    "stream_options": {"include_usage": True},
-                                    "max_tokens": step.max_tokens}
-            headers = {"content-type": "application/json"}
-            if session.sticky:
-                body["user"] = session.id
-                headers["x-session-id"] = session.id
-            result = Result(session.id)
-            await send(http, self.pick_url(), orjson.dumps(body), headers, result)
-            self.results.append(result)
-            history.append({"role": "assistant", "content": result.content})
-            last = index + 1 == len(session.steps)
-            # A failed step ends its session: its history would differ between targets.
-            await self._give_back(None if last or not result.ok else (session, history,
-                                                                      index + 1))
+            await self._step(http, item)
 
-    async def run(self, time_limit_s: float) -> float:
-        """Run to the end or the time limit; returns the wall time in seconds."""
-        connector = aiohttp.TCPConnector(limit=self.concurrency * 2, force_close=False)
+    async def _step(self, http: aiohttp.ClientSession,
+                    item: tuple[Session, list[Message], int]) -> None:
+        """Send a session's next step, record it and give the session back."""
+        session, history, index = item
+        step = session.steps[index]
+        history = [*history, *step.messages]
+        body: dict[str, Any] = {"model": self.model, "messages": history, "stream": True,
+                                "stream_options": {"include_usage": True},
+                                "max_tokens": step.max_tokens}
+        headers = {"content-type": "application/json"}
+        if session.sticky:
+            body["user"] = session.id
+            headers["x-session-id"] = session.id
+        result = Result(session.id)
+        await send(http, self.pick_url(), orjson.dumps(body), headers, result)
+        self.results.append(result)
+        history.append({"role": "assistant", "content": result.content})
+        last = index + 1 == len(session.steps)
+        # A failed step ends its session: its history would differ between targets.
+        await self._give_back(None if last or not result.ok else (session, history, index + 1))
+
+    async def _arrivals(self, http: aiohttp.ClientSession, offsets: Sequence[float]) -> None:
+        """Open loop: at each offset, send the next turn of a ready session without waiting
+        for earlier answers. An arrival that finds no session ready waits for one (a user
+        does not send turn 3 before turn 2's answer), so it is late, never dropped."""
+        started = time.perf_counter()
+        sends: set[asyncio.Task[None]] = set()
+        try:
+            for offset in offsets:
+                await asyncio.sleep(max(0.0, started + offset - time.perf_counter()))
+                if (item := await self._take()) is None:
+                    break
+                task = asyncio.create_task(self._step(http, item))
+                sends.add(task)
+                task.add_done_callback(sends.discard)
+            await asyncio.gather(*sends)
+        finally:
+            for task in sends:
+                task.cancel()
+            await asyncio.gather(*sends, return_exceptions=True)
+
+    async def run(self, time_limit_s: float, arrivals: Sequence[float] | None = None) -> float:
+        """Run to the end or the time limit; returns the wall time in seconds. With
+        ``arrivals`` (offsets in seconds, ``arrivals.py``) the replay is an open loop at
+        those times; without, ``concurrency`` workers each send as soon as they are done."""
+        connector = aiohttp.TCPConnector(limit=0 if arrivals is not None else self.concurrency * 2,
+                                         force_close=False)
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
         started = time.perf_counter()
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-            workers = [asyncio.create_task(self._worker(http)) for _ in range(self.concurrency)]
+            workers = ([asyncio.create_task(self._arrivals(http, arrivals))]
+                       if arrivals is not None else
+                       [asyncio.create_task(self._worker(http)) for _ in range(self.concurrency)])
             done, pending = await asyncio.wait(workers, timeout=time_limit_s)
             for task in pending:
                 task.cancel()

@@ -24,7 +24,7 @@ import contextlib
 import random
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,9 @@ async def probe(url: str) -> None:
 
 
 async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Namespace,
-                  instances: int = 1) -> Row:
+                  instances: int = 1, arrivals: Sequence[float] | None = None) -> Row:
+    """One replay of ``workload`` through target ``name``: closed loop at
+    ``args.concurrency``, or open loop at ``arrivals`` (offsets in seconds)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         try:
             async with open_target(name, ctx, instances) as target:
@@ -155,7 +157,7 @@ async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Na
 
                 before = {k: used_s(k) for k in parties}
                 busy_before = machine_busy_s()
-                wall = await replay.run(args.time_limit)
+                wall = await replay.run(args.time_limit, arrivals)
                 cpu = {k: (used_s(k) - before[k]) / wall for k in parties}
                 # Whatever else ran meanwhile (a shared machine) competes for the same CPUs.
                 cpu["other"] = max(0.0, (machine_busy_s() - busy_before) / wall - sum(cpu.values()))
@@ -251,16 +253,21 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.monotonic()
-    rows = asyncio.run(main_async(args))
-    out = args.out or (REPO / "bench" / "out" / time.strftime("fleet_sim-%Y%m%d-%H%M%S.json"))
+def finish(args: argparse.Namespace, rows: list[Row], started: float, stem: str) -> int:
+    """Write the rows and the flags to ``args.out`` (default
+    ``bench/out/<stem>-<time>.json``); the exit status: 1 when a row that ran had errors."""
+    out = args.out or (REPO / "bench" / "out" / time.strftime(f"{stem}-%Y%m%d-%H%M%S.json"))
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     write_json(out, config, rows)
     print(f"\n{len(rows)} rows in {time.monotonic() - started:.0f}s; raw results: {out}")
     failed = [r for r in rows if not r.reason and (r.errors or not r.ok)]
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    return finish(args, asyncio.run(main_async(args)), started, "fleet_sim")
 
 
 if __name__ == "__main__":

@@ -25,10 +25,54 @@ def start_sims(logs: Path, ports: list[int], cost_flags: list[str]) -> Proc:
     return spawn("sims", argv, ports[0], logs)
 
 
+# ``llmgw/default``: the model has no ``routing:`` key, so it gets what a new user gets.
+DEFAULT_POLICY = "default"
+# Policies the bench defines under ``policies:`` (not built in): candidates for the default
+# policy, measured side by side with the built-in ones (issue 15).
+CANDIDATES: dict[str, dict[str, object]] = {
+    # prefix-aware with a guard that trips at a small imbalance (abs 2, rel 1.25).
+    "prefix-tight": {"scorers": [{"type": "prefix-cache", "weight": 2},
+                                 {"type": "least-load", "weight": 1}],
+                     "load_guard": {"abs_threshold": 2, "rel_threshold": 1.25}},
+    # Sessions stick with a tighter bound, prefix affinity places a session's first turn
+    # (and single requests), the guard trips early.
+    "session-prefix-tight": {"scorers": [{"type": "session", "weight": 2,
+                                          "params": {"load_factor": 1.25}},
+                                         {"type": "prefix-cache", "weight": 2},
+                                         {"type": "least-load", "weight": 1}],
+                             "load_guard": {"abs_threshold": 2, "rel_threshold": 1.25}},
+    # A session stays where its first turn went while under 1.25 x (mean load + 1);
+    # prefix affinity and load place that first turn; no guard to move sessions.
+    "sticky-prefix": {"scorers": [{"type": "session", "weight": 3, "params": {
+                                       "load_factor": 1.25, "placement": "others"}},
+                                  {"type": "prefix-cache", "weight": 1},
+                                  {"type": "least-load", "weight": 1}],
+                      "load_guard": None},
+    # session-aware with new sessions placed by the hash order alone (as before sessions
+    # were counted): the session count bound never binds.
+    "session-hash": {"scorers": [{"type": "session", "weight": 3,
+                                  "params": {"session_factor": 100}},
+                                 {"type": "prefix-cache", "weight": 1},
+                                 {"type": "least-load", "weight": 1}]},
+    # The same with the guard at abs 2 / rel 1.25 for the first turns' placement.
+    "sticky-prefix-guard": {"scorers": [{"type": "session", "weight": 3, "params": {
+                                             "load_factor": 1.25, "placement": "others"}},
+                                        {"type": "prefix-cache", "weight": 1},
+                                        {"type": "least-load", "weight": 1}],
+                            "load_guard": {"abs_threshold": 2, "rel_threshold": 1.25}},
+}
+
+
 def llmgw_config(policy: str, urls: list[str]) -> dict[str, object]:
-    return {"models": [{"name": MODEL, "engine": "vllm", "url": urls, "routing": policy}],
-            "health": {"interval_s": 1, "stats_interval_s": 0.5},
-            "server": {"log_level": "warning"}}
+    model: dict[str, object] = {"name": MODEL, "engine": "vllm", "url": urls}
+    if policy != DEFAULT_POLICY:
+        model["routing"] = policy
+    config: dict[str, object] = {"models": [model],
+                                 "health": {"interval_s": 1, "stats_interval_s": 0.5},
+                                 "server": {"log_level": "warning"}}
+    if policy in CANDIDATES:
+        config["policies"] = {policy: CANDIDATES[policy]}
+    return config
 
 
 def check_llmgw(config: Path) -> None:

@@ -93,7 +93,8 @@ async def openapi(request: Request) -> Response:
 
 async def debug_route(request: Request) -> Response:
     """Dry run: which replica a chat or completion body would get, and why. Sends
-    nothing and teaches the policy nothing. An admin call (it shows every replica's
+    nothing and teaches the policy nothing (but a new session the session scorer places
+    counts there for up to 30 s). An admin call (it shows every replica's
     scores), with the same body limit as /v1."""
     dispatcher: Dispatcher = request.app.state.dispatcher
     try:

@@ -1,11 +1,14 @@
 """Session affinity: keep a conversation on one replica (its KV cache holds the history),
 unless that replica is overloaded or gone.
 
-Rendezvous (highest-random-weight) hashing maps a session to replicas in a stable order:
-removing a replica moves only its own sessions, adding one takes about 1/N of them. The
-first replica in that order whose load is under ``load_factor`` x the mean wins
-("consistent hashing with bounded loads"), so a hot session spills to its second choice
-instead of overloading its first.
+A session stays on the replica its last request went to while that replica's load is
+under ``load_factor`` x (the mean + 1); past that it spills, and lives where it spilled.
+A new session (or one whose replica left) is placed by rendezvous (highest-random-weight)
+hashing: the first replica in its stable order that is under the load bound and holds
+fewer live sessions than ``session_factor`` x (live sessions + 1) / replicas. So sessions
+spread nearly as evenly as a counter spreads them. Each gateway counts only the sessions
+it saw, so several gateways in front of one fleet place some new sessions differently;
+a high ``session_factor`` (hash order alone) makes them agree again.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmgw.protocol import content_text
 from llmgw.routing.base import Need
+from llmgw.routing.session_table import SessionTable
 from llmgw.types import ReplicaView, RequestContext
 
 # Headers that agent harnesses and SDKs send to name a conversation, in priority order.
@@ -30,10 +34,24 @@ SESSION_HEADERS = (
 )
 
 
+# Live sessions remembered per scorer: ~200 bytes each (a digest key, a replica id).
+SESSION_CAPACITY = 65536
+
+
 class SessionParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     # A replica takes a session only while its load is below this times the mean (+1).
     load_factor: float = Field(default=1.5, ge=1.0)
+    # A new session goes to a replica holding fewer live sessions than this times the
+    # fair share ((live sessions + 1) / replicas).
+    session_factor: float = Field(default=1.15, ge=1.0)
+    # A session without a request for this long stops counting and is placed afresh.
+    ttl_s: float = Field(default=600.0, gt=0)
+    # Who places a new session: "rendezvous" (this scorer, by hash order and session
+    # counts) or "others" (no opinion: the policy's other scorers,
+    # e.g. prefix affinity that puts a tenant's sessions where its system prompt is
+    # cached); either way the session then stays where it went.
+    placement: Literal["rendezvous", "others"] = "rendezvous"
 
 
 class SessionScorer:
@@ -46,21 +64,40 @@ class SessionScorer:
     def __init__(self, params: SessionParams | None = None) -> None:
         self.params = params or SessionParams()
         self._orders = RendezvousCache(8192)
+        self._homes = SessionTable(SESSION_CAPACITY, self.params.ttl_s)
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
         if not ctx.session_id or not replicas:
             return {}
-        chosen = pick_for_session(ctx.session_id, replicas, self.params.load_factor,
-                                  self._orders)
-        return {chosen.id: 1.0}
+        by_id = {r.id: r for r in replicas}
+        cap = load_cap(replicas, self.params.load_factor)
+        home = self._homes.home(ctx.session_id)
+        if home in by_id and by_id[home].load < cap:
+            return {home: 1.0}
+        if self.params.placement == "others":
+            # Its home (if any) is over the bound: any replica under it will do, and the
+            # other scorers choose among them.
+            return {rid: 1.0 for rid, r in by_id.items() if r.load < cap and rid != home}
+        counts = self._homes.counts()
+        live = sum(counts[rid] for rid in by_id)
+        fair = self.params.session_factor * (live + 1) / len(by_id)
+        order = self._orders.order(ctx.session_id, tuple(by_id))
+        chosen = next((rid for rid in order if by_id[rid].load < cap and counts[rid] < fair),
+                      None) or pick_for_session(ctx.session_id, replicas,
+                                                self.params.load_factor, self._orders).id
+        self._homes.place(ctx.session_id, chosen)
+        return {chosen: 1.0}
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
-        return None
+        if ctx.session_id:
+            self._homes.put(ctx.session_id, replica_id)
 
     def forget(self, replica_id: str) -> None:
         """Orders computed over a set that held the replica are never asked for again
-        (the set changed): drop them now rather than as the LRU ages them out."""
+        (the set changed): drop them now rather than as the LRU ages them out. Its
+        sessions are placed afresh."""
         self._orders.drop(replica_id)
+        self._homes.drop(replica_id)
 
 
 class RendezvousCache:
@@ -89,10 +126,15 @@ class RendezvousCache:
             del self._orders[cache_key]
 
 
+def load_cap(replicas: Sequence[ReplicaView], load_factor: float) -> int:
+    """A replica under this many requests may take (or keep) a session."""
+    return math.ceil(load_factor * (sum(r.load for r in replicas) / len(replicas) + 1))
+
+
 def pick_for_session(key: str, replicas: Sequence[ReplicaView], load_factor: float,
                      cache: RendezvousCache | None = None) -> ReplicaView:
     by_id = {r.id: r for r in replicas}
-    cap = math.ceil(load_factor * (sum(r.load for r in replicas) / len(replicas) + 1))
+    cap = load_cap(replicas, load_factor)
     order = (cache or RendezvousCache(0)).order(key, tuple(by_id))
     return next((by_id[rid] for rid in order if by_id[rid].load < cap), by_id[order[0]])
 
