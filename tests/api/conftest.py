@@ -44,8 +44,11 @@ def gateway(engines: list[Server], tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture
-def client(gateway: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+def client(gateway: Server) -> Iterator[openai.OpenAI]:
+    # Closed after the test: an unclosed client's socket surfaces later as a
+    # ResourceWarning, which this suite turns into another test's error.
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as c:
+        yield c
 
 
 @pytest.fixture
