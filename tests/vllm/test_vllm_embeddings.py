@@ -29,12 +29,6 @@ def gateway() -> Iterator[Server]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def client(gateway: Server) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0) as c:
-        yield c
-
-
 def test_vllm_and_the_embedded_engine_embed_alike(client: openai.OpenAI,
                                                   gateway: Server) -> None:
     by_vllm = client.embeddings.create(model="demo-embed", input=TEXTS)  # SDK: base64

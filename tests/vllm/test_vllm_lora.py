@@ -51,12 +51,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, roots: Path) -> Iterator[S
 
 
 @pytest.fixture(scope="module")
-def client(gateway: Server) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def engine(gateway: Server) -> str:
     urls = launched_engine_urls(gateway)
     assert len(urls) == 1
