@@ -19,6 +19,9 @@ a gateway started later on the same namespace adopts them (``adoptable``).
 - Stop: SIGTERM through the actor (the fleet drained the replica first), then the actor
   is killed (Ray kills its process group: the engine's children too) and the group
   removed. Detached actors and groups are never left behind by a stop.
+- Tool workers: a second launcher, under its own name prefix (``TOOL_PREFIX``) and not
+  detached, places them the same way (``launch_process``); they belong to the gateway's
+  Ray job, so they go with the gateway, even when it is killed.
 """
 
 from __future__ import annotations
@@ -45,13 +48,15 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from llmgw.config import ModelConfig, PlacementConfig
 from llmgw.placement.base import LaunchError, RunningReplica, Unplaced
-from llmgw.placement.bundles import replica_bundles
 from llmgw.placement.ray_directory import DIRECTORY_NAME, FleetDirectory
 from llmgw.placement.ray_host import EngineHost
+from llmgw.placement.spec import EngineSpec, ProcessSpec
 from llmgw.types import ReplicaAddress, Role
 
 log = logging.getLogger("llmgw.launcher")
-_PREFIX = "llmgw/"
+ENGINE_PREFIX = "llmgw/"
+# Tool workers' actors and groups: ``llmgw-tool/<gateway>/<worker>``; never adopted.
+TOOL_PREFIX = "llmgw-tool/"
 # An actor answers info() at once unless its node is gone; adoption waits this long.
 _ADOPT_TIMEOUT_S = 30.0
 _STOP_GRACE_S = 10.0
@@ -59,19 +64,19 @@ _STOP_GRACE_S = 10.0
 _ACTOR_THREADS = 8
 
 
-def group_name(replica_id: str) -> str:
-    return f"{_PREFIX}{replica_id}"
+def group_name(replica_id: str, prefix: str = ENGINE_PREFIX) -> str:
+    return f"{prefix}{replica_id}"
 
 
-def actor_name(replica_id: str, rank: int) -> str:
-    return f"{_PREFIX}{replica_id}/rank{rank}"
+def actor_name(replica_id: str, rank: int, prefix: str = ENGINE_PREFIX) -> str:
+    return f"{prefix}{replica_id}/rank{rank}"
 
 
-def parse_actor_name(name: str) -> tuple[str, int] | None:
+def parse_actor_name(name: str, prefix: str = ENGINE_PREFIX) -> tuple[str, int] | None:
     """(replica id, rank) of one of our actors; None for anything else in the namespace."""
-    if not name.startswith(_PREFIX) or "/rank" not in name:
+    if not name.startswith(prefix) or "/rank" not in name:
         return None
-    replica_id, _, rank = name[len(_PREFIX):].rpartition("/rank")
+    replica_id, _, rank = name[len(prefix):].rpartition("/rank")
     return (replica_id, int(rank)) if rank.isdigit() and replica_id else None
 
 
@@ -105,8 +110,13 @@ def _reason(exc: BaseException) -> str:
 
 
 class RayLauncher:
-    def __init__(self, settings: PlacementConfig) -> None:
-        self.settings = settings
+    """``prefix`` names its actors and groups (``ENGINE_PREFIX``, ``TOOL_PREFIX``);
+    ``detached``: they outlive the gateway (engines) or go with its Ray job (tools)."""
+
+    def __init__(self, settings: PlacementConfig, prefix: str = ENGINE_PREFIX,
+                 detached: bool = True) -> None:
+        self.settings, self.prefix = settings, prefix
+        self._lifetime = "detached" if detached else None
         self.replicas: dict[str, RayReplica] = {}
         self.phases: dict[str, str] = {}
         self.on_restart: Callable[[str, str], None] = lambda model, replica_id: None
@@ -139,21 +149,30 @@ class RayLauncher:
 
     # --- launching -----------------------------------------------------------------
 
+    def local_address(self) -> str:
+        """This node's address, where processes on other nodes reach the gateway."""
+        return str(ray.util.get_node_ip_address())
+
     async def launch(self, replica_id: str, unit: ModelConfig, *, role: Role = "mixed",
                      version: str = "") -> ReplicaAddress:
-        bundles = replica_bundles(unit)
-        strategy = unit.placement.bundle_strategy
+        return await self.launch_process(replica_id, EngineSpec(unit), role=role,
+                                         version=version)
+
+    async def launch_process(self, replica_id: str, spec: ProcessSpec, *,
+                             role: Role = "mixed", version: str = "") -> ReplicaAddress:
+        bundles, strategy = spec.bundles, spec.strategy
         async with self._choosing:  # replicas started together see each other's choice
-            target = await asyncio.to_thread(self._spread_target, unit.name, role, bundles) \
+            target = await asyncio.to_thread(self._spread_target, spec.name, role, bundles) \
                 if strategy == "STRICT_PACK" else None
-            self._targets[replica_id] = (unit.name, role, target)
+            self._targets[replica_id] = (spec.name, role, target)
         log.debug("placing %s (%s) on node %s if it has room", replica_id, bundles, target)
-        group = placement_group(bundles, strategy=strategy, name=group_name(replica_id),
-                                lifetime="detached", _soft_target_node_id=target)
-        replica = RayReplica(replica_id, unit.name, role, version, group, [])
+        group = placement_group(bundles, strategy=strategy,
+                                name=group_name(replica_id, self.prefix),
+                                lifetime=self._lifetime, _soft_target_node_id=target)
+        replica = RayReplica(replica_id, spec.name, role, version, group, [])
         try:
             await self._placed(replica, bundles)
-            await self._start_hosts(replica, unit)
+            await self._start_hosts(replica, spec)
         except BaseException:
             self.phases.pop(replica_id, None)
             self._targets.pop(replica_id, None)
@@ -161,7 +180,7 @@ class RayLauncher:
             raise
         self.phases.pop(replica_id, None)
         self._targets.pop(replica_id, None)
-        if self._unplaced.pop((unit.name, role), None) is not None:
+        if self._unplaced.pop((spec.name, role), None) is not None:
             # A standing request is a floor the cluster autoscaler keeps: lower it again.
             await asyncio.to_thread(self._request_unplaced)
         self.replicas[replica_id] = replica
@@ -185,40 +204,41 @@ class RayLauncher:
                 f"needs {bundles} ({replica.group.bundle_count} bundle(s)); the cluster has "
                 f"{_rounded(available)} available") from None
 
-    async def _start_hosts(self, replica: RayReplica, unit: ModelConfig) -> None:
+    async def _start_hosts(self, replica: RayReplica, spec: ProcessSpec) -> None:
         """Rank 0 first (its node is the others' master address), then the others; all
-        must be ready within the model's startup timeout."""
-        nodes = unit.placement.nodes
+        must be ready within the spec's startup timeout."""
+        nodes, timeout_s = len(spec.bundles), spec.startup_timeout_s
         labels = {"model": replica.model, "role": replica.role, "version": replica.version,
                   "nodes": nodes}
         self._phase(replica.replica_id, "starting engine")
         try:
-            replica.hosts.append(self._start_host(replica, unit, labels, 0, None))
-            first = await _result(replica.hosts[0].info.remote(), unit.startup_timeout_s)
+            replica.hosts.append(self._start_host(replica, spec, labels, 0, None))
+            first = await _result(replica.hosts[0].info.remote(), timeout_s)
             master = (first["master"][0], first["master"][1])
-            replica.hosts += [self._start_host(replica, unit, labels, rank, master)
+            replica.hosts += [self._start_host(replica, spec, labels, rank, master)
                               for rank in range(1, nodes)]
             replica.infos = list(await asyncio.gather(
-                *(_result(host.ready.remote(unit.startup_timeout_s),
-                          unit.startup_timeout_s + 30) for host in replica.hosts)))
+                *(_result(host.ready.remote(timeout_s), timeout_s + 30)
+                  for host in replica.hosts)))
         except TimeoutError:
             raise LaunchError(f"engine {replica.replica_id} not ready after "
-                              f"{unit.startup_timeout_s:.0f}s") from None
+                              f"{timeout_s:.0f}s") from None
         except ray.exceptions.RayError as exc:
             raise LaunchError(_reason(exc)) from None
 
-    def _start_host(self, replica: RayReplica, unit: ModelConfig, labels: dict[str, Any],
+    def _start_host(self, replica: RayReplica, spec: ProcessSpec, labels: dict[str, Any],
                     rank: int, master: tuple[str, int] | None) -> Any:
-        bundle = replica_bundles(unit)[rank]
+        bundle = spec.bundles[rank]
         custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
         return self._host.options(
-            name=actor_name(replica.replica_id, rank), namespace=self.settings.namespace,
-            lifetime="detached", max_restarts=0, max_task_retries=0,
+            name=actor_name(replica.replica_id, rank, self.prefix),
+            namespace=self.settings.namespace,
+            lifetime=self._lifetime, max_restarts=0, max_task_retries=0,
             max_concurrency=_ACTOR_THREADS, num_cpus=bundle["CPU"],
             num_gpus=bundle.get("GPU", 0), resources=custom,
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 replica.group, placement_group_bundle_index=rank),
-        ).remote(replica.replica_id, unit, labels, rank, master)
+        ).remote(replica.replica_id, spec, labels, rank, master)
 
     def _spread_target(self, model: str, role: Role,
                        bundles: list[dict[str, float]]) -> str | None:
@@ -330,7 +350,7 @@ class RayLauncher:
         by_replica: dict[str, dict[int, Any]] = {}
         listed = await asyncio.to_thread(ray.util.list_named_actors, True)
         for name in (a["name"] for a in listed if a["namespace"] == self.settings.namespace):
-            parsed = parse_actor_name(name)
+            parsed = parse_actor_name(name, self.prefix)
             if parsed is None:
                 continue
             with contextlib.suppress(ValueError):  # gone since it was listed
@@ -344,7 +364,8 @@ class RayLauncher:
             infos = list(await asyncio.gather(
                 *(_result(host.ready.remote(_ADOPT_TIMEOUT_S), _ADOPT_TIMEOUT_S + 5)
                   for host in hosts)))
-            group = await asyncio.to_thread(get_placement_group, group_name(replica_id))
+            group = await asyncio.to_thread(get_placement_group,
+                                            group_name(replica_id, self.prefix))
         except (ray.exceptions.RayError, TimeoutError, ValueError) as exc:
             log.warning("replica %s found but not usable (%s); removing it", replica_id,
                         _reason(exc))
@@ -377,21 +398,24 @@ class RayLauncher:
         await asyncio.gather(*(self._destroy_found(replica_id, hosts)
                                for replica_id, hosts in by_replica.items()))
         await asyncio.to_thread(self._remove_orphan_groups, set())
-        with contextlib.suppress(ValueError):  # the shared fleet's directory goes too
+        return len(by_replica)
+
+    async def remove_directory(self) -> None:
+        """The shared fleet's directory (``llmgw down``, after the replicas)."""
+        with contextlib.suppress(ValueError):
             directory = await asyncio.to_thread(ray.get_actor, DIRECTORY_NAME,
                                                 self.settings.namespace)
             await asyncio.to_thread(ray.kill, directory)
-        return len(by_replica)
 
     async def _destroy_found(self, replica_id: str, hosts: list[Any]) -> None:
-        await _remove(hosts, lambda: get_placement_group(group_name(replica_id)))
+        await _remove(hosts, lambda: get_placement_group(group_name(replica_id, self.prefix)))
 
     def _remove_orphan_groups(self, adopted: set[str]) -> None:
         """Groups of ours with no replica (a gateway died while it placed one)."""
         for entry in placement_group_table().values():
             name = entry.get("name", "")
-            if name.startswith(_PREFIX) and entry.get("state") != "REMOVED" \
-                    and name[len(_PREFIX):] not in adopted:
+            if name.startswith(self.prefix) and entry.get("state") != "REMOVED" \
+                    and name[len(self.prefix):] not in adopted:
                 with contextlib.suppress(Exception):
                     remove_placement_group(get_placement_group(name))
 
