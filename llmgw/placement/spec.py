@@ -55,8 +55,14 @@ class ProcessSpec(Protocol):
         """SGLang's disaggregation bootstrap port, as the config sets it."""
         ...
 
-    def command(self, host: str, port: int, kv_events_port: int | None = None, rank: int = 0,
-                master: tuple[str, int] | None = None) -> list[str]:
+    def command(
+        self,
+        host: str,
+        port: int,
+        kv_events_port: int | None = None,
+        rank: int = 0,
+        master: tuple[str, int] | None = None,
+    ) -> list[str]:
         """The argv serving on ``host:port``; ``master``: rank 0's address when the replica
         spans nodes (None: one process). May do disk work (the demo model)."""
         ...
@@ -98,8 +104,14 @@ class EngineSpec:
         port = self.unit.engine_args.get("disaggregation_bootstrap_port")
         return port if isinstance(port, int) else None
 
-    def command(self, host: str, port: int, kv_events_port: int | None = None, rank: int = 0,
-                master: tuple[str, int] | None = None) -> list[str]:
+    def command(
+        self,
+        host: str,
+        port: int,
+        kv_events_port: int | None = None,
+        rank: int = 0,
+        master: tuple[str, int] | None = None,
+    ) -> list[str]:
         argv = engine_command(self.unit, host, port, resolve_model(self.unit), kv_events_port)
         if master is None:
             return argv

@@ -37,8 +37,7 @@ class ToolWorkerSpec:
     gateway_url: str
     token: str = field(repr=False)
     # The gateway's module search path: the worker imports what the gateway imported.
-    python_path: str = field(
-        default_factory=lambda: os.pathsep.join(p for p in sys.path if p))
+    python_path: str = field(default_factory=lambda: os.pathsep.join(p for p in sys.path if p))
     health_path: str = HEALTH_PATH
 
     @property
@@ -66,11 +65,27 @@ class ToolWorkerSpec:
     def bootstrap_port(self) -> int | None:
         return None
 
-    def command(self, host: str, port: int, kv_events_port: int | None = None, rank: int = 0,
-                master: tuple[str, int] | None = None) -> list[str]:
-        return [sys.executable, "-m", "llmgw.tools.worker", "--host", host, "--port",
-                str(port), "--gateway-url", self.gateway_url,
-                "--config", json.dumps(self.cfg.model_dump(mode="json"))]
+    def command(
+        self,
+        host: str,
+        port: int,
+        kv_events_port: int | None = None,
+        rank: int = 0,
+        master: tuple[str, int] | None = None,
+    ) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "llmgw.tools.worker",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--gateway-url",
+            self.gateway_url,
+            "--config",
+            json.dumps(self.cfg.model_dump(mode="json")),
+        ]
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "PYTHONPATH": self.python_path, TOKEN_ENV: self.token}
