@@ -27,7 +27,7 @@ import aiohttp
 
 from llmgw.config import ModelConfig
 from llmgw.placement.base import LaunchError, RunningReplica
-from llmgw.placement.spec import HEALTH_PATH, EngineSpec, ProcessSpec
+from llmgw.placement.spec import Endpoint, ProcessSpec, engine_spec
 from llmgw.types import ReplicaAddress, Role
 
 log = logging.getLogger("llmgw.launcher")
@@ -51,7 +51,7 @@ class EngineProcess:
 
     def __init__(self, model: str, replica_id: str, argv: list[str], env: dict[str, str],
                  url: str, log_path: Path, startup_timeout_s: float,
-                 on_restart: Callable[[str, str], None], health_path: str = HEALTH_PATH) -> None:
+                 on_restart: Callable[[str, str], None], health_path: str = "/health") -> None:
         self.model, self.replica_id, self.argv, self.env = model, replica_id, argv, env
         self.url, self.log_path, self.health_path = url, log_path, health_path
         self.startup_timeout_s = startup_timeout_s
@@ -209,7 +209,7 @@ class LocalLauncher:
 
     async def launch(self, replica_id: str, unit: ModelConfig, *, role: Role = "mixed",
                      version: str = "") -> ReplicaAddress:
-        return await self.launch_process(replica_id, EngineSpec(unit), role=role,
+        return await self.launch_process(replica_id, engine_spec(unit), role=role,
                                          version=version)
 
     async def launch_process(self, replica_id: str, spec: ProcessSpec, *,
@@ -233,9 +233,9 @@ class LocalLauncher:
         # A restarted engine binds the same ports again, so subscribers reconnect.
         events_port = free_port() if spec.kv_events else None
         # Building the demo model for an engine that cannot build it itself is disk work.
-        argv = await asyncio.to_thread(spec.command, host, port, events_port)
+        argv = await asyncio.to_thread(spec.command.argv, Endpoint(host, port, events_port))
         process = self.processes[replica_id] = EngineProcess(
-            spec.name, replica_id, argv, spec.env(), url,
+            spec.name, replica_id, argv, spec.command.env(), url,
             self.log_dir / log_file_name(replica_id, self._log_names), spec.startup_timeout_s,
             lambda m, r: self.on_restart(m, r), spec.health_path,
         )

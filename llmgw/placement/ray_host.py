@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from llmgw.placement.spec import ProcessSpec
+from llmgw.placement.spec import Endpoint, ProcessSpec
 
 _GUARD = [sys.executable, "-m", "llmgw.placement.die_with_parent", "--"]
 _TAIL_LINES = 60
@@ -59,14 +59,15 @@ class EngineHost:
         self.health_path, self.bootstrap_port = spec.health_path, spec.bootstrap_port
         # Rank 0 is the master: its node's address and a port picked here.
         self.master = master or (self.ip, _free_port(self.ip) if len(spec.bundles) > 1 else 0)
-        self.argv = spec.command(self.ip, self.port, self.kv_events_port, rank, self.master)
+        self.argv = spec.command.argv(
+            Endpoint(self.ip, self.port, self.kv_events_port, rank, self.master))
         self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         print(f"llmgw: starting {replica_id} rank {rank}: {' '.join(self.argv)}", flush=True)
         # Spawned from the thread that runs __init__, which lives as long as the worker:
         # the kernel ties PR_SET_PDEATHSIG to the spawning thread, not the process.
         self.process = subprocess.Popen(
             [*_GUARD, *self.argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=spec.env())
+            stderr=subprocess.STDOUT, env=spec.command.env())
         self.started_at = time.time()
         threading.Thread(target=self._relay_output, daemon=True,
                          name=f"engine-log-{replica_id}").start()

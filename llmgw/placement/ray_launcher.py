@@ -50,7 +50,7 @@ from llmgw.config import ModelConfig, PlacementConfig
 from llmgw.placement.base import LaunchError, RunningReplica, Unplaced
 from llmgw.placement.ray_directory import DIRECTORY_NAME, FleetDirectory
 from llmgw.placement.ray_host import EngineHost
-from llmgw.placement.spec import EngineSpec, ProcessSpec
+from llmgw.placement.spec import ProcessSpec, engine_spec
 from llmgw.types import ReplicaAddress, Role
 
 log = logging.getLogger("llmgw.launcher")
@@ -155,7 +155,7 @@ class RayLauncher:
 
     async def launch(self, replica_id: str, unit: ModelConfig, *, role: Role = "mixed",
                      version: str = "") -> ReplicaAddress:
-        return await self.launch_process(replica_id, EngineSpec(unit), role=role,
+        return await self.launch_process(replica_id, engine_spec(unit), role=role,
                                          version=version)
 
     async def launch_process(self, replica_id: str, spec: ProcessSpec, *,

@@ -25,9 +25,10 @@ import orjson
 from llmgw.context import CallContext, enter, leave
 from llmgw.errors import InvalidRequest, ToolError, ToolWorkerLost
 from llmgw.placement.base import LaunchError, ProcessLauncher
+from llmgw.placement.spec import ProcessSpec
 from llmgw.tools.host import ToolHost, ToolRaised
 from llmgw.tools.schema import ArgumentsInvalid, ToolSpec
-from llmgw.tools.worker_spec import TOKEN_HEADER, ToolWorkerSpec
+from llmgw.tools.worker_spec import TOKEN_HEADER
 
 log = logging.getLogger("llmgw.tools")
 _MAX_BACKOFF_S = 30.0
@@ -92,11 +93,11 @@ class WorkerReplica:
     with the gateway's token. ``id`` stays; ``launch_id`` (the launcher's name for the
     process) changes when a lost worker is started again."""
 
-    def __init__(self, replica_id: str, spec: ToolWorkerSpec, launcher: ProcessLauncher,
-                 session: aiohttp.ClientSession) -> None:
+    def __init__(self, replica_id: str, spec: ProcessSpec, token: str,
+                 launcher: ProcessLauncher, session: aiohttp.ClientSession) -> None:
         self.id, self.spec, self.launch_id = replica_id, spec, replica_id
         self._launcher, self._session = launcher, session
-        self._auth = {TOKEN_HEADER: spec.token}
+        self._auth = {TOKEN_HEADER: token}
         self.url = ""
         self.in_flight, self.healthy = 0, False
         self._generation = 0

@@ -28,7 +28,7 @@ from llmgw.tools.deployment import ToolDeployment
 from llmgw.tools.host import ToolHost
 from llmgw.tools.replicas import LocalReplica, ToolReplica, WorkerReplica
 from llmgw.tools.schema import ArgumentsInvalid, ToolSpec, content_text
-from llmgw.tools.worker_spec import ToolWorkerSpec, new_token
+from llmgw.tools.worker_spec import new_token, tool_worker_spec
 
 log = logging.getLogger("llmgw.tools")
 # GatewayError code -> the outcome label of llmgw_tool_calls.
@@ -107,8 +107,8 @@ class ToolSet:
         assert self._session is not None
         if self._launcher is None:
             raise LaunchError(f"tool {entry.name!r}: workers need a launcher")
-        spec = ToolWorkerSpec(entry, self.gateway_url, self._token)
-        workers = [WorkerReplica(rid, spec, self._launcher, self._session)
+        spec = tool_worker_spec(entry, self.gateway_url, self._token)
+        workers = [WorkerReplica(rid, spec, self._token, self._launcher, self._session)
                    for rid in (f"{entry.name}-{i}" for i in range(entry.replicas))]
         self._workers.update((w.launch_id, w) for w in workers)
         for worker in workers:  # exported at 0, so a dashboard shows "no restarts"

@@ -16,9 +16,9 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 
-from llmgw.config import Strategy, ToolConfig
+from llmgw.config import ToolConfig
 from llmgw.placement.bundles import process_bundle
-from llmgw.placement.spec import HEALTH_PATH
+from llmgw.placement.spec import Endpoint, ProcessSpec
 
 TOKEN_ENV = "LLMGW_TOOL_TOKEN"
 TOKEN_HEADER = "x-llmgw-tool-token"
@@ -29,7 +29,7 @@ def new_token() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ToolWorkerSpec:
+class ToolWorkerCommand:
     """``python -m llmgw.tools.worker`` serving one instance of ``cfg``'s class."""
 
     cfg: ToolConfig
@@ -38,49 +38,16 @@ class ToolWorkerSpec:
     token: str = field(repr=False)
     # The gateway's module search path: the worker imports what the gateway imported.
     python_path: str = field(default_factory=lambda: os.pathsep.join(p for p in sys.path if p))
-    health_path: str = HEALTH_PATH
 
-    @property
-    def name(self) -> str:
-        return self.cfg.name
-
-    @property
-    def startup_timeout_s(self) -> float:
-        return self.cfg.startup_timeout_s
-
-    @property
-    def bundles(self) -> list[dict[str, float]]:
-        placement = self.cfg.placement
-        return [process_bundle(placement, placement.gpus or 0.0)]
-
-    @property
-    def strategy(self) -> Strategy:
-        return "STRICT_PACK"
-
-    @property
-    def kv_events(self) -> bool:
-        return False
-
-    @property
-    def bootstrap_port(self) -> int | None:
-        return None
-
-    def command(
-        self,
-        host: str,
-        port: int,
-        kv_events_port: int | None = None,
-        rank: int = 0,
-        master: tuple[str, int] | None = None,
-    ) -> list[str]:
+    def argv(self, at: Endpoint) -> list[str]:
         return [
             sys.executable,
             "-m",
             "llmgw.tools.worker",
             "--host",
-            host,
+            at.host,
             "--port",
-            str(port),
+            str(at.port),
             "--gateway-url",
             self.gateway_url,
             "--config",
@@ -89,3 +56,14 @@ class ToolWorkerSpec:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "PYTHONPATH": self.python_path, TOKEN_ENV: self.token}
+
+
+def tool_worker_spec(cfg: ToolConfig, gateway_url: str, token: str) -> ProcessSpec:
+    """One worker of ``cfg``: one bundle of its ``placement:`` (1 CPU unless given)."""
+    placement = cfg.placement
+    return ProcessSpec(
+        cfg.name,
+        [process_bundle(placement, placement.gpus or 0.0)],
+        cfg.startup_timeout_s,
+        ToolWorkerCommand(cfg, gateway_url, token),
+    )

@@ -11,10 +11,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from llmgw.config import ToolConfig
+from llmgw.placement.spec import Endpoint
 from llmgw.tools.host import ToolHost
 from llmgw.tools.registry import deployment_specs
 from llmgw.tools.worker import create_worker_app
-from llmgw.tools.worker_spec import TOKEN_ENV, TOKEN_HEADER, ToolWorkerSpec
+from llmgw.tools.worker_spec import TOKEN_ENV, TOKEN_HEADER, tool_worker_spec
 
 TOKEN = "s3cret-token"
 
@@ -40,7 +41,7 @@ def tool(**fields: Any) -> ToolConfig:
 def test_a_worker_asks_for_one_bundle_of_its_resources(
     placement: dict[str, Any], bundle: dict[str, float]
 ) -> None:
-    spec = ToolWorkerSpec(tool(placement=placement), "http://10.0.0.1:8000", TOKEN)
+    spec = tool_worker_spec(tool(placement=placement), "http://10.0.0.1:8000", TOKEN)
     assert (spec.bundles, spec.strategy, spec.name) == ([bundle], "STRICT_PACK", "r")
 
 
@@ -55,8 +56,8 @@ def test_a_tool_placement_a_worker_cannot_take_is_refused(placement: dict[str, A
 
 
 def test_the_command_binds_the_given_address_and_the_token_stays_out_of_argv() -> None:
-    spec = ToolWorkerSpec(tool(), "http://10.0.0.1:8000", TOKEN)
-    argv = spec.command("10.0.0.7", 4321)
+    spec = tool_worker_spec(tool(), "http://10.0.0.1:8000", TOKEN)
+    argv = spec.command.argv(Endpoint("10.0.0.7", 4321))
     assert argv[1:9] == [
         "-m",
         "llmgw.tools.worker",
@@ -69,7 +70,7 @@ def test_the_command_binds_the_given_address_and_the_token_stays_out_of_argv() -
     ]
     # Ray logs the argv of what an actor starts; the environment is not logged.
     assert TOKEN not in " ".join(argv) and TOKEN not in repr(spec)
-    assert spec.env()[TOKEN_ENV] == TOKEN
+    assert spec.command.env()[TOKEN_ENV] == TOKEN
 
 
 @pytest.fixture
