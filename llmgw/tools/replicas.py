@@ -102,6 +102,9 @@ class WorkerReplica:
         self.in_flight, self.healthy = 0, False
         self._generation = 0
         self._replacing: asyncio.Task[None] | None = None
+        # The tasks of the calls in flight, and those ended because the worker was lost.
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._abandoned: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         """Raises LaunchError with the worker's log tail."""
@@ -110,9 +113,13 @@ class WorkerReplica:
 
     def lost(self, on_replaced: Callable[[], None]) -> None:
         """The launcher lost the worker (its process or its Ray actor died) and freed what
-        it held; its calls in flight failed. Start another in its place, with backoff,
-        until one runs (then ``on_replaced()``) or the replica stops."""
+        it held. Its calls in flight fail now (a worker on a node that vanished may never
+        close their connections), and another worker is started in its place, with
+        backoff, until one runs (then ``on_replaced()``) or the replica stops."""
         self.healthy = False
+        for task in self._calls:
+            self._abandoned.add(task)
+            task.cancel()
         if self._replacing is None or self._replacing.done():
             self._replacing = asyncio.create_task(self._replace(on_replaced),
                                                   name=f"replace-{self.id}")
@@ -137,19 +144,33 @@ class WorkerReplica:
     async def call(self, spec: ToolSpec, arguments: dict[str, Any],
                    context: CallContext) -> tuple[Any, int | None]:
         headers = {**context.headers(), **self._auth, "content-type": "application/json"}
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls.add(task)
         try:
             async with self._session.post(f"{self.url}/call/{spec.method}",
                                           data=orjson.dumps(arguments),
                                           headers=headers) as resp:
                 body = await resp.read()
+        except asyncio.CancelledError:
+            # Cancelled by ``lost`` (and by nothing else: then it stays cancelled).
+            if task not in self._abandoned or task.uncancel() > 0:
+                raise
+            raise self._went_away(spec) from None
         except aiohttp.ClientConnectorError:
             self.healthy = False
             raise NotSent(self.id) from None
         except (aiohttp.ClientError, ConnectionError):
             self.healthy = False
-            raise ToolWorkerLost(f"tool {spec.name!r}: worker {self.id} went away during the "
-                                 "call (not retried: a tool need not be idempotent)") from None
+            raise self._went_away(spec) from None
+        finally:
+            self._calls.discard(task)
+            self._abandoned.discard(task)
         return self._answer(spec, resp.status, body)
+
+    def _went_away(self, spec: ToolSpec) -> ToolWorkerLost:
+        return ToolWorkerLost(f"tool {spec.name!r}: worker {self.id} went away during the "
+                              "call (not retried: a tool need not be idempotent)")
 
     def _answer(self, spec: ToolSpec, status: int, body: bytes) -> tuple[Any, int | None]:
         try:
@@ -165,6 +186,8 @@ class WorkerReplica:
         raise ToolError(f"tool {spec.name!r} failed: {message}")
 
     async def check(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
+        if self._replacing is not None and not self._replacing.done():
+            return  # a lost worker stays out, even if its address answers, until replaced
         try:
             async with session.get(self.url + "/health",
                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
