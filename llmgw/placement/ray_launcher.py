@@ -48,7 +48,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from llmgw.config import ModelConfig, PlacementConfig
 from llmgw.placement.base import LaunchError, RunningReplica, Unplaced
-from llmgw.placement.ray_directory import DIRECTORY_NAME, FleetDirectory
+from llmgw.placement.ray_calls import reason, result
+from llmgw.placement.ray_directory import DIRECTORY_NAME, RayDirectory
 from llmgw.placement.ray_host import EngineHost
 from llmgw.placement.spec import ProcessSpec, engine_spec
 from llmgw.types import ReplicaAddress, Role
@@ -94,19 +95,6 @@ class RayReplica:
     @property
     def node_ids(self) -> list[str]:
         return [info["node_id"] for info in self.infos]
-
-
-async def _result(ref: Any, timeout_s: float | None = None) -> Any:
-    """Await a Ray ObjectRef without blocking the event loop."""
-    return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
-
-
-def _reason(exc: BaseException) -> str:
-    """A Ray error as an operator reads it: the engine's message, not Ray's wrapping."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and str(cause):
-        return str(cause)
-    return str(exc).strip() or type(exc).__name__
 
 
 class RayLauncher:
@@ -194,7 +182,7 @@ class RayLauncher:
         self._phase(replica.replica_id, f"placing {bundles}")
         timeout = self.settings.placement_timeout_s
         try:
-            await _result(replica.group.ready(), timeout)
+            await result(replica.group.ready(), timeout)
         except TimeoutError:
             self._unplaced[(replica.model, replica.role)] = bundles
             await asyncio.to_thread(self._request_unplaced)
@@ -213,18 +201,18 @@ class RayLauncher:
         self._phase(replica.replica_id, "starting engine")
         try:
             replica.hosts.append(self._start_host(replica, spec, labels, 0, None))
-            first = await _result(replica.hosts[0].info.remote(), timeout_s)
+            first = await result(replica.hosts[0].info.remote(), timeout_s)
             master = (first["master"][0], first["master"][1])
             replica.hosts += [self._start_host(replica, spec, labels, rank, master)
                               for rank in range(1, nodes)]
             replica.infos = list(await asyncio.gather(
-                *(_result(host.ready.remote(timeout_s), timeout_s + 30)
+                *(result(host.ready.remote(timeout_s), timeout_s + 30)
                   for host in replica.hosts)))
         except TimeoutError:
             raise LaunchError(f"engine {replica.replica_id} not ready after "
                               f"{timeout_s:.0f}s") from None
         except ray.exceptions.RayError as exc:
-            raise LaunchError(_reason(exc)) from None
+            raise LaunchError(reason(exc)) from None
 
     def _start_host(self, replica: RayReplica, spec: ProcessSpec, labels: dict[str, Any],
                     rank: int, master: tuple[str, int] | None) -> Any:
@@ -286,7 +274,7 @@ class RayLauncher:
     async def _supervise(self, replica: RayReplica) -> None:
         """Wait for any of the replica's engine processes to end (it exited, or its actor
         died with its node); then free the replica and report it lost."""
-        waits = [asyncio.ensure_future(_result(host.wait_exit.remote()))
+        waits = [asyncio.ensure_future(result(host.wait_exit.remote()))
                  for host in replica.hosts]
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -296,7 +284,7 @@ class RayLauncher:
         ended = next(iter(done))
         error = ended.exception()
         why = f"engine exited with code {ended.result()}" if error is None \
-            else f"its actor died: {_reason(error)}"
+            else f"its actor died: {reason(error)}"
         if self.replicas.pop(replica.replica_id, None) is None:
             return  # being stopped
         log.error("replica %s lost (%s)", replica.replica_id, why)
@@ -313,7 +301,7 @@ class RayLauncher:
             replica.supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await replica.supervisor
-        stops = [_result(host.stop.remote(_STOP_GRACE_S), _STOP_GRACE_S + 5)
+        stops = [result(host.stop.remote(_STOP_GRACE_S), _STOP_GRACE_S + 5)
                  for host in replica.hosts]
         await asyncio.gather(*stops, return_exceptions=True)
         await self._destroy(replica)
@@ -362,13 +350,13 @@ class RayLauncher:
         hosts = [ranks[rank] for rank in sorted(ranks)]
         try:
             infos = list(await asyncio.gather(
-                *(_result(host.ready.remote(_ADOPT_TIMEOUT_S), _ADOPT_TIMEOUT_S + 5)
+                *(result(host.ready.remote(_ADOPT_TIMEOUT_S), _ADOPT_TIMEOUT_S + 5)
                   for host in hosts)))
             group = await asyncio.to_thread(get_placement_group,
                                             group_name(replica_id, self.prefix))
         except (ray.exceptions.RayError, TimeoutError, ValueError) as exc:
             log.warning("replica %s found but not usable (%s); removing it", replica_id,
-                        _reason(exc))
+                        reason(exc))
             await self._destroy_found(replica_id, hosts)
             return None
         first = infos[0]
@@ -392,7 +380,7 @@ class RayLauncher:
         await self.close()  # nothing of ours is supervised any more: none is "lost"
         by_replica = {replica_id: list(ranks.values())
                       for replica_id, ranks in (await self._found()).items()}
-        await asyncio.gather(*(_result(host.stop.remote(_STOP_GRACE_S), _STOP_GRACE_S + 5)
+        await asyncio.gather(*(result(host.stop.remote(_STOP_GRACE_S), _STOP_GRACE_S + 5)
                                for hosts in by_replica.values() for host in hosts),
                              return_exceptions=True)
         await asyncio.gather(*(self._destroy_found(replica_id, hosts)
@@ -418,29 +406,6 @@ class RayLauncher:
                     and name[len(self.prefix):] not in adopted:
                 with contextlib.suppress(Exception):
                     remove_placement_group(get_placement_group(name))
-
-
-class RayDirectory:
-    """This gateway's view of the namespace's ``FleetDirectory`` actor (created by the
-    first gateway to ask; detached, restarted by Ray if its node dies)."""
-
-    def __init__(self, namespace: str, instance: str) -> None:
-        self.instance = instance
-        self._actor: Any = ray.remote(FleetDirectory).options(
-            name=DIRECTORY_NAME, namespace=namespace, lifetime="detached",
-            get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=-1,
-        ).remote()
-
-    async def claim(self, members: list[dict[str, object]] | None) -> bool:
-        return bool(await _result(self._actor.claim.remote(self.instance, members), 30))
-
-    async def release(self) -> None:
-        await _result(self._actor.release.remote(self.instance), 10)
-
-    async def watch(self, since: int, wait_s: float) -> tuple[int, list[dict[str, object]]]:
-        generation, members, _ = await _result(self._actor.watch.remote(since, wait_s),
-                                               wait_s + 30)
-        return generation, members
 
 
 async def _remove(hosts: list[Any], group: Callable[[], PlacementGroup]) -> None:
