@@ -22,24 +22,37 @@ from tests.support import in_process_gateway, wait_until
 
 async def test_a_lost_worker_fails_its_calls_at_once_and_is_replaced(tmp_path: Path) -> None:
     gate = tmp_path / "gate"  # never created: the `slow` call stays in flight
-    cfg = GatewayConfig.model_validate({
-        "models": [{"name": "m", "engine": "openai", "url": "http://127.0.0.1:9"}],
-        "tools": [{"name": "r", "import_path": "tests.fakes.tools:Recorder", "replicas": 1,
-                   "init_args": {"gate": str(gate)}}]})
+    cfg = GatewayConfig.model_validate(
+        {
+            "models": [{"name": "m", "engine": "openai", "url": "http://127.0.0.1:9"}],
+            "tools": [
+                {
+                    "name": "r",
+                    "import_path": "tests.fakes.tools:Recorder",
+                    "replicas": 1,
+                    "init_args": {"gate": str(gate)},
+                }
+            ],
+        }
+    )
     gateway = in_process_gateway(cfg)
     launcher = LocalLauncher()
     tools = ToolSet(cfg, check_tools(cfg), gateway.metrics, launcher)
     await tools.start()
     try:
         transport = httpx.ASGITransport(app=create_app(gateway, tool_set=tools))
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw",
-                                     timeout=60) as client:
-            first = (await client.post("/v1/tools/r_echo",
-                                       json={"arguments": {"text": "x"}})).json()["output"]
-            held = asyncio.create_task(client.post("/v1/tools/r_slow",
-                                                   json={"arguments": {"marker": "m"}}))
-            await asyncio.to_thread(wait_until, lambda: Path(f"{gate}.m").exists(), 30,
-                                    "the call to reach the worker")
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gw", timeout=60
+        ) as client:
+            first = (
+                await client.post("/v1/tools/r_echo", json={"arguments": {"text": "x"}})
+            ).json()["output"]
+            held = asyncio.create_task(
+                client.post("/v1/tools/r_slow", json={"arguments": {"marker": "m"}})
+            )
+            await asyncio.to_thread(
+                wait_until, lambda: Path(f"{gate}.m").exists(), 30, "the call to reach the worker"
+            )
             launcher.on_lost("r", "r-0", "its node died")
             lost = await held
             assert lost.status_code == 502, lost.text
