@@ -12,6 +12,7 @@ import random
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from llmgw.config import ConfigError, GatewayConfig, load_config
 
 if TYPE_CHECKING:
     from llmgw.fleet.reload import Reloader
-    from llmgw.placement.base import Directory, Launcher
+    from llmgw.placement.base import Directory, Launcher, ProcessLauncher
 
 log = logging.getLogger("llmgw")
 # As llmgw.api.admin.ADMIN_KEY_ENV (not imported: `status` starts without the web stack).
@@ -234,7 +235,7 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
     gateway = Gateway(cfg, rng=random.Random())
     fleet = Fleet(gateway, launcher, directory=directory)
     reloader = Reloader(fleet, paths, lambda new: _validate_reload(cfg, new), overrides)
-    tool_set = ToolSet(cfg, check_tools(cfg), gateway.metrics)
+    tool_set = ToolSet(cfg, check_tools(cfg), gateway.metrics, await _tool_launcher(cfg))
     view = StartupView(sys.stderr, live=is_terminal(sys.stderr))
     view.attach(fleet.progress)
     try:
@@ -307,13 +308,29 @@ async def _launcher(cfg: GatewayConfig) -> tuple[Launcher, Directory | None]:
     return launcher, await launcher.directory()
 
 
+async def _tool_launcher(cfg: GatewayConfig) -> ProcessLauncher:
+    """Tool workers' launcher: of the same backend as the engines', its own instance (its
+    callbacks are the tool set's). On Ray its workers are named per gateway and belong to
+    its Ray job: never adopted, gone with the gateway."""
+    if cfg.placement.backend == "local":
+        from llmgw.placement.local import LocalLauncher
+
+        return LocalLauncher()
+    from llmgw.placement.ray_launcher import TOOL_PREFIX, RayLauncher
+
+    gateway = uuid.uuid4().hex[:8]
+    launcher = RayLauncher(cfg.placement, prefix=f"{TOOL_PREFIX}{gateway}/", detached=False)
+    await launcher.connect()  # joined already, with the engines' launcher
+    return launcher
+
+
 async def _down(cfg: GatewayConfig) -> int:
     if cfg.placement.backend != "ray":
         print("llmgw down: nothing to do: engines of placement.backend local stop with "
               "`up`", file=sys.stderr)
         return 0
     from llmgw.placement.base import LaunchError
-    from llmgw.placement.ray_launcher import RayLauncher
+    from llmgw.placement.ray_launcher import TOOL_PREFIX, RayLauncher
 
     launcher = RayLauncher(cfg.placement)
     try:
@@ -321,8 +338,12 @@ async def _down(cfg: GatewayConfig) -> int:
     except LaunchError as exc:
         print(f"llmgw down: {exc}", file=sys.stderr)
         return 1
+    # Every gateway's tool workers (running gateways start theirs again).
+    workers = await RayLauncher(cfg.placement, prefix=TOOL_PREFIX).remove_all()
     removed = await launcher.remove_all()
-    print(f"stopped {removed} replica(s) in Ray namespace {cfg.placement.namespace!r}")
+    await launcher.remove_directory()
+    print(f"stopped {removed} replica(s) and {workers} tool worker(s) in Ray namespace "
+          f"{cfg.placement.namespace!r}")
     return 0
 
 

@@ -33,7 +33,12 @@ from llmgw.config.lora import (
     demo_adapter_index,
 )
 from llmgw.config.model import ModelConfig, cross_section_rules
-from llmgw.config.placement import PlacementConfig, ReplicaPlacementConfig, Strategy
+from llmgw.config.placement import (
+    PlacementConfig,
+    ProcessResources,
+    ReplicaPlacementConfig,
+    Strategy,
+)
 from llmgw.config.resilience import OutlierConfig, RetryBudgetConfig
 from llmgw.config.routing import LoadGuardConfig, PluginSpec, PolicyConfig
 from llmgw.config.server import AccessLogConfig, HealthConfig, ServerConfig, TLSConfig
@@ -48,6 +53,7 @@ __all__ = [
     "AuthConfig",
     "BatchConfig",
     "AutoscalingConfig",
+    "ProcessResources",
     "ReplicaPlacementConfig",
     "RetryBudgetConfig",
     "RolloutConfig",

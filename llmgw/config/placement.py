@@ -53,26 +53,20 @@ class PlacementConfig(_Strict):
         return value
 
 
-class ReplicaPlacementConfig(_Strict):
-    """A model's ``placement:``: what each replica asks the Ray cluster for."""
+class ProcessResources(_Strict):
+    """What one process asks a Ray cluster for: a tool's ``placement:``, and the part of a
+    model's ``placement:`` that each of its engine processes gets."""
 
     # GPUs per replica, over all its nodes; default: tensor x pipeline parallel size for
-    # vLLM and SGLang (0 for the CPU engines; set 0 for a CPU build of vLLM). Below 1,
-    # a fraction of one GPU (small models sharing a GPU).
+    # vLLM and SGLang (0 for the CPU engines and tool workers; set 0 for a CPU build of
+    # vLLM). Below 1, a fraction of one GPU (small models sharing a GPU).
     gpus: float | None = Field(default=None, ge=0)
-    # CPUs per engine process; Ray sets the engine's OMP_NUM_THREADS to it.
+    # CPUs per process; Ray sets the process's OMP_NUM_THREADS to it.
     cpus: float = Field(default=1.0, gt=0)
     # Only nodes with this accelerator (Ray's accelerator_type, e.g. "H100", "L4").
     accelerator_type: str | None = Field(default=None, min_length=1)
-    # Custom Ray resources per engine process, e.g. {"fast_disk": 1}.
+    # Custom Ray resources per process, e.g. {"fast_disk": 1}.
     resources: dict[str, float] = Field(default_factory=dict)
-    # Engine processes per replica, one per node: a model too large for one node (vLLM
-    # --nnodes/--node-rank, SGLang --nnodes/--node-rank), GPUs split evenly between them.
-    nodes: int = Field(default=1, ge=1, le=64)
-    # How a replica's bundles (one per engine process) are placed, as Ray places a
-    # placement group's bundles; default STRICT_PACK for one node, STRICT_SPREAD (one
-    # process per node) for several. Replicas of one pool are spread over nodes either way.
-    strategy: Strategy | None = None
 
     @field_validator("resources")
     @classmethod
@@ -84,6 +78,18 @@ class ReplicaPlacementConfig(_Strict):
             if amount <= 0:
                 raise ValueError(f"{name!r}: amounts must be positive, got {amount}")
         return value
+
+
+class ReplicaPlacementConfig(ProcessResources):
+    """A model's ``placement:``: what each replica asks the Ray cluster for."""
+
+    # Engine processes per replica, one per node: a model too large for one node (vLLM
+    # --nnodes/--node-rank, SGLang --nnodes/--node-rank), GPUs split evenly between them.
+    nodes: int = Field(default=1, ge=1, le=64)
+    # How a replica's bundles (one per engine process) are placed, as Ray places a
+    # placement group's bundles; default STRICT_PACK for one node, STRICT_SPREAD (one
+    # process per node) for several. Replicas of one pool are spread over nodes either way.
+    strategy: Strategy | None = None
 
     @property
     def bundle_strategy(self) -> Strategy:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from llmgw.config.base import _Strict
+from llmgw.config.placement import ProcessResources
 
 # OpenAI's limit on function names (a tool a model calls must pass it).
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -47,6 +48,9 @@ class ToolConfig(_Strict):
     startup_timeout_s: float = Field(default=60.0, gt=0)
     # Method name -> batching bounds, overriding those its decorator gives.
     batch: dict[str, BatchConfig] = Field(default_factory=dict)
+    # What each worker asks a Ray cluster for (``placement.backend: ray``; the local
+    # backend ignores it): one placement group per worker, 1 CPU and no GPU unless given.
+    placement: ProcessResources = Field(default_factory=ProcessResources)
 
     @field_validator("name")
     @classmethod

@@ -37,5 +37,6 @@ class ToolFamilies:
             "(chat completions naming the gateway's tools), by model.", ["model"],
             buckets=ROUNDS, registry=r)
         self.restarts = Counter(
-            "llmgw_tool_replica_restarts", "Tool worker processes restarted after exiting.",
+            "llmgw_tool_replica_restarts", "Tool worker processes restarted after exiting, or "
+            "started again elsewhere after their Ray actor or node was lost.",
             ["deployment", "replica"], registry=r)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from llmgw.config import ModelConfig
+from llmgw.placement.spec import ProcessSpec
 from llmgw.types import ReplicaAddress, Role
 
 
@@ -82,6 +83,28 @@ class Launcher(Protocol):
 
     def phase(self, replica_id: str) -> str | None:
         """What a starting replica waits for (shown in the fleet's status)."""
+        ...
+
+
+class ProcessLauncher(Protocol):
+    """What starts any process (``spec.ProcessSpec``): tool workers are launched through
+    it as engines are, by a launcher of their own (its callbacks are the tool set's)."""
+
+    on_restart: Callable[[str, str], None]
+    on_lost: Callable[[str, str, str], None]
+
+    async def launch_process(self, replica_id: str, spec: ProcessSpec, *,
+                             role: Role = "mixed", version: str = "") -> ReplicaAddress:
+        """As ``Launcher.launch``, for any process."""
+        ...
+
+    async def stop(self, replica_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def local_address(self) -> str:
+        """Where the processes it starts reach this gateway's host: loopback for local
+        children, this node's address on a Ray cluster."""
         ...
 
 

@@ -10,7 +10,7 @@ group cannot be placed, ray-project/ray#59064).
 
 from __future__ import annotations
 
-from llmgw.config import ModelConfig
+from llmgw.config import ModelConfig, ProcessResources
 
 # Engines whose GPUs default to tensor x pipeline parallelism; the others run on CPUs.
 _GPU_ENGINES = ("vllm", "sglang")
@@ -31,14 +31,20 @@ def replica_gpus(unit: ModelConfig) -> float:
 def replica_bundles(unit: ModelConfig) -> list[dict[str, float]]:
     """One bundle per engine process: ``[{"CPU": 1, "GPU": 2}]`` for a TP=2 replica."""
     placement = unit.placement
-    bundle: dict[str, float] = {"CPU": placement.cpus}
-    gpus = replica_gpus(unit) / placement.nodes
+    bundle = process_bundle(placement, replica_gpus(unit) / placement.nodes)
+    return [dict(bundle) for _ in range(placement.nodes)]
+
+
+def process_bundle(resources: ProcessResources, gpus: float) -> dict[str, float]:
+    """The bundle one process asks for (an engine's, a tool worker's): its CPUs, ``gpus``
+    when any, its accelerator and its custom resources."""
+    bundle: dict[str, float] = {"CPU": resources.cpus}
     if gpus:
         bundle["GPU"] = gpus
-    if placement.accelerator_type is not None:
-        bundle[f"accelerator_type:{placement.accelerator_type}"] = _ACCELERATOR_AMOUNT
-    bundle.update(placement.resources)
-    return [dict(bundle) for _ in range(placement.nodes)]
+    if resources.accelerator_type is not None:
+        bundle[f"accelerator_type:{resources.accelerator_type}"] = _ACCELERATOR_AMOUNT
+    bundle.update(resources.resources)
+    return bundle
 
 
 def rank_command(argv: list[str], engine: str, rank: int, nodes: int, master_addr: str,

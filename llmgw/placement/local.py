@@ -27,7 +27,7 @@ import aiohttp
 
 from llmgw.config import ModelConfig
 from llmgw.placement.base import LaunchError, RunningReplica
-from llmgw.placement.commands import engine_command, engine_env, resolve_model
+from llmgw.placement.spec import Endpoint, ProcessSpec, engine_spec
 from llmgw.types import ReplicaAddress, Role
 
 log = logging.getLogger("llmgw.launcher")
@@ -46,13 +46,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EngineProcess:
-    """One replica's engine process, restarted when it exits unexpectedly."""
+    """One replica's engine process (or tool worker), restarted when it exits
+    unexpectedly."""
 
     def __init__(self, model: str, replica_id: str, argv: list[str], env: dict[str, str],
                  url: str, log_path: Path, startup_timeout_s: float,
-                 on_restart: Callable[[str, str], None]) -> None:
+                 on_restart: Callable[[str, str], None], health_path: str = "/health") -> None:
         self.model, self.replica_id, self.argv, self.env = model, replica_id, argv, env
-        self.url, self.log_path = url, log_path
+        self.url, self.log_path, self.health_path = url, log_path, health_path
         self.startup_timeout_s = startup_timeout_s
         self._on_restart = on_restart
         self._process: asyncio.subprocess.Process | None = None
@@ -88,7 +89,7 @@ class EngineProcess:
                 if self._process.returncode is not None:
                     raise LaunchError(self._failure(f"exited with code {self._process.returncode}"))
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(self.url + "/health",
+                    async with session.get(self.url + self.health_path,
                                            timeout=aiohttp.ClientTimeout(total=2)) as resp:
                         if resp.status == 200:
                             log.info("%s ready at %s", self.replica_id, self.url)
@@ -208,27 +209,35 @@ class LocalLauncher:
 
     async def launch(self, replica_id: str, unit: ModelConfig, *, role: Role = "mixed",
                      version: str = "") -> ReplicaAddress:
+        return await self.launch_process(replica_id, engine_spec(unit), role=role,
+                                         version=version)
+
+    async def launch_process(self, replica_id: str, spec: ProcessSpec, *,
+                             role: Role = "mixed", version: str = "") -> ReplicaAddress:
         self._phase(replica_id, "starting")
         try:
-            return await self._launch(replica_id, unit)
+            return await self._launch(replica_id, spec)
         finally:
             self.phases.pop(replica_id, None)
+
+    def local_address(self) -> str:
+        return "127.0.0.1"  # every process it starts is a child on this machine
 
     def _phase(self, replica_id: str, phase: str) -> None:
         self.phases[replica_id] = phase
         self.on_phase(replica_id, phase)
 
-    async def _launch(self, replica_id: str, unit: ModelConfig) -> ReplicaAddress:
-        # Building the demo model for an engine that cannot build it itself is disk work.
-        model_path = await asyncio.to_thread(resolve_model, unit)
+    async def _launch(self, replica_id: str, spec: ProcessSpec) -> ReplicaAddress:
         host, port = "127.0.0.1", free_port()
         url = f"http://{host}:{port}"
         # A restarted engine binds the same ports again, so subscribers reconnect.
-        events_port = free_port() if unit.launch.kv_events else None
+        events_port = free_port() if spec.kv_events else None
+        # Building the demo model for an engine that cannot build it itself is disk work.
+        argv = await asyncio.to_thread(spec.command.argv, Endpoint(host, port, events_port))
         process = self.processes[replica_id] = EngineProcess(
-            unit.name, replica_id, engine_command(unit, host, port, model_path, events_port),
-            engine_env(unit), url, self.log_dir / log_file_name(replica_id, self._log_names),
-            unit.startup_timeout_s, lambda m, r: self.on_restart(m, r),
+            spec.name, replica_id, argv, spec.command.env(), url,
+            self.log_dir / log_file_name(replica_id, self._log_names), spec.startup_timeout_s,
+            lambda m, r: self.on_restart(m, r), spec.health_path,
         )
         try:
             await process.start(spawned=lambda: self._phase(replica_id, "loading"))
@@ -236,11 +245,10 @@ class LocalLauncher:
             self.processes.pop(replica_id, None)
             await asyncio.shield(process.stop())
             raise
-        bootstrap = unit.engine_args.get("disaggregation_bootstrap_port")
         return ReplicaAddress(
             replica_id, url,
             f"tcp://{host}:{events_port}" if events_port is not None else None,
-            bootstrap if isinstance(bootstrap, int) else None)
+            spec.bootstrap_port)
 
     async def stop(self, replica_id: str) -> None:
         process = self.processes.pop(replica_id, None)

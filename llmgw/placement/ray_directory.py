@@ -16,6 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import ray
+
+from llmgw.placement.ray_calls import result
+
 DIRECTORY_NAME = "llmgw/directory"
 # An owner that has not renewed for this long is gone; a follower takes over.
 LEASE_S = 10.0
@@ -61,3 +65,26 @@ class FleetDirectory:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), wait_s)
         return self.generation, self.members, self.owner
+
+
+class RayDirectory:
+    """This gateway's view of the namespace's ``FleetDirectory`` actor (created by the
+    first gateway to ask; detached, restarted by Ray if its node dies)."""
+
+    def __init__(self, namespace: str, instance: str) -> None:
+        self.instance = instance
+        self._actor: Any = ray.remote(FleetDirectory).options(
+            name=DIRECTORY_NAME, namespace=namespace, lifetime="detached",
+            get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=-1,
+        ).remote()
+
+    async def claim(self, members: list[dict[str, object]] | None) -> bool:
+        return bool(await result(self._actor.claim.remote(self.instance, members), 30))
+
+    async def release(self) -> None:
+        await result(self._actor.release.remote(self.instance), 10)
+
+    async def watch(self, since: int, wait_s: float) -> tuple[int, list[dict[str, object]]]:
+        generation, members, _ = await result(self._actor.watch.remote(since, wait_s),
+                                               wait_s + 30)
+        return generation, members

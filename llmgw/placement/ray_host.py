@@ -1,8 +1,10 @@
-"""The actor that holds one engine process on a Ray node (one per bundle of a replica).
+"""The actor that holds one engine process on a Ray node (one per bundle of a replica),
+or one tool worker: any ``spec.ProcessSpec``.
 
 It runs inside a Ray worker, on the node its bundle was placed on, and is never on the
-request path: it picks the engine's ports on its node, starts the engine with the
-command the local launcher would use, answers where it serves, and takes it down.
+request path: it picks the process's ports on its node, starts it with the command the
+local launcher would use (bound to the node's address, not loopback), answers where it
+serves, and takes it down.
 
 Why the engine stays in the worker's process group (no new session, unlike the local
 launcher): Ray kills a worker's whole group when the worker exits or is killed, which
@@ -27,9 +29,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from llmgw.config import ModelConfig
-from llmgw.placement.bundles import rank_command
-from llmgw.placement.commands import engine_command, engine_env, resolve_model
+from llmgw.placement.spec import Endpoint, ProcessSpec
 
 _GUARD = [sys.executable, "-m", "llmgw.placement.die_with_parent", "--"]
 _TAIL_LINES = 60
@@ -47,7 +47,7 @@ class EngineHost:
     replica id) so a gateway started later can adopt it; ``rank`` > 0 joins rank 0 at
     ``master`` (host, port) and serves nothing itself."""
 
-    def __init__(self, replica_id: str, unit: ModelConfig, labels: dict[str, Any], rank: int,
+    def __init__(self, replica_id: str, spec: ProcessSpec, labels: dict[str, Any], rank: int,
                  master: tuple[str, int] | None) -> None:
         import ray
 
@@ -55,20 +55,19 @@ class EngineHost:
         self.ip = ray.util.get_node_ip_address()
         self.node_id = ray.get_runtime_context().get_node_id()
         self.port = _free_port(self.ip)
-        self.kv_events_port = _free_port(self.ip) if unit.launch.kv_events and rank == 0 \
-            else None
-        nodes = unit.placement.nodes
+        self.kv_events_port = _free_port(self.ip) if spec.kv_events and rank == 0 else None
+        self.health_path, self.bootstrap_port = spec.health_path, spec.bootstrap_port
         # Rank 0 is the master: its node's address and a port picked here.
-        self.master = master or (self.ip, _free_port(self.ip) if nodes > 1 else 0)
-        argv = engine_command(unit, self.ip, self.port, resolve_model(unit), self.kv_events_port)
-        self.argv = rank_command(argv, unit.engine, rank, nodes, *self.master)
+        self.master = master or (self.ip, _free_port(self.ip) if len(spec.bundles) > 1 else 0)
+        self.argv = spec.command.argv(
+            Endpoint(self.ip, self.port, self.kv_events_port, rank, self.master))
         self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         print(f"llmgw: starting {replica_id} rank {rank}: {' '.join(self.argv)}", flush=True)
         # Spawned from the thread that runs __init__, which lives as long as the worker:
         # the kernel ties PR_SET_PDEATHSIG to the spawning thread, not the process.
         self.process = subprocess.Popen(
             [*_GUARD, *self.argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=engine_env(unit))
+            stderr=subprocess.STDOUT, env=spec.command.env())
         self.started_at = time.time()
         threading.Thread(target=self._relay_output, daemon=True,
                          name=f"engine-log-{replica_id}").start()
@@ -93,6 +92,7 @@ class EngineHost:
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "kv_events": f"tcp://{self.ip}:{self.kv_events_port}"
                 if self.kv_events_port is not None else None,
+                "bootstrap_port": self.bootstrap_port,
                 "exit_code": self.process.poll()}
 
     def ready(self, timeout_s: float) -> dict[str, Any]:
@@ -111,7 +111,8 @@ class EngineHost:
 
     def _answers_health(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=_HEALTH_TIMEOUT_S) as r:
+            with urllib.request.urlopen(self.url + self.health_path,
+                                        timeout=_HEALTH_TIMEOUT_S) as r:
                 return bool(r.status == 200)
         except (OSError, urllib.error.URLError):
             return False

@@ -19,6 +19,9 @@ a gateway started later on the same namespace adopts them (``adoptable``).
 - Stop: SIGTERM through the actor (the fleet drained the replica first), then the actor
   is killed (Ray kills its process group: the engine's children too) and the group
   removed. Detached actors and groups are never left behind by a stop.
+- Tool workers: a second launcher, under its own name prefix (``TOOL_PREFIX``) and not
+  detached, places them the same way (``launch_process``); they belong to the gateway's
+  Ray job, so they go with the gateway, even when it is killed.
 """
 
 from __future__ import annotations
@@ -45,13 +48,16 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from llmgw.config import ModelConfig, PlacementConfig
 from llmgw.placement.base import LaunchError, RunningReplica, Unplaced
-from llmgw.placement.bundles import replica_bundles
-from llmgw.placement.ray_directory import DIRECTORY_NAME, FleetDirectory
+from llmgw.placement.ray_calls import reason, result
+from llmgw.placement.ray_directory import DIRECTORY_NAME, RayDirectory
 from llmgw.placement.ray_host import EngineHost
+from llmgw.placement.spec import ProcessSpec, engine_spec
 from llmgw.types import ReplicaAddress, Role
 
 log = logging.getLogger("llmgw.launcher")
-_PREFIX = "llmgw/"
+ENGINE_PREFIX = "llmgw/"
+# Tool workers' actors and groups: ``llmgw-tool/<gateway>/<worker>``; never adopted.
+TOOL_PREFIX = "llmgw-tool/"
 # An actor answers info() at once unless its node is gone; adoption waits this long.
 _ADOPT_TIMEOUT_S = 30.0
 _STOP_GRACE_S = 10.0
@@ -59,19 +65,19 @@ _STOP_GRACE_S = 10.0
 _ACTOR_THREADS = 8
 
 
-def group_name(replica_id: str) -> str:
-    return f"{_PREFIX}{replica_id}"
+def group_name(replica_id: str, prefix: str = ENGINE_PREFIX) -> str:
+    return f"{prefix}{replica_id}"
 
 
-def actor_name(replica_id: str, rank: int) -> str:
-    return f"{_PREFIX}{replica_id}/rank{rank}"
+def actor_name(replica_id: str, rank: int, prefix: str = ENGINE_PREFIX) -> str:
+    return f"{prefix}{replica_id}/rank{rank}"
 
 
-def parse_actor_name(name: str) -> tuple[str, int] | None:
+def parse_actor_name(name: str, prefix: str = ENGINE_PREFIX) -> tuple[str, int] | None:
     """(replica id, rank) of one of our actors; None for anything else in the namespace."""
-    if not name.startswith(_PREFIX) or "/rank" not in name:
+    if not name.startswith(prefix) or "/rank" not in name:
         return None
-    replica_id, _, rank = name[len(_PREFIX):].rpartition("/rank")
+    replica_id, _, rank = name[len(prefix):].rpartition("/rank")
     return (replica_id, int(rank)) if rank.isdigit() and replica_id else None
 
 
@@ -91,22 +97,14 @@ class RayReplica:
         return [info["node_id"] for info in self.infos]
 
 
-async def _result(ref: Any, timeout_s: float | None = None) -> Any:
-    """Await a Ray ObjectRef without blocking the event loop."""
-    return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
-
-
-def _reason(exc: BaseException) -> str:
-    """A Ray error as an operator reads it: the engine's message, not Ray's wrapping."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and str(cause):
-        return str(cause)
-    return str(exc).strip() or type(exc).__name__
-
-
 class RayLauncher:
-    def __init__(self, settings: PlacementConfig) -> None:
-        self.settings = settings
+    """``prefix`` names its actors and groups (``ENGINE_PREFIX``, ``TOOL_PREFIX``);
+    ``detached``: they outlive the gateway (engines) or go with its Ray job (tools)."""
+
+    def __init__(self, settings: PlacementConfig, prefix: str = ENGINE_PREFIX,
+                 detached: bool = True) -> None:
+        self.settings, self.prefix = settings, prefix
+        self._lifetime = "detached" if detached else None
         self.replicas: dict[str, RayReplica] = {}
         self.phases: dict[str, str] = {}
         self.on_restart: Callable[[str, str], None] = lambda model, replica_id: None
@@ -139,21 +137,30 @@ class RayLauncher:
 
     # --- launching -----------------------------------------------------------------
 
+    def local_address(self) -> str:
+        """This node's address, where processes on other nodes reach the gateway."""
+        return str(ray.util.get_node_ip_address())
+
     async def launch(self, replica_id: str, unit: ModelConfig, *, role: Role = "mixed",
                      version: str = "") -> ReplicaAddress:
-        bundles = replica_bundles(unit)
-        strategy = unit.placement.bundle_strategy
+        return await self.launch_process(replica_id, engine_spec(unit), role=role,
+                                         version=version)
+
+    async def launch_process(self, replica_id: str, spec: ProcessSpec, *,
+                             role: Role = "mixed", version: str = "") -> ReplicaAddress:
+        bundles, strategy = spec.bundles, spec.strategy
         async with self._choosing:  # replicas started together see each other's choice
-            target = await asyncio.to_thread(self._spread_target, unit.name, role, bundles) \
+            target = await asyncio.to_thread(self._spread_target, spec.name, role, bundles) \
                 if strategy == "STRICT_PACK" else None
-            self._targets[replica_id] = (unit.name, role, target)
+            self._targets[replica_id] = (spec.name, role, target)
         log.debug("placing %s (%s) on node %s if it has room", replica_id, bundles, target)
-        group = placement_group(bundles, strategy=strategy, name=group_name(replica_id),
-                                lifetime="detached", _soft_target_node_id=target)
-        replica = RayReplica(replica_id, unit.name, role, version, group, [])
+        group = placement_group(bundles, strategy=strategy,
+                                name=group_name(replica_id, self.prefix),
+                                lifetime=self._lifetime, _soft_target_node_id=target)
+        replica = RayReplica(replica_id, spec.name, role, version, group, [])
         try:
             await self._placed(replica, bundles)
-            await self._start_hosts(replica, unit)
+            await self._start_hosts(replica, spec)
         except BaseException:
             self.phases.pop(replica_id, None)
             self._targets.pop(replica_id, None)
@@ -161,7 +168,7 @@ class RayLauncher:
             raise
         self.phases.pop(replica_id, None)
         self._targets.pop(replica_id, None)
-        if self._unplaced.pop((unit.name, role), None) is not None:
+        if self._unplaced.pop((spec.name, role), None) is not None:
             # A standing request is a floor the cluster autoscaler keeps: lower it again.
             await asyncio.to_thread(self._request_unplaced)
         self.replicas[replica_id] = replica
@@ -175,7 +182,7 @@ class RayLauncher:
         self._phase(replica.replica_id, f"placing {bundles}")
         timeout = self.settings.placement_timeout_s
         try:
-            await _result(replica.group.ready(), timeout)
+            await result(replica.group.ready(), timeout)
         except TimeoutError:
             self._unplaced[(replica.model, replica.role)] = bundles
             await asyncio.to_thread(self._request_unplaced)
@@ -185,40 +192,41 @@ class RayLauncher:
                 f"needs {bundles} ({replica.group.bundle_count} bundle(s)); the cluster has "
                 f"{_rounded(available)} available") from None
 
-    async def _start_hosts(self, replica: RayReplica, unit: ModelConfig) -> None:
+    async def _start_hosts(self, replica: RayReplica, spec: ProcessSpec) -> None:
         """Rank 0 first (its node is the others' master address), then the others; all
-        must be ready within the model's startup timeout."""
-        nodes = unit.placement.nodes
+        must be ready within the spec's startup timeout."""
+        nodes, timeout_s = len(spec.bundles), spec.startup_timeout_s
         labels = {"model": replica.model, "role": replica.role, "version": replica.version,
                   "nodes": nodes}
         self._phase(replica.replica_id, "starting engine")
         try:
-            replica.hosts.append(self._start_host(replica, unit, labels, 0, None))
-            first = await _result(replica.hosts[0].info.remote(), unit.startup_timeout_s)
+            replica.hosts.append(self._start_host(replica, spec, labels, 0, None))
+            first = await result(replica.hosts[0].info.remote(), timeout_s)
             master = (first["master"][0], first["master"][1])
-            replica.hosts += [self._start_host(replica, unit, labels, rank, master)
+            replica.hosts += [self._start_host(replica, spec, labels, rank, master)
                               for rank in range(1, nodes)]
             replica.infos = list(await asyncio.gather(
-                *(_result(host.ready.remote(unit.startup_timeout_s),
-                          unit.startup_timeout_s + 30) for host in replica.hosts)))
+                *(result(host.ready.remote(timeout_s), timeout_s + 30)
+                  for host in replica.hosts)))
         except TimeoutError:
             raise LaunchError(f"engine {replica.replica_id} not ready after "
-                              f"{unit.startup_timeout_s:.0f}s") from None
+                              f"{timeout_s:.0f}s") from None
         except ray.exceptions.RayError as exc:
-            raise LaunchError(_reason(exc)) from None
+            raise LaunchError(reason(exc)) from None
 
-    def _start_host(self, replica: RayReplica, unit: ModelConfig, labels: dict[str, Any],
+    def _start_host(self, replica: RayReplica, spec: ProcessSpec, labels: dict[str, Any],
                     rank: int, master: tuple[str, int] | None) -> Any:
-        bundle = replica_bundles(unit)[rank]
+        bundle = spec.bundles[rank]
         custom = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
         return self._host.options(
-            name=actor_name(replica.replica_id, rank), namespace=self.settings.namespace,
-            lifetime="detached", max_restarts=0, max_task_retries=0,
+            name=actor_name(replica.replica_id, rank, self.prefix),
+            namespace=self.settings.namespace,
+            lifetime=self._lifetime, max_restarts=0, max_task_retries=0,
             max_concurrency=_ACTOR_THREADS, num_cpus=bundle["CPU"],
             num_gpus=bundle.get("GPU", 0), resources=custom,
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 replica.group, placement_group_bundle_index=rank),
-        ).remote(replica.replica_id, unit, labels, rank, master)
+        ).remote(replica.replica_id, spec, labels, rank, master)
 
     def _spread_target(self, model: str, role: Role,
                        bundles: list[dict[str, float]]) -> str | None:
@@ -266,7 +274,7 @@ class RayLauncher:
     async def _supervise(self, replica: RayReplica) -> None:
         """Wait for any of the replica's engine processes to end (it exited, or its actor
         died with its node); then free the replica and report it lost."""
-        waits = [asyncio.ensure_future(_result(host.wait_exit.remote()))
+        waits = [asyncio.ensure_future(result(host.wait_exit.remote()))
                  for host in replica.hosts]
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -276,7 +284,7 @@ class RayLauncher:
         ended = next(iter(done))
         error = ended.exception()
         why = f"engine exited with code {ended.result()}" if error is None \
-            else f"its actor died: {_reason(error)}"
+            else f"its actor died: {reason(error)}"
         if self.replicas.pop(replica.replica_id, None) is None:
             return  # being stopped
         log.error("replica %s lost (%s)", replica.replica_id, why)
@@ -293,7 +301,7 @@ class RayLauncher:
             replica.supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await replica.supervisor
-        stops = [_result(host.stop.remote(_STOP_GRACE_S), _STOP_GRACE_S + 5)
+        stops = [result(host.stop.remote(_STOP_GRACE_S), _STOP_GRACE_S + 5)
                  for host in replica.hosts]
         await asyncio.gather(*stops, return_exceptions=True)
         await self._destroy(replica)
@@ -330,7 +338,7 @@ class RayLauncher:
         by_replica: dict[str, dict[int, Any]] = {}
         listed = await asyncio.to_thread(ray.util.list_named_actors, True)
         for name in (a["name"] for a in listed if a["namespace"] == self.settings.namespace):
-            parsed = parse_actor_name(name)
+            parsed = parse_actor_name(name, self.prefix)
             if parsed is None:
                 continue
             with contextlib.suppress(ValueError):  # gone since it was listed
@@ -342,12 +350,13 @@ class RayLauncher:
         hosts = [ranks[rank] for rank in sorted(ranks)]
         try:
             infos = list(await asyncio.gather(
-                *(_result(host.ready.remote(_ADOPT_TIMEOUT_S), _ADOPT_TIMEOUT_S + 5)
+                *(result(host.ready.remote(_ADOPT_TIMEOUT_S), _ADOPT_TIMEOUT_S + 5)
                   for host in hosts)))
-            group = await asyncio.to_thread(get_placement_group, group_name(replica_id))
+            group = await asyncio.to_thread(get_placement_group,
+                                            group_name(replica_id, self.prefix))
         except (ray.exceptions.RayError, TimeoutError, ValueError) as exc:
             log.warning("replica %s found but not usable (%s); removing it", replica_id,
-                        _reason(exc))
+                        reason(exc))
             await self._destroy_found(replica_id, hosts)
             return None
         first = infos[0]
@@ -371,52 +380,32 @@ class RayLauncher:
         await self.close()  # nothing of ours is supervised any more: none is "lost"
         by_replica = {replica_id: list(ranks.values())
                       for replica_id, ranks in (await self._found()).items()}
-        await asyncio.gather(*(_result(host.stop.remote(_STOP_GRACE_S), _STOP_GRACE_S + 5)
+        await asyncio.gather(*(result(host.stop.remote(_STOP_GRACE_S), _STOP_GRACE_S + 5)
                                for hosts in by_replica.values() for host in hosts),
                              return_exceptions=True)
         await asyncio.gather(*(self._destroy_found(replica_id, hosts)
                                for replica_id, hosts in by_replica.items()))
         await asyncio.to_thread(self._remove_orphan_groups, set())
-        with contextlib.suppress(ValueError):  # the shared fleet's directory goes too
+        return len(by_replica)
+
+    async def remove_directory(self) -> None:
+        """The shared fleet's directory (``llmgw down``, after the replicas)."""
+        with contextlib.suppress(ValueError):
             directory = await asyncio.to_thread(ray.get_actor, DIRECTORY_NAME,
                                                 self.settings.namespace)
             await asyncio.to_thread(ray.kill, directory)
-        return len(by_replica)
 
     async def _destroy_found(self, replica_id: str, hosts: list[Any]) -> None:
-        await _remove(hosts, lambda: get_placement_group(group_name(replica_id)))
+        await _remove(hosts, lambda: get_placement_group(group_name(replica_id, self.prefix)))
 
     def _remove_orphan_groups(self, adopted: set[str]) -> None:
         """Groups of ours with no replica (a gateway died while it placed one)."""
         for entry in placement_group_table().values():
             name = entry.get("name", "")
-            if name.startswith(_PREFIX) and entry.get("state") != "REMOVED" \
-                    and name[len(_PREFIX):] not in adopted:
+            if name.startswith(self.prefix) and entry.get("state") != "REMOVED" \
+                    and name[len(self.prefix):] not in adopted:
                 with contextlib.suppress(Exception):
                     remove_placement_group(get_placement_group(name))
-
-
-class RayDirectory:
-    """This gateway's view of the namespace's ``FleetDirectory`` actor (created by the
-    first gateway to ask; detached, restarted by Ray if its node dies)."""
-
-    def __init__(self, namespace: str, instance: str) -> None:
-        self.instance = instance
-        self._actor: Any = ray.remote(FleetDirectory).options(
-            name=DIRECTORY_NAME, namespace=namespace, lifetime="detached",
-            get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=-1,
-        ).remote()
-
-    async def claim(self, members: list[dict[str, object]] | None) -> bool:
-        return bool(await _result(self._actor.claim.remote(self.instance, members), 30))
-
-    async def release(self) -> None:
-        await _result(self._actor.release.remote(self.instance), 10)
-
-    async def watch(self, since: int, wait_s: float) -> tuple[int, list[dict[str, object]]]:
-        generation, members, _ = await _result(self._actor.watch.remote(since, wait_s),
-                                               wait_s + 30)
-        return generation, members
 
 
 async def _remove(hosts: list[Any], group: Callable[[], PlacementGroup]) -> None:

@@ -2,31 +2,36 @@
 (``LocalReplica``, ``replicas: 0``). Both count their calls in flight (least-load routing
 reads it) and say whether they are healthy.
 
-Worker processes are started and supervised like engines: ``EngineProcess`` of the local
-launcher (its own process group, killed with the gateway, restarted in place with backoff
-when it exits, ready once ``/health`` answers). A call whose worker goes away fails with
-``ToolWorkerLost`` and is never resent: a tool need not be idempotent. Only a call that
-never reached a worker (connection refused) may go to another.
+Worker processes are started and supervised like engines, by the launcher the tool set
+was given: the local one restarts a worker in place with backoff when it exits; the Ray
+one places each worker in a placement group of its own and reports it lost when its
+process or actor dies, and the worker is then started again elsewhere (``lost``). A call
+whose worker goes away fails with ``ToolWorkerLost`` and is never resent: a tool need not
+be idempotent. Only a call that never reached a worker (connection refused) may go to
+another.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
+import asyncio
+import contextlib
+import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
-from llmgw.config import ToolConfig
 from llmgw.context import CallContext, enter, leave
 from llmgw.errors import InvalidRequest, ToolError, ToolWorkerLost
-from llmgw.placement.local import EngineProcess, free_port
+from llmgw.placement.base import LaunchError, ProcessLauncher
+from llmgw.placement.spec import ProcessSpec
 from llmgw.tools.host import ToolHost, ToolRaised
 from llmgw.tools.schema import ArgumentsInvalid, ToolSpec
+from llmgw.tools.worker_spec import TOKEN_HEADER
+
+log = logging.getLogger("llmgw.tools")
+_MAX_BACKOFF_S = 30.0
 
 
 class NotSent(Exception):
@@ -84,43 +89,88 @@ class LocalReplica:
 
 
 class WorkerReplica:
-    """One worker process of a deployment, reached over loopback HTTP."""
+    """One worker process of a deployment, started by ``launcher`` and reached over HTTP
+    with the gateway's token. ``id`` stays; ``launch_id`` (the launcher's name for the
+    process) changes when a lost worker is started again."""
 
-    def __init__(self, replica_id: str, cfg: ToolConfig, session: aiohttp.ClientSession,
-                 log_path: Path, on_restart: Callable[[str, str], None],
-                 gateway_url: str) -> None:
-        self.id, self._session = replica_id, session
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        # The worker imports what the gateway imported: the same module search path.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        argv = [sys.executable, "-m", "llmgw.tools.worker", "--port", str(port),
-                "--gateway-url", gateway_url, "--config", json.dumps(cfg.model_dump(mode="json"))]
-        self.process = EngineProcess(cfg.name, replica_id, argv, env, self.url, log_path,
-                                     cfg.startup_timeout_s, on_restart)
+    def __init__(self, replica_id: str, spec: ProcessSpec, token: str,
+                 launcher: ProcessLauncher, session: aiohttp.ClientSession) -> None:
+        self.id, self.spec, self.launch_id = replica_id, spec, replica_id
+        self._launcher, self._session = launcher, session
+        self._auth = {TOKEN_HEADER: token}
+        self.url = ""
         self.in_flight, self.healthy = 0, False
+        self._generation = 0
+        self._replacing: asyncio.Task[None] | None = None
+        # The tasks of the calls in flight, and those ended because the worker was lost.
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._abandoned: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         """Raises LaunchError with the worker's log tail."""
-        await self.process.start()
-        self.healthy = True
+        address = await self._launcher.launch_process(self.launch_id, self.spec)
+        self.url, self.healthy = address.url, True
+
+    def lost(self, on_replaced: Callable[[], None]) -> None:
+        """The launcher lost the worker (its process or its Ray actor died) and freed what
+        it held. Its calls in flight fail now (a worker on a node that vanished may never
+        close their connections), and another worker is started in its place, with
+        backoff, until one runs (then ``on_replaced()``) or the replica stops."""
+        self.healthy = False
+        for task in self._calls:
+            self._abandoned.add(task)
+            task.cancel()
+        if self._replacing is None or self._replacing.done():
+            self._replacing = asyncio.create_task(self._replace(on_replaced),
+                                                  name=f"replace-{self.id}")
+
+    async def _replace(self, on_replaced: Callable[[], None]) -> None:
+        backoff = 1.0
+        while True:
+            self._generation += 1
+            self.launch_id = f"{self.id}.{self._generation}"
+            try:
+                await self.start()
+            except LaunchError as exc:
+                log.error("tool worker %s could not be started again (retrying in %.0fs): "
+                          "%s", self.id, backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                continue
+            log.info("tool worker %s started again at %s", self.id, self.url)
+            on_replaced()
+            return
 
     async def call(self, spec: ToolSpec, arguments: dict[str, Any],
                    context: CallContext) -> tuple[Any, int | None]:
-        headers = {**context.headers(), "content-type": "application/json"}
+        headers = {**context.headers(), **self._auth, "content-type": "application/json"}
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls.add(task)
         try:
             async with self._session.post(f"{self.url}/call/{spec.method}",
                                           data=orjson.dumps(arguments),
                                           headers=headers) as resp:
                 body = await resp.read()
+        except asyncio.CancelledError:
+            # Cancelled by ``lost`` (and by nothing else: then it stays cancelled).
+            if task not in self._abandoned or task.uncancel() > 0:
+                raise
+            raise self._went_away(spec) from None
         except aiohttp.ClientConnectorError:
             self.healthy = False
             raise NotSent(self.id) from None
         except (aiohttp.ClientError, ConnectionError):
             self.healthy = False
-            raise ToolWorkerLost(f"tool {spec.name!r}: worker {self.id} went away during the "
-                                 "call (not retried: a tool need not be idempotent)") from None
+            raise self._went_away(spec) from None
+        finally:
+            self._calls.discard(task)
+            self._abandoned.discard(task)
         return self._answer(spec, resp.status, body)
+
+    def _went_away(self, spec: ToolSpec) -> ToolWorkerLost:
+        return ToolWorkerLost(f"tool {spec.name!r}: worker {self.id} went away during the "
+                              "call (not retried: a tool need not be idempotent)")
 
     def _answer(self, spec: ToolSpec, status: int, body: bytes) -> tuple[Any, int | None]:
         try:
@@ -136,6 +186,8 @@ class WorkerReplica:
         raise ToolError(f"tool {spec.name!r} failed: {message}")
 
     async def check(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
+        if self._replacing is not None and not self._replacing.done():
+            return  # a lost worker stays out, even if its address answers, until replaced
         try:
             async with session.get(self.url + "/health",
                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
@@ -144,10 +196,14 @@ class WorkerReplica:
             self.healthy = False
 
     async def set_batch_bounds(self, method: str, bounds: dict[str, Any]) -> None:
-        async with self._session.post(f"{self.url}/batch/{method}",
-                                      data=orjson.dumps(bounds)) as resp:
+        async with self._session.post(f"{self.url}/batch/{method}", data=orjson.dumps(bounds),
+                                      headers=self._auth) as resp:
             if resp.status != 200:
                 raise InvalidRequest(f"worker {self.id}: {(await resp.read()).decode()}")
 
     async def stop(self) -> None:
-        await self.process.stop()
+        if self._replacing is not None:
+            self._replacing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replacing
+        await self._launcher.stop(self.launch_id)

@@ -1,10 +1,11 @@
 """Every tool the gateway serves: what ``/v1/tools``, ``/mcp`` and the tool loop call.
 
 ``ToolSet.start`` builds each deployment's replicas (worker processes, started
-concurrently, or the in-process instance) and a health loop; ``call`` validates a call's
-arguments against the tool's schema (400 naming the field, before anything runs), sends
-it to a replica and records the outcome; ``close`` stops the workers (each finishes the
-calls it has). Tools do not change on reload: the set is built once, at start.
+concurrently through the launcher the composition root gives it, or the in-process
+instance) and a health loop; ``call`` validates a call's arguments against the tool's
+schema (400 naming the field, before anything runs), sends it to a replica and records
+the outcome; ``close`` stops the workers (each finishes the calls it has). Tools do not
+change on reload: the set is built once, at start.
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,11 +23,12 @@ from llmgw.config import GatewayConfig, ToolConfig
 from llmgw.context import MAX_DEPTH, CallContext
 from llmgw.errors import GatewayError, InvalidRequest, ToolDepthExceeded, ToolNotFound
 from llmgw.metrics import Metrics
-from llmgw.placement.local import log_file_name
+from llmgw.placement.base import LaunchError, ProcessLauncher
 from llmgw.tools.deployment import ToolDeployment
 from llmgw.tools.host import ToolHost
 from llmgw.tools.replicas import LocalReplica, ToolReplica, WorkerReplica
 from llmgw.tools.schema import ArgumentsInvalid, ToolSpec, content_text
+from llmgw.tools.worker_spec import new_token, tool_worker_spec
 
 log = logging.getLogger("llmgw.tools")
 # GatewayError code -> the outcome label of llmgw_tool_calls.
@@ -55,21 +54,32 @@ class ToolResult:
 
 
 class ToolSet:
-    """Build inside the event loop that serves it; ``specs``: ``check_tools(config)``."""
+    """Build inside the event loop that serves it; ``specs``: ``check_tools(config)``.
+    ``launcher`` starts the worker processes (``replicas: N``; a launcher of their own,
+    whose callbacks this set takes) and is closed with it; without one, only in-process
+    deployments (``replicas: 0``) can start."""
 
-    def __init__(self, config: GatewayConfig, specs: list[ToolSpec], metrics: Metrics) -> None:
+    def __init__(self, config: GatewayConfig, specs: list[ToolSpec], metrics: Metrics,
+                 launcher: ProcessLauncher | None = None) -> None:
         self._config, self._metrics = config, metrics.tools
         self.metrics = metrics.tools
         self.specs = {spec.name: spec for spec in specs}
         self.deployments: dict[str, ToolDeployment] = {}
         self._session: aiohttp.ClientSession | None = None
         self._health: asyncio.Task[None] | None = None
-        # Workers' logs, made when the first worker starts; removed at close.
-        self._log_dir: Path | None = None
-        self._log_names: set[str] = set()
-        # Where tools' own calls (llmgw.context) reach this gateway.
+        self._launcher = launcher
+        self._workers: dict[str, WorkerReplica] = {}  # by launch id
+        if launcher is not None:
+            launcher.on_restart = self._restarted
+            launcher.on_lost = self._lost
+        # Workers require it on their calls; new for every gateway.
+        self._token = new_token()
+        # Where tools' own calls (llmgw.context) reach this gateway: from a Ray node, at
+        # this node's address.
         server = config.server
-        host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+        host = server.host
+        if host in ("0.0.0.0", "::", ""):
+            host = launcher.local_address() if launcher is not None else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         self.gateway_url = f"{'https' if server.tls else 'http'}://{host}:{server.port}"
 
@@ -95,12 +105,12 @@ class ToolSet:
         if entry.replicas == 0:
             return [LocalReplica(f"{entry.name}-local", await ToolHost.create(entry, specs))]
         assert self._session is not None
-        if self._log_dir is None:
-            self._log_dir = Path(tempfile.mkdtemp(prefix="llmgw-tool-logs-"))
-        workers = [WorkerReplica(rid, entry, self._session,
-                                 self._log_dir / log_file_name(rid, self._log_names),
-                                 self._restarted, self.gateway_url)
+        if self._launcher is None:
+            raise LaunchError(f"tool {entry.name!r}: workers need a launcher")
+        spec = tool_worker_spec(entry, self.gateway_url, self._token)
+        workers = [WorkerReplica(rid, spec, self._token, self._launcher, self._session)
                    for rid in (f"{entry.name}-{i}" for i in range(entry.replicas))]
+        self._workers.update((w.launch_id, w) for w in workers)
         for worker in workers:  # exported at 0, so a dashboard shows "no restarts"
             self._metrics.restarts.labels(entry.name, worker.id)
         # Registered before they start, so close() stops one that started while another
@@ -110,8 +120,25 @@ class ToolSet:
         await asyncio.gather(*(w.start() for w in workers))
         return list(workers)
 
-    def _restarted(self, deployment: str, replica_id: str) -> None:
-        self._metrics.restarts.labels(deployment, replica_id).inc()
+    def _restarted(self, deployment: str, launch_id: str) -> None:
+        """A worker restarted in place (the local launcher)."""
+        worker = self._workers.get(launch_id)
+        if worker is not None:
+            self._metrics.restarts.labels(deployment, worker.id).inc()
+
+    def _lost(self, deployment: str, launch_id: str, why: str) -> None:
+        """A worker is gone for good (the Ray launcher: its process or actor died); it is
+        started again wherever the cluster has room, under a new launch id."""
+        worker = self._workers.pop(launch_id, None)
+        if worker is None:
+            return
+        log.error("tool worker %s lost (%s); starting another", worker.id, why)
+
+        def replaced() -> None:
+            self._workers[worker.launch_id] = worker
+            self._metrics.restarts.labels(deployment, worker.id).inc()
+
+        worker.lost(replaced)
 
     async def _health_loop(self) -> None:
         assert self._session is not None
@@ -165,7 +192,8 @@ class ToolSet:
         await asyncio.gather(*(d.stop() for d in self.deployments.values()),
                              return_exceptions=True)
         self.deployments.clear()
+        self._workers.clear()
         if self._session is not None:
             await self._session.close()
-        if self._log_dir is not None:
-            await asyncio.to_thread(shutil.rmtree, self._log_dir, True)
+        if self._launcher is not None:
+            await self._launcher.close()

@@ -50,7 +50,11 @@ class Recorder:
 
     @llmgw.tool
     async def slow(self, marker: str) -> int:
-        """Wait until the gate file exists, then answer the process id."""
+        """Wait until the gate file exists, then answer the process id (``<gate>.<marker>``
+        says the call has started)."""
+        if self.gate is not None:
+            with open(f"{self.gate}.{marker}", "w"):
+                pass
         while self.gate is not None and not os.path.exists(self.gate):
             await asyncio.sleep(0.01)  # polling a file another process creates
         return os.getpid()

