@@ -97,6 +97,10 @@ class RayReplica:
         return [info["node_id"] for info in self.infos]
 
 
+# (launcher prefix, model or tool, role) -> the bundles its unplaced replica needs.
+_UNPLACED: dict[tuple[str, str, Role], list[dict[str, float]]] = {}
+
+
 class RayLauncher:
     """``prefix`` names its actors and groups (``ENGINE_PREFIX``, ``TOOL_PREFIX``);
     ``detached``: they outlive the gateway (engines) or go with its Ray job (tools)."""
@@ -111,8 +115,10 @@ class RayLauncher:
         self.on_lost: Callable[[str, str, str], None] = lambda model, replica_id, why: None
         self.on_phase: Callable[[str, str], None] = lambda replica_id, phase: None
         # Bundles of replicas that could not be placed: kept requested from the cluster
-        # autoscaler until a replica of the same pool is placed.
-        self._unplaced: dict[tuple[str, Role], list[dict[str, float]]] = {}
+        # autoscaler until a replica of the same pool is placed. One record for every
+        # launcher of this process (engines and tool workers): each autoscaler request
+        # replaces the last, so it must always carry both launchers' needs.
+        self._unplaced = _UNPLACED
         # Replicas being placed: (model, role, the node they were steered to).
         self._targets: dict[str, tuple[str, Role, str | None]] = {}
         self._choosing = asyncio.Lock()
@@ -168,7 +174,7 @@ class RayLauncher:
             raise
         self.phases.pop(replica_id, None)
         self._targets.pop(replica_id, None)
-        if self._unplaced.pop((spec.name, role), None) is not None:
+        if self._unplaced.pop((self.prefix, spec.name, role), None) is not None:
             # A standing request is a floor the cluster autoscaler keeps: lower it again.
             await asyncio.to_thread(self._request_unplaced)
         self.replicas[replica_id] = replica
@@ -184,7 +190,7 @@ class RayLauncher:
         try:
             await result(replica.group.ready(), timeout)
         except TimeoutError:
-            self._unplaced[(replica.model, replica.role)] = bundles
+            self._unplaced[(self.prefix, replica.model, replica.role)] = bundles
             await asyncio.to_thread(self._request_unplaced)
             available = await asyncio.to_thread(ray.available_resources)
             raise Unplaced(
