@@ -60,16 +60,17 @@ class PendingHashes:
 
 class PrefixParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # Characters per hashed block: 256 is ~64 tokens of English, four vLLM KV blocks.
-    # Hashing, matching and remembering cost per block, so the routing decision's CPU
-    # is about proportional to prompt size / block_chars (bench/routing_stages.py: 256
-    # halves 128's); finer buys no hits on bench/fleet_sim (its README, "Routing cost").
-    block_chars: int = Field(default=256, ge=8, le=4096)
-    # Longest prefix considered, in blocks (128 x 256 = 32k chars): bounds the work per
+    # Characters per hashed block: 128 is ~32 tokens of English, two vLLM KV blocks.
+    # Hashing and remembering cost per block, so the decision's CPU is about
+    # proportional to prompt size / block_chars (bench/routing_stages.py); 256 halves it
+    # but lost 1-2 points of hits on bench/fleet_sim's tenants matrix (its README,
+    # "Routing cost"): short turns beyond a shared system prompt fill no 256-char block.
+    block_chars: int = Field(default=128, ge=8, le=4096)
+    # Longest prefix considered, in blocks (256 x 128 = 32k chars): bounds the work per
     # request. Agents' system prompts and tool schemas alone run to 10k+ characters; a
     # shorter horizon sees only them and cannot tell which replica holds the loop's
     # history (bench/fleet_sim agent workload: 78% -> 81% hits going from 8k to 32k).
-    max_blocks: int = Field(default=128, ge=1)
+    max_blocks: int = Field(default=256, ge=1)
     # Remembered blocks per replica when the engine does not report its KV cache size.
     # When it does (vLLM), the bound follows it: the index should forget about when the
     # engine evicts, or it promises cache hits the engine no longer has.

@@ -266,13 +266,13 @@ def test_index_size_follows_the_learned_characters_per_token() -> None:
     scorer = policy.scorers[0][0]  # type: ignore[attr-defined]
     replica = ReplicaView(id="r0", model="m", kv_capacity_tokens=128_000)
     policy.rank(ctx(SYSTEM), [replica])
-    assert scorer.index._capacity["r0"] == 128_000 * 4 // 256  # the configured 4.0 at first
+    assert scorer.index._capacity["r0"] == 128_000 * 4 // 128  # the configured 4.0 at first
     for i in range(15):  # a language/tokenizer with 2 characters per token
         policy.on_done(ctx("x" * 200, rid=f"d{i}"), "r0", "ok", prompt_tokens=100)
-    assert scorer.index._capacity["r0"] == 2000  # too few samples to act on yet
+    assert scorer.index._capacity["r0"] == 4000  # too few samples to act on yet
     policy.on_done(ctx("x" * 200, rid="d15"), "r0", "ok", prompt_tokens=100)
     assert scorer.chars_per_token == pytest.approx(2.0)
-    assert scorer.index._capacity["r0"] == 1000
+    assert scorer.index._capacity["r0"] == 2000
     policy.on_done(ctx("", rid="none"), "r0", "ok", prompt_tokens=100)  # no prompt: no sample
     assert scorer.chars_per_token == pytest.approx(2.0)
 
