@@ -8,8 +8,9 @@ request before the engine sees it, timed on its own in process (pure CPU, no I/O
 parsing the JSON body, validating it, rendering the prompt text, the session key (a
 header, or the fingerprint of a body without one), the token estimate for limits,
 hashing the prompt's blocks, and the whole routing decision (``rank`` + ``on_routed``)
-of prefix-aware and session-aware over a warm index. Prints a table of µs per request
-and µs per KB of prompt.
+of prefix-aware and session-aware over a warm index, each request right after its
+session's previous turn (the same history without the last exchange). Prints a table of
+µs per request and µs per KB of prompt.
 """
 
 from __future__ import annotations
@@ -134,20 +135,26 @@ def measure(kb: int, replicas: int, requests: int) -> dict[str, float]:
             samples["block hashes"],
             lambda prompt=prompt: block_hashes(prompt, block.block_chars, block.max_blocks),
         )
+        # The session's previous turn (its history without the last exchange) is routed
+        # first, untimed: a conversation's turns grow, so each resends the one before.
+        earlier = prompt_text({"messages": parsed["messages"][:-2]})
         for name, policy in policies.items():
-            ctx = RequestContext(
-                request_id=f"q{i}",
-                model="m",
-                endpoint="chat",
-                stream=True,
-                prompt=prompt,
-                session_id=f"s{i % len(bodies)}",
-            )
+            # prefix-aware keys no sessions: the gateway computes no session key for it.
+            session = f"s{i}" if name == "session-aware" else None
 
-            def decide(policy: Any = policy, ctx: RequestContext = ctx) -> None:
+            def route(text: str, rid: str, policy: Any = policy, session: Any = session) -> None:
+                ctx = RequestContext(
+                    request_id=rid,
+                    model="m",
+                    endpoint="chat",
+                    stream=True,
+                    prompt=text,
+                    session_id=session,
+                )
                 policy.on_routed(ctx, policy.rank(ctx, views)[0].id)
 
-            timed(samples[f"{name} decision"], decide)
+            route(earlier, f"p{i}")
+            timed(samples[f"{name} decision"], lambda r=route, t=prompt, q=f"q{i}": r(t, q))
     return {stage: median_us(values) for stage, values in samples.items()}
 
 

@@ -18,7 +18,7 @@ from llmgw.routing.affinity import (
     beyond_common_prefix,
 )
 from llmgw.routing.base import Need
-from llmgw.routing.prefix_index import PrefixIndex, block_hashes
+from llmgw.routing.prefix_index import HistoryHashes, PrefixIndex, block_hashes
 from llmgw.types import ReplicaView, RequestContext
 
 # Block hashes held for requests between scoring and routing, all requests together:
@@ -101,15 +101,24 @@ class PrefixCacheScorer:
         self._pending = PendingHashes()
         self._predictions = PredictionLedger()
         self._capacity = CapacityWatch()
+        self._history = HistoryHashes()
         self.chars_per_token = self._applied_chars_per_token = p.chars_per_token
         self._samples = 0
 
     def _hashes(self, ctx: RequestContext) -> list[int]:
         hashes = self._pending.get(ctx.request_id)
         if hashes is None:
-            hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
+            hashes = self._hash(ctx)
             self._pending.put(ctx.request_id, hashes)
         return hashes
+
+    def _hash(self, ctx: RequestContext) -> list[int]:
+        """A session (when the policy keys sessions) rehashes only what its history
+        added since its last turn."""
+        p = self.params
+        if ctx.session_id:
+            return self._history.hashes(ctx.session_id, ctx.prompt, p.block_chars, p.max_blocks)
+        return block_hashes(ctx.prompt, p.block_chars, p.max_blocks)
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
         for rid, tokens in self._capacity.changed(replicas):
@@ -125,7 +134,7 @@ class PrefixCacheScorer:
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         hashes = self._pending.pop(ctx.request_id)
         if hashes is None:
-            hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
+            hashes = self._hash(ctx)
         self._predictions.routed(ctx.request_id, replica_id)
         self.index.insert(replica_id, hashes)
 

@@ -23,17 +23,51 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 
-def block_hashes(text: str, block_chars: int, max_blocks: int) -> list[int]:
+def block_hashes(text: str, block_chars: int, max_blocks: int,
+                 known: Sequence[int] = ()) -> list[int]:
     """Hashes of the first ``max_blocks`` full blocks of ``text``, each chained to its
-    parent. Python's str hash is salted per process, which is fine: the index lives in
-    one process."""
-    hashes: list[int] = []
-    parent = 0
+    parent; ``known`` are those of its first blocks, already computed (a resent history).
+    Python's str hash is salted per process, which is fine: the index lives in one
+    process."""
+    hashes = list(known[:max_blocks])
+    parent = hashes[-1] if hashes else 0
     end = min(len(text) // block_chars, max_blocks) * block_chars
-    for start in range(0, end, block_chars):
+    for start in range(len(hashes) * block_chars, end, block_chars):
         parent = hash((parent, text[start : start + block_chars]))
         hashes.append(parent)
     return hashes
+
+
+# Characters of hashed history kept for sessions, all together (a str of ASCII text
+# costs about a byte a character): 16 MB.
+HISTORY_CHARS = 1 << 24
+
+
+class HistoryHashes:
+    """Session key -> the hashed part of its last prompt and those hashes. A conversation
+    resends its history every turn, so the next turn checks that it starts with that text
+    (a memory compare) and hashes only what was added. Least recently used first out,
+    bounded in characters held."""
+
+    def __init__(self, max_chars: int = HISTORY_CHARS) -> None:
+        self.max_chars = max_chars
+        self._entries: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
+        self._chars = 0
+
+    def hashes(self, key: str, text: str, block_chars: int, max_blocks: int) -> list[int]:
+        entry = self._entries.pop(key, None)
+        known: list[int] = []
+        if entry is not None:
+            self._chars -= len(entry[0])
+            if text.startswith(entry[0]):
+                known = entry[1]
+        hashes = block_hashes(text, block_chars, max_blocks, known)
+        hashed = text[:len(hashes) * block_chars]
+        self._entries[key] = (hashed, hashes)
+        self._chars += len(hashed)
+        while self._chars > self.max_chars and self._entries:
+            self._chars -= len(self._entries.popitem(last=False)[1][0])
+        return hashes
 
 
 class PrefixIndex:

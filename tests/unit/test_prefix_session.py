@@ -13,7 +13,7 @@ from llmgw.config import ConfigError, GatewayConfig
 from llmgw.routing.affinity import matched_depths
 from llmgw.routing.base import LoadGuard
 from llmgw.routing.prefix_cache import PrefixCacheScorer, PrefixParams
-from llmgw.routing.prefix_index import PrefixIndex, block_hashes
+from llmgw.routing.prefix_index import HistoryHashes, PrefixIndex, block_hashes
 from llmgw.routing.registry import make_policy
 from llmgw.routing.session import SessionScorer, pick_for_session, session_key
 from llmgw.types import ReplicaView, RequestContext
@@ -292,3 +292,18 @@ def test_bisected_depths_equal_a_walk_on_what_the_index_holds(seed: int) -> None
     for hashes in as_hashes:
         assert index.matched(hashes, replicas) == matched_depths(
             hashes, index._holders, replicas)
+
+
+def test_a_session_rehashes_only_what_its_history_added() -> None:
+    history = HistoryHashes(max_chars=100)
+    turn1, turn2 = "a" * 40 + "b" * 25, "a" * 40 + "b" * 25 + "c" * 30
+    assert history.hashes("s", turn1, 8, 50) == block_hashes(turn1, 8, 50)
+    # The resent history is taken as it was hashed; only the 4 new blocks are hashed.
+    grown = history.hashes("s", turn2, 8, 50)
+    assert grown == block_hashes(turn2, 8, 50) and len(grown) == 11
+    # A prompt that does not start with the session's last one is hashed afresh.
+    edited = "x" + turn2[1:]
+    assert history.hashes("s", edited, 8, 50) == block_hashes(edited, 8, 50)
+    assert history.hashes("t", turn1, 8, 5) == block_hashes(turn1, 8, 5)  # the horizon holds
+    history.hashes("u", "z" * 64, 8, 50)  # 88 + 40 + 64 characters: the oldest leave
+    assert [key for key in history._entries] == ["u"]
