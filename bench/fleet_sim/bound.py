@@ -56,9 +56,10 @@ class Trace:
             n = token_count(request.prompt)
             self.prompt_tokens += n
             prompt_blocks = block_hashes(request.prompt, block_tokens)
-            self.lookups.append(prompt_blocks[:max(0, n - 1) // block_tokens])
-            self.produced.append({*prompt_blocks,
-                                  *block_hashes(request.prompt + request.reply, block_tokens)})
+            self.lookups.append(prompt_blocks[: max(0, n - 1) // block_tokens])
+            self.produced.append(
+                {*prompt_blocks, *block_hashes(request.prompt + request.reply, block_tokens)}
+            )
         self.when_looked_up: dict[bytes, list[int]] = defaultdict(list)
         for i, blocks in enumerate(self.lookups):
             for block in blocks:
@@ -69,8 +70,11 @@ def bound_hits(trace: Trace, replicas: int, load_limit: float) -> int:
     """Block hits possible when no replica gets more than ``load_limit`` x the mean
     request count (``math.inf``: no limit): each block's lookups minus the misses that
     its first appearance and its spreading force."""
-    per_replica = max(1, math.floor(load_limit * len(trace.lookups) / replicas)) \
-        if math.isfinite(load_limit) else len(trace.lookups)
+    per_replica = (
+        max(1, math.floor(load_limit * len(trace.lookups) / replicas))
+        if math.isfinite(load_limit)
+        else len(trace.lookups)
+    )
     producers_only: dict[bytes, int] = defaultdict(int)
     first_produced: dict[bytes, int] = {}
     for i, (lookups, produced) in enumerate(zip(trace.lookups, trace.produced, strict=True)):
@@ -86,12 +90,13 @@ def bound_hits(trace: Trace, replicas: int, load_limit: float) -> int:
     return hits
 
 
-def hit_bound(sent: Sequence[Sent], block_tokens: int, replicas: int,
-              load_limit: float) -> Bound:
+def hit_bound(sent: Sequence[Sent], block_tokens: int, replicas: int, load_limit: float) -> Bound:
     """Both bounds as shares of the trace's prompt tokens."""
     trace = Trace(sent, block_tokens)
     if not trace.prompt_tokens:
         return Bound(0.0, 0.0)
     scale = block_tokens / trace.prompt_tokens
-    return Bound(bound_hits(trace, replicas, math.inf) * scale,
-                 bound_hits(trace, replicas, load_limit) * scale)
+    return Bound(
+        bound_hits(trace, replicas, math.inf) * scale,
+        bound_hits(trace, replicas, load_limit) * scale,
+    )
