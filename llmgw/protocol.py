@@ -7,6 +7,7 @@ forwarded: models allow extra fields, and the gateway relays the client's own by
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -261,26 +262,37 @@ def normalized_usage(payload: Any) -> dict[str, Any] | None:
             "prompt_tokens_details": usage.get("input_tokens_details")}
 
 
-def prompt_text(body: dict[str, Any]) -> str:
+def prompt_text(body: Mapping[str, Any]) -> str:
     """The prompt as one string, for prefix hashing: chat messages (or the Responses API's
     ``instructions`` and ``input`` items) rendered in order (role, then text content), or
     the completion prompt (or a single ``input`` string). Not the engine's chat template:
     only a stable rendering whose prefixes line up with the engine's. Only text counts:
     whatever is not a string is skipped (the engine, not routing, judges it)."""
+    return "".join(_prompt_parts(body))
+
+
+def prompt_length(body: Mapping[str, Any]) -> int:
+    """``len(prompt_text(body))`` without joining the parts into one string (a token
+    estimate needs only the length)."""
+    return sum(map(len, _prompt_parts(body)))
+
+
+def _prompt_parts(body: Mapping[str, Any]) -> list[str]:
     instructions = body.get("instructions")
-    head = f"<system>{instructions}" if isinstance(instructions, str) else ""
+    parts = ["<system>", instructions] if isinstance(instructions, str) else []
     messages = body.get("messages", body.get("input"))
     if isinstance(messages, list) and ("messages" in body or
                                        any(isinstance(m, dict) for m in messages)):
-        parts = [head]
         for message in messages:
             if isinstance(message, dict):
                 role = message.get("role")
-                parts.append(f"<{role if isinstance(role, str) else ''}>"
-                             f"{content_text(message.get('content'))}")
-        return "".join(parts)
+                parts += ("<", role if isinstance(role, str) else "", ">",
+                          content_text(message.get("content")))
+        return parts
     prompt = body.get("prompt", body.get("input"))
-    return head + prompt if isinstance(prompt, str) else head
+    if isinstance(prompt, str):
+        parts.append(prompt)
+    return parts
 
 
 def content_text(content: Any) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.fleet_sim.tokens import render_chat
 from bench.fleet_sim.workloads import Message, Session, Workload
 
 REQUEST_TIMEOUT_S = 60.0
@@ -44,6 +45,10 @@ class Result:
     replica: str = ""  # the engine's system_fingerprint
     sim: dict[str, Any] = field(default_factory=dict)  # the engine's simulated timings
     content: str = ""
+    # The rendered prompt and the order it was sent in (from 0): the trace the hit-rate
+    # bound (bound.py) is computed over.
+    prompt: str = ""
+    sent: int = -1
 
 
 def _absorb(result: Result, event: dict[str, Any], started: float) -> None:
@@ -117,6 +122,7 @@ class Replay:
         self.open = 0
         self.results: list[Result] = []
         self.changed = asyncio.Condition()
+        self._sent = itertools.count()
 
     def _fill(self) -> None:
         while self.open < self.active and self.queue:
@@ -159,7 +165,7 @@ class Replay:
         if session.sticky:
             body["user"] = session.id
             headers["x-session-id"] = session.id
-        result = Result(session.id)
+        result = Result(session.id, prompt=render_chat(history), sent=next(self._sent))
         await send(http, self.pick_url(), orjson.dumps(body), headers, result)
         self.results.append(result)
         history.append({"role": "assistant", "content": result.content})

@@ -26,7 +26,7 @@ from pathlib import Path
 from bench.fleet_sim import targets as tg
 from bench.fleet_sim.arrivals import KINDS, schedule
 from bench.fleet_sim.replica import CostModel
-from bench.fleet_sim.report import Row, markdown, table
+from bench.fleet_sim.report import Row, markdown, of_bound, table
 from bench.fleet_sim.run import Context, finish, run_one
 from bench.fleet_sim.tenants import kv_blocks, tenants, working_set_tokens
 from bench.processes import free_ports, wait_ready
@@ -82,12 +82,12 @@ def matrix_tables(rows: list[Row]) -> tuple[str, str]:
             row = by_key.get((name, cell))
             line.append("-" if row is None else "n/a" if row.reason else
                         f"{row.hit_rate * 100:.1f}% / {row.ttft_p99_ms:.0f} / "
-                        f"{row.load_imbalance:.2f}")
+                        f"{row.load_imbalance:.2f} / {of_bound(row) * 100:.0f}%")
             judged.append("-" if row is None else verdict(row, by_key.get((REFERENCE, cell))))
         values.append(line)
         if name.startswith("llmgw/"):
             verdicts.append(judged)
-    return (markdown(["target (hit % / TTFT p99 ms / load imb.)", *cells], values),
+    return (markdown(["target (hit % / TTFT p99 ms / load imb. / % of bound)", *cells], values),
             markdown([f"llmgw target vs {REFERENCE}", *cells], verdicts))
 
 

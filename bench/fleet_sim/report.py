@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.fleet_sim.bound import LOAD_LIMIT, Sent, hit_bound
 from bench.fleet_sim.loadgen import Result
 
 
@@ -43,6 +44,10 @@ class Row:
     load_imbalance: float = 0.0
     count_imbalance: float = 0.0
     evicted_blocks: int = 0
+    # Upper bounds on hit_rate over this replay's own trace (bound.py): for any router,
+    # and for routers whose count imbalance is within bound.LOAD_LIMIT.
+    hit_bound_any: float = 0.0
+    hit_bound_loaded: float = 0.0
     # CPUs (cores) used during the replay by the sims, the router, the client (with the
     # in-process oracle) and everything else on the machine.
     cpu: dict[str, float] = field(default_factory=dict)
@@ -54,6 +59,13 @@ class Row:
     def label(self) -> str:
         """The target, with `` x<N>`` for several gateway instances."""
         return self.target if self.instances == 1 else f"{self.target} x{self.instances}"
+
+
+def of_bound(row: Row) -> float:
+    """The row's hit rate as a share of the bound that holds for it: the load-limited one
+    when its count imbalance is within the limit, else the one for any load."""
+    bound = row.hit_bound_loaded if row.count_imbalance <= LOAD_LIMIT else row.hit_bound_any
+    return row.hit_rate / bound if bound else 0.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -71,8 +83,10 @@ def _imbalance(values: list[float]) -> float:
 
 def summarize(target: str, workload: str, results: list[Result], wall_s: float,
               fleet: dict[str, dict[str, Any]], cpu: dict[str, float],
-              instances: int = 1) -> Row:
+              instances: int = 1, block_tokens: int = 16) -> Row:
     good = [r for r in results if r.ok]
+    trace = [Sent(r.prompt, r.content) for r in sorted(good, key=lambda r: r.sent)]
+    bound = hit_bound(trace, block_tokens, max(1, len(fleet)), LOAD_LIMIT)
     prompt = sum(r.prompt_tokens for r in good)
     ttft = [r.ttft_ms for r in good]
     engine_ttft = [float(r.sim.get("ttft_ms", 0.0)) for r in good if r.sim]
@@ -89,22 +103,26 @@ def summarize(target: str, workload: str, results: list[Result], wall_s: float,
         load_imbalance=_imbalance([s["load_avg"] for s in fleet.values()]),
         count_imbalance=_imbalance([float(s["requests"]) for s in fleet.values()]),
         evicted_blocks=sum(int(s["evicted_blocks"]) for s in fleet.values()),
+        hit_bound_any=bound.any_load, hit_bound_loaded=bound.loaded,
         cpu=cpu,
         per_replica={name: int(s["requests"]) for name, s in sorted(fleet.items())},
         error_sample=bad[0].error if bad else "",
-        requests=[{k: v for k, v in asdict(r).items() if k != "content"} for r in results],
+        requests=[{k: v for k, v in asdict(r).items() if k not in ("content", "prompt")}
+                  for r in results],
     )
 
 
-_COLUMNS = ("target", "hit %", "TTFT p50/p99 ms", "engine TTFT p50/p99 ms", "req/s",
-            "out tok/s", "load imb.", "count imb.", "per-replica requests", "ok/err",
-            "CPU sim/rtr/cli/other")
+_COLUMNS = ("target", "hit %", "hit bound % (any / limited)", "% of bound",
+            "TTFT p50/p99 ms", "engine TTFT p50/p99 ms", "req/s", "out tok/s", "load imb.",
+            "count imb.", "per-replica requests", "ok/err", "CPU sim/rtr/cli/other")
 
 
 def _cells(row: Row) -> list[str]:
     if row.reason:
         return [row.label, f"n/a: {row.reason}", *[""] * (len(_COLUMNS) - 2)]
     return [row.label, f"{row.hit_rate * 100:.1f}",
+            f"{row.hit_bound_any * 100:.1f} / {row.hit_bound_loaded * 100:.1f}",
+            f"{of_bound(row) * 100:.0f}",
             f"{row.ttft_p50_ms:.0f} / {row.ttft_p99_ms:.0f}",
             f"{row.engine_ttft_p50_ms:.0f} / {row.engine_ttft_p99_ms:.0f}",
             f"{row.req_per_s:.1f}", f"{row.out_tok_per_s:.0f}",

@@ -165,7 +165,8 @@ async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Na
         except StartError as exc:
             return Row(name, workload.name, reason=" ".join(str(exc).split())[:300],
                        instances=instances)
-    return summarize(name, workload.name, replay.results, wall, fleet, cpu, instances)
+    return summarize(name, workload.name, replay.results, wall, fleet, cpu, instances,
+                     ctx.block_tokens)
 
 
 def _counts(text: str) -> list[int]:

@@ -27,6 +27,7 @@ def start_sims(logs: Path, ports: list[int], cost_flags: list[str]) -> Proc:
 
 # ``llmgw/default``: the model has no ``routing:`` key, so it gets what a new user gets.
 DEFAULT_POLICY = "default"
+B256 = {"block_chars": 256, "max_blocks": 128}
 # Policies the bench defines under ``policies:`` (not built in): candidates for the default
 # policy, measured side by side with the built-in ones (issue 15).
 CANDIDATES: dict[str, dict[str, object]] = {
@@ -60,6 +61,13 @@ CANDIDATES: dict[str, dict[str, object]] = {
                                         {"type": "prefix-cache", "weight": 1},
                                         {"type": "least-load", "weight": 1}],
                             "load_guard": {"abs_threshold": 2, "rel_threshold": 1.25}},
+    # prefix-aware and session-aware with 256-character blocks, half the hashing of the
+    # default 128 (issue 15, point 6: the routing decision's CPU against its hit rate).
+    "prefix-b256": {"scorers": [{"type": "prefix-cache", "weight": 2, "params": B256},
+                                {"type": "least-load", "weight": 1}]},
+    "session-b256": {"scorers": [{"type": "session", "weight": 3},
+                                 {"type": "prefix-cache", "weight": 1, "params": B256},
+                                 {"type": "least-load", "weight": 1}]},
 }
 
 

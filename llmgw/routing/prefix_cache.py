@@ -18,7 +18,7 @@ from llmgw.routing.affinity import (
     beyond_common_prefix,
 )
 from llmgw.routing.base import Need
-from llmgw.routing.prefix_index import PrefixIndex, block_hashes
+from llmgw.routing.prefix_index import HistoryHashes, PrefixIndex, block_hashes
 from llmgw.types import ReplicaView, RequestContext
 
 # Block hashes held for requests between scoring and routing, all requests together:
@@ -61,12 +61,15 @@ class PendingHashes:
 class PrefixParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     # Characters per hashed block: 128 is ~32 tokens of English, two vLLM KV blocks.
-    # Finer costs more per decision (bench/routing_cost.py) and buys little routing.
+    # Hashing and remembering cost per block, so the decision's CPU is about
+    # proportional to prompt size / block_chars (bench/routing_stages.py); 256 halves it
+    # but lost 1-2 points of hits on bench/fleet_sim's tenants matrix (its README,
+    # "Routing cost"): short turns beyond a shared system prompt fill no 256-char block.
     block_chars: int = Field(default=128, ge=8, le=4096)
     # Longest prefix considered, in blocks (256 x 128 = 32k chars): bounds the work per
     # request. Agents' system prompts and tool schemas alone run to 10k+ characters; a
     # shorter horizon sees only them and cannot tell which replica holds the loop's
-    # history (bench/fleet_sim agent workload: 78% -> 81% hits going from 64 to 256).
+    # history (bench/fleet_sim agent workload: 78% -> 81% hits going from 8k to 32k).
     max_blocks: int = Field(default=256, ge=1)
     # Remembered blocks per replica when the engine does not report its KV cache size.
     # When it does (vLLM), the bound follows it: the index should forget about when the
@@ -98,15 +101,24 @@ class PrefixCacheScorer:
         self._pending = PendingHashes()
         self._predictions = PredictionLedger()
         self._capacity = CapacityWatch()
+        self._history = HistoryHashes()
         self.chars_per_token = self._applied_chars_per_token = p.chars_per_token
         self._samples = 0
 
     def _hashes(self, ctx: RequestContext) -> list[int]:
         hashes = self._pending.get(ctx.request_id)
         if hashes is None:
-            hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
+            hashes = self._hash(ctx)
             self._pending.put(ctx.request_id, hashes)
         return hashes
+
+    def _hash(self, ctx: RequestContext) -> list[int]:
+        """A session (when the policy keys sessions) rehashes only what its history
+        added since its last turn."""
+        p = self.params
+        if ctx.session_id:
+            return self._history.hashes(ctx.session_id, ctx.prompt, p.block_chars, p.max_blocks)
+        return block_hashes(ctx.prompt, p.block_chars, p.max_blocks)
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
         for rid, tokens in self._capacity.changed(replicas):
@@ -122,7 +134,7 @@ class PrefixCacheScorer:
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         hashes = self._pending.pop(ctx.request_id)
         if hashes is None:
-            hashes = block_hashes(ctx.prompt, self.params.block_chars, self.params.max_blocks)
+            hashes = self._hash(ctx)
         self._predictions.routed(ctx.request_id, replica_id)
         self.index.insert(replica_id, hashes)
 

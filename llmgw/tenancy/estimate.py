@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llmgw.protocol import prompt_text
+from llmgw.protocol import prompt_length
 
 CHARS_PER_TOKEN = 4
 
@@ -23,7 +23,7 @@ def estimate_tokens(body: Mapping[str, Any]) -> int:
         return max(1, sum(len(p) if isinstance(p, list) else
                           len(p) // CHARS_PER_TOKEN if isinstance(p, str) else 0
                           for p in prompt))
-    return max(1, len(prompt_text(dict(body))) // CHARS_PER_TOKEN)
+    return max(1, prompt_length(body) // CHARS_PER_TOKEN)
 
 
 def used_tokens(usage: Mapping[str, Any] | None) -> tuple[int | None, int | None]:

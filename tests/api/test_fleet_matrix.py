@@ -15,6 +15,7 @@ import pytest
 
 from bench.fleet_sim import matrix
 from bench.fleet_sim.arrivals import BURST, schedule
+from bench.fleet_sim.bound import LOAD_LIMIT
 from bench.fleet_sim.report import Row
 from bench.fleet_sim.targets import CANDIDATES, llmgw_config
 from bench.fleet_sim.tenants import kv_blocks, tenants, working_set_tokens
@@ -57,7 +58,8 @@ def test_arrivals_keep_the_mean_rate_and_shape() -> None:
 
 
 def _row(target: str, cell: str, hit: float, p99: float, load: float) -> Row:
-    return Row(target, cell, hit_rate=hit, ttft_p99_ms=p99, load_imbalance=load)
+    return Row(target, cell, hit_rate=hit, ttft_p99_ms=p99, load_imbalance=load,
+               count_imbalance=load, hit_bound_any=0.95, hit_bound_loaded=0.9)
 
 
 def test_verdict_names_every_missed_criterion_against_sglang_defaults() -> None:
@@ -67,7 +69,9 @@ def test_verdict_names_every_missed_criterion_against_sglang_defaults() -> None:
         "hit 80.0% < 89.0%; p99 350 > 300 ms; load 1.30")
     assert matrix.verdict(_row("llmgw/x", "c", 0.9, 1, 1), None) == "n/a"
     values, verdicts = matrix.matrix_tables([ref, _row("llmgw/x", "c", 0.90, 250, 1.1)])
-    assert "| llmgw/x | 90.0% / 250 / 1.10 |" in values.splitlines()
+    # Within the load limit (1.2 by count): the row is measured against the limited bound.
+    assert "| llmgw/x | 90.0% / 250 / 1.10 / 100% |" in values.splitlines()
+    assert f"| {matrix.REFERENCE} | 89.0% / 300 / 1.90 / 94% |" in values.splitlines()
     assert verdicts.splitlines()[-1] == "| llmgw/x | met |"
 
 
@@ -91,6 +95,10 @@ def test_quick_matrix_replays_the_base_cell_open_loop(tmp_path: Path) -> None:
         assert (row["ok"], row["errors"]) == (requests, 0), row["error_sample"]
         assert sum(row["per_replica"].values()) == requests
         assert row["hit_rate"] > 0  # every tenant's system prompt is reused
+        # The bound holds on the replay's own trace, and the limited one within its limit.
+        assert row["hit_rate"] <= row["hit_bound_any"]
+        if row["count_imbalance"] <= LOAD_LIMIT:
+            assert row["hit_rate"] <= row["hit_bound_loaded"] <= row["hit_bound_any"]
 
 
 def test_cells_are_chosen_by_name_or_position() -> None:

@@ -10,9 +10,10 @@ from hashlib import blake2b
 import pytest
 
 from llmgw.config import ConfigError, GatewayConfig
+from llmgw.routing.affinity import matched_depths
 from llmgw.routing.base import LoadGuard
 from llmgw.routing.prefix_cache import PrefixCacheScorer, PrefixParams
-from llmgw.routing.prefix_index import PrefixIndex, block_hashes
+from llmgw.routing.prefix_index import HistoryHashes, PrefixIndex, block_hashes
 from llmgw.routing.registry import make_policy
 from llmgw.routing.session import SessionScorer, pick_for_session, session_key
 from llmgw.types import ReplicaView, RequestContext
@@ -43,9 +44,11 @@ def test_prefix_index_is_bounded_per_replica_and_forgets_old_entries() -> None:
     index = PrefixIndex(capacity_per_replica=5, ttl_s=10, clock=lambda: now[0])
     index.insert("a", list(range(8)))
     index.insert("b", [0, 1])
-    assert index.size("a") == 5 and index.matched([3, 4, 5, 6, 7], ["a", "b"]) == {
-        "a": 5, "b": 0}
-    assert index.matched([0, 1, 2], ["a", "b", "c"]) == {"a": 0, "b": 2, "c": 0}
+    # The tail goes first (as the engine evicts): what a replica holds stays a prefix.
+    assert index.size("a") == 5 and index.matched(list(range(8)), ["a", "b"]) == {
+        "a": 5, "b": 2}
+    assert index.matched([5, 6, 7], ["a", "b"]) == {"a": 0, "b": 0}
+    assert index.matched([0, 1, 2], ["a", "b", "c"]) == {"a": 3, "b": 2, "c": 0}
     now[0] = 11.0
     index.insert("a", [42])  # expiry happens on insert
     assert index.size("a") == 1 and index.blocks() == 3  # 42 on a; 0 and 1 on b
@@ -272,3 +275,35 @@ def test_index_size_follows_the_learned_characters_per_token() -> None:
     assert scorer.index._capacity["r0"] == 2000
     policy.on_done(ctx("", rid="none"), "r0", "ok", prompt_tokens=100)  # no prompt: no sample
     assert scorer.chars_per_token == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_bisected_depths_equal_a_walk_on_what_the_index_holds(seed: int) -> None:
+    """The index's lookup bisects on its prefix-closed holdings; a block-by-block walk
+    (the engine-report index's way) must give the same depths, evictions included."""
+    rng = random.Random(seed)
+    index = PrefixIndex(capacity_per_replica=rng.randrange(4, 40), ttl_s=60,
+                        clock=lambda: 0.0)
+    chains = [[rng.randrange(3) for _ in range(rng.randrange(1, 30))] for _ in range(12)]
+    as_hashes = [[hash(tuple(c[:i + 1])) for i in range(len(c))] for c in chains]
+    replicas = ["a", "b", "c", "d"]
+    for hashes in rng.choices(as_hashes, k=40):
+        index.insert(rng.choice(replicas), hashes)
+    for hashes in as_hashes:
+        assert index.matched(hashes, replicas) == matched_depths(
+            hashes, index._holders, replicas)
+
+
+def test_a_session_rehashes_only_what_its_history_added() -> None:
+    history = HistoryHashes(max_chars=100)
+    turn1, turn2 = "a" * 40 + "b" * 25, "a" * 40 + "b" * 25 + "c" * 30
+    assert history.hashes("s", turn1, 8, 50) == block_hashes(turn1, 8, 50)
+    # The resent history is taken as it was hashed; only the 4 new blocks are hashed.
+    grown = history.hashes("s", turn2, 8, 50)
+    assert grown == block_hashes(turn2, 8, 50) and len(grown) == 11
+    # A prompt that does not start with the session's last one is hashed afresh.
+    edited = "x" + turn2[1:]
+    assert history.hashes("s", edited, 8, 50) == block_hashes(edited, 8, 50)
+    assert history.hashes("t", turn1, 8, 5) == block_hashes(turn1, 8, 5)  # the horizon holds
+    history.hashes("u", "z" * 64, 8, 50)  # 88 + 40 + 64 characters: the oldest leave
+    assert [key for key in history._entries] == ["u"]

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from llmgw.protocol import prompt_text
+from llmgw.protocol import prompt_length, prompt_text
 from llmgw.routing.affinity import PENDING_LIMIT
 from llmgw.routing.prefix_cache import PENDING_HASHES, PendingHashes, PrefixCacheScorer
 from llmgw.routing.session import SessionScorer, session_key
@@ -106,3 +106,4 @@ def test_pending_hashes_evict_the_oldest_and_keep_count() -> None:
 )
 def test_prompt_text_keeps_only_text(body: dict[str, object], text: str) -> None:
     assert prompt_text(body) == text
+    assert prompt_length(body) == len(text)  # the token estimate's count, never joined
