@@ -14,6 +14,8 @@ the target. Prints a table per workload, a summary and the goals checked on chat
 ``--instances 1,2,4`` runs each llmgw target as 1, then 2, then 4 gateway processes on
 the same sims, requests spread over them round robin, back to back so that the machine's
 load drifts little between them, and prints a table comparing the counts side by side.
+``--workers N`` runs each llmgw target as one `llmgw up` with ``server.workers: N`` (N
+processes on one port, the kernel spreading connections over them).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Context:
     urls: dict[str, str]  # sim-<port> -> base URL
     seed: int
     block_tokens: int
+    workers: int = 1  # server.workers of every llmgw target
 
     @property
     def process(self) -> psutil.Process:
@@ -111,7 +114,7 @@ async def open_target(name: str, ctx: Context, instances: int = 1) -> AsyncItera
         finally:
             await proxy.stop()
     elif kind in ("llmgw", "sglang-router"):
-        procs = (tg.start_llmgw(ctx.logs, policy, urls, instances) if kind == "llmgw"
+        procs = (tg.start_llmgw(ctx.logs, policy, urls, instances, ctx.workers) if kind == "llmgw"
                  else [tg.start_sglang_router(ctx.logs, policy, urls)])
         try:
             for proc in procs:
@@ -191,6 +194,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--instances", type=_counts, default=[1],
                    help="llmgw gateway processes in front of the fleet, e.g. 1,2,4: each "
                         "llmgw target runs once per count (the other targets once)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server.workers of each llmgw target (processes on one port)")
     p.add_argument("--time-limit", type=float, default=120.0, help="seconds per replay")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", action="store_true",
@@ -222,7 +227,7 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
         "block_tokens")]
     sims = tg.start_sims(logs, ports, flags)
     ctx = Context(logs, sims, {f"sim-{p}": f"http://127.0.0.1:{p}" for p in ports}, args.seed,
-                  args.block_tokens)
+                  args.block_tokens, args.workers)
     rows: list[Row] = []
     try:
         await wait_ready(sims, "/health", 30)
