@@ -46,8 +46,7 @@ def worker_socket(run_dir: Path, index: int) -> Path:
 
 
 def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status,
-                        content_type="application/json")
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 async def serve_unix(app: web.Application, path: Path) -> web.AppRunner:
@@ -59,14 +58,17 @@ async def serve_unix(app: web.Application, path: Path) -> web.AppRunner:
     return runner
 
 
-async def post(path: Path, route: str, body: dict[str, Any],
-               timeout_s: float = APPLY_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
+async def post(
+    path: Path, route: str, body: dict[str, Any], timeout_s: float = APPLY_TIMEOUT_S
+) -> tuple[int, dict[str, Any]]:
     """POST JSON to a control socket: (status, JSON answer). Raises OSError or
     aiohttp.ClientError when nothing answers there."""
     connector = aiohttp.UnixConnector(path=str(path))
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session, \
-            session.post(f"http://llmgw{route}", data=orjson.dumps(body)) as answer:
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        session.post(f"http://llmgw{route}", data=orjson.dumps(body)) as answer,
+    ):
         return answer.status, orjson.loads(await answer.read())
 
 
@@ -108,18 +110,20 @@ class WorkerDirectory:
     async def watch(self, since: int, wait_s: float) -> tuple[int, list[dict[str, object]]]:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=str(self._path)))
+                connector=aiohttp.UnixConnector(path=str(self._path))
+            )
         url = f"http://llmgw/members?since={since}&wait={wait_s}"
-        async with self._session.get(url, timeout=aiohttp.ClientTimeout(
-                total=wait_s + 10)) as answer:
+        async with self._session.get(
+            url, timeout=aiohttp.ClientTimeout(total=wait_s + 10)
+        ) as answer:
             answer.raise_for_status()
             data = orjson.loads(await answer.read())
         return int(data["generation"]), list(data["members"])
 
 
-def supervisor_app(directory: SupervisorDirectory,
-                   changed: Callable[[Change, int | None], Awaitable[list[str]]]
-                   ) -> web.Application:
+def supervisor_app(
+    directory: SupervisorDirectory, changed: Callable[[Change, int | None], Awaitable[list[str]]]
+) -> web.Application:
     """``changed(what, origin)`` applies a change here and in the other workers; it
     returns what failed (empty: all applied)."""
 
@@ -168,8 +172,7 @@ async def tell_workers(run_dir: Path, indexes: list[int], what: Change) -> list[
 
     async def one(index: int) -> str | None:
         try:
-            status, answer = await post(worker_socket(run_dir, index), "/apply",
-                                        {"what": what})
+            status, answer = await post(worker_socket(run_dir, index), "/apply", {"what": what})
         except aiohttp.ClientConnectorError:  # no socket yet, or nobody listening on it
             return None
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:

@@ -33,8 +33,9 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def config_overrides(host: str | None,
-                     port: int | None) -> Callable[[GatewayConfig], GatewayConfig]:
+def config_overrides(
+    host: str | None, port: int | None
+) -> Callable[[GatewayConfig], GatewayConfig]:
     """The command line's --host / --port over a config (reloads keep them too)."""
     given = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
 
@@ -53,11 +54,13 @@ def validate_reload(running: GatewayConfig, new: GatewayConfig) -> None:
 
     validate(new)
     if new.tools != running.tools:
-        raise ConfigError("tools: changed; tools are set up at start: restart the gateway "
-                          "to change them")
+        raise ConfigError(
+            "tools: changed; tools are set up at start: restart the gateway to change them"
+        )
     if new.server.worker_count != running.server.worker_count:
-        raise ConfigError("server.workers: changed; workers are started once: restart the "
-                          "gateway to change them")
+        raise ConfigError(
+            "server.workers: changed; workers are started once: restart the gateway to change them"
+        )
 
 
 def uvicorn_config(app: Any, cfg: GatewayConfig, log_level: str | None) -> uvicorn.Config:
@@ -65,14 +68,20 @@ def uvicorn_config(app: Any, cfg: GatewayConfig, log_level: str | None) -> uvico
     import uvicorn
 
     return uvicorn.Config(
-        app, host=cfg.server.host, port=cfg.server.port,
-        log_level=log_level or cfg.server.log_level, access_log=False,
+        app,
+        host=cfg.server.host,
+        port=cfg.server.port,
+        log_level=log_level or cfg.server.log_level,
+        access_log=False,
         # Seconds as given: uvicorn hands it to asyncio.wait_for, where 0.5 waits half a
         # second and 0 not at all (None would wait for every open stream, however long).
         timeout_graceful_shutdown=cfg.server.drain_timeout_s,  # type: ignore[arg-type]
         timeout_keep_alive=cfg.server.keep_alive_s,  # type: ignore[arg-type]
-        loop="none", http="httptools", lifespan="on",
-        ssl_certfile=_tls_file(cfg, "cert"), ssl_keyfile=_tls_file(cfg, "key"),
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        ssl_certfile=_tls_file(cfg, "cert"),
+        ssl_keyfile=_tls_file(cfg, "key"),
     )
 
 
@@ -130,6 +139,5 @@ def pick_port(host: str) -> int:
 
 
 def _addresses(host: str, port: int) -> list[tuple[int, int, int, Any]]:
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     return [(family, kind, proto, address) for family, kind, proto, _, address in infos]

@@ -61,16 +61,19 @@ class WorkerSlot:
 class Workers:
     """N worker processes, each restarted when it dies until ``stop``."""
 
-    def __init__(self, count: int, argv: Callable[[int], list[str]],
-                 on_exit: Callable[[int], None]) -> None:
+    def __init__(
+        self, count: int, argv: Callable[[int], list[str]], on_exit: Callable[[int], None]
+    ) -> None:
         self.slots = [WorkerSlot(index) for index in range(count)]
         self._argv, self._on_exit = argv, on_exit
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._keep(slot), name=f"worker-{slot.index}")
-                       for slot in self.slots]
+        self._tasks = [
+            asyncio.create_task(self._keep(slot), name=f"worker-{slot.index}")
+            for slot in self.slots
+        ]
 
     async def _keep(self, slot: WorkerSlot) -> None:
         backoff = 0.5
@@ -79,17 +82,26 @@ class Workers:
             # Its own session: the terminal's Ctrl-C reaches the supervisor only, which
             # stops the workers in order rather than watching them die and restarting them.
             slot.process = process = await asyncio.create_subprocess_exec(
-                *self._argv(slot.index), start_new_session=True)
+                *self._argv(slot.index), start_new_session=True
+            )
             if self.stopping.is_set():  # stop() ran while it started
                 process.terminate()
             code = await process.wait()
             self._on_exit(process.pid)
             if self.stopping.is_set():
                 return
-            backoff = 0.5 if time.monotonic() - started > _HEALTHY_RUN_S \
+            backoff = (
+                0.5
+                if time.monotonic() - started > _HEALTHY_RUN_S
                 else min(backoff * 2, _MAX_BACKOFF_S)
-            log.error("worker %d (pid %d) exited with %s; starting it again in %.1fs",
-                      slot.index, process.pid, code, backoff)
+            )
+            log.error(
+                "worker %d (pid %d) exited with %s; starting it again in %.1fs",
+                slot.index,
+                process.pid,
+                code,
+                backoff,
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), backoff)
 
@@ -112,9 +124,12 @@ class Workers:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def supervise(cfg: GatewayConfig, paths: Sequence[str],
-                    overrides: Callable[[GatewayConfig], GatewayConfig],
-                    log_level: str | None) -> int:
+async def supervise(
+    cfg: GatewayConfig,
+    paths: Sequence[str],
+    overrides: Callable[[GatewayConfig], GatewayConfig],
+    log_level: str | None,
+) -> int:
     """`llmgw up` with several workers; the exit status."""
     from llmgw.metrics import multiprocess
 
@@ -139,9 +154,14 @@ async def supervise(cfg: GatewayConfig, paths: Sequence[str],
 
 
 class _Supervisor:
-    def __init__(self, cfg: GatewayConfig, paths: Sequence[str],
-                 overrides: Callable[[GatewayConfig], GatewayConfig], log_level: str | None,
-                 run_dir: Path) -> None:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        paths: Sequence[str],
+        overrides: Callable[[GatewayConfig], GatewayConfig],
+        log_level: str | None,
+        run_dir: Path,
+    ) -> None:
         from llmgw.build import Gateway
         from llmgw.fleet.controller import Fleet
         from llmgw.fleet.reload import Reloader
@@ -152,20 +172,39 @@ class _Supervisor:
         self.directory = SupervisorDirectory()
         self.gateway = Gateway(cfg, rng=random.Random())
         self.fleet = Fleet(self.gateway, LocalLauncher(), directory=self.directory)
-        self.reloader = Reloader(self.fleet, paths, lambda new: validate_reload(cfg, new),
-                                 overrides)
+        self.reloader = Reloader(
+            self.fleet, paths, lambda new: validate_reload(cfg, new), overrides
+        )
         metrics_dir = str(run_dir / "metrics")
-        self.workers = Workers(cfg.server.worker_count, self._worker_argv,
-                               lambda pid: multiprocess.process_gone(metrics_dir, pid))
+        self.workers = Workers(
+            cfg.server.worker_count,
+            self._worker_argv,
+            lambda pid: multiprocess.process_gone(metrics_dir, pid),
+        )
 
     def _worker_argv(self, index: int) -> list[str]:
         server = self.cfg.server
         level = ["--log-level", self.log_level] if self.log_level else []
         # The worker dies with the supervisor, whatever kills it, as engines do.
-        return [sys.executable, "-m", "llmgw.placement.die_with_parent", "--",
-                sys.executable, "-m", "llmgw.workers.worker", "--run-dir", str(self.run_dir),
-                "--index", str(index), "--host", server.host, "--port", str(server.port),
-                *level, *self.paths]
+        return [
+            sys.executable,
+            "-m",
+            "llmgw.placement.die_with_parent",
+            "--",
+            sys.executable,
+            "-m",
+            "llmgw.workers.worker",
+            "--run-dir",
+            str(self.run_dir),
+            "--index",
+            str(index),
+            "--host",
+            server.host,
+            "--port",
+            str(server.port),
+            *level,
+            *self.paths,
+        ]
 
     async def run(self) -> int:
         from llmgw.console import StartupView, is_terminal
@@ -193,14 +232,18 @@ class _Supervisor:
             finally:
                 view.finish()
             await self.gateway.start()  # health and engine stats, for the fleet's decisions
-            hub = await serve_unix(supervisor_app(self.directory, self.changed),
-                                   self.run_dir / SUPERVISOR_SOCKET)
-            loop.add_signal_handler(signal.SIGHUP,
-                                    lambda: self.fleet.spawn(self._reload_all()))
+            hub = await serve_unix(
+                supervisor_app(self.directory, self.changed), self.run_dir / SUPERVISOR_SOCKET
+            )
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.fleet.spawn(self._reload_all()))
             serving = True
             self.workers.start()
-            log.info("serving on %s:%d with %d workers", self.cfg.server.host,
-                     self.cfg.server.port, len(self.workers.slots))
+            log.info(
+                "serving on %s:%d with %d workers",
+                self.cfg.server.host,
+                self.cfg.server.port,
+                len(self.workers.slots),
+            )
             await self.workers.stopping.wait()
             log.info("stopping: draining %d workers", len(self.workers.slots))
             return 0

@@ -61,8 +61,9 @@ class NoLauncher:
         self.on_lost: Callable[[str, str, str], None] = lambda model, replica, why: None
         self.on_phase: Callable[[str, str], None] = lambda replica, phase: None
 
-    async def launch(self, replica_id: str, unit: ModelConfig, *, role: Role,
-                     version: str) -> ReplicaAddress:
+    async def launch(
+        self, replica_id: str, unit: ModelConfig, *, role: Role, version: str
+    ) -> ReplicaAddress:
         from llmgw.placement.base import LaunchError
 
         raise LaunchError("a worker does not launch engines; its supervisor does")
@@ -88,8 +89,9 @@ class HubPeers:
 
     async def changed(self, what: Change) -> list[str]:
         try:
-            status, answer = await post(self._path, "/changed",
-                                        {"what": what, "origin": self._index})
+            status, answer = await post(
+                self._path, "/changed", {"what": what, "origin": self._index}
+            )
         except Exception as exc:  # the change is made here; say where it did not reach
             return [f"the other workers (supervisor unreachable: {exc!r})"]
         return list(answer.get("failed", [])) if status == 200 else [str(answer)]
@@ -104,9 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default=None)
     parser.add_argument("configs", nargs="+")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=(args.log_level or "info").upper(),
-                        format=f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: "
-                               "%(message)s")
+    logging.basicConfig(
+        level=(args.log_level or "info").upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s",
+    )
     # Reloads reach workers from the supervisor (hub); a hangup of the terminal is its.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     overrides = config_overrides(args.host, args.port)
@@ -118,13 +121,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.server.log_level.upper())
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(serve(cfg, args.configs, overrides, args.log_level, args.run_dir,
-                                args.index))
+        return runner.run(
+            serve(cfg, args.configs, overrides, args.log_level, args.run_dir, args.index)
+        )
 
 
-async def serve(cfg: GatewayConfig, paths: Sequence[str],
-                overrides: Callable[[GatewayConfig], GatewayConfig], log_level: str | None,
-                run_dir: Path, index: int) -> int:
+async def serve(
+    cfg: GatewayConfig,
+    paths: Sequence[str],
+    overrides: Callable[[GatewayConfig], GatewayConfig],
+    log_level: str | None,
+    run_dir: Path,
+    index: int,
+) -> int:
     import uvicorn
 
     from llmgw.api.app import create_app
@@ -157,9 +166,14 @@ async def serve(cfg: GatewayConfig, paths: Sequence[str],
         # A change written before this worker listened on its socket was not sent to it.
         await apply("keys")
         await apply("adapters")
+        try:
+            sockets = shared_port_sockets(cfg.server.host, cfg.server.port)
+        except OSError as exc:  # something not llmgw took the port since the check
+            log.error("cannot listen on %s:%d: %s", cfg.server.host, cfg.server.port, exc)
+            return 1
         server = uvicorn.Server(uvicorn_config(WorkerHeader(app, index), cfg, log_level))
         freeze_startup_objects()
-        await server.serve(sockets=shared_port_sockets(cfg.server.host, cfg.server.port))
+        await server.serve(sockets=sockets)
         return 0 if server.started else 1
     finally:
         if control is not None:
@@ -170,8 +184,9 @@ async def serve(cfg: GatewayConfig, paths: Sequence[str],
         await asyncio.shield(gateway.close())
 
 
-async def apply_change(what: Change, gateway: Gateway, fleet: Fleet,
-                       reloader: Reloader) -> str | None:
+async def apply_change(
+    what: Change, gateway: Gateway, fleet: Fleet, reloader: Reloader
+) -> str | None:
     """One admin change another worker made, applied here; why not (None: applied)."""
     if what == "keys":
         gateway.tenancy.reload_state(gateway.config)

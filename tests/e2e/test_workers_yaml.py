@@ -29,8 +29,9 @@ HI = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tok
 class Up:
     def __init__(self, server: Server, overlay: Path, state: Path) -> None:
         self.server, self.overlay, self.state = server, overlay, state
-        made = httpx.post(server.url + "/admin/keys", headers=ADMIN, timeout=30,
-                          json={"name": "tests"})
+        made = httpx.post(
+            server.url + "/admin/keys", headers=ADMIN, timeout=30, json={"name": "tests"}
+        )
         assert made.status_code == 201, made.text
         # workers.yaml turns auth on with no configured key: clients use runtime keys.
         self.client_key = {"authorization": f"Bearer {made.json()['key']}"}
@@ -48,8 +49,10 @@ class Up:
 
     def worker_pids(self) -> dict[int, int]:
         """Worker index -> pid."""
-        return {int(p.cmdline()[p.cmdline().index("--index") + 1]): p.pid
-                for p in self.processes("llmgw.workers.worker")}
+        return {
+            int(p.cmdline()[p.cmdline().index("--index") + 1]): p.pid
+            for p in self.processes("llmgw.workers.worker")
+        }
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +63,13 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     files = [ROOT / "configs" / "workers.yaml", overlay]
     check_like_llmgw(files)
     port = free_port()
-    server = Server([sys.executable, "-m", "llmgw", "up", *map(str, files), "--port",
-                     str(port)], port, "/ready", timeout_s=120,
-                    env={"LLMGW_ADMIN_KEY": ADMIN_KEY})
+    server = Server(
+        [sys.executable, "-m", "llmgw", "up", *map(str, files), "--port", str(port)],
+        port,
+        "/ready",
+        timeout_s=120,
+        env={"LLMGW_ADMIN_KEY": ADMIN_KEY},
+    )
     running = Up(server, overlay, tmp / "state")
     # /ready answered from one worker; the other may still be starting.
     wait_until(lambda: len(running.worker_pids()) == 2, 60, "two worker processes")
@@ -70,16 +77,25 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     server.stop()
 
 
-def one_request(up: Up, headers: dict[str, str] | None = None,
-                body: dict[str, object] | None = None) -> httpx.Response:
+def one_request(
+    up: Up, headers: dict[str, str] | None = None, body: dict[str, object] | None = None
+) -> httpx.Response:
     """On a new connection each time: the kernel picks the worker per connection."""
-    return httpx.post(up.server.url + "/v1/chat/completions", json=body or HI,
-                      headers=headers or up.client_key, timeout=30)
+    return httpx.post(
+        up.server.url + "/v1/chat/completions",
+        json=body or HI,
+        headers=headers or up.client_key,
+        timeout=30,
+    )
 
 
-def by_worker(up: Up, check: Callable[[httpx.Response], None],
-              headers: dict[str, str] | None = None, body: dict[str, object] | None = None,
-              limit: int = 400) -> dict[str, int]:
+def by_worker(
+    up: Up,
+    check: Callable[[httpx.Response], None],
+    headers: dict[str, str] | None = None,
+    body: dict[str, object] | None = None,
+    limit: int = 400,
+) -> dict[str, int]:
     """Requests until both workers answered at least twice; each answer is ``check``ed.
     Returns answers per worker."""
     seen: dict[str, int] = {}
@@ -106,8 +122,9 @@ def test_both_workers_serve_one_port_over_engines_started_once(up: Up) -> None:
 
 
 def test_an_admin_key_made_through_one_worker_works_in_every_worker(up: Up) -> None:
-    made = httpx.post(up.server.url + "/admin/keys", headers=ADMIN, timeout=30,
-                      json={"name": "alice"})
+    made = httpx.post(
+        up.server.url + "/admin/keys", headers=ADMIN, timeout=30, json={"name": "alice"}
+    )
     assert made.status_code == 201, made.text
     key = {"authorization": f"Bearer {made.json()['key']}"}
     # Right after the call returned, on whichever worker: never a 401.
@@ -122,8 +139,11 @@ def test_an_admin_key_made_through_one_worker_works_in_every_worker(up: Up) -> N
 
 
 def test_a_reload_through_one_worker_reaches_every_worker(up: Up) -> None:
-    up.overlay.write_text(yaml.safe_dump({"server": {
-        "state_dir": str(up.state), "request_bounds": {"max_tokens": 4}}}))
+    up.overlay.write_text(
+        yaml.safe_dump(
+            {"server": {"state_dir": str(up.state), "request_bounds": {"max_tokens": 4}}}
+        )
+    )
     reloaded = httpx.post(up.server.url + "/admin/reload", headers=ADMIN, timeout=60)
     assert reloaded.status_code == 200, reloaded.text
 
@@ -144,8 +164,7 @@ def _requests_total(up: Up) -> float:
 
 def test_metrics_sum_every_worker(up: Up) -> None:
     up.overlay.write_text(yaml.safe_dump({"server": {"state_dir": str(up.state)}}))
-    assert httpx.post(up.server.url + "/admin/reload", headers=ADMIN,
-                      timeout=60).status_code == 200
+    assert httpx.post(up.server.url + "/admin/reload", headers=ADMIN, timeout=60).status_code == 200
     before = _requests_total(up)
     seen = by_worker(up, served)
     # Whichever worker answers /metrics, it counts both workers' requests.
@@ -153,9 +172,13 @@ def test_metrics_sum_every_worker(up: Up) -> None:
 
 
 def test_llmgw_status_works_through_a_worker(up: Up) -> None:
-    status = subprocess.run([sys.executable, "-m", "llmgw", "status", up.server.url,
-                             "--admin-key", ADMIN_KEY], capture_output=True, text=True,
-                            cwd=ROOT, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "llmgw", "status", up.server.url, "--admin-key", ADMIN_KEY],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert status.returncode == 0, status.stderr
     assert "chat-0" in status.stdout and "chat-1" in status.stdout
 
@@ -163,8 +186,12 @@ def test_llmgw_status_works_through_a_worker(up: Up) -> None:
 def pinned_to(up: Up, worker: str) -> httpx.Client:
     """A client whose one keep-alive connection the kernel gave to ``worker``."""
     for _ in range(200):
-        client = httpx.Client(base_url=up.server.url, timeout=30, headers=up.client_key,
-                              limits=httpx.Limits(max_connections=1))
+        client = httpx.Client(
+            base_url=up.server.url,
+            timeout=30,
+            headers=up.client_key,
+            limits=httpx.Limits(max_connections=1),
+        )
         if client.post("/v1/chat/completions", json=HI).headers["x-llmgw-worker"] == worker:
             return client
         client.close()
@@ -186,10 +213,10 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(up: Up) -> None:
         assert not [line for line in rest if '"error"' in line]
         for _ in range(5):  # the other worker goes on serving on the same connection
             served(pinned.post("/v1/chat/completions", json=HI))
-    wait_until(lambda: up.worker_pids().get(0) not in (None, pids[0]), 60,
-               "worker 0 started again")
-    wait_until(lambda: one_request(up).headers["x-llmgw-worker"] == "0", 60,
-               "the new worker 0 to serve")
+    wait_until(lambda: up.worker_pids().get(0) not in (None, pids[0]), 60, "worker 0 started again")
+    wait_until(
+        lambda: one_request(up).headers["x-llmgw-worker"] == "0", 60, "the new worker 0 to serve"
+    )
     assert up.worker_pids()[1] == pids[1]
     assert len(up.processes("llmgw.engines.fake")) == 2  # the engines never noticed
 

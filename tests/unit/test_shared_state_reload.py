@@ -17,9 +17,13 @@ from llmgw.tenancy.gate import Tenancy
 
 
 def test_a_key_made_or_revoked_in_one_worker_holds_in_the_other(tmp_path: Path) -> None:
-    cfg = GatewayConfig.model_validate({
-        "server": {"state_dir": str(tmp_path)}, "auth": {"keys": []},
-        "models": [{"name": "m", "engine": "openai", "url": "http://127.0.0.1:1"}]})
+    cfg = GatewayConfig.model_validate(
+        {
+            "server": {"state_dir": str(tmp_path)},
+            "auth": {"keys": []},
+            "models": [{"name": "m", "engine": "openai", "url": "http://127.0.0.1:1"}],
+        }
+    )
     one, other = (Tenancy(cfg, TenantMetrics(Metrics())) for _ in range(2))
     made, secret = one.create("alice", None, Limits(rpm=5), "interactive")
     header = {"authorization": f"Bearer {secret}"}
@@ -33,14 +37,14 @@ def test_a_key_made_or_revoked_in_one_worker_holds_in_the_other(tmp_path: Path) 
         other.authenticate(header)
 
 
-def test_an_adapter_registered_or_removed_in_one_worker_holds_in_the_other(
-        tmp_path: Path) -> None:
+def test_an_adapter_registered_or_removed_in_one_worker_holds_in_the_other(tmp_path: Path) -> None:
     (tmp_path / "root" / "sql").mkdir(parents=True)
     configured = Adapter("cfg", "m", "/adapters/cfg")
 
     def catalog() -> AdapterCatalog:
-        return AdapterCatalog([configured], {"m": [str(tmp_path / "root")]},
-                              tmp_path / "adapters.json")
+        return AdapterCatalog(
+            [configured], {"m": [str(tmp_path / "root")]}, tmp_path / "adapters.json"
+        )
 
     one, other = catalog(), catalog()
     one.register("m", "sql", "sql")

@@ -16,12 +16,16 @@ WEATHER = {"name": "weather", "import_path": "llmgw.tools.examples:Weather"}
 
 
 def config(workers: object, **sections: object) -> GatewayConfig:
-    return GatewayConfig.model_validate({"server": {"workers": workers},
-                                         "models": [FAKE], **sections})
+    return GatewayConfig.model_validate(
+        {"server": {"workers": workers}, "models": [FAKE], **sections}
+    )
 
 
-@pytest.mark.parametrize(("workers", "count"), [(1, 1), (3, 3), ("auto", os.cpu_count())],
-                         ids=["one", "three", "auto-is-the-cores"])
+@pytest.mark.parametrize(
+    ("workers", "count"),
+    [(1, 1), (3, 3), ("auto", os.cpu_count())],
+    ids=["one", "three", "auto-is-the-cores"],
+)
 def test_workers_resolve_to_a_count_that_check_accepts(workers: object, count: int) -> None:
     cfg = config(workers)
     validate(cfg)
@@ -39,23 +43,40 @@ def test_workers_out_of_range_or_not_a_count_are_refused(workers: object) -> Non
 
 
 REFUSED = [
-    ("ray", {"placement": {"backend": "ray"}},
-     "server.workers: 2: needs placement.backend local; on Ray run one gateway per node "
-     "instead (they share the fleet already, docs/ray.md)"),
-    ("tool-worker-processes", {"tools": [{**WEATHER, "replicas": 1}]},
-     "tools[0].replicas: 1 worker process(es) would start once per gateway worker "
-     "(server.workers: 2); set replicas: 0 (an instance in each worker) or workers: 1"),
-    ("scale-to-zero", {"models": [{"name": "z", "engine": "fake", "model": "fake",
-                                   "autoscaling": {"min_replicas": 0, "max_replicas": 2}}]},
-     "models[0] (z): scaling to zero (min_replicas: 0) needs workers: 1 (server.workers: 2): "
-     "the supervisor that starts replicas cannot see requests waiting in the workers"),
+    (
+        "ray",
+        {"placement": {"backend": "ray"}},
+        "server.workers: 2: needs placement.backend local; on Ray run one gateway per node "
+        "instead (they share the fleet already, docs/ray.md)",
+    ),
+    (
+        "tool-worker-processes",
+        {"tools": [{**WEATHER, "replicas": 1}]},
+        "tools[0].replicas: 1 worker process(es) would start once per gateway worker "
+        "(server.workers: 2); set replicas: 0 (an instance in each worker) or workers: 1",
+    ),
+    (
+        "scale-to-zero",
+        {
+            "models": [
+                {
+                    "name": "z",
+                    "engine": "fake",
+                    "model": "fake",
+                    "autoscaling": {"min_replicas": 0, "max_replicas": 2},
+                }
+            ]
+        },
+        "models[0] (z): scaling to zero (min_replicas: 0) needs workers: 1 (server.workers: 2): "
+        "the supervisor that starts replicas cannot see requests waiting in the workers",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("sections", "message"), [(s, m) for _, s, m in REFUSED],
-                         ids=[i for i, _, _ in REFUSED])
-def test_check_refuses_what_workers_cannot_share(sections: dict[str, object],
-                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("sections", "message"), [(s, m) for _, s, m in REFUSED], ids=[i for i, _, _ in REFUSED]
+)
+def test_check_refuses_what_workers_cannot_share(sections: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as refused:
         validate(config(2, **sections))
     assert str(refused.value) == message
