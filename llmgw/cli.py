@@ -57,11 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.log_level is None:  # the config's level, for llmgw's own logs too
             logging.getLogger().setLevel(cfg.server.log_level.upper())
         overrides = config_overrides(args.host, args.port)
-        if cfg.server.worker_count > 1:  # a supervisor and its workers (llmgw/workers)
-            from llmgw.workers.supervisor import supervise
-
-            return asyncio.run(supervise(cfg, args.configs, overrides, args.log_level))
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            if cfg.server.worker_count > 1:  # a supervisor and its workers (llmgw/workers)
+                from llmgw.workers.supervisor import supervise
+
+                return runner.run(supervise(cfg, args.configs, overrides, args.log_level))
             return runner.run(_up(cfg, args.configs, overrides, args.log_level))
     except ConfigError as exc:
         print(f"llmgw: invalid config:\n{exc}", file=sys.stderr)
