@@ -2,7 +2,9 @@
 runs it: both worker processes serve the one port, the engines start once, an admin key
 or a reload made through one worker holds in the other at once, /metrics sums the
 workers, a killed worker is replaced while the other keeps serving, and a stop leaves no
-process and no run directory behind."""
+process and no run directory behind. An overlay adds an attached model with LoRA on a
+fake engine that follows vLLM's adapter protocol (a second load of a name is refused),
+for an adapter registered through one worker and loaded by both."""
 
 from __future__ import annotations
 
@@ -19,7 +21,14 @@ import psutil
 import pytest
 import yaml
 
-from tests.support import ROOT, Server, check_like_llmgw, free_port, wait_until
+from tests.support import (
+    ROOT,
+    Server,
+    check_like_llmgw,
+    free_port,
+    start_fake_engine,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -28,9 +37,25 @@ ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 HI = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
 
+def write_overlay(tmp: Path, engine_url: str, **server: object) -> Path:
+    """The test's config over workers.yaml: its state dir, an attached LoRA model, and
+    ``server`` settings (a reload rewrites it)."""
+    overlay = tmp / "overlay.yaml"
+    base = {
+        "name": "base",
+        "engine": "vllm",
+        "url": [engine_url],
+        "lora": {"roots": [str(tmp / "adapters")]},
+    }
+    overlay.write_text(
+        yaml.safe_dump({"server": {"state_dir": str(tmp / "state"), **server}, "models": [base]})
+    )
+    return overlay
+
+
 class Up:
-    def __init__(self, server: Server, overlay: Path, state: Path) -> None:
-        self.server, self.overlay, self.state = server, overlay, state
+    def __init__(self, server: Server, tmp: Path, engine: Server) -> None:
+        self.server, self.tmp, self.engine = server, tmp, engine
         made = httpx.post(
             server.url + "/admin/keys", headers=ADMIN, timeout=30, json={"name": "tests"}
         )
@@ -56,27 +81,27 @@ class Up:
             for p in self.processes("llmgw.workers.worker")
         }
 
+    def reconfigure(self, **server: object) -> None:
+        write_overlay(self.tmp, self.engine.url, **server)
+
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     tmp = tmp_path_factory.mktemp("workers")
-    overlay = tmp / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"server": {"state_dir": str(tmp / "state")}}))
-    files = [ROOT / "configs" / "workers.yaml", overlay]
-    check_like_llmgw(files)
-    port = free_port()
-    server = Server(
-        [sys.executable, "-m", "llmgw", "up", *map(str, files), "--port", str(port)],
-        port,
-        "/ready",
-        timeout_s=120,
-        env={"LLMGW_ADMIN_KEY": ADMIN_KEY},
-    )
-    running = Up(server, overlay, tmp / "state")
-    # /ready answered from one worker; the other may still be starting.
-    wait_until(lambda: len(running.worker_pids()) == 2, 60, "two worker processes")
-    yield running
-    server.stop()
+    (tmp / "adapters").mkdir()
+    engine = start_fake_engine(name="base")
+    with contextlib.ExitStack() as stack:
+        stack.callback(engine.stop)
+        files = [ROOT / "configs" / "workers.yaml", write_overlay(tmp, engine.url)]
+        check_like_llmgw(files)
+        port = free_port()
+        argv = [sys.executable, "-m", "llmgw", "up", *map(str, files), "--port", str(port)]
+        server = Server(argv, port, "/ready", timeout_s=120, env={"LLMGW_ADMIN_KEY": ADMIN_KEY})
+        stack.callback(server.stop)
+        running = Up(server, tmp, engine)
+        # /ready answered from one worker; the other may still be starting.
+        wait_until(lambda: len(running.worker_pids()) == 2, 60, "two worker processes")
+        yield running
 
 
 def one_request(
@@ -141,11 +166,7 @@ def test_an_admin_key_made_through_one_worker_works_in_every_worker(up: Up) -> N
 
 
 def test_a_reload_through_one_worker_reaches_every_worker(up: Up) -> None:
-    up.overlay.write_text(
-        yaml.safe_dump(
-            {"server": {"state_dir": str(up.state), "request_bounds": {"max_tokens": 4}}}
-        )
-    )
+    up.reconfigure(request_bounds={"max_tokens": 4})
     reloaded = httpx.post(up.server.url + "/admin/reload", headers=ADMIN, timeout=60)
     assert reloaded.status_code == 200, reloaded.text
 
@@ -157,7 +178,7 @@ def test_a_reload_through_one_worker_reaches_every_worker(up: Up) -> None:
 
 
 def test_sighup_to_the_top_process_reloads_every_worker(up: Up) -> None:
-    up.overlay.write_text(yaml.safe_dump({"server": {"state_dir": str(up.state)}}))
+    up.reconfigure()
     os.kill(up.server.proc.pid, signal.SIGHUP)  # the bounds of the test before go again
 
     def statuses() -> dict[str, set[int]]:
@@ -169,6 +190,27 @@ def test_sighup_to_the_top_process_reloads_every_worker(up: Up) -> None:
 
     # A signal has no answer to wait for: poll, bounded, until every worker reloaded.
     wait_until(lambda: statuses() == {"0": {200}, "1": {200}}, 60, "both workers reloaded")
+
+
+def test_an_adapter_registered_through_one_worker_serves_from_every_worker(up: Up) -> None:
+    (up.tmp / "adapters" / "sql").mkdir()
+    made = httpx.post(
+        up.server.url + "/admin/adapters",
+        headers=ADMIN,
+        timeout=30,
+        json={"model": "base", "name": "sql", "source": "sql"},
+    )
+    assert made.status_code == 201, made.text
+    body = {**HI, "model": "sql"}
+    # Each worker loads it on the one engine; the second finds it loaded by the first.
+    assert set(by_worker(up, served, body=body)) == {"0", "1"}
+    removed = httpx.delete(up.server.url + "/admin/adapters/sql", headers=ADMIN, timeout=30)
+    assert removed.status_code == 200, removed.text
+
+    def gone(response: httpx.Response) -> None:
+        assert response.status_code == 404, response.text
+
+    assert set(by_worker(up, gone, body=body)) == {"0", "1"}
 
 
 def _requests_total(up: Up) -> float:
