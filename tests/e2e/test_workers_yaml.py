@@ -228,6 +228,24 @@ def test_metrics_sum_every_worker(up: Up) -> None:
     assert {_requests_total(up) for _ in range(6)} == {before + sum(seen.values())}
 
 
+def test_in_flight_gauges_add_up_over_workers(up: Up) -> None:
+    body = {**HI, "max_tokens": 200, "stream": True}  # 4 s at the engine's pace
+    reading = []  # kept: a line iterator dropped early closes its stream
+    with contextlib.ExitStack() as stack:
+        for worker in ("0", "1"):  # one stream open in each worker
+            client = stack.enter_context(contextlib.closing(pinned_to(up, worker)))
+            stream = stack.enter_context(client.stream("POST", "/v1/chat/completions", json=body))
+            reading.append(stream.iter_lines())
+            assert next(reading[-1]).startswith("data: ")
+        text = httpx.get(up.server.url + "/metrics", timeout=10).text
+        open_now = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith('llmgw_replica_in_flight_requests{model="chat"')
+        )
+        assert open_now == 2.0, text
+
+
 def test_llmgw_status_works_through_a_worker(up: Up) -> None:
     status = subprocess.run(
         [sys.executable, "-m", "llmgw", "status", up.server.url, "--admin-key", ADMIN_KEY],
