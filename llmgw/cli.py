@@ -155,6 +155,8 @@ def _status(url: str, key: str | None, raw: bool) -> int:
 
 def _check(paths: Sequence[str]) -> int:
     cfg = _load(paths, None, None)
+    if cfg.server.worker_count > 1:
+        print(f"ok  server: {cfg.server.worker_count} workers on port {cfg.server.port}")
     for model in cfg.models:
         how = "launched" if model.launched else "attached"
         where = f"{model.replica_count} {how}"

@@ -5,12 +5,15 @@ tests/e2e/test_workers_yaml.py."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from llmgw.checks import validate
+from llmgw.cli import main
 from llmgw.config import ConfigError, GatewayConfig
 
+ROOT = Path(__file__).resolve().parents[2]
 FAKE = {"name": "m", "engine": "fake", "model": "fake", "replicas": 1}
 WEATHER = {"name": "weather", "import_path": "llmgw.tools.examples:Weather"}
 
@@ -84,3 +87,11 @@ def test_check_refuses_what_workers_cannot_share(sections: dict[str, object], me
 
 def test_in_process_tools_are_served_by_every_worker() -> None:
     validate(config(2, tools=[{**WEATHER, "replicas": 0}]))
+
+
+def test_llmgw_check_reports_the_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(ROOT / "configs" / "workers.yaml")]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "ok  server: 2 workers on port 8000",
+        "ok  chat: engine=fake replicas=2 launched routing=session-aware",
+    ]
