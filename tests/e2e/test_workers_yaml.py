@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.support import (
     check_like_llmgw,
     free_port,
     start_fake_engine,
+    start_gateway,
     wait_until,
 )
 
@@ -305,3 +307,32 @@ def test_stop_drains_every_worker_and_leaves_nothing_behind(up: Up) -> None:
     for process in [*workers, *engines]:
         assert not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
     assert not run_dir.exists()
+
+
+def test_a_supervisor_killed_hard_takes_its_workers_and_engines_along(
+    tmp_path: Path,
+) -> None:
+    gateway = start_gateway(
+        {
+            "server": {"workers": 2},
+            "models": [{"name": "m", "engine": "fake", "model": "fake", "replicas": 1}],
+        },
+        tmp_path,
+    )
+    try:
+        wait_until(
+            lambda: len(psutil.Process(gateway.proc.pid).children()) == 3,
+            60,
+            "two workers and one engine",
+        )
+        children = psutil.Process(gateway.proc.pid).children()
+        worker = next(c.cmdline() for c in children if "llmgw.workers.worker" in c.cmdline())
+        run_dir = Path(worker[worker.index("--run-dir") + 1])
+        gateway.proc.kill()  # SIGKILL: nothing of llmgw's own runs to stop them
+        gateway.proc.wait()
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert alive == []
+        assert run_dir.is_dir()  # left behind, as docs/workers.md says: cleaned up here
+        shutil.rmtree(run_dir)
+    finally:
+        gateway.stop()
