@@ -34,6 +34,8 @@ STARTERS: dict[str, Starter] = {
     "llmgw-gc-freeze": functools.partial(start_llmgw, freeze=True, name="llmgw-gc-freeze"),
     # llmgw with every request traced (telemetry.tracing, sample_ratio 1).
     "llmgw-traced": functools.partial(start_llmgw, tracing=True, name="llmgw-traced"),
+    # llmgw with server.workers: 2 (two processes on one port, one supervisor).
+    "llmgw-2w": functools.partial(start_llmgw, workers=2, name="llmgw-2w"),
 }
 
 

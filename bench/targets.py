@@ -58,8 +58,9 @@ def start_engine(logs: Path, token_delay_ms: float, cpu: int | None) -> Proc:
     return spawn("direct", argv, port, logs, cpu)
 
 
-def llmgw_config(engine_url: str, port: int, tracing: bool = False) -> str:
-    config = (f"server: {{host: 127.0.0.1, port: {port}, log_level: warning}}\n"
+def llmgw_config(engine_url: str, port: int, tracing: bool = False, workers: int = 1) -> str:
+    config = (f"server: {{host: 127.0.0.1, port: {port}, log_level: warning, "
+              f"workers: {workers}}}\n"
               f"models:\n  - name: {MODEL}\n    engine: openai\n"
               f"    url: [\"{engine_url}\"]\n    routing: least-load\n")
     if tracing:  # every request traced, spans exported to the instant engine's OTLP sink
@@ -70,14 +71,15 @@ def llmgw_config(engine_url: str, port: int, tracing: bool = False) -> str:
 
 def start_llmgw(logs: Path, engine_url: str, cpu: int | None, probe: bool = False,
                 freeze: bool = False, name: str = "llmgw", tracing: bool = False,
-                tree: Path | None = None) -> Proc:
+                tree: Path | None = None, workers: int = 1) -> Proc:
     """``llmgw up`` on a temporary config; through bench/gc_probe.py (stats in
     ``logs/<name>-gc.json``) when ``probe`` or ``freeze``. ``tracing``: with
     ``telemetry.tracing`` on. ``tree``: the llmgw of another checkout (e.g. a worktree of
-    main), to measure a change against it in the same alternating rounds."""
+    main), to measure a change against it in the same alternating rounds. ``workers``:
+    ``server.workers`` (the CPU counted is the supervisor's and every worker's)."""
     port = free_ports(1)[0]
     config = logs / f"{name}.yaml"
-    config.write_text(llmgw_config(engine_url, port, tracing))
+    config.write_text(llmgw_config(engine_url, port, tracing, workers))
     entry = ["-m", "llmgw"]
     if tree is not None:
         entry = ["-c", f"import runpy, sys; sys.path.insert(0, {str(tree)!r}); "
@@ -108,5 +110,5 @@ def start_sglang_router(logs: Path, engine_url: str, cpu: int | None) -> Proc:
 
 
 READY_PATHS = {"direct": "/health", "llmgw": "/ready", "llmgw-gc-freeze": "/ready",
-               "llmgw-traced": "/ready", "llmgw-main": "/ready",
+               "llmgw-traced": "/ready", "llmgw-main": "/ready", "llmgw-2w": "/ready",
                "baseline": "/health", "sglang-router": "/health"}

@@ -17,6 +17,7 @@ import importlib.util
 import os
 import re
 import ssl
+import sys
 
 from llmgw.build import check_config, reads_kv_events
 from llmgw.config import DEMO_SOURCE, ConfigError, GatewayConfig
@@ -42,6 +43,34 @@ def validate(cfg: GatewayConfig) -> None:
     check_tls(cfg)
     check_telemetry(cfg)
     check_tools(cfg)
+    check_workers(cfg)
+
+
+def check_workers(cfg: GatewayConfig) -> None:
+    """``server.workers`` above 1: what the supervisor and its followers can share
+    (docs/workers.md says why each refusal is there)."""
+    count = cfg.server.worker_count
+    if count == 1:
+        return
+    where = f"server.workers: {cfg.server.workers}"
+    if not sys.platform.startswith("linux"):
+        raise ConfigError(f"{where}: several workers need Linux (SO_REUSEPORT); use 1")
+    if cfg.placement.backend != "local":
+        raise ConfigError(f"{where}: needs placement.backend local; on Ray run one gateway "
+                          "per node instead (they share the fleet already, docs/ray.md)")
+    for index, tool in enumerate(cfg.tools):
+        if tool.replicas > 0:
+            raise ConfigError(f"tools[{index}].replicas: {tool.replicas} worker process(es) "
+                              f"would start once per gateway worker ({where}); set "
+                              "replicas: 0 (an instance in each worker) or workers: 1")
+    for index, model in enumerate(cfg.models):
+        pd = model.disaggregation
+        scaling = pd.decode.autoscaling if pd is not None else model.autoscaling
+        if scaling is not None and scaling.min_replicas == 0:
+            raise ConfigError(f"models[{index}] ({model.name}): scaling to zero "
+                              f"(min_replicas: 0) needs workers: 1 ({where}): the "
+                              "supervisor that starts replicas cannot see requests "
+                              "waiting in the workers")
 
 
 def check_telemetry(cfg: GatewayConfig) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import random
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,6 +16,14 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from llmgw.config import ConfigError, GatewayConfig, load_config
+from llmgw.workers.serving import (
+    cannot_listen,
+    config_overrides,
+    freeze_startup_objects,
+    loop_factory,
+    uvicorn_config,
+    validate_reload,
+)
 
 if TYPE_CHECKING:
     from llmgw.fleet.reload import Reloader
@@ -51,28 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = _load(args.configs, args.host, args.port)
         if args.log_level is None:  # the config's level, for llmgw's own logs too
             logging.getLogger().setLevel(cfg.server.log_level.upper())
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_up(cfg, args.configs, _overrides(args.host, args.port),
-                                  args.log_level))
+        overrides = config_overrides(args.host, args.port)
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            if cfg.server.worker_count > 1:  # a supervisor and its workers (llmgw/workers)
+                from llmgw.workers.supervisor import supervise
+
+                return runner.run(supervise(cfg, args.configs, overrides, args.log_level))
+            return runner.run(_up(cfg, args.configs, overrides, args.log_level))
     except ConfigError as exc:
         print(f"llmgw: invalid config:\n{exc}", file=sys.stderr)
         return 2
-
-
-def _freeze_startup_objects() -> None:
-    """Move everything alive after startup (modules, the app, the config: ~70k objects) out
-    of the collector's reach. Full collections otherwise walk them all and stop the loop
-    for up to 35 ms: bench/overhead.py traced the gateway's p99 to exactly that."""
-    gc.collect()
-    gc.freeze()
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,22 +101,9 @@ def _load(paths: Sequence[str], host: str | None, port: int | None) -> GatewayCo
     """The config `check` reports on and `up` starts: both run the same validation."""
     from llmgw.checks import validate
 
-    cfg = _overrides(host, port)(load_config(paths))
+    cfg = config_overrides(host, port)(load_config(paths))
     validate(cfg)
     return cfg
-
-
-def _overrides(host: str | None,
-               port: int | None) -> Callable[[GatewayConfig], GatewayConfig]:
-    """The command line's --host / --port over a config (reloads keep them too)."""
-    given = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-
-    def apply(cfg: GatewayConfig) -> GatewayConfig:
-        if not given:
-            return cfg
-        return cfg.model_copy(update={"server": cfg.server.model_copy(update=given)})
-
-    return apply
 
 
 def _key(name: str) -> int:
@@ -175,6 +156,8 @@ def _status(url: str, key: str | None, raw: bool) -> int:
 
 def _check(paths: Sequence[str]) -> int:
     cfg = _load(paths, None, None)
+    if cfg.server.worker_count > 1:
+        print(f"ok  server: {cfg.server.worker_count} workers on port {cfg.server.port}")
     for model in cfg.models:
         how = "launched" if model.launched else "attached"
         where = f"{model.replica_count} {how}"
@@ -221,7 +204,7 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
 
     # Not part of `check`: whether the port is free is this moment's state, not the
     # config's (`check` runs while the old gateway still serves there).
-    unusable = _cannot_listen(cfg.server.host, cfg.server.port)
+    unusable = cannot_listen(cfg.server.host, cfg.server.port)
     if unusable is not None:
         log.error("cannot listen on %s:%d: %s", cfg.server.host, cfg.server.port, unusable)
         return 1
@@ -234,7 +217,7 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
     # make the same random choices in lockstep (round robin's start, tie-breaks).
     gateway = Gateway(cfg, rng=random.Random())
     fleet = Fleet(gateway, launcher, directory=directory)
-    reloader = Reloader(fleet, paths, lambda new: _validate_reload(cfg, new), overrides)
+    reloader = Reloader(fleet, paths, lambda new: validate_reload(cfg, new), overrides)
     tool_set = ToolSet(cfg, check_tools(cfg), gateway.metrics, await _tool_launcher(cfg))
     view = StartupView(sys.stderr, live=is_terminal(sys.stderr))
     view.attach(fleet.progress)
@@ -246,19 +229,10 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
             view.finish()
         await tool_set.start()
         loop.add_signal_handler(signal.SIGHUP, lambda: fleet.spawn(_reload(reloader)))
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(gateway, fleet, reloader, tool_set), host=cfg.server.host,
-            port=cfg.server.port,
-            log_level=log_level or cfg.server.log_level, access_log=False,
-            # Seconds as given: uvicorn hands it to asyncio.wait_for, where 0.5 waits half a
-            # second and 0 not at all (None would wait for every open stream, however long).
-            timeout_graceful_shutdown=cfg.server.drain_timeout_s,  # type: ignore[arg-type]
-            timeout_keep_alive=cfg.server.keep_alive_s,  # type: ignore[arg-type]
-            loop="none", http="httptools", lifespan="on",
-            ssl_certfile=_tls_file(cfg, "cert"), ssl_keyfile=_tls_file(cfg, "key"),
-        ))
+        server = uvicorn.Server(uvicorn_config(create_app(gateway, fleet, reloader, tool_set),
+                                               cfg, log_level))
         serving = True
-        _freeze_startup_objects()
+        freeze_startup_objects()
         await server.serve()
         return 0 if server.started else 1
     except LaunchError as exc:
@@ -280,17 +254,6 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
         await asyncio.shield(tool_set.close())
         await asyncio.shield(fleet.close())
         await asyncio.shield(gateway.close())
-
-
-def _validate_reload(running: GatewayConfig, new: GatewayConfig) -> None:
-    """What a reload must pass: ``check``, and the same ``tools:`` (tool workers and
-    their classes are set up once, at start)."""
-    from llmgw.checks import validate
-
-    validate(new)
-    if new.tools != running.tools:
-        raise ConfigError("tools: changed; tools are set up at start: restart the gateway "
-                          "to change them")
 
 
 async def _launcher(cfg: GatewayConfig) -> tuple[Launcher, Directory | None]:
@@ -345,30 +308,6 @@ async def _down(cfg: GatewayConfig) -> int:
     print(f"stopped {removed} replica(s) and {workers} tool worker(s) in Ray namespace "
           f"{cfg.placement.namespace!r}")
     return 0
-
-
-def _tls_file(cfg: GatewayConfig, which: str) -> str | None:
-    """``server.tls``'s certificate or key file for uvicorn (checked by `check`); None
-    serves plain HTTP."""
-    tls = cfg.server.tls
-    return os.path.expanduser(getattr(tls, which)) if tls is not None else None
-
-
-def _cannot_listen(host: str, port: int) -> str | None:
-    """Why uvicorn could not bind ``host:port`` (None: it can), found before any engine is
-    launched: bound as asyncio's create_server binds it, every address, SO_REUSEADDR."""
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-        for family, kind, proto, _, address in infos:
-            with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:  # as create_server: no v4 on the v6 socket
-                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                probe.bind(address)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
 
 
 async def _reload(reloader: Reloader) -> None:

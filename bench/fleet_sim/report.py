@@ -23,13 +23,14 @@ class Row:
     ``engine_ttft`` is the sims' own queue + prefill-lane + prefill time. Imbalance is
     max/mean over replicas: ``load_imbalance`` of the time-averaged requests in each
     replica (running + queued, integrated by the sim), ``count_imbalance`` of request
-    counts. ``instances`` is how many gateway processes of the target shared the fleet
-    (llmgw only; 1 for every other target)."""
+    counts. ``instances`` is how many gateway processes of the target shared the fleet,
+    ``workers`` its ``server.workers`` (llmgw only; 1 for every other target)."""
 
     target: str
     workload: str
     reason: str = ""
     instances: int = 1
+    workers: int = 1
     ok: int = 0
     errors: int = 0
     wall_s: float = 0.0
@@ -57,8 +58,10 @@ class Row:
 
     @property
     def label(self) -> str:
-        """The target, with `` x<N>`` for several gateway instances."""
-        return self.target if self.instances == 1 else f"{self.target} x{self.instances}"
+        """The target, with `` x<N>`` for several gateway instances, `` w<N>`` for several
+        workers."""
+        return (self.target + (f" x{self.instances}" if self.instances > 1 else "")
+                + (f" w{self.workers}" if self.workers > 1 else ""))
 
 
 def of_bound(row: Row) -> float:
@@ -83,7 +86,7 @@ def _imbalance(values: list[float]) -> float:
 
 def summarize(target: str, workload: str, results: list[Result], wall_s: float,
               fleet: dict[str, dict[str, Any]], cpu: dict[str, float],
-              instances: int = 1, block_tokens: int = 16) -> Row:
+              instances: int = 1, workers: int = 1, block_tokens: int = 16) -> Row:
     good = [r for r in results if r.ok]
     trace = [Sent(r.prompt, r.content) for r in sorted(good, key=lambda r: r.sent)]
     bound = hit_bound(trace, block_tokens, max(1, len(fleet)), LOAD_LIMIT)
@@ -93,6 +96,7 @@ def summarize(target: str, workload: str, results: list[Result], wall_s: float,
     bad = [r for r in results if not r.ok]
     return Row(
         target, workload, ok=len(good), errors=len(bad), wall_s=wall_s, instances=instances,
+        workers=workers,
         hit_rate=sum(r.cached_tokens for r in good) / prompt if prompt else 0.0,
         ttft_p50_ms=percentile(ttft, 50), ttft_p99_ms=percentile(ttft, 99),
         engine_ttft_p50_ms=percentile(engine_ttft, 50),
@@ -186,15 +190,16 @@ def _by_instances_cell(rows: list[Row | None], show: Callable[[Row], str],
     return " / ".join(parts)
 
 
-def instances_table(rows: list[Row]) -> str:
-    """Workloads and targets down; each cell holds a value for every instance count, in
-    increasing order, with its ratio to the first count (normally 1) in brackets. Only the
-    targets that ran with more than one count appear."""
-    counts = sorted({r.instances for r in rows})
-    by_key = {(r.workload, r.target, r.instances): r for r in rows}
+def instances_table(rows: list[Row], by: str = "instances") -> str:
+    """Workloads and targets down; each cell holds a value for every instance count (or
+    worker count: ``by="workers"``), in increasing order, with its ratio to the first
+    count (normally 1) in brackets. Only the targets that ran with more than one count
+    appear."""
+    counts = sorted({getattr(r, by) for r in rows})
+    by_key = {(r.workload, r.target, getattr(r, by)): r for r in rows}
     groups = [key for key in dict.fromkeys((r.workload, r.target) for r in rows)
               if sum((*key, n) in by_key for n in counts) > 1]
-    shown = " / ".join(f"x{n}" for n in counts)
+    shown = " / ".join(f"{'x' if by == 'instances' else 'w'}{n}" for n in counts)
     header = ["workload", "target", *(f"{name} ({shown})" for name, *_ in _BY_INSTANCES)]
     body = [[workload, target,
              *(_by_instances_cell([by_key.get((workload, target, n)) for n in counts],

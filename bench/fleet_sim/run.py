@@ -14,6 +14,9 @@ the target. Prints a table per workload, a summary and the goals checked on chat
 ``--instances 1,2,4`` runs each llmgw target as 1, then 2, then 4 gateway processes on
 the same sims, requests spread over them round robin, back to back so that the machine's
 load drifts little between them, and prints a table comparing the counts side by side.
+``--workers 1,2,4`` runs each llmgw target as one `llmgw up` with ``server.workers`` 1,
+then 2, then 4 (processes on one port, the kernel spreading connections over them), and
+prints the same side-by-side table for the worker counts.
 """
 
 from __future__ import annotations
@@ -89,8 +92,10 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def open_target(name: str, ctx: Context, instances: int = 1) -> AsyncIterator[Running]:
-    """``instances`` applies to llmgw only; the other targets are one router or none."""
+async def open_target(name: str, ctx: Context, instances: int = 1,
+                      workers: int = 1) -> AsyncIterator[Running]:
+    """``instances`` and ``workers`` apply to llmgw only; the other targets are one router
+    or none."""
     kind, _, policy = name.partition("/")
     urls = list(ctx.urls.values())
     if kind == "direct-random":
@@ -111,7 +116,7 @@ async def open_target(name: str, ctx: Context, instances: int = 1) -> AsyncItera
         finally:
             await proxy.stop()
     elif kind in ("llmgw", "sglang-router"):
-        procs = (tg.start_llmgw(ctx.logs, policy, urls, instances) if kind == "llmgw"
+        procs = (tg.start_llmgw(ctx.logs, policy, urls, instances, workers) if kind == "llmgw"
                  else [tg.start_sglang_router(ctx.logs, policy, urls)])
         try:
             for proc in procs:
@@ -138,12 +143,13 @@ async def probe(url: str) -> None:
 
 
 async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Namespace,
-                  instances: int = 1, arrivals: Sequence[float] | None = None) -> Row:
+                  instances: int = 1, arrivals: Sequence[float] | None = None,
+                  workers: int = 1) -> Row:
     """One replay of ``workload`` through target ``name``: closed loop at
     ``args.concurrency``, or open loop at ``arrivals`` (offsets in seconds)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         try:
-            async with open_target(name, ctx, instances) as target:
+            async with open_target(name, ctx, instances, workers) as target:
                 for url in target.probe_urls:
                     await probe(url)
                 await ctx.reset(http)
@@ -164,8 +170,8 @@ async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Na
                 fleet = await ctx.fleet(http)
         except StartError as exc:
             return Row(name, workload.name, reason=" ".join(str(exc).split())[:300],
-                       instances=instances)
-    return summarize(name, workload.name, replay.results, wall, fleet, cpu, instances,
+                       instances=instances, workers=workers)
+    return summarize(name, workload.name, replay.results, wall, fleet, cpu, instances, workers,
                      ctx.block_tokens)
 
 
@@ -192,6 +198,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--instances", type=_counts, default=[1],
                    help="llmgw gateway processes in front of the fleet, e.g. 1,2,4: each "
                         "llmgw target runs once per count (the other targets once)")
+    p.add_argument("--workers", type=_counts, default=[1],
+                   help="server.workers of each llmgw target, e.g. 1,2,4: processes on one "
+                        "port; each llmgw target runs once per count")
     p.add_argument("--time-limit", type=float, default=120.0, help="seconds per replay")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", action="store_true",
@@ -235,10 +244,12 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
             batch = []
             # Each llmgw target's instance counts run back to back: the comparison then
             # spans seconds of the machine's drifting load, not the whole run.
-            for name, instances in [(n, k) for n in names
-                                    for k in (args.instances if n.startswith("llmgw/") else [1])]:
+            for name, instances, workers in [
+                    (n, k, w) for n in names
+                    for k in (args.instances if n.startswith("llmgw/") else [1])
+                    for w in (args.workers if n.startswith("llmgw/") else [1])]:
                 started = time.monotonic()
-                row = await run_one(name, workload, ctx, args, instances)
+                row = await run_one(name, workload, ctx, args, instances, workers=workers)
                 print(f"  {row.label}: {time.monotonic() - started:.1f}s "
                       f"{row.reason or f'{row.ok} ok, {row.errors} errors'}", flush=True)
                 batch.append(row)
@@ -250,6 +261,9 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
     if len(args.instances) > 1:
         print("\n## Gateway instances (ratio to the first count in brackets)\n\n"
               + instances_table(rows))
+    if len(args.workers) > 1:
+        print("\n## Workers of one gateway (ratio to the first count in brackets)\n\n"
+              + instances_table(rows, by="workers"))
     print(f"\nprocess logs: {logs}")
     return rows
 

@@ -71,13 +71,13 @@ CANDIDATES: dict[str, dict[str, object]] = {
 }
 
 
-def llmgw_config(policy: str, urls: list[str]) -> dict[str, object]:
+def llmgw_config(policy: str, urls: list[str], workers: int = 1) -> dict[str, object]:
     model: dict[str, object] = {"name": MODEL, "engine": "vllm", "url": urls}
     if policy != DEFAULT_POLICY:
         model["routing"] = policy
     config: dict[str, object] = {"models": [model],
                                  "health": {"interval_s": 1, "stats_interval_s": 0.5},
-                                 "server": {"log_level": "warning"}}
+                                 "server": {"log_level": "warning", "workers": workers}}
     if policy in CANDIDATES:
         config["policies"] = {policy: CANDIDATES[policy]}
     return config
@@ -93,13 +93,15 @@ def check_llmgw(config: Path) -> None:
         raise StartError("llmgw check: " + " ".join(lines[-2:])[:300])
 
 
-def start_llmgw(logs: Path, policy: str, urls: list[str], instances: int = 1) -> list[Proc]:
+def start_llmgw(logs: Path, policy: str, urls: list[str], instances: int = 1,
+                workers: int = 1) -> list[Proc]:
     """``instances`` gateway processes on one config, each on its own port, each attached
     to every URL: several gateways in front of one fleet, as one per node on a cluster.
-    Each keeps its own in-flight counts, prefix index and session table. The caller stops
-    every process returned, even when waiting for one of them fails."""
+    Each keeps its own in-flight counts, prefix index and session table (as does each of
+    its ``workers``). The caller stops every process returned, even when waiting for one
+    of them fails."""
     config = logs / f"llmgw-{policy}.yaml"
-    config.write_text(json.dumps(llmgw_config(policy, urls)))  # JSON is YAML
+    config.write_text(json.dumps(llmgw_config(policy, urls, workers)))  # JSON is YAML
     check_llmgw(config)
     procs = []
     for i, port in enumerate(free_ports(instances)):

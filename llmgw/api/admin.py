@@ -13,9 +13,10 @@ Every answer is JSON; every error OpenAI-shaped, whatever the body (bounded by
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import time
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -33,6 +34,26 @@ from llmgw.errors import (
 from llmgw.lora.catalog import Adapter, AdapterCatalog, CatalogError, StateNotSaved
 
 ADMIN_KEY_ENV = "LLMGW_ADMIN_KEY"
+log = logging.getLogger("llmgw.api")
+
+
+class Peers(Protocol):
+    """The other processes of this gateway (``server.workers`` above 1:
+    llmgw/workers/worker.py); ``app.state.peers`` is None with one process."""
+
+    async def changed(self, what: Literal["keys", "adapters", "reload"]) -> list[str]:
+        """Apply in every other process the change just made here; returns what failed."""
+        ...
+
+
+async def tell_peers(request: Request, what: Literal["keys", "adapters", "reload"]) -> None:
+    """An admin change made in this worker reaches the others before the call answers, so
+    the next request sees it whichever worker takes it."""
+    peers: Peers | None = request.app.state.peers
+    if peers is None:
+        return
+    for problem in await peers.changed(what):
+        log.error("the %s change was made here but not applied in %s", what, problem)
 
 
 class RegisterAdapter(BaseModel):
@@ -108,6 +129,7 @@ async def register_adapter(request: Request) -> Response:
             raise _rejected(exc) from None
     except GatewayError as exc:
         return error_response(exc)
+    await tell_peers(request, "adapters")
     return json_response(_describe(dispatcher, adapter), 201)
 
 
@@ -125,4 +147,5 @@ async def remove_adapter(request: Request) -> Response:
     group = dispatcher.groups.get(adapter.base)
     if group is not None and group.lora is not None:
         await group.lora.remove(adapter)
+    await tell_peers(request, "adapters")
     return json_response({"name": adapter.name, "deleted": True})

@@ -70,6 +70,8 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     app.state.access_log = gateway.access_log
     app.state.fleet, app.state.reloader = fleet, reloader
     app.state.tools = tools_served
+    # The other workers of this gateway (llmgw/workers), told of admin changes; None: one.
+    app.state.peers = None
     _apply_server(app, gateway.config)
     if reloader is not None:
         reloader.listeners.append(lambda config: _apply_server(app, config))

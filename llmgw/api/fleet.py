@@ -12,7 +12,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmgw.api.admin import authorize
+from llmgw.api.admin import authorize, tell_peers
 from llmgw.api.body import json_response
 from llmgw.api.errors import error_response
 from llmgw.config import ConfigError
@@ -44,4 +44,5 @@ async def reload(request: Request) -> Response:
                                  param="config") from None
     except GatewayError as exc:
         return error_response(exc)
+    await tell_peers(request, "reload")
     return json_response({"applied": True, "plan": plan.as_dict()})

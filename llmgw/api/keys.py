@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmgw.api.admin import authorize
+from llmgw.api.admin import authorize, tell_peers
 from llmgw.api.body import json_response, parse_body, read_limited
 from llmgw.api.errors import error_response
 from llmgw.config import Limits, Priority
@@ -81,6 +81,7 @@ async def create_key(request: Request) -> Response:
                                      spec.weight, spec.tools)
     except GatewayError as exc:
         return error_response(exc)
+    await tell_peers(request, "keys")
     return json_response({"key": secret, **key.describe()}, 201)
 
 
@@ -91,4 +92,5 @@ async def revoke_key(request: Request) -> Response:
         key = tenancy.revoke(request.path_params["name"])
     except GatewayError as exc:
         return error_response(exc)
+    await tell_peers(request, "keys")
     return json_response({"name": key.name, "deleted": True})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -43,6 +44,9 @@ class ServerConfig(_Strict):
     # caused (uvicorn's default is 5 s). 75 s is nginx's default.
     keep_alive_s: float = Field(default=75.0, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Gateway processes serving this port (SO_REUSEPORT, Linux); "auto": one per core. 1 is
+    # one process, as ever; more adds a supervisor that owns the engines (docs/workers.md).
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     # Key for the admin API (/admin/...), sent as `Authorization: Bearer KEY`; the
     # environment variable LLMGW_ADMIN_KEY overrides it. Unset: the admin API refuses all.
     # Never empty or blank (a templated secret left unset must not open the API).
@@ -56,6 +60,11 @@ class ServerConfig(_Strict):
     request_bounds: RequestBounds = RequestBounds()
     # Off by default: {enabled: true} writes to standard error, {enabled: true, path: F} to F.
     access_log: AccessLogConfig = AccessLogConfig()
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` as a number: "auto" is this machine's cores."""
+        return self.workers if isinstance(self.workers, int) else max(1, os.cpu_count() or 1)
 
     @field_validator("admin_key")
     @classmethod

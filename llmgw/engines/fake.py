@@ -109,7 +109,13 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
 
     async def load_adapter(request: Request) -> Response:
         body = orjson.loads(await request.body())
-        state.adapters[str(body["lora_name"])] = str(body["lora_path"])
+        name = str(body["lora_name"])
+        if name in state.adapters:  # as vLLM: a second load of a name is refused
+            return Response(orjson.dumps({"error": {
+                "message": f"The lora adapter '{name}' has already been loaded.",
+                "type": "BadRequestError", "param": None, "code": 400}}),
+                status_code=400, media_type="application/json")
+        state.adapters[name] = str(body["lora_path"])
         return Response(b"Success", media_type="text/plain")
 
     async def unload_adapter(request: Request) -> Response:

@@ -153,6 +153,20 @@ class AdapterCatalog:
 
     # --- persistence ----------------------------------------------------------------
 
+    def reload_state(self) -> list[Adapter]:
+        """Another process serving the same adapters (a sibling worker) changed the state
+        file: take its registrations and removals. An adapter that stays as it was keeps
+        its object (its residency holds). Returns the adapters that left, to retire."""
+        before = self._adapters
+        self._adapters, self._removed = dict(self._configured), frozenset()
+        self._load_state()
+        for name, adapter in self._adapters.items():
+            old = before.get(name)
+            if old is not None and (old.base, old.source, old.origin) == \
+                    (adapter.base, adapter.source, adapter.origin):
+                self._adapters[name] = old
+        return [a for n, a in before.items() if self._adapters.get(n) is not a]
+
     def _load_state(self) -> None:
         """Runtime changes from the state file, each checked again as if registered now
         (against the current roots and model names). Whatever fails is logged and

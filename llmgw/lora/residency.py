@@ -253,7 +253,8 @@ class AdapterResidency:
             async with asyncio.timeout(self._load_timeout_s):
                 await self._clients[replica_id].load(adapter.name, adapter.source)
         except AdapterLoadError as exc:
-            await self._refused(replica_id, adapter, reason, exc)
+            if not await self._loaded_by_another(replica_id, adapter):
+                await self._refused(replica_id, adapter, reason, exc)
         except TimeoutError:
             self.metrics.loaded(adapter.name, False, reason)
             raise UpstreamTimeout(f"adapter '{adapter.name}' did not load on "
@@ -275,6 +276,13 @@ class AdapterResidency:
         self._failed[adapter] = (self._clock() + self._failure_cooldown_s, message)
         log.warning("%s", message)
         raise AdapterLoadFailed(message, param="model") from None
+
+    async def _loaded_by_another(self, replica_id: str, adapter: Adapter) -> bool:
+        """A refused load of an adapter the engine lists already: another gateway sharing
+        the replica (a sibling worker, a gateway on the same Ray fleet) loaded it first,
+        and vLLM refuses a second load of a name. It is resident, as wanted."""
+        listed = await self._clients[replica_id].loaded()
+        return listed is not None and adapter.name in listed
 
     async def _engine_was_full(self, replica_id: str) -> bool:
         """A refused load is the adapter's fault unless the engine turns out to hold more

@@ -22,10 +22,10 @@ class FleetFamilies:
         self.replicas = Gauge(
             "llmgw_fleet_replicas", "Replicas by lifecycle state (starting, ready, "
             "draining) per model and pool (mixed, prefill, decode).", [*pool, "state"],
-            registry=r)
+            multiprocess_mode="livemax", registry=r)
         self.desired = Gauge(
             "llmgw_autoscaler_desired_replicas", "Replicas the autoscaler (or the config) "
-            "wants per pool.", pool, registry=r)
+            "wants per pool.", pool, multiprocess_mode="livemax", registry=r)
         self.decisions = Counter(
             "llmgw_autoscaler_decisions", "Scaling acts by direction (up/down) and reason "
             "(load, kv_pressure, engine_queue, cold_start, idle).",
@@ -41,7 +41,8 @@ class FleetFamilies:
             "engine answering health checks.", pool, buckets=LATENCY_S, registry=r)
         self.queued = Gauge(
             "llmgw_queued_requests", "Requests waiting for a replica of a model scaled to "
-            "zero (or whose first replica starts).", ["model"], registry=r)
+            "zero (or whose first replica starts).", ["model"],
+            multiprocess_mode="livesum", registry=r)
         self.reloads = Counter(
             "llmgw_config_reloads", "Config reloads by result (applied/refused).",
             ["result"], registry=r)

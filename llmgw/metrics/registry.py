@@ -7,6 +7,7 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from llmgw.metrics import multiprocess
 from llmgw.metrics.buckets import ITL_S, LATENCY_S, TOKENS
 from llmgw.metrics.fleet import FleetFamilies
 from llmgw.metrics.tenants import TenantFamilies
@@ -14,7 +15,9 @@ from llmgw.metrics.tools import ToolFamilies
 
 
 class Metrics:
-    """Owns its CollectorRegistry, so two apps in one process never collide."""
+    """Owns its CollectorRegistry, so two apps in one process never collide. Each gauge
+    names how several workers' values merge (``multiprocess_mode``, ignored with one
+    process: llmgw/metrics/multiprocess.py)."""
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
@@ -53,11 +56,11 @@ class Metrics:
         )
         self.replica_in_flight = Gauge(
             "llmgw_replica_in_flight_requests", "Requests open on each replica, gateway-side.",
-            ["model", "replica"], registry=r,
+            ["model", "replica"], multiprocess_mode="livesum", registry=r,
         )
         self.replica_healthy = Gauge(
             "llmgw_replica_healthy", "1 when the replica passes health checks, else 0.",
-            ["model", "replica"], registry=r,
+            ["model", "replica"], multiprocess_mode="livemax", registry=r,
         )
         self.replica_restarts = Counter(
             "llmgw_replica_restarts", "Engine processes restarted by the launcher.",
@@ -78,7 +81,8 @@ class Metrics:
         )
         self.replica_ejected = Gauge(
             "llmgw_replica_ejected", "1 while outlier detection keeps the replica out "
-            "(before it is half-open), else 0.", ["model", "replica"], registry=r,
+            "(before it is half-open), else 0.", ["model", "replica"],
+            multiprocess_mode="livemax", registry=r,
         )
         self.retries_denied = Counter(
             "llmgw_retries_denied", "Retries the model's retry budget refused: the request "
@@ -110,24 +114,25 @@ class Metrics:
         engine = ["model", "replica"]
         self.engine_running = Gauge(
             "llmgw_engine_requests_running", "Requests the engine reports running.",
-            engine, registry=r)
+            engine, multiprocess_mode="livemostrecent", registry=r)
         self.engine_waiting = Gauge(
             "llmgw_engine_requests_waiting", "Requests the engine reports queued.",
-            engine, registry=r)
+            engine, multiprocess_mode="livemostrecent", registry=r)
         self.engine_kv_usage = Gauge(
             "llmgw_engine_kv_cache_usage_ratio", "KV cache in use, 0..1, engine-reported.",
-            engine, registry=r)
+            engine, multiprocess_mode="livemostrecent", registry=r)
         self.engine_prefix_hits = Gauge(
             "llmgw_engine_prefix_cache_hit_tokens",
             "Prompt tokens served from the engine's prefix cache since it started.",
-            engine, registry=r)
+            engine, multiprocess_mode="livemostrecent", registry=r)
         self.engine_prefix_queries = Gauge(
             "llmgw_engine_prefix_cache_query_tokens",
             "Prompt tokens looked up in the engine's prefix cache since it started.",
-            engine, registry=r)
+            engine, multiprocess_mode="livemostrecent", registry=r)
         self.engine_kv_capacity = Gauge(
             "llmgw_engine_kv_cache_capacity_tokens",
-            "The engine's KV cache size in tokens (blocks x block size).", engine, registry=r)
+            "The engine's KV cache size in tokens (blocks x block size).", engine,
+            multiprocess_mode="livemostrecent", registry=r)
 
         # KV cache events (vLLM), feeding the precise prefix scorer's index.
         self.kv_events = Counter(
@@ -139,7 +144,7 @@ class Metrics:
             ["model", "replica", "kind"], registry=r)
         self.kv_index_blocks = Gauge(
             "llmgw_kv_index_blocks", "KV blocks the gateway believes each engine holds, "
-            "from its events.", engine, registry=r)
+            "from its events.", engine, multiprocess_mode="livemostrecent", registry=r)
 
         # LoRA multiplexing.
         self.lora_loads = Counter(
@@ -159,13 +164,14 @@ class Metrics:
             "llmgw_lora_requests", "Requests per adapter.", ["model", "adapter"], registry=r)
         self.lora_request_rate = Gauge(
             "llmgw_lora_adapter_request_rate", "Requests/s per adapter (moving average), "
-            "what hotness control acts on.", ["model", "adapter"], registry=r)
+            "what hotness control acts on.", ["model", "adapter"],
+            multiprocess_mode="livesum", registry=r)
         self.lora_resident = Gauge(
             "llmgw_lora_adapter_resident", "1 when the replica holds the adapter.",
-            ["model", "adapter", "replica"], registry=r)
+            ["model", "adapter", "replica"], multiprocess_mode="livemax", registry=r)
         self.lora_resident_count = Gauge(
             "llmgw_lora_resident_adapters", "Adapters each replica holds.",
-            ["model", "replica"], registry=r)
+            ["model", "replica"], multiprocess_mode="livemax", registry=r)
         self.lora_drift = Counter(
             "llmgw_lora_residency_drift", "Adapters the gateway believed resident that the "
             "engine's own listing lacked (or the reverse); the belief was corrected.",
@@ -193,7 +199,10 @@ class Metrics:
         self.tools = ToolFamilies(r)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        # Several workers (llmgw/metrics/multiprocess.py): every process's samples, merged.
+        shared = multiprocess.shared_dir()
+        return generate_latest(self.registry) if shared is None \
+            else multiprocess.exposition(shared)
 
     def forget_replica(self, model: str, replica: str) -> None:
         """Remove every series of a replica that left the fleet, in every family that

@@ -30,10 +30,10 @@ class TenantFamilies:
             ["key", "model", "limit"], registry=r)
         self.in_flight = Gauge(
             "llmgw_key_in_flight_requests", "Requests open per API key name.", ["key"],
-            registry=r)
+            multiprocess_mode="livesum", registry=r)
         self.admission_queued = Gauge(
             "llmgw_admission_queued_requests", "Requests waiting at the gateway for a "
-            "saturated model (admission:).", ["model"], registry=r)
+            "saturated model (admission:).", ["model"], multiprocess_mode="livesum", registry=r)
         self.admission_wait = Histogram(
             "llmgw_admission_wait_seconds", "Time requests waited in a saturated model's "
             "queue, by API key name (\"\" without keys).", ["model", "key"],

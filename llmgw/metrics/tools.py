@@ -28,10 +28,10 @@ class ToolFamilies:
             "(one observation per call).", ["tool"], buckets=BATCH_SIZES, registry=r)
         self.in_flight = Gauge(
             "llmgw_tool_in_flight_calls", "Tool calls running now, by deployment.",
-            ["deployment"], registry=r)
+            ["deployment"], multiprocess_mode="livesum", registry=r)
         self.healthy = Gauge(
             "llmgw_tool_replica_healthy", "1 when a tool replica passes its health check.",
-            ["deployment", "replica"], registry=r)
+            ["deployment", "replica"], multiprocess_mode="livemax", registry=r)
         self.loop_rounds = Histogram(
             "llmgw_tool_loop_rounds", "Model rounds of each finished server-side tool loop "
             "(chat completions naming the gateway's tools), by model.", ["model"],

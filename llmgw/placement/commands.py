@@ -156,7 +156,10 @@ def resolve_model(model: ModelConfig) -> str:
 
 
 def engine_env(model: ModelConfig) -> dict[str, str]:
-    env = {**os.environ, **model.launch.env}
+    # Several gateway workers share their metrics through this directory
+    # (llmgw/metrics/multiprocess.py); an engine's own prometheus-client must not join.
+    inherited = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {**inherited, **model.launch.env}
     if model.lora is not None and model.engine == "vllm":
         # vLLM serves /v1/load_lora_adapter only with this set; the gateway loads on demand.
         env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")

@@ -102,6 +102,12 @@ class Tenancy:
             k.limits if (k := ring.get(name)) is not None else None), now)
         self._model_quotas = _retuned(self._model_quotas, self._model_limits.get, now)
 
+    def reload_state(self, config: GatewayConfig) -> None:
+        """Another process serving the same keys (a sibling worker) changed the state
+        file: take its keys and revocations as if this one had made them."""
+        self._load_state()
+        self.reconfigure(config)
+
     def _load_state(self) -> None:
         self._loaded = True
         try:

@@ -1,4 +1,5 @@
-"""`llmgw up` refuses, before launching any engine, to start where it cannot listen."""
+"""`llmgw up` refuses, before launching any engine, to start where it cannot listen (one
+worker or several); with one worker it is one process, as it always was."""
 
 from __future__ import annotations
 
@@ -7,16 +8,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import psutil
+import pytest
+
 from tests.support import ROOT, start_gateway
 
 
-def test_up_on_a_port_in_use_fails_before_launching_engines(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
+def test_up_on_a_port_in_use_fails_before_launching_engines(tmp_path: Path,
+                                                            workers: int) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         config = tmp_path / "busy.yaml"
-        config.write_text(f"server: {{host: 127.0.0.1, port: {port}}}\n"
+        config.write_text(f"server: {{host: 127.0.0.1, port: {port}, workers: {workers}}}\n"
                           "models: [{name: m, engine: fake, model: fake, replicas: 1}]\n")
         up = subprocess.run([sys.executable, "-m", "llmgw", "up", str(config)],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -33,3 +40,17 @@ def test_the_configs_log_level_reaches_llmgws_own_logs(tmp_path: Path) -> None:
         own_info = [line for line in gateway.output().splitlines()
                     if " INFO llmgw" in line]  # e.g. "INFO llmgw.placement: starting m-0"
         assert (own_info == []) is quiet, own_info[:3]
+
+
+def test_one_worker_is_one_process_and_sends_no_worker_header(tmp_path: Path) -> None:
+    gateway = start_gateway({"models": [
+        {"name": "m", "engine": "fake", "model": "fake", "replicas": 1}]}, tmp_path)
+    try:
+        answer = httpx.post(gateway.url + "/v1/chat/completions", timeout=30, json={
+            "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status_code == 200, answer.text
+        assert "x-llmgw-worker" not in answer.headers
+        children = psutil.Process(gateway.proc.pid).children()
+        assert [c.cmdline() for c in children if "llmgw.workers.worker" in c.cmdline()] == []
+    finally:
+        gateway.stop()

@@ -1,0 +1,43 @@
+"""One exposition over several processes (``server.workers`` above 1): prometheus-client's
+multiprocess mode. Every process of one `llmgw up` (the supervisor and each worker)
+writes its samples to memory-mapped files in one directory; ``/metrics`` on any worker
+reads them all: counters and histograms summed, each gauge by the mode its definition
+names (``livesum`` for what is counted per process, such as in-flight requests;
+``livemax`` / ``livemostrecent`` for what every process sees alike, such as health or an
+engine's own numbers). A single-process gateway never turns this on and pays nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess, values
+
+# prometheus-client's own switch; every process that inherits it writes its files there.
+DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def enable(directory: str) -> None:
+    """This process and the processes it starts from now on share ``directory``. Metrics
+    made before the call stay private to the process (make none before it)."""
+    os.environ[DIR_ENV] = directory
+    # prometheus-client picks the value class when it is imported; metrics read it when
+    # they make each series, so setting it here takes effect for every later series.
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def shared_dir() -> str | None:
+    return os.environ.get(DIR_ENV) or None
+
+
+def exposition(directory: str) -> bytes:
+    """Every process's samples, merged."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def process_gone(directory: str, pid: int) -> None:
+    """A process of the group exited: its live gauges leave the merge (its counters stay
+    in the sums, so they never go backwards)."""
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
