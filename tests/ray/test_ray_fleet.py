@@ -249,6 +249,10 @@ def test_a_replica_the_cluster_cannot_place_waits_visibly_and_hangs_nothing(
         error = seen["models"]["huge"]["pools"]["mixed"]["last_error"]
         assert "could not be placed within 5s" in error and "'GPU': 8.0" in error
         # The gateway serves the rest meanwhile, and keeps trying (the group is demand).
+        # (The small replica starts beside the wait; on a loaded machine it may take longer
+        # than the placement timeout.)
+        wait_for(gateway, lambda s: ready_ids(gateway, "small") == ["small-0"], 60,
+                 "the small replica ready")
         answer = httpx.post(gateway.url + "/v1/chat/completions", json=chat("small"), timeout=30)
         assert answer.status_code == 200
         wait_for(gateway, lambda s: any(p["phase"] and p["phase"].startswith("placing")
