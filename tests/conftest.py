@@ -40,6 +40,44 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.config.stash[_FAILED] = exitstatus not in (0, pytest.ExitCode.NO_TESTS_COLLECTED)
 
 
+# Under pytest-xdist (`make test` runs two workers): what starts the most processes and
+# takes longest goes first, so that no long module is left running alone at the end.
+# Durations from a CI run; a module not listed keeps its place after these.
+_LONGEST_FIRST = (
+    "tests/disagg/test_vllm_pd_e2e.py",
+    "tests/ray/",
+    "tests/vllm/test_vllm_e2e.py",
+    "tests/vllm/test_vllm_embeddings.py",
+    "tests/fleet/test_reload_e2e.py",
+    "tests/e2e/test_dashboards_prometheus.py",
+    "tests/telemetry/test_vllm_tracing.py",
+    "tests/fleet/test_autoscale_e2e.py",
+    "tests/e2e/test_local_yaml.py",
+    "tests/vllm/test_vllm_lora.py",
+    "tests/e2e/test_workers_yaml.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With xdist's ``--dist loadgroup``: a module's tests stay on one worker (module
+    fixtures start gateways and engines once) and the Ray modules share one (one local
+    Ray cluster at a time on the machine)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        group = "tests/ray/" if module.startswith("tests/ray/") else module
+        item.add_marker(pytest.mark.xdist_group(group))
+
+    def rank(item: pytest.Item) -> int:
+        for i, prefix in enumerate(_LONGEST_FIRST):
+            if item.nodeid.startswith(prefix):
+                return i
+        return len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module's own order is kept
+
+
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
