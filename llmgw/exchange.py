@@ -160,7 +160,9 @@ class Exchange:
         if isinstance(cached, int) and isinstance(prompt, int) and prompt > 0:
             observed = cached / prompt
             self.group.metrics.prefix_prediction_error.observe(predicted - observed)
-            self.group.policy.on_cached(self.ctx, self.replica.id, predicted, observed)
+            factor = self.group.policy.on_cached(self.ctx, self.replica.id, predicted, observed)
+            if factor is not None:
+                self.replica.metrics.affinity_factor.set(factor)
 
 
 def _done_offset(block: bytes) -> int:

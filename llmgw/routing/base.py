@@ -77,9 +77,10 @@ class RoutingPolicy(Protocol):
         ...
 
     def on_cached(self, ctx: RequestContext, replica_id: str, predicted: float,
-                  observed: float) -> None:
+                  observed: float) -> float | None:
         """The engine of ``replica_id`` reported ``observed`` of the prompt cached where
-        ``take_prediction`` said ``predicted`` (shares, 0..1)."""
+        ``take_prediction`` said ``predicted`` (shares, 0..1). Returns the factor now on
+        that replica's cache affinity; None when the policy has none."""
         ...
 
     def forget(self, replica_id: str) -> None:
@@ -250,8 +251,9 @@ class Pipeline:
         self.trust.forget(replica_id)
 
     def on_cached(self, ctx: RequestContext, replica_id: str, predicted: float,
-                  observed: float) -> None:
+                  observed: float) -> float | None:
         self.trust.observe(replica_id, predicted, observed)
+        return self.trust.factor(replica_id)
 
     def take_prediction(self, ctx: RequestContext) -> float | None:
         # Every predictor's entry is taken (so none lingers); the first scorer's counts.
@@ -282,7 +284,7 @@ class OrderPolicy:
         return None
 
     def on_cached(self, ctx: RequestContext, replica_id: str, predicted: float,
-                  observed: float) -> None:
+                  observed: float) -> float | None:
         return None
 
     def forget(self, replica_id: str) -> None:

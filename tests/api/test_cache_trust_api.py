@@ -68,3 +68,17 @@ def test_replicas_whose_engines_miss_lose_affinity_within_bounds(gateway: Server
     assert len(factors) == 2
     assert min(factors.values()) == 0.5  # the floor, never below
     assert all(0.5 <= f <= 1.0 for f in factors.values())
+
+
+def test_the_factors_are_gauges(gateway: Server) -> None:
+    for i in range(2 * MIN_SAMPLES + 4):  # whichever test runs first, the floor is reached
+        ask(gateway, f"g{i}")
+    text = httpx.get(gateway.url + "/metrics").text
+    factors = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('llmgw_routing_affinity_factor{model="m"')
+    ]
+    assert len(factors) == 2
+    assert min(factors) == 0.5
+    assert max(factors) <= 1.0
