@@ -5,6 +5,7 @@ x-llmgw-route."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import httpx
 import orjson
@@ -18,25 +19,17 @@ SYSTEM = "You are a careful assistant for a shop that sells lamps. " * 20
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # Engines that evicted everything: whatever the index remembers, nothing is cached.
-    engines = [start_fake_engine("--cached-tokens", "0") for _ in range(2)]
-    config = {
-        "models": [
-            {
-                "name": "m",
-                "engine": "fake",
-                "url": [e.url for e in engines],
-                "routing": "prefix-aware",
-            }
-        ]
-    }
-    try:
-        server = start_gateway(config, tmp_path_factory.mktemp("trust"))
+    with ExitStack() as running:
+        # Engines that evicted everything: whatever the index remembers, nothing is cached.
+        urls = []
+        for _ in range(2):
+            engine = start_fake_engine("--cached-tokens", "0")
+            running.callback(engine.stop)
+            urls.append(engine.url)
+        model = {"name": "m", "engine": "fake", "url": urls, "routing": "prefix-aware"}
+        server = start_gateway({"models": [model]}, tmp_path_factory.mktemp("trust"))
+        running.callback(server.stop)
         yield server
-        server.stop()
-    finally:
-        for engine in engines:
-            engine.stop()
 
 
 def ask(gateway: Server, question: str) -> httpx.Response:
