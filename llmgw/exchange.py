@@ -158,7 +158,11 @@ class Exchange:
         prompt = self.usage.get("prompt_tokens")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         if isinstance(cached, int) and isinstance(prompt, int) and prompt > 0:
-            self.group.metrics.prefix_prediction_error.observe(predicted - cached / prompt)
+            observed = cached / prompt
+            self.group.metrics.prefix_prediction_error.observe(predicted - observed)
+            factor = self.group.policy.on_cached(self.ctx, self.replica.id, predicted, observed)
+            if factor is not None:
+                self.replica.metrics.affinity_factor.set(factor)
 
 
 def _done_offset(block: bytes) -> int:

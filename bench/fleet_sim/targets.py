@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from bench.processes import REPO, Proc, StartError, free_ports, spawn
+from llmgw.routing.registry import PRESETS
 
 MODEL = "sim"
 
@@ -69,6 +70,12 @@ CANDIDATES: dict[str, dict[str, object]] = {
                                  {"type": "prefix-cache", "weight": 1, "params": B256},
                                  {"type": "least-load", "weight": 1}]},
 }
+
+# The built-in prefix-aware and session-aware with the cache-trust feedback off (issue 15,
+# point 5): each replica's affinity keeps its configured weight whatever the engines
+# report cached. The "before" of a before/after in one run.
+CANDIDATES.update({f"{name}-fixed": {**PRESETS[name].model_dump(), "cache_trust_floor": 1.0}
+                   for name in ("prefix-aware", "session-aware")})
 
 
 def llmgw_config(policy: str, urls: list[str], workers: int = 1) -> dict[str, object]:

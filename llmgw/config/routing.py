@@ -29,3 +29,7 @@ class PolicyConfig(_Strict):
     filters: list[PluginSpec] = Field(default_factory=list)
     scorers: list[PluginSpec] = Field(min_length=1)
     load_guard: LoadGuardConfig | None = LoadGuardConfig()
+    # The least share of its configured weight a replica's cache affinity keeps when the
+    # engine reports fewer cached tokens than the prefix index predicted there (evicted
+    # what the index remembers): routing leans toward load instead. 1 turns it off.
+    cache_trust_floor: float = Field(default=0.5, ge=0, le=1)

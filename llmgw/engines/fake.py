@@ -48,6 +48,10 @@ class FakeEngineState:
         self.nnodes, self.master_port = 1, 0
         self.joined: list[int] = []
         self.scripted_tool_calls = False
+        # Reported as usage.prompt_tokens_details.cached_tokens (at most the prompt) when
+        # set: an engine whose prefix cache holds this much, e.g. 0 for one that evicted
+        # everything the gateway's prefix index remembers.
+        self.cached_tokens: int | None = None
 
 
 def _chunk(rid: str, model: str, created: int, choice: dict[str, Any] | None,
@@ -84,8 +88,11 @@ def create_fake_app(state: FakeEngineState) -> Starlette:
             turn = scripted_turn(body) if state.scripted_tool_calls else marked_turn(body)
             if turn is not None:
                 return _scripted(state, body, turn, prompt_tokens)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
-                 "total_tokens": prompt_tokens + n}
+        usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
+                                 "total_tokens": prompt_tokens + n}
+        if state.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {
+                "cached_tokens": min(state.cached_tokens, prompt_tokens)}
         if body.get("stream"):
             return StreamingResponse(counted(state, _stream(state, body, n, usage, chat)),
                                      media_type="text/event-stream")
@@ -233,6 +240,8 @@ def main() -> None:
     parser.add_argument("--model", default="fake", help="ignored; accepted like real engines")
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
     parser.add_argument("--fail-status", type=int, default=None)
+    parser.add_argument("--cached-tokens", type=int, default=None,
+                        help="report this many prompt tokens cached (at most the prompt)")
     parser.add_argument("--scripted-tool-calls", action="store_true",
                         help="call the tools a request offers (llmgw.engines.fake_tools)")
     # An engine over several nodes, with vLLM's flags: rank 0 serves and listens on the
@@ -249,6 +258,7 @@ def main() -> None:
     state = FakeEngineState(args.served_model_name, args.token_delay_ms / 1000, args.fail_status)
     state.nnodes, state.master_port = args.nnodes, args.master_port
     state.scripted_tool_calls = args.scripted_tool_calls
+    state.cached_tokens = args.cached_tokens
     uvicorn.run(create_fake_app(state), host=args.host, port=args.port, log_level="warning",
                 access_log=False, http="httptools", loop="uvloop")
 

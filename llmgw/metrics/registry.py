@@ -54,6 +54,12 @@ class Metrics:
             "llmgw_request_completion_tokens", "Completion tokens per request.",
             ["model"], buckets=TOKENS, registry=r,
         )
+        self.affinity_factor = Gauge(
+            "llmgw_routing_affinity_factor",
+            "The factor (cache_trust_floor..1) on each replica's cache-affinity scores: "
+            "below 1 when its engine reports fewer cached tokens than the gateway predicted.",
+            ["model", "replica"], registry=r,
+        )
         self.replica_in_flight = Gauge(
             "llmgw_replica_in_flight_requests", "Requests open on each replica, gateway-side.",
             ["model", "replica"], multiprocess_mode="livesum", registry=r,

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+from llmgw.routing.cache_trust import CacheTrust
 from llmgw.types import Outcome, ReplicaView, RequestContext
 
 # What a policy needs the API layer to compute per request (work skipped otherwise).
@@ -75,6 +76,13 @@ class RoutingPolicy(Protocol):
         in its prefix cache, for calibration against what the engine reports; once."""
         ...
 
+    def on_cached(self, ctx: RequestContext, replica_id: str, predicted: float,
+                  observed: float) -> float | None:
+        """The engine of ``replica_id`` reported ``observed`` of the prompt cached where
+        ``take_prediction`` said ``predicted`` (shares, 0..1). Returns the factor now on
+        that replica's cache affinity; None when the policy has none."""
+        ...
+
     def forget(self, replica_id: str) -> None:
         """The replica left the pool for good: drop whatever was learned about it."""
         ...
@@ -118,14 +126,24 @@ class Decision:
     guard: str | None = None
     # Replica id -> the prompt share the policy expects it to have cached.
     predicted: Mapping[str, float] = field(default_factory=dict)
+    # Replica id -> the factor (floor..1) on its cache affinity scores (CacheTrust).
+    affinity_factor: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        explained: dict[str, object] = {
             "ranked": [r.id for r in self.ranked], "dropped": self.dropped,
             "scores": {k: {r: round(v, 4) for r, v in s.items()} for k, s in self.scores.items()},
             "totals": {r: round(v, 4) for r, v in self.totals.items()}, "guard": self.guard,
             "predicted_cached_share": {r: round(v, 6) for r, v in self.predicted.items()},
         }
+        if self.affinity_factor:  # a policy with cache affinity to scale
+            explained["affinity_factor"] = {
+                r: round(v, 3) for r, v in self.affinity_factor.items()}
+        return explained
+
+
+# Scores of scorers that are not cache affinity: never scaled.
+_TRUSTED: Mapping[str, float] = {}
 
 
 class LoadGuard:
@@ -156,14 +174,18 @@ class Pipeline:
         scorers: Sequence[tuple[Scorer, float]],
         rng: random.Random,
         guard: LoadGuard | None = None,
+        trust: CacheTrust | None = None,
     ) -> None:
         self.filters = list(filters)
         self.scorers = list(scorers)
         self.rng = rng
         self.guard = guard
+        self.trust = trust or CacheTrust()
         self.needs: frozenset[Need] = frozenset().union(*(s.needs for s, _ in scorers))
         self._predictors: list[PredictsCache] = [
             s for s, _ in scorers if isinstance(s, PredictsCache)]
+        # The scorers whose scores are cache affinity: scaled by each replica's trust.
+        self._affinity = {id(s) for s in self._predictors}
         self._learners: list[LearnsPromptLength] = [
             s for s, _ in scorers if isinstance(s, LearnsPromptLength)]
         self._forgetters: list[ForgetsReplicas] = [
@@ -198,9 +220,10 @@ class Pipeline:
                 scores = scorer.score(ctx, eligible)
                 if explain:
                     decision.scores[scorer.type_name] = scores
+                factors = self.trust.factors if id(scorer) in self._affinity else _TRUSTED
                 for rid, value in scores.items():
                     if rid in totals:
-                        totals[rid] += weight * value
+                        totals[rid] += weight * value * factors.get(rid, 1.0)
         rand = self.rng.random
         keyed = sorted((-totals[r.id], rand(), i) for i, r in enumerate(eligible))
         decision.ranked = [eligible[i] for _, _, i in keyed]
@@ -208,6 +231,8 @@ class Pipeline:
             decision.totals = totals
             offered = self._predictors[0].offered(ctx.request_id) if self._predictors else None
             decision.predicted = offered or {}
+            if self._predictors:
+                decision.affinity_factor = {r.id: self.trust.factor(r.id) for r in eligible}
         return decision
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
@@ -223,6 +248,12 @@ class Pipeline:
     def forget(self, replica_id: str) -> None:
         for plugin in self._forgetters:
             plugin.forget(replica_id)
+        self.trust.forget(replica_id)
+
+    def on_cached(self, ctx: RequestContext, replica_id: str, predicted: float,
+                  observed: float) -> float | None:
+        self.trust.observe(replica_id, predicted, observed)
+        return self.trust.factor(replica_id)
 
     def take_prediction(self, ctx: RequestContext) -> float | None:
         # Every predictor's entry is taken (so none lingers); the first scorer's counts.
@@ -250,6 +281,10 @@ class OrderPolicy:
         return None
 
     def take_prediction(self, ctx: RequestContext) -> float | None:
+        return None
+
+    def on_cached(self, ctx: RequestContext, replica_id: str, predicted: float,
+                  observed: float) -> float | None:
         return None
 
     def forget(self, replica_id: str) -> None:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmgw.config import ConfigError, LoadGuardConfig, PluginSpec, PolicyConfig
 from llmgw.routing.base import Filter, LoadGuard, Pipeline, RoutingPolicy, Scorer
+from llmgw.routing.cache_trust import CacheTrust
 from llmgw.routing.filters import HasCapacityFilter, RoleFilter
 from llmgw.routing.kv_block_index import KVBlockIndex
 from llmgw.routing.kv_cache import KVCacheScorer
@@ -99,7 +100,8 @@ def make_policy(name: str, rng: random.Random,
         for i, s in enumerate(spec.scorers)]
     guard = spec.load_guard
     return Pipeline(filters, scorers, rng,
-                    LoadGuard(guard.abs_threshold, guard.rel_threshold) if guard else None)
+                    LoadGuard(guard.abs_threshold, guard.rel_threshold) if guard else None,
+                    CacheTrust(spec.cache_trust_floor))
 
 
 def _plugin(table: dict[str, Any], spec: PluginSpec, where: str,
