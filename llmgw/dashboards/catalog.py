@@ -102,6 +102,10 @@ ROUTING_LORA = Dashboard("llmgw-routing-lora", "llmgw: cache-aware routing and L
         Query(increase("llmgw_kv_event_gaps_total", "model, replica, kind", "15m"),
               "{{replica}} {{kind}}"),), needs="vllm"),
     _prefix_error_panel("Prefix prediction error p50 / p90 (predicted - engine cached share)"),
+    Panel("Cache trust: factor on each replica's cache-affinity scores", (
+        Query(sel("llmgw_routing_affinity_factor"), "{{model}} {{replica}}"),),
+        description="1: the engine reports the cached tokens the gateway predicted; down to "
+                    "cache_trust_floor when it reports fewer, and routing leans on load."),
     Panel("LoRA loads by result and reason", (
         Query(rate("llmgw_lora_loads_total", "model, result, reason"),
               "{{model}} {{result}} {{reason}}"),), unit="ops"),

@@ -58,7 +58,8 @@ class Metrics:
             "llmgw_routing_affinity_factor",
             "The factor (cache_trust_floor..1) on each replica's cache-affinity scores: "
             "below 1 when its engine reports fewer cached tokens than the gateway predicted.",
-            ["model", "replica"], registry=r,
+            # Each worker learns its own; the least trusting one shows.
+            ["model", "replica"], multiprocess_mode="livemin", registry=r,
         )
         self.replica_in_flight = Gauge(
             "llmgw_replica_in_flight_requests", "Requests open on each replica, gateway-side.",
