@@ -40,12 +40,13 @@ prometheus:
 up: install
 	$(BIN)/llmgw up $(CONFIG)
 
-## Run the whole test suite.
+## Run the whole test suite (TEST_WORKERS=0 runs it in one process).
+TEST_WORKERS ?= 2
 test: install vllm prometheus
 	$(BIN)/ruff check llmgw tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check llmgw tests bench
