@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.fleet_sim.adapters import AdapterSlots
 from bench.fleet_sim.kv_cache import BlockLRU
 from bench.fleet_sim.tokens import block_hashes, token_count
 
@@ -36,6 +37,10 @@ class CostModel:
     block_tokens: int = 16
     # Cache the reply's blocks too (vLLM does), so the next chat turn hits its history.
     cache_generated: bool = True
+    # LoRA: adapters resident at once (vLLM's --max-loras) and the accelerator time one
+    # load takes (weights from host memory into the slot).
+    max_loras: int = 4
+    lora_load_ms: float = 50.0
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Prefill:
     cached_tokens: int
     queue_ms: float = 0.0  # waiting for a batch slot
     lane_ms: float = 0.0  # waiting for other requests' prefills
+    load_ms: float = 0.0  # loading this request's LoRA adapter, when it was not resident
     prefill_ms: float = 0.0  # this request's own prefill compute
 
 
@@ -68,6 +74,7 @@ class SimReplica:
         self.name = name
         self.cost = cost
         self.cache = BlockLRU(cost.kv_blocks)
+        self.adapters = AdapterSlots(cost.max_loras)
         self.running = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._lane = asyncio.Lock()  # FIFO: waiters acquire in arrival order
@@ -128,21 +135,36 @@ class SimReplica:
         only full blocks within the first n-1 tokens count."""
         return max(0, prompt_tokens - 1) // self.cost.block_tokens
 
-    def match(self, prompt: str) -> int:
+    def match(self, prompt: str, adapter: str | None = None) -> int:
         """Tokens of ``prompt`` cached here now (a lookup, not a use)."""
-        hashes = block_hashes(prompt, self.cost.block_tokens)
+        hashes = block_hashes(prompt, self.cost.block_tokens, adapter=adapter)
         return self.cache.cached_prefix(hashes[:self._hit_limit(token_count(prompt))]) \
             * self.cost.block_tokens
 
-    async def prefill(self, prompt: str, queue_ms: float, key: int) -> Prefill:
-        hashes = block_hashes(prompt, self.cost.block_tokens)
+    async def load_adapter(self, name: str) -> float:
+        """Make adapter ``name`` resident; returns the ms its load took (0 when it was).
+        Loads use the prefill lane: they occupy the accelerator as a prefill does."""
+        async with self._lane:
+            return await self._load_locked(name)
+
+    async def _load_locked(self, name: str) -> float:
+        if self.adapters.touch(name):
+            return 0.0
+        await asyncio.sleep(self.cost.lora_load_ms / 1000)
+        self.adapters.load(name)
+        return self.cost.lora_load_ms
+
+    async def prefill(self, prompt: str, queue_ms: float, key: int,
+                      adapter: str | None = None) -> Prefill:
+        hashes = block_hashes(prompt, self.cost.block_tokens, adapter=adapter)
         n = token_count(prompt)
         lane_started = time.monotonic()
         async with self._lane:
             lane_ms = (time.monotonic() - lane_started) * 1000
+            load_ms = 0.0 if adapter is None else await self._load_locked(adapter)
             # Looked up now, not on arrival: a wait may have changed the cache.
             cached = self.cache.cached_prefix(hashes[:self._hit_limit(n)]) * self.cost.block_tokens
-            result = Prefill(n, cached, queue_ms, lane_ms)
+            result = Prefill(n, cached, queue_ms, lane_ms, load_ms)
             result.prefill_ms = (n - cached) * self.cost.prefill_ms_per_token
             await asyncio.sleep(result.prefill_ms / 1000)
             self.cache.use(hashes)  # inside the lane: the next prefill sees these blocks
@@ -168,7 +190,8 @@ class SimReplica:
             if not step.done():
                 step.set_result(None)
 
-    def finish(self, key: int, full_text: str, generated: int, completed: bool) -> None:
+    def finish(self, key: int, full_text: str, generated: int, completed: bool,
+               adapter: str | None = None) -> None:
         """The request left: count it, and cache its generated blocks when it completed."""
         self._kv_tokens.pop(key, None)
         self.counters.requests += 1
@@ -176,7 +199,7 @@ class SimReplica:
         if not completed:
             self.counters.aborted += 1
         elif self.cost.cache_generated:
-            self.cache.use(block_hashes(full_text, self.cost.block_tokens))
+            self.cache.use(block_hashes(full_text, self.cost.block_tokens, adapter=adapter))
 
     # --- reporting ----------------------------------------------------------------------
 
@@ -202,10 +225,13 @@ class SimReplica:
             "prompt_tokens": c.prompt_tokens, "hits_tokens": c.cached_tokens,
             "queries_tokens": c.prompt_tokens, "generation_tokens": c.generation_tokens,
             "load_avg": c.load_area_s / elapsed, "seconds": elapsed,
+            "adapters": self.adapters.names(), "adapter_loads": self.adapters.loads,
+            "adapter_evictions": self.adapters.evictions,
         }
 
     def reset(self) -> None:
         """Empty the cache and zero the counters (requests in flight are not touched)."""
         self.cache.clear()
+        self.adapters.clear()
         self.counters = _Counters()
         self._load_mark = self.counters.since

@@ -61,6 +61,7 @@ class Context:
     urls: dict[str, str]  # sim-<port> -> base URL
     seed: int
     block_tokens: int
+    lora: dict[str, object] | None = None  # llmgw's ``lora:`` for the model (targets.py)
 
     @property
     def process(self) -> psutil.Process:
@@ -111,7 +112,7 @@ async def open_target(name: str, ctx: Context, instances: int = 1) -> AsyncItera
         finally:
             await proxy.stop()
     elif kind in ("llmgw", "sglang-router"):
-        procs = (tg.start_llmgw(ctx.logs, policy, urls, instances) if kind == "llmgw"
+        procs = (tg.start_llmgw(ctx.logs, policy, urls, instances, ctx.lora) if kind == "llmgw"
                  else [tg.start_sglang_router(ctx.logs, policy, urls)])
         try:
             for proc in procs:
