@@ -144,6 +144,9 @@ async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Na
     ``args.concurrency``, or open loop at ``arrivals`` (offsets in seconds)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         try:
+            # Reset before the start too: the last target's LoRA adapters are gone before
+            # a gateway that tracks residency reads the engines' listings.
+            await ctx.reset(http)
             async with open_target(name, ctx, instances) as target:
                 for url in target.probe_urls:
                     await probe(url)
