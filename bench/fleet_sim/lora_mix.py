@@ -25,6 +25,8 @@ def with_adapters(workload: Workload, adapters: int, seed: int, zipf: float = 1.
     rng = random.Random(f"lora-{seed}")
     names = adapter_names(adapters)
     weights = [1 / (rank + 1) ** zipf for rank in range(adapters)]
-    sessions = tuple(dataclasses.replace(s, adapter=rng.choices(names, weights=weights)[0])
-                     for s in workload.sessions)
+    sessions = tuple(
+        dataclasses.replace(s, adapter=rng.choices(names, weights=weights)[0])
+        for s in workload.sessions
+    )
     return Workload(f"{workload.name}-lora", sessions)

@@ -26,9 +26,24 @@ PROMPT = [{"role": "user", "content": "w" * 16 * 4 * 4}]  # 4 full blocks and a 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[str]:
     port = free_port()
-    server = Server([sys.executable, "-m", "bench.fleet_sim.sim_engine", "--ports", str(port),
-                     "--max-loras", "2", "--lora-load-ms", str(LOAD_MS),
-                     "--decode-ms-per-token", "1"], port, "/health", timeout_s=20)
+    server = Server(
+        [
+            sys.executable,
+            "-m",
+            "bench.fleet_sim.sim_engine",
+            "--ports",
+            str(port),
+            "--max-loras",
+            "2",
+            "--lora-load-ms",
+            str(LOAD_MS),
+            "--decode-ms-per-token",
+            "1",
+        ],
+        port,
+        "/health",
+        timeout_s=20,
+    )
     yield f"http://127.0.0.1:{port}"
     server.stop()
 
@@ -78,8 +93,11 @@ def test_slots_evict_the_least_recently_used_adapter(url: str) -> None:
 
 
 def test_runtime_lora_api_as_vllm(url: str) -> None:
-    load = httpx.post(url + "/v1/load_lora_adapter", timeout=5,
-                      json={"lora_name": "lora-a", "lora_path": "sim/lora-a"})
+    load = httpx.post(
+        url + "/v1/load_lora_adapter",
+        timeout=5,
+        json={"lora_name": "lora-a", "lora_path": "sim/lora-a"},
+    )
     assert load.status_code == 200 and load.text.startswith("Success")
     assert listed(url) == ["lora-a"]
     assert chat(url, "lora-a")["sim"]["load_ms"] == 0  # already resident
@@ -93,11 +111,14 @@ def test_runtime_lora_api_as_vllm(url: str) -> None:
 
 def test_kv_blocks_are_salted_by_adapter(url: str) -> None:
     chat(url, "sim")
-    cached = [chat(url, m)["usage"]["prompt_tokens_details"]["cached_tokens"]
-              for m in ("lora-a", "lora-a", "lora-b", "sim")]
+    cached = [
+        chat(url, m)["usage"]["prompt_tokens_details"]["cached_tokens"]
+        for m in ("lora-a", "lora-a", "lora-b", "sim")
+    ]
     assert cached == [0, 64, 0, 64]  # the prompt's 4 full blocks, under each adapter apart
-    matched = httpx.post(url + "/sim/match", json={"model": "lora-c", "messages": PROMPT},
-                         timeout=5).json()["cached"]
+    matched = httpx.post(
+        url + "/sim/match", json={"model": "lora-c", "messages": PROMPT}, timeout=5
+    ).json()["cached"]
     assert list(matched.values()) == [0]
 
 
