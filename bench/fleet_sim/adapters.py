@@ -2,26 +2,29 @@
 
 A request whose adapter is not resident loads it first (``load_ms`` of the replica's
 accelerator, charged to that request's time to first token), evicting the least
-recently used adapter when the slots are full. Loading on demand is what vLLM does for a
-name it can resolve (a LoRA resolver) and what sglang-router's workers need, since it
-never loads adapters itself; a gateway that manages residency loads and unloads through
-``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` (``sim_engine.py``) instead.
-
-Simplification, as for KV blocks: an adapter in use by a running request can be evicted.
+recently used adapter that no running request uses. When every slot serves running
+requests, the request waits for one to free, as vLLM's scheduler does not admit a
+request whose adapter would exceed ``--max-loras`` in the batch. Loading on demand is
+what vLLM does for a name it can resolve (a LoRA resolver) and what sglang-router's
+workers need, since it never loads adapters itself; a gateway that manages residency
+loads and unloads through ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``
+(``sim_engine.py``) instead.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 
 class AdapterSlots:
-    """Resident adapter names, least recently used first. Event-loop only; the caller
-    serialises loads (the replica's prefill lane) and sleeps their cost."""
+    """Resident adapter names, least recently used first, and how many running requests
+    use each (pins). Event-loop only; the replica serialises loads on its prefill lane,
+    sleeps their cost and waits for :meth:`has_room`."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._resident: OrderedDict[str, None] = OrderedDict()
+        self._pins: Counter[str] = Counter()
         self.loads = 0
         self.evictions = 0
 
@@ -38,19 +41,36 @@ class AdapterSlots:
         self._resident.move_to_end(name)
         return True
 
+    def has_room(self) -> bool:
+        """Whether one more adapter can be loaded: a free slot, or one no request uses."""
+        return len(self._resident) < self.capacity or any(
+            not self._pins[name] for name in self._resident
+        )
+
     def load(self, name: str) -> None:
-        """Make ``name`` resident (the cost was paid by the caller), evicting the LRU."""
+        """Make ``name`` resident (the cost was paid by the caller), evicting the least
+        recently used adapter no request uses; call only when :meth:`has_room`."""
         if self.touch(name):
             return
+        if len(self._resident) >= self.capacity:
+            victim = next(n for n in self._resident if not self._pins[n])
+            del self._resident[victim]
+            self.evictions += 1
         self._resident[name] = None
         self.loads += 1
-        while len(self._resident) > self.capacity:
-            self._resident.popitem(last=False)
-            self.evictions += 1
+
+    def pin(self, name: str) -> None:
+        self._pins[name] += 1
+
+    def unpin(self, name: str) -> None:
+        self._pins[name] -= 1
+        if self._pins[name] <= 0:
+            del self._pins[name]
 
     def unload(self, name: str) -> bool:
         return self._resident.pop(name, 0) is None
 
     def clear(self) -> None:
+        """Forget what is resident and the counts; pins of running requests stay."""
         self._resident.clear()
         self.loads = self.evictions = 0

@@ -82,8 +82,9 @@ async def serve_generation(replica: SimReplica, model: str, request: Request,
     pieces = reply_pieces(prompt, n)
     generated, completed = 0, False
     try:
-        async with replica.slot() as queue_ms:
-            pf = await replica.prefill(prompt, queue_ms, key, adapter)
+        # The adapter first: a batch slot is not held while waiting for an adapter slot.
+        async with replica.adapter(adapter) as load_ms, replica.slot() as queue_ms:
+            pf = await replica.prefill(prompt, queue_ms, key, adapter, load_ms)
             sim = sim_fields(replica, pf)
             if stream:
                 resp.start(200, "text/event-stream", sim_headers(sim))

@@ -51,7 +51,7 @@ class Prefill:
     cached_tokens: int
     queue_ms: float = 0.0  # waiting for a batch slot
     lane_ms: float = 0.0  # waiting for other requests' prefills
-    load_ms: float = 0.0  # loading this request's LoRA adapter, when it was not resident
+    load_ms: float = 0.0  # waiting for a LoRA adapter slot and loading it, when not resident
     prefill_ms: float = 0.0  # this request's own prefill compute
 
 
@@ -80,6 +80,7 @@ class SimReplica:
         self._lane = asyncio.Lock()  # FIFO: waiters acquire in arrival order
         self._step: asyncio.Future[None] | None = None
         self._stepper: asyncio.Task[None] | None = None
+        self._freed: asyncio.Future[None] | None = None  # an adapter's last request ended
         self._kv_tokens: dict[int, int] = {}  # request key -> tokens it holds, while running
         self.counters = _Counters()
         self._load_mark = time.monotonic()
@@ -141,27 +142,53 @@ class SimReplica:
         return self.cache.cached_prefix(hashes[:self._hit_limit(token_count(prompt))]) \
             * self.cost.block_tokens
 
-    async def load_adapter(self, name: str) -> float:
-        """Make adapter ``name`` resident; returns the ms its load took (0 when it was).
-        Loads use the prefill lane: they occupy the accelerator as a prefill does."""
-        async with self._lane:
-            return await self._load_locked(name)
+    # --- LoRA adapters ------------------------------------------------------------------
 
-    async def _load_locked(self, name: str) -> float:
-        if self.adapters.touch(name):
-            return 0.0
-        await asyncio.sleep(self.cost.lora_load_ms / 1000)
-        self.adapters.load(name)
-        return self.cost.lora_load_ms
+    async def load_adapter(self, name: str) -> None:
+        """Make adapter ``name`` resident: wait for a slot no request uses, then load it
+        on the prefill lane (a load occupies the accelerator as a prefill does)."""
+        while not self.adapters.touch(name):
+            if not self.adapters.has_room():
+                await self._adapter_freed()
+                continue
+            async with self._lane:
+                if name not in self.adapters and self.adapters.has_room():
+                    await asyncio.sleep(self.cost.lora_load_ms / 1000)
+                    self.adapters.load(name)
+
+    async def _adapter_freed(self) -> None:
+        if self._freed is None or self._freed.done():
+            self._freed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._freed)  # one waiter cancelled must not wake the others
+
+    @asynccontextmanager
+    async def adapter(self, name: str | None) -> AsyncIterator[float]:
+        """Hold ``name`` resident while the request runs (no eviction under it); yields the
+        ms spent waiting for a slot and loading it. ``None``: the base model, no wait."""
+        if name is None:
+            yield 0.0
+            return
+        started, waited_ms = time.monotonic(), 0.0
+        if not self.adapters.touch(name):
+            await self.load_adapter(name)
+            waited_ms = (time.monotonic() - started) * 1000
+        self.adapters.pin(name)  # no await since it was found resident
+        try:
+            yield waited_ms
+        finally:
+            self.adapters.unpin(name)
+            if self._freed is not None and not self._freed.done():
+                self._freed.set_result(None)
+
+    # --- prefill and decode -------------------------------------------------------------
 
     async def prefill(self, prompt: str, queue_ms: float, key: int,
-                      adapter: str | None = None) -> Prefill:
+                      adapter: str | None = None, load_ms: float = 0.0) -> Prefill:
         hashes = block_hashes(prompt, self.cost.block_tokens, adapter=adapter)
         n = token_count(prompt)
         lane_started = time.monotonic()
         async with self._lane:
             lane_ms = (time.monotonic() - lane_started) * 1000
-            load_ms = 0.0 if adapter is None else await self._load_locked(adapter)
             # Looked up now, not on arrival: a wait may have changed the cache.
             cached = self.cache.cached_prefix(hashes[:self._hit_limit(n)]) * self.cost.block_tokens
             result = Prefill(n, cached, queue_ms, lane_ms, load_ms)
