@@ -47,15 +47,21 @@ class AdapterSlots:
             not self._pins[name] for name in self._resident
         )
 
-    def load(self, name: str) -> None:
-        """Make ``name`` resident (the cost was paid by the caller), evicting the least
-        recently used adapter no request uses; call only when :meth:`has_room`."""
-        if self.touch(name):
-            return
+    def make_room(self) -> None:
+        """Free a slot when all are taken: evict the least recently used adapter no
+        request uses. Call only when :meth:`has_room`, before a load's cost is slept, so
+        that no request pins the victim meanwhile."""
         if len(self._resident) >= self.capacity:
             victim = next(n for n in self._resident if not self._pins[n])
             del self._resident[victim]
             self.evictions += 1
+
+    def load(self, name: str) -> None:
+        """Make ``name`` resident (the cost was paid by the caller), after
+        :meth:`make_room` when needed."""
+        if self.touch(name):
+            return
+        self.make_room()
         self._resident[name] = None
         self.loads += 1
 

@@ -153,6 +153,7 @@ class SimReplica:
                 continue
             async with self._lane:
                 if name not in self.adapters and self.adapters.has_room():
+                    self.adapters.make_room()  # now: a request could pin the victim
                     await asyncio.sleep(self.cost.lora_load_ms / 1000)
                     self.adapters.load(name)
 

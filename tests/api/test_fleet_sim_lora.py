@@ -7,6 +7,7 @@ simulated times and counters, never on wall-clock. The LoRA mix workload is pure
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from bench.fleet_sim.adapters import AdapterSlots
 from bench.fleet_sim.bound import Sent, hit_bound
 from bench.fleet_sim.lora_mix import adapter_names, with_adapters
+from bench.fleet_sim.replica import CostModel, SimReplica
 from bench.fleet_sim.tenants import tenants, working_set_tokens
 from tests.support import Server, free_port
 
@@ -105,6 +107,22 @@ def test_slots_in_use_are_never_evicted() -> None:
     slots.load("c")
     assert slots.names() == ["b", "c"]  # a went: b, older, is still in use
     assert (slots.loads, slots.evictions) == (3, 1)
+
+
+def test_a_load_picks_its_victim_before_sleeping_its_cost() -> None:
+    """Else a request could pin the victim during the load, leaving no slot to load into."""
+
+    async def scenario() -> None:
+        replica = SimReplica("r", CostModel(max_loras=2, lora_load_ms=5))
+        async with replica.adapter("a"):
+            await replica.load_adapter("b")
+            loading = asyncio.create_task(replica.load_adapter("c"))
+            await asyncio.sleep(0)  # c takes the lane, then sleeps its load
+            assert replica.adapters.names() == ["a"]  # b, the only one unused, went
+            await loading
+            assert replica.adapters.names() == ["a", "c"]
+
+    asyncio.run(scenario())
 
 
 def test_runtime_lora_api_as_vllm(url: str) -> None:
