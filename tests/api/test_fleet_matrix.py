@@ -96,6 +96,7 @@ def test_quick_matrix_replays_the_base_cell_open_loop(tmp_path: Path) -> None:
         assert (row["ok"], row["errors"]) == (requests, 0), row["error_sample"]
         assert sum(row["per_replica"].values()) == requests
         assert row["hit_rate"] > 0  # every tenant's system prompt is reused
+        assert row["adapter_loads"] == 0  # the base model's requests name no adapter
         # The bound holds on the replay's own trace, and the limited one within its limit.
         assert row["hit_rate"] <= row["hit_bound_any"]
         if row["count_imbalance"] <= LOAD_LIMIT:
