@@ -31,6 +31,7 @@ class Sent:
 
     prompt: str
     reply: str
+    adapter: str | None = None  # its blocks are salted by the adapter, as the sims' are
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,10 @@ class Trace:
         for request in sent:
             n = token_count(request.prompt)
             self.prompt_tokens += n
-            prompt_blocks = block_hashes(request.prompt, block_tokens)
+            prompt_blocks = block_hashes(request.prompt, block_tokens, adapter=request.adapter)
             self.lookups.append(prompt_blocks[: max(0, n - 1) // block_tokens])
-            self.produced.append(
-                {*prompt_blocks, *block_hashes(request.prompt + request.reply, block_tokens)}
-            )
+            self.produced.append({*prompt_blocks, *block_hashes(
+                request.prompt + request.reply, block_tokens, adapter=request.adapter)})
         self.when_looked_up: dict[bytes, list[int]] = defaultdict(list)
         for i, blocks in enumerate(self.lookups):
             for block in blocks:

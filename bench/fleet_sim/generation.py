@@ -43,9 +43,15 @@ def _max_tokens(data: dict[str, Any]) -> int:
     return value
 
 
+def adapter_of(named: str, base: str) -> str | None:
+    """The LoRA adapter a request's ``model`` names: any name but the base model's (as
+    vLLM with a LoRA resolver, every name is an adapter it can load)."""
+    return None if named == base else named
+
+
 def sim_fields(replica: SimReplica, pf: Prefill) -> dict[str, Any]:
     fields = {k: round(v, 3) for k, v in asdict(pf).items()}
-    ttft = pf.queue_ms + pf.lane_ms + pf.prefill_ms
+    ttft = pf.queue_ms + pf.lane_ms + pf.load_ms + pf.prefill_ms
     return {"replica": replica.name, **fields, "ttft_ms": round(ttft, 3)}
 
 
@@ -70,12 +76,15 @@ async def serve_generation(replica: SimReplica, model: str, request: Request,
     stream = bool(data.get("stream"))
     wants_usage = bool((data.get("stream_options") or {}).get("include_usage"))
     key = next(_ids)
-    reply = Reply.new(f"sim-{key}", str(data.get("model") or model), chat, replica.name)
+    named = str(data.get("model") or model)
+    adapter = adapter_of(named, model)
+    reply = Reply.new(f"sim-{key}", named, chat, replica.name)
     pieces = reply_pieces(prompt, n)
     generated, completed = 0, False
     try:
-        async with replica.slot() as queue_ms:
-            pf = await replica.prefill(prompt, queue_ms, key)
+        # The adapter first: a batch slot is not held while waiting for an adapter slot.
+        async with replica.adapter(adapter) as load_ms, replica.slot() as queue_ms:
+            pf = await replica.prefill(prompt, queue_ms, key, adapter, load_ms)
             sim = sim_fields(replica, pf)
             if stream:
                 resp.start(200, "text/event-stream", sim_headers(sim))
@@ -88,7 +97,7 @@ async def serve_generation(replica: SimReplica, model: str, request: Request,
                     resp.chunk(reply.event(piece))
             completed = True
     finally:
-        replica.finish(key, prompt + "".join(pieces[:generated]), generated, completed)
+        replica.finish(key, prompt + "".join(pieces[:generated]), generated, completed, adapter)
     counts = usage(pf.prompt_tokens, n, pf.cached_tokens)
     if stream:
         _end_stream(resp, reply, counts, sim, wants_usage)

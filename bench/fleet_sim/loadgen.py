@@ -49,6 +49,7 @@ class Result:
     # bound (bound.py) is computed over.
     prompt: str = ""
     sent: int = -1
+    adapter: str | None = None  # the LoRA adapter it ran under (its KV blocks' salt)
 
 
 def _absorb(result: Result, event: dict[str, Any], started: float) -> None:
@@ -158,14 +159,16 @@ class Replay:
         session, history, index = item
         step = session.steps[index]
         history = [*history, *step.messages]
-        body: dict[str, Any] = {"model": self.model, "messages": history, "stream": True,
+        body: dict[str, Any] = {"model": session.adapter or self.model, "messages": history,
+                                "stream": True,
                                 "stream_options": {"include_usage": True},
                                 "max_tokens": step.max_tokens}
         headers = {"content-type": "application/json"}
         if session.sticky:
             body["user"] = session.id
             headers["x-session-id"] = session.id
-        result = Result(session.id, prompt=render_chat(history), sent=next(self._sent))
+        result = Result(session.id, prompt=render_chat(history), sent=next(self._sent),
+                        adapter=session.adapter)
         await send(http, self.pick_url(), orjson.dumps(body), headers, result)
         self.results.append(result)
         history.append({"role": "assistant", "content": result.content})

@@ -25,6 +25,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from bench.fleet_sim.generation import adapter_of
+from bench.fleet_sim.targets import MODEL
 from bench.fleet_sim.tokens import block_hashes, render_body, token_count
 
 
@@ -84,9 +86,12 @@ class OracleProxy:
 
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        prompt = render_body(orjson.loads(body))
+        data = orjson.loads(body)
+        prompt = render_body(data)
         limit = max(0, token_count(prompt) - 1) // self.block_tokens  # as the sims count
-        hashes = block_hashes(prompt, self.block_tokens)[:limit]
+        # Salted by the LoRA adapter the request names, as the sims' blocks are.
+        adapter = adapter_of(str(data.get("model") or MODEL), MODEL)
+        hashes = block_hashes(prompt, self.block_tokens, adapter=adapter)[:limit]
         name = await self.pick(body, hashes)
         key = next(self._ids)
         self.in_flight[name][key] = hashes

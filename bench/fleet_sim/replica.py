@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.fleet_sim.adapters import AdapterSlots
 from bench.fleet_sim.kv_cache import BlockLRU
 from bench.fleet_sim.tokens import block_hashes, token_count
 
@@ -36,6 +37,10 @@ class CostModel:
     block_tokens: int = 16
     # Cache the reply's blocks too (vLLM does), so the next chat turn hits its history.
     cache_generated: bool = True
+    # LoRA: adapters resident at once (vLLM's --max-loras) and the accelerator time one
+    # load takes (weights from host memory into the slot).
+    max_loras: int = 4
+    lora_load_ms: float = 50.0
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Prefill:
     cached_tokens: int
     queue_ms: float = 0.0  # waiting for a batch slot
     lane_ms: float = 0.0  # waiting for other requests' prefills
+    load_ms: float = 0.0  # waiting for a LoRA adapter slot and loading it, when not resident
     prefill_ms: float = 0.0  # this request's own prefill compute
 
 
@@ -68,11 +74,13 @@ class SimReplica:
         self.name = name
         self.cost = cost
         self.cache = BlockLRU(cost.kv_blocks)
+        self.adapters = AdapterSlots(cost.max_loras)
         self.running = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._lane = asyncio.Lock()  # FIFO: waiters acquire in arrival order
         self._step: asyncio.Future[None] | None = None
         self._stepper: asyncio.Task[None] | None = None
+        self._freed: asyncio.Future[None] | None = None  # an adapter's last request ended
         self._kv_tokens: dict[int, int] = {}  # request key -> tokens it holds, while running
         self.counters = _Counters()
         self._load_mark = time.monotonic()
@@ -128,21 +136,63 @@ class SimReplica:
         only full blocks within the first n-1 tokens count."""
         return max(0, prompt_tokens - 1) // self.cost.block_tokens
 
-    def match(self, prompt: str) -> int:
+    def match(self, prompt: str, adapter: str | None = None) -> int:
         """Tokens of ``prompt`` cached here now (a lookup, not a use)."""
-        hashes = block_hashes(prompt, self.cost.block_tokens)
+        hashes = block_hashes(prompt, self.cost.block_tokens, adapter=adapter)
         return self.cache.cached_prefix(hashes[:self._hit_limit(token_count(prompt))]) \
             * self.cost.block_tokens
 
-    async def prefill(self, prompt: str, queue_ms: float, key: int) -> Prefill:
-        hashes = block_hashes(prompt, self.cost.block_tokens)
+    # --- LoRA adapters ------------------------------------------------------------------
+
+    async def load_adapter(self, name: str) -> None:
+        """Make adapter ``name`` resident: wait for a slot no request uses, then load it
+        on the prefill lane (a load occupies the accelerator as a prefill does)."""
+        while not self.adapters.touch(name):
+            if not self.adapters.has_room():
+                await self._adapter_freed()
+                continue
+            async with self._lane:
+                if name not in self.adapters and self.adapters.has_room():
+                    self.adapters.make_room()  # now: a request could pin the victim
+                    await asyncio.sleep(self.cost.lora_load_ms / 1000)
+                    self.adapters.load(name)
+
+    async def _adapter_freed(self) -> None:
+        if self._freed is None or self._freed.done():
+            self._freed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._freed)  # one waiter cancelled must not wake the others
+
+    @asynccontextmanager
+    async def adapter(self, name: str | None) -> AsyncIterator[float]:
+        """Hold ``name`` resident while the request runs (no eviction under it); yields the
+        ms spent waiting for a slot and loading it. ``None``: the base model, no wait."""
+        if name is None:
+            yield 0.0
+            return
+        started, waited_ms = time.monotonic(), 0.0
+        if not self.adapters.touch(name):
+            await self.load_adapter(name)
+            waited_ms = (time.monotonic() - started) * 1000
+        self.adapters.pin(name)  # no await since it was found resident
+        try:
+            yield waited_ms
+        finally:
+            self.adapters.unpin(name)
+            if self._freed is not None and not self._freed.done():
+                self._freed.set_result(None)
+
+    # --- prefill and decode -------------------------------------------------------------
+
+    async def prefill(self, prompt: str, queue_ms: float, key: int,
+                      adapter: str | None = None, load_ms: float = 0.0) -> Prefill:
+        hashes = block_hashes(prompt, self.cost.block_tokens, adapter=adapter)
         n = token_count(prompt)
         lane_started = time.monotonic()
         async with self._lane:
             lane_ms = (time.monotonic() - lane_started) * 1000
             # Looked up now, not on arrival: a wait may have changed the cache.
             cached = self.cache.cached_prefix(hashes[:self._hit_limit(n)]) * self.cost.block_tokens
-            result = Prefill(n, cached, queue_ms, lane_ms)
+            result = Prefill(n, cached, queue_ms, lane_ms, load_ms)
             result.prefill_ms = (n - cached) * self.cost.prefill_ms_per_token
             await asyncio.sleep(result.prefill_ms / 1000)
             self.cache.use(hashes)  # inside the lane: the next prefill sees these blocks
@@ -168,7 +218,8 @@ class SimReplica:
             if not step.done():
                 step.set_result(None)
 
-    def finish(self, key: int, full_text: str, generated: int, completed: bool) -> None:
+    def finish(self, key: int, full_text: str, generated: int, completed: bool,
+               adapter: str | None = None) -> None:
         """The request left: count it, and cache its generated blocks when it completed."""
         self._kv_tokens.pop(key, None)
         self.counters.requests += 1
@@ -176,7 +227,7 @@ class SimReplica:
         if not completed:
             self.counters.aborted += 1
         elif self.cost.cache_generated:
-            self.cache.use(block_hashes(full_text, self.cost.block_tokens))
+            self.cache.use(block_hashes(full_text, self.cost.block_tokens, adapter=adapter))
 
     # --- reporting ----------------------------------------------------------------------
 
@@ -202,10 +253,13 @@ class SimReplica:
             "prompt_tokens": c.prompt_tokens, "hits_tokens": c.cached_tokens,
             "queries_tokens": c.prompt_tokens, "generation_tokens": c.generation_tokens,
             "load_avg": c.load_area_s / elapsed, "seconds": elapsed,
+            "adapters": self.adapters.names(), "adapter_loads": self.adapters.loads,
+            "adapter_evictions": self.adapters.evictions,
         }
 
     def reset(self) -> None:
         """Empty the cache and zero the counters (requests in flight are not touched)."""
         self.cache.clear()
+        self.adapters.clear()
         self.counters = _Counters()
         self._load_mark = self.counters.since

@@ -45,6 +45,7 @@ class Row:
     load_imbalance: float = 0.0
     count_imbalance: float = 0.0
     evicted_blocks: int = 0
+    adapter_loads: int = 0  # LoRA adapters loaded by the sims (on demand or when asked)
     # Upper bounds on hit_rate over this replay's own trace (bound.py): for any router,
     # and for routers whose count imbalance is within bound.LOAD_LIMIT.
     hit_bound_any: float = 0.0
@@ -62,6 +63,11 @@ class Row:
         workers."""
         return (self.target + (f" x{self.instances}" if self.instances > 1 else "")
                 + (f" w{self.workers}" if self.workers > 1 else ""))
+
+
+def loads_per_1k(row: Row) -> float:
+    """LoRA adapter loads per 1000 answered requests."""
+    return 1000 * row.adapter_loads / row.ok if row.ok else 0.0
 
 
 def of_bound(row: Row) -> float:
@@ -88,7 +94,7 @@ def summarize(target: str, workload: str, results: list[Result], wall_s: float,
               fleet: dict[str, dict[str, Any]], cpu: dict[str, float],
               instances: int = 1, workers: int = 1, block_tokens: int = 16) -> Row:
     good = [r for r in results if r.ok]
-    trace = [Sent(r.prompt, r.content) for r in sorted(good, key=lambda r: r.sent)]
+    trace = [Sent(r.prompt, r.content, r.adapter) for r in sorted(good, key=lambda r: r.sent)]
     bound = hit_bound(trace, block_tokens, max(1, len(fleet)), LOAD_LIMIT)
     prompt = sum(r.prompt_tokens for r in good)
     ttft = [r.ttft_ms for r in good]
@@ -107,6 +113,7 @@ def summarize(target: str, workload: str, results: list[Result], wall_s: float,
         load_imbalance=_imbalance([s["load_avg"] for s in fleet.values()]),
         count_imbalance=_imbalance([float(s["requests"]) for s in fleet.values()]),
         evicted_blocks=sum(int(s["evicted_blocks"]) for s in fleet.values()),
+        adapter_loads=sum(int(s.get("adapter_loads", 0)) for s in fleet.values()),
         hit_bound_any=bound.any_load, hit_bound_loaded=bound.loaded,
         cpu=cpu,
         per_replica={name: int(s["requests"]) for name, s in sorted(fleet.items())},
@@ -118,7 +125,8 @@ def summarize(target: str, workload: str, results: list[Result], wall_s: float,
 
 _COLUMNS = ("target", "hit %", "hit bound % (any / limited)", "% of bound",
             "TTFT p50/p99 ms", "engine TTFT p50/p99 ms", "req/s", "out tok/s", "load imb.",
-            "count imb.", "per-replica requests", "ok/err", "CPU sim/rtr/cli/other")
+            "count imb.", "adapter loads /1k req", "per-replica requests", "ok/err",
+            "CPU sim/rtr/cli/other")
 
 
 def _cells(row: Row) -> list[str]:
@@ -131,6 +139,7 @@ def _cells(row: Row) -> list[str]:
             f"{row.engine_ttft_p50_ms:.0f} / {row.engine_ttft_p99_ms:.0f}",
             f"{row.req_per_s:.1f}", f"{row.out_tok_per_s:.0f}",
             f"{row.load_imbalance:.2f}", f"{row.count_imbalance:.2f}",
+            f"{loads_per_1k(row):.0f}",
             " ".join(str(n) for n in row.per_replica.values()), f"{row.ok}/{row.errors}",
             "/".join(f"{row.cpu.get(k, 0.0):.2f}" for k in ("sims", "router", "client", "other"))]
 

@@ -64,6 +64,7 @@ class Context:
     urls: dict[str, str]  # sim-<port> -> base URL
     seed: int
     block_tokens: int
+    lora: dict[str, object] | None = None  # llmgw's ``lora:`` for the model (targets.py)
 
     @property
     def process(self) -> psutil.Process:
@@ -116,7 +117,8 @@ async def open_target(name: str, ctx: Context, instances: int = 1,
         finally:
             await proxy.stop()
     elif kind in ("llmgw", "sglang-router"):
-        procs = (tg.start_llmgw(ctx.logs, policy, urls, instances, workers) if kind == "llmgw"
+        procs = (tg.start_llmgw(ctx.logs, policy, urls, instances, workers, ctx.lora)
+                 if kind == "llmgw"
                  else [tg.start_sglang_router(ctx.logs, policy, urls)])
         try:
             for proc in procs:
@@ -149,6 +151,9 @@ async def run_one(name: str, workload: Workload, ctx: Context, args: argparse.Na
     ``args.concurrency``, or open loop at ``arrivals`` (offsets in seconds)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         try:
+            # Reset before the start too: the last target's LoRA adapters are gone before
+            # a gateway that tracks residency reads the engines' listings.
+            await ctx.reset(http)
             async with open_target(name, ctx, instances, workers) as target:
                 for url in target.probe_urls:
                     await probe(url)

@@ -9,7 +9,12 @@ for the cost model and tokens.py for the tokenizer stand-in). Routes per port:
 * ``POST /v1/chat/completions``, ``POST /v1/completions``: stream or not; ``usage``
   always has ``prompt_tokens_details.cached_tokens`` (the true hit); ``x-sim-*`` headers
   and a ``sim`` field give the simulated queue, lane and prefill times.
-* ``GET /metrics``: vLLM's Prometheus names; ``GET /health``; ``GET /v1/models``.
+* ``GET /metrics``: vLLM's Prometheus names; ``GET /health``; ``GET /v1/models`` (the
+  base model, then each resident LoRA adapter with its ``parent``, as vLLM lists them).
+* ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}`` and
+  ``POST /v1/unload_lora_adapter`` ``{"lora_name"}``: vLLM's runtime LoRA API. A request
+  whose ``model`` is not the base model's name runs under that adapter, loading it first
+  when it is not resident (``adapters.py``).
 * ``GET /sim/state``: this replica's cache size, hits, queries, load; ``POST /sim/reset``:
   empty its cache and zero its counters.
 * Fleet-wide, on any port: ``GET /sim/fleet`` (every replica's state) and
@@ -28,7 +33,7 @@ from collections.abc import Callable
 
 import orjson
 
-from bench.fleet_sim.generation import serve_generation
+from bench.fleet_sim.generation import adapter_of, serve_generation
 from bench.fleet_sim.http_server import Handler, Responder, serve
 from bench.fleet_sim.openai_format import error_body
 from bench.fleet_sim.replica import CostModel, SimReplica
@@ -37,6 +42,7 @@ from bench.http11 import Request
 
 log = logging.getLogger("fleet_sim")
 _GENERATION = ("/v1/chat/completions", "/v1/completions")
+_LORA = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 
 
 def metrics_text(replica: SimReplica, model: str) -> bytes:
@@ -79,9 +85,9 @@ class Fleet:
         elif method == b"GET" and path == "/metrics":
             resp.send(200, metrics_text(replica, self.model), "text/plain; version=0.0.4")
         elif method == b"GET" and path == "/v1/models":
-            resp.send(200, orjson.dumps({"object": "list", "data": [
-                {"id": self.model, "object": "model", "created": 0, "owned_by": "sim",
-                 "max_model_len": 131072}]}))
+            resp.send(200, orjson.dumps({"object": "list", "data": self.models(replica)}))
+        elif method == b"POST" and path in _LORA:
+            await self.lora(replica, path, request, resp)
         elif method == b"GET" and path == "/sim/state":
             resp.send(200, orjson.dumps(replica.state()))
         elif method == b"POST" and path == "/sim/reset":
@@ -96,16 +102,45 @@ class Fleet:
         else:
             resp.send(404, error_body(f"no route {method.decode('latin-1')} {path}"))
 
-    def match(self, request: Request, resp: Responder) -> None:
-        """Each replica's true cached tokens for the prompt of a generation body."""
+    def models(self, replica: SimReplica) -> list[dict[str, object]]:
+        base = {"id": self.model, "object": "model", "created": 0, "owned_by": "sim",
+                "root": self.model, "parent": None, "max_model_len": 131072}
+        return [base, *({**base, "id": name, "root": name, "parent": self.model}
+                        for name in replica.adapters.names())]
+
+    async def lora(self, replica: SimReplica, path: str, request: Request,
+                   resp: Responder) -> None:
+        """vLLM's runtime LoRA API: success answers plain text, a failure OpenAI JSON."""
         try:
-            prompt = render_body(orjson.loads(request.body))
+            name = orjson.loads(request.body)["lora_name"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            resp.send(400, error_body("body must be JSON with lora_name"))
+            return
+        if not isinstance(name, str) or not name or name == self.model:
+            resp.send(400, error_body("lora_name must name an adapter"))
+        elif path == "/v1/load_lora_adapter":
+            await replica.load_adapter(name)
+            resp.send(200, f"Success: LoRA adapter '{name}' added successfully.".encode(),
+                      "text/plain")
+        elif replica.adapters.unload(name):
+            resp.send(200, f"Success: LoRA adapter '{name}' removed successfully.".encode(),
+                      "text/plain")
+        else:
+            resp.send(404, error_body(f"The lora adapter '{name}' cannot be found."))
+
+    def match(self, request: Request, resp: Responder) -> None:
+        """Each replica's true cached tokens for the prompt of a generation body, under
+        the adapter its ``model`` names."""
+        try:
+            body = orjson.loads(request.body)
+            prompt = render_body(body)
+            adapter = adapter_of(str(body.get("model") or self.model), self.model)
         except (orjson.JSONDecodeError, AttributeError):
             resp.send(400, error_body("body must be a JSON generation request"))
             return
         resp.send(200, orjson.dumps({
             "prompt_tokens": token_count(prompt),
-            "cached": {r.name: r.match(prompt) for r in self.replicas.values()},
+            "cached": {r.name: r.match(prompt, adapter) for r in self.replicas.values()},
             "load": {r.name: r.running + r.waiting for r in self.replicas.values()}}))
 
 
@@ -131,6 +166,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-tokens", type=int, default=d.block_tokens)
     p.add_argument("--no-cache-generated", action="store_true",
                    help="do not cache the blocks of generated tokens")
+    p.add_argument("--max-loras", type=int, default=d.max_loras,
+                   help="LoRA adapters resident at once per replica, LRU")
+    p.add_argument("--lora-load-ms", type=float, default=d.lora_load_ms,
+                   help="accelerator time to load an adapter that is not resident")
     args = p.parse_args(argv)
     if args.ports:
         args.port_list = [int(x) for x in args.ports.split(",") if x]
@@ -143,7 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def cost_model(args: argparse.Namespace) -> CostModel:
     return CostModel(args.prefill_ms_per_token, args.decode_ms_per_token, args.max_running,
-                     args.kv_blocks, args.block_tokens, not args.no_cache_generated)
+                     args.kv_blocks, args.block_tokens, not args.no_cache_generated,
+                     args.max_loras, args.lora_load_ms)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -78,13 +78,27 @@ CANDIDATES.update({f"{name}-fixed": {**PRESETS[name].model_dump(), "cache_trust_
                    for name in ("prefix-aware", "session-aware")})
 
 
-def llmgw_config(policy: str, urls: list[str], workers: int = 1) -> dict[str, object]:
+def lora_config(adapters: list[str], slots: int) -> dict[str, object]:
+    """A model's ``lora:`` for the sims: ``adapters`` (each loadable: the sims accept any
+    source) and ``slots`` per replica, the sims' ``--max-loras``; hotness at its default."""
+    return {"max_adapters_per_replica": slots,
+            "adapters": [{"name": name, "source": f"sim/{name}"} for name in adapters]}
+
+
+def llmgw_config(policy: str, urls: list[str], workers: int = 1,
+                 lora: dict[str, object] | None = None,
+                 state_dir: Path | None = None) -> dict[str, object]:
     model: dict[str, object] = {"name": MODEL, "engine": "vllm", "url": urls}
     if policy != DEFAULT_POLICY:
         model["routing"] = policy
+    server: dict[str, object] = {"log_level": "warning"}
+    if lora is not None:
+        model["lora"] = lora
+    if state_dir is not None:  # LoRA's adapter state file, kept out of the user's home
+        server["state_dir"] = str(state_dir)
     config: dict[str, object] = {"models": [model],
                                  "health": {"interval_s": 1, "stats_interval_s": 0.5},
-                                 "server": {"log_level": "warning", "workers": workers}}
+                                 "server": {**server, "workers": workers}}
     if policy in CANDIDATES:
         config["policies"] = {policy: CANDIDATES[policy]}
     return config
@@ -101,14 +115,16 @@ def check_llmgw(config: Path) -> None:
 
 
 def start_llmgw(logs: Path, policy: str, urls: list[str], instances: int = 1,
-                workers: int = 1) -> list[Proc]:
+                workers: int = 1, lora: dict[str, object] | None = None) -> list[Proc]:
     """``instances`` gateway processes on one config, each on its own port, each attached
     to every URL: several gateways in front of one fleet, as one per node on a cluster.
     Each keeps its own in-flight counts, prefix index and session table (as does each of
     its ``workers``). The caller stops every process returned, even when waiting for one
     of them fails."""
     config = logs / f"llmgw-{policy}.yaml"
-    config.write_text(json.dumps(llmgw_config(policy, urls, workers)))  # JSON is YAML
+    state_dir = logs if lora is not None else None
+    # JSON is YAML.
+    config.write_text(json.dumps(llmgw_config(policy, urls, workers, lora, state_dir)))
     check_llmgw(config)
     procs = []
     for i, port in enumerate(free_ports(instances)):

@@ -54,11 +54,12 @@ def working_set_tokens(workload: Workload) -> int:
     """Distinct tokens the workload's prefixes need at once: every distinct opening once,
     plus each session's last prompt and reply beyond its opening. Replies are counted at
     ``max_tokens`` (the sims always generate that many)."""
-    openings: dict[str, int] = {}
+    openings: dict[tuple[str | None, str], int] = {}  # cached once per LoRA adapter
     total = 0
     for session in workload.sessions:
-        opening = render_chat(list(session.opening))[: -len("<|assistant|>")]
-        openings[opening] = token_count(opening)
+        text = render_chat(list(session.opening))[: -len("<|assistant|>")]
+        opening = (session.adapter, text)
+        openings[opening] = token_count(text)
         messages: list[Message] = list(session.opening)
         for step in session.steps:
             reply = {"role": "assistant", "content": "x" * 4 * step.max_tokens}

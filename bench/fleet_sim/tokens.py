@@ -44,14 +44,18 @@ def token_count(text: str) -> int:
     return -(-len(text) // CHARS_PER_TOKEN)
 
 
-def block_hashes(text: str, block_tokens: int, max_tokens: int | None = None) -> list[bytes]:
+def block_hashes(text: str, block_tokens: int, max_tokens: int | None = None,
+                 adapter: str | None = None) -> list[bytes]:
     """Chained hashes of the full blocks of ``text``'s first ``max_tokens`` tokens: each is
     hash(parent hash + block), as vLLM's prefix cache keys blocks, so a block matches only
-    when everything before it matches too."""
+    when everything before it matches too. Under a LoRA ``adapter`` the chain starts from
+    the adapter's own root, so no block of it matches the base model's or another
+    adapter's (vLLM puts the LoRA id in every block's extra keys)."""
     block_chars = block_tokens * CHARS_PER_TOKEN
     usable = len(text) if max_tokens is None else min(len(text), max_tokens * CHARS_PER_TOKEN)
     hashes: list[bytes] = []
-    parent = b""
+    parent = b"" if adapter is None else hashlib.blake2b(
+        b"lora:" + adapter.encode(), digest_size=8).digest()
     for start in range(0, usable - block_chars + 1, block_chars):
         chunk = text[start:start + block_chars].encode()
         parent = hashlib.blake2b(parent + chunk, digest_size=8).digest()

@@ -37,12 +37,14 @@ class Step:
 @dataclass(frozen=True)
 class Session:
     """One conversation. ``id`` is sent as ``x-session-id`` and ``user`` when ``sticky``
-    (a client that names its conversations); single-shot traffic sends neither."""
+    (a client that names its conversations); single-shot traffic sends neither.
+    ``adapter``, when set, is the LoRA adapter every request names as its ``model``."""
 
     id: str
     opening: tuple[Message, ...]
     steps: tuple[Step, ...]
     sticky: bool = True
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)

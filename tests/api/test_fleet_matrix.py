@@ -3,7 +3,8 @@
 The workload and the arrival schedules are seeded and pure: checked on values. The bar a
 default policy must clear against sglang-router is pure too. One ``--quick`` run replays
 the base cell open loop through a real gateway (no ``routing:`` key) and the in-process
-oracle in front of real sims; its assertions are on counts, never on timings.
+oracle in front of real sims; another replays the LoRA cell through llmgw's round robin
+and default policy. Their assertions are on counts, never on timings.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def test_quick_matrix_replays_the_base_cell_open_loop(tmp_path: Path) -> None:
         assert (row["ok"], row["errors"]) == (requests, 0), row["error_sample"]
         assert sum(row["per_replica"].values()) == requests
         assert row["hit_rate"] > 0  # every tenant's system prompt is reused
+        assert row["adapter_loads"] == 0  # the base model's requests name no adapter
         # The bound holds on the replay's own trace, and the limited one within its limit.
         assert row["hit_rate"] <= row["hit_bound_any"]
         if row["count_imbalance"] <= LOAD_LIMIT:
@@ -106,5 +108,24 @@ def test_cells_are_chosen_by_name_or_position() -> None:
     assert matrix.chosen_cells("all") == matrix.CELLS
     assert [c.label for c in matrix.chosen_cells("1,2")] == [
         "r8 kv2x poisson", "r16 kv2x poisson"]
-    with pytest.raises(SystemExit, match="positions 0-7, not '9'"):
+    with pytest.raises(SystemExit, match="positions 0-8, not '9'"):
         matrix.chosen_cells("9")
+    assert matrix.chosen_cells("lora") == (matrix.LORA,)
+    assert matrix.LORA.label == "r4 kv2x poisson lora"
+
+
+def test_quick_lora_cell_adapter_aware_routing_loads_fewer_adapters(tmp_path: Path) -> None:
+    """The LoRA mix through llmgw: round robin is blind to adapters, the default policy of
+    a LoRA model weighs residency (lora-affinity), so it loads adapters less often."""
+    out = tmp_path / "matrix.json"
+    code = matrix.main(["--quick", "--cells", "lora", "--targets",
+                        "llmgw/round-robin,llmgw/default", "--out", str(out)])
+    assert code == 0
+    rows = {r["target"]: r for r in json.loads(out.read_text())["rows"]}
+    requests = tenants(8 * matrix.LORA.replicas, 1).requests
+    for row in rows.values():
+        assert row["workload"] == matrix.LORA.label
+        assert (row["ok"], row["errors"]) == (requests, 0), row["error_sample"]
+        assert row["hit_rate"] <= row["hit_bound_any"]
+    blind, aware = rows["llmgw/round-robin"], rows["llmgw/default"]
+    assert 0 < aware["adapter_loads"] < blind["adapter_loads"]
