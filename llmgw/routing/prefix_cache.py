@@ -114,11 +114,16 @@ class PrefixCacheScorer:
 
     def _hash(self, ctx: RequestContext) -> list[int]:
         """A session (when the policy keys sessions) rehashes only what its history
-        added since its last turn."""
+        added since its last turn. A LoRA adapter salts the chain, as engines key their
+        KV blocks by adapter (vLLM): a prefix cached under one adapter, or under the base
+        model, is no hit for another."""
         p = self.params
+        adapter = ctx.adapter
+        salt = hash(adapter) if adapter else 0
         if ctx.session_id:
-            return self._history.hashes(ctx.session_id, ctx.prompt, p.block_chars, p.max_blocks)
-        return block_hashes(ctx.prompt, p.block_chars, p.max_blocks)
+            key = f"{ctx.session_id}\0{adapter}" if adapter else ctx.session_id
+            return self._history.hashes(key, ctx.prompt, p.block_chars, p.max_blocks, salt)
+        return block_hashes(ctx.prompt, p.block_chars, p.max_blocks, salt=salt)
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
         for rid, tokens in self._capacity.changed(replicas):

@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 
 def block_hashes(text: str, block_chars: int, max_blocks: int,
-                 known: Sequence[int] = ()) -> list[int]:
+                 known: Sequence[int] = (), salt: int = 0) -> list[int]:
     """Hashes of the first ``max_blocks`` full blocks of ``text``, each chained to its
-    parent; ``known`` are those of its first blocks, already computed (a resent history).
-    Python's str hash is salted per process, which is fine: the index lives in one
-    process."""
+    parent, the first to ``salt``; ``known`` are those of its first blocks, already
+    computed (a resent history). Python's str hash is salted per process, which is fine:
+    the index lives in one process."""
     hashes = list(known[:max_blocks])
-    parent = hashes[-1] if hashes else 0
+    parent = hashes[-1] if hashes else salt
     end = min(len(text) // block_chars, max_blocks) * block_chars
     for start in range(len(hashes) * block_chars, end, block_chars):
         parent = hash((parent, text[start : start + block_chars]))
@@ -54,14 +54,17 @@ class HistoryHashes:
         self._entries: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
         self._chars = 0
 
-    def hashes(self, key: str, text: str, block_chars: int, max_blocks: int) -> list[int]:
+    def hashes(self, key: str, text: str, block_chars: int, max_blocks: int,
+               salt: int = 0) -> list[int]:
+        """``salt`` must be the same for every turn under one ``key`` (the caller's key
+        includes what salts)."""
         entry = self._entries.pop(key, None)
         known: list[int] = []
         if entry is not None:
             self._chars -= len(entry[0])
             if text.startswith(entry[0]):
                 known = entry[1]
-        hashes = block_hashes(text, block_chars, max_blocks, known)
+        hashes = block_hashes(text, block_chars, max_blocks, known, salt)
         hashed = text[:len(hashes) * block_chars]
         self._entries[key] = (hashed, hashes)
         self._chars += len(hashed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 from hashlib import blake2b
 
 import pytest
@@ -307,3 +308,19 @@ def test_a_session_rehashes_only_what_its_history_added() -> None:
     assert history.hashes("t", turn1, 8, 5) == block_hashes(turn1, 8, 5)  # the horizon holds
     history.hashes("u", "z" * 64, 8, 50)  # 88 + 40 + 64 characters: the oldest leave
     assert [key for key in history._entries] == ["u"]
+
+
+@pytest.mark.parametrize("session", [None, "s1"])
+def test_a_prefix_cached_under_one_adapter_is_no_hit_for_another(session: str | None) -> None:
+    """Engines key KV blocks by adapter (vLLM): the same prompt under another adapter, or
+    under the base model, finds nothing cached where the first one ran."""
+    scorer = PrefixCacheScorer(PrefixParams(block_chars=8))
+    prompt = SYSTEM + "the question"
+    first = replace(ctx(prompt, session, rid="a"), adapter="sql")
+    scorer.score(first, views(0, 0))
+    scorer.on_routed(first, "r0")
+    for rid, adapter in (("b", "chat"), ("c", None), ("d", "sql")):
+        other = replace(ctx(prompt + " and more", session, rid=rid), adapter=adapter)
+        scores = scorer.score(other, views(0, 0))
+        scorer._pending.pop(rid)
+        assert (scores.get("r0", 0.0) > 0.9) is (adapter == "sql"), (adapter, scores)
