@@ -20,6 +20,7 @@ from llmgw.config.autoscaling import AutoscalingConfig
 from llmgw.disagg.assemble import make_disaggregation
 from llmgw.dispatcher import Dispatcher
 from llmgw.engines.embedded_client import EmbeddedEngine, FakeEngineClient
+from llmgw.engines.http1.pool import HTTPClient
 from llmgw.engines.openai_http import OpenAIHTTPEngine
 from llmgw.engines.prompt_tokens import PromptTokenizer
 from llmgw.engines.sglang import SGLangEngine
@@ -223,6 +224,9 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
             auto_decompress=False, raise_for_status=False,
         )
+        # Requests to the engines go over the gateway's own HTTP/1.1 client (the
+        # session above serves health checks, metrics scrapes and control calls).
+        self.client = HTTPClient()
         self.catalog = make_catalog(config)
         self.tenancy = Tenancy(config, TenantMetrics(self.metrics))
         self.pool = ReplicaPool(interval_s=config.health.interval_s,
@@ -413,7 +417,7 @@ class Gateway:
 
     def _engine(self, model: ModelConfig, url: str) -> OpenAIHTTPEngine:
         return ENGINES[model.engine](
-            url, self.session, connect_timeout_s=model.timeouts.connect_s,
+            url, self.session, self.client, connect_timeout_s=model.timeouts.connect_s,
             health_timeout_s=self.config.health.timeout_s, tracing=self.tracing,
         )
 
@@ -437,6 +441,7 @@ class Gateway:
         await self.kv.close()
         for _, tokenizer in self._tokenizers.values():
             tokenizer.close()
+        self.client.close()
         await self.session.close()
         await self.tracing.close()
         if self.access_log is not None:

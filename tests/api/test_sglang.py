@@ -19,6 +19,7 @@ import openai
 import orjson
 import pytest
 
+from llmgw.engines.http1.pool import HTTPClient
 from llmgw.engines.sglang import SGLangEngine, zero_missing_hits
 from llmgw.engines.stats import parse_samples, stats_from_text
 from llmgw.types import EngineStats
@@ -216,8 +217,9 @@ async def test_abort_before_close_stops_a_stream_on_sglang_0_5_18(fleet: dict[st
     fake = fleet["sglang-0.5.18"]
     aborted = sample(fake, "sglang:num_aborted_requests_total")
     rid = "llmgw-" + os.urandom(8).hex()
+    client = HTTPClient()
     async with aiohttp.ClientSession() as session:
-        engine = SGLangEngine(fake.url, session)
+        engine = SGLangEngine(fake.url, session, client)
         body = orjson.dumps(
             {
                 "model": SERVED,
@@ -233,6 +235,7 @@ async def test_abort_before_close_stops_a_stream_on_sglang_0_5_18(fleet: dict[st
         assert await engine.abort(rid)
         await blocks.aclose()
         upstream.close()
+    client.close()
     wait_until(
         lambda: (
             sample(fake, "sglang:num_running_reqs") == 0
@@ -311,7 +314,7 @@ async def test_stats_are_read_from_a_live_sglang(fleet: dict[str, Server]) -> No
     fake = fleet["sglang"]
     httpx.post(fake.url + "/v1/completions", json={"model": SERVED, "prompt": "a b c"})
     async with aiohttp.ClientSession() as session:
-        stats = await SGLangEngine(fake.url, session).stats()
+        stats = await SGLangEngine(fake.url, session, HTTPClient()).stats()
     samples = parse_samples(httpx.get(fake.url + "/metrics").text)
     assert stats == EngineStats(
         running=0,
