@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 import httptools
 
@@ -51,6 +52,7 @@ class Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._received = 0  # bytes of the current response so far
+        self._head_bytes = 0  # of its header names and values
         self._status = 0  # set when its headers are complete
         self._complete = False
         self._keep_alive = False
@@ -64,8 +66,8 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's is not an asyncio.Transport subclass).
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if not self._active:
@@ -79,7 +81,7 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(f"engine sent an invalid HTTP response: {exc}")
             return
-        if not self._status and self._received > MAX_HEAD_BYTES:
+        if not self._status and self._received > MAX_HEAD_BYTES:  # and still coming
             self._fail(f"engine response headers exceed {MAX_HEAD_BYTES} bytes")
             return
         if self._buffered > _HIGH_WATER and not self._paused and self._transport:
@@ -99,18 +101,22 @@ class Connection(asyncio.Protocol):
         if self._status and not self._framed:  # the body ran to EOF: that is its end
             self._complete = True
         else:
-            why = f"engine closed the connection: {exc!r}" if exc else \
-                "engine closed the connection"
+            why = (
+                f"engine closed the connection: {exc!r}" if exc else "engine closed the connection"
+            )
             self._error = ResponseBroken(why, answered=self._received > 0, lost=True)
         self._wake()
 
     # --- httptools callbacks ------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
         if name.lower() in (b"content-length", b"transfer-encoding"):
             self._framed = True
 
     def on_headers_complete(self) -> None:
+        if self._head_bytes > MAX_HEAD_BYTES:  # raised by feed_data as a parser error
+            raise ValueError(f"engine response headers exceed {MAX_HEAD_BYTES} bytes")
         self._status = self._parser.get_status_code()
         self._keep_alive = self._parser.should_keep_alive()
 
@@ -167,9 +173,7 @@ class Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             waiter = self._waiter = asyncio.get_running_loop().create_future()
-        await waiter
-        if self._error is not None:
-            raise self._error
+        await waiter  # woken by data, the end, or an error (raised by the next call)
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -85,8 +85,7 @@ class OriginPool:
     """The connections to one engine URL (``http`` or ``https``, with an optional path
     prefix). Safe to share across the tasks of one event loop."""
 
-    def __init__(self, url: str, *, connect_timeout_s: float, idle_s: float,
-                 max_idle: int) -> None:
+    def __init__(self, url: str, *, connect_timeout_s: float, idle_s: float, max_idle: int) -> None:
         parts = urlsplit(url)
         self._tls = ssl.create_default_context() if parts.scheme == "https" else None
         self._host = parts.hostname or "localhost"
@@ -105,10 +104,11 @@ class OriginPool:
         in CRLF. Returns once the status has arrived. Raises ConnectFailed when no
         connection could be made, ResponseBroken when the connection broke before the
         status (after the resend rule of the module docstring)."""
-        request = b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n" \
-            b"Content-Length: %d\r\n%s\r\n%s" % (
-                self._prefix.encode(), path.encode(), self._host_header, len(body), headers,
-                body)
+        request = (
+            b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n%s\r\n%s"
+            % (self._prefix.encode(), path.encode(), self._host_header, len(body), headers, body)
+        )
         conn = self._take()
         if conn is None:
             return await self._exchange(await self._connect(), request)
@@ -148,8 +148,8 @@ class OriginPool:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, conn = await loop.create_connection(
-                    lambda: Connection(self._open.discard), self._host, self._port,
-                    ssl=self._tls)
+                    lambda: Connection(self._open.discard), self._host, self._port, ssl=self._tls
+                )
         except (OSError, TimeoutError) as exc:
             raise ConnectFailed(f"{exc!r}") from None
         if self._closed:  # the gateway closed while this connected
@@ -173,8 +173,9 @@ class OriginPool:
         request), so an engine no longer used holds no sockets."""
         self._sweep = None
         now = asyncio.get_running_loop().time()
-        while self._idle and (self._idle[0].closed
-                              or now - self._idle[0].idle_since >= self._idle_s):
+        while self._idle and (
+            self._idle[0].closed or now - self._idle[0].idle_since >= self._idle_s
+        ):
             self._idle.pop(0).close()
         if self._idle:
             wait = self._idle[0].idle_since + self._idle_s - now
@@ -204,8 +205,11 @@ class HTTPClient:
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = OriginPool(
-                url, connect_timeout_s=connect_timeout_s, idle_s=self._idle_s,
-                max_idle=self._max_idle)
+                url,
+                connect_timeout_s=connect_timeout_s,
+                idle_s=self._idle_s,
+                max_idle=self._max_idle,
+            )
         return pool
 
     def close(self) -> None:
