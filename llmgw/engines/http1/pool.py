@@ -90,7 +90,7 @@ class OriginPool:
         self._tls = ssl.create_default_context() if parts.scheme == "https" else None
         self._host = parts.hostname or "localhost"
         self._port = parts.port or (443 if self._tls else 80)
-        self._prefix = parts.path.rstrip("/")
+        self._prefix = parts.path.rstrip("/").encode()
         self._host_header = parts.netloc.encode("idna")
         self._connect_timeout_s = connect_timeout_s
         self._idle_s, self._max_idle = idle_s, max_idle
@@ -107,7 +107,7 @@ class OriginPool:
         request = (
             b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n%s\r\n%s"
-            % (self._prefix.encode(), path.encode(), self._host_header, len(body), headers, body)
+            % (self._prefix, path.encode(), self._host_header, len(body), headers, body)
         )
         conn = self._take()
         if conn is None:
