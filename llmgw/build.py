@@ -218,15 +218,15 @@ class Gateway:
         self.access_log = AccessLog(
             os.path.expanduser(access.path) if access.path else None) if access.enabled else None
         self._rng = rng or random.Random(0)
-        # One connection pool for all engines; keep-alive connections are the main saving
-        # of a proxy's per-request cost. No limit: admission is the engines' business.
+        # Requests to the engines go over the gateway's own keep-alive HTTP/1.1 client
+        # (llmgw/engines/http1); the aiohttp session serves health checks, metrics
+        # scrapes and control calls (abort, LoRA adapters). Neither bounds the
+        # connections in use: admission is the engines' business and ``admission:``'s.
+        self.client = HTTPClient()
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
             auto_decompress=False, raise_for_status=False,
         )
-        # Requests to the engines go over the gateway's own HTTP/1.1 client (the
-        # session above serves health checks, metrics scrapes and control calls).
-        self.client = HTTPClient()
         self.catalog = make_catalog(config)
         self.tenancy = Tenancy(config, TenantMetrics(self.metrics))
         self.pool = ReplicaPool(interval_s=config.health.interval_s,

@@ -111,7 +111,8 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        # len() first: most headers are neither, and lower() allocates.
+        if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
             self._framed = True
 
     def on_headers_complete(self) -> None:
