@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -15,6 +17,7 @@ from llmgw.engines.http1.connection import MAX_HEAD_BYTES, ResponseBroken
 from llmgw.engines.http1.pool import ConnectFailed, HTTPClient, OriginPool
 from llmgw.engines.openai_http import OpenAIHTTPEngine
 from llmgw.errors import UpstreamDisconnected, UpstreamError, UpstreamUnreachable
+from tests.api.test_tls import self_signed
 from tests.support import Server, free_port, start_fake_engine
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -339,6 +342,59 @@ async def test_idle_connections_are_bounded_and_expire(client: HTTPClient) -> No
         assert [await post(expiring) for _ in range(2)] == [b"ok", b"ok"]
         assert server.connections == 5  # none reused: each had expired
         expiring.close()
+
+
+async def test_bytes_past_the_end_of_an_answer_retire_the_connection(client: HTTPClient) -> None:
+    async def trailing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await answer_each(reader, writer, [OK + b"junk"])
+        await server.until_closed(reader)
+
+    async with Scripted(trailing) as server:
+        pool = client.pool(server.url)
+        assert await post(pool) == b"ok"
+        await asyncio.wait_for(wait_for(lambda: server.closed_by_client == 1), 5)
+        assert pool._idle == []
+
+
+async def test_a_reader_that_falls_behind_pauses_the_socket(client: HTTPClient) -> None:
+    size = 8 * 1024 * 1024  # more than the high-water mark and the socket buffers
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await answer_each(reader, writer, [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size])
+        writer.write(b"x" * size)
+        await writer.drain()
+
+    async with Scripted(big) as server:
+        response = await client.pool(server.url).post("/x", b"{}")
+        conn = response._conn
+        assert conn is not None
+        await asyncio.wait_for(wait_for(lambda: conn._paused), 5)
+        assert len(await response.read()) == size  # reading resumes the socket
+
+
+async def test_https_engines_are_verified_and_spoken_to(
+    client: HTTPClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path, "engine")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # what the pool's default context trusts
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await answer_each(reader, writer, [OK, OK])
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        pool = client.pool(f"https://127.0.0.1:{port}")
+        assert [await post(pool) for _ in range(2)] == [b"ok", b"ok"]
+        monkeypatch.delenv("SSL_CERT_FILE")
+        with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
+            await post(HTTPClient().pool(f"https://127.0.0.1:{port}"))
+        pool.close()
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_no_listener_is_a_connect_failure(client: HTTPClient) -> None:
