@@ -158,6 +158,12 @@ class Connection(asyncio.Protocol):
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     @property
+    def open(self) -> bool:
+        """Neither side has closed it, as far as the loop has seen (a peer's close that
+        arrived in this loop turn shows as the transport closing)."""
+        return not self.closed and self._transport is not None and not self._transport.is_closing()
+
+    @property
     def reusable(self) -> bool:
         """The response ended in full and both sides keep the connection open."""
         return self._complete and self._keep_alive and not self.closed and not self._chunks

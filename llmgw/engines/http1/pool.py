@@ -138,7 +138,7 @@ class OriginPool:
         expired = asyncio.get_running_loop().time() - self._idle_s
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed and conn.idle_since > expired:
+            if conn.open and conn.idle_since > expired:
                 return conn
             conn.close()
         return None
@@ -174,7 +174,7 @@ class OriginPool:
         self._sweep = None
         now = asyncio.get_running_loop().time()
         while self._idle and (
-            self._idle[0].closed or now - self._idle[0].idle_since >= self._idle_s
+            not self._idle[0].open or now - self._idle[0].idle_since >= self._idle_s
         ):
             self._idle.pop(0).close()
         if self._idle:
