@@ -172,9 +172,11 @@ def test_sglang_400_reaches_the_client_with_status_and_message(
 # --- aborts --------------------------------------------------------------------------
 
 
-def _open_and_drop(url: str, body: dict[str, object], read_first: bool) -> None:
+def _open_and_drop(url: str, body: dict[str, object], read_first: bool,
+                   engine: Server | None = None) -> None:
     """Send a request on a raw socket and close it: mid-stream after the first bytes, or
-    before any answer."""
+    before any answer, once ``engine`` runs it (dropped sooner, the gateway may rightly
+    never send it: its connection to the engine may still be opening)."""
     raw = orjson.dumps(body)
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
@@ -186,6 +188,9 @@ def _open_and_drop(url: str, body: dict[str, object], read_first: bool) -> None:
         )
         if read_first:
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        if engine is not None:
+            wait_until(lambda: sample(engine, "sglang:num_running_reqs") == 1, 10,
+                       "the engine to run the request")
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["mid-stream", "non-streaming"])
@@ -198,6 +203,7 @@ def test_client_disconnect_aborts_the_sglang_request(
         fleet["gateway"].url,
         {"model": "qwen", "messages": MESSAGES, "max_tokens": 500, "stream": stream},
         read_first=stream,
+        engine=None if stream else engine,
     )
     # Closing the upstream connection is what the gateway does; SGLang aborts 2 s after a
     # stream ends, and polls a non-streaming client every 50 tokens (1 s here).

@@ -61,9 +61,11 @@ class Response:
             return b""
         try:
             data = await conn.chunk()
-        except BaseException:  # broken, or the reader was cancelled: drop it
+        except ResponseBroken:
             self.close()
             raise
+        # A cancelled reader leaves the connection open: its owner closes it, after
+        # telling the engine to abort where closing is not enough (SGLang 0.5.18).
         if not data:
             self.close()
         return data
