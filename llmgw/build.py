@@ -20,6 +20,7 @@ from llmgw.config.autoscaling import AutoscalingConfig
 from llmgw.disagg.assemble import make_disaggregation
 from llmgw.dispatcher import Dispatcher
 from llmgw.engines.embedded_client import EmbeddedEngine, FakeEngineClient
+from llmgw.engines.http1.pool import HTTPClient
 from llmgw.engines.openai_http import OpenAIHTTPEngine
 from llmgw.engines.prompt_tokens import PromptTokenizer
 from llmgw.engines.sglang import SGLangEngine
@@ -217,8 +218,11 @@ class Gateway:
         self.access_log = AccessLog(
             os.path.expanduser(access.path) if access.path else None) if access.enabled else None
         self._rng = rng or random.Random(0)
-        # One connection pool for all engines; keep-alive connections are the main saving
-        # of a proxy's per-request cost. No limit: admission is the engines' business.
+        # Requests to the engines go over the gateway's own keep-alive HTTP/1.1 client
+        # (llmgw/engines/http1); the aiohttp session serves health checks, metrics
+        # scrapes and control calls (abort, LoRA adapters). Neither bounds the
+        # connections in use: admission is the engines' business and ``admission:``'s.
+        self.client = HTTPClient()
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
             auto_decompress=False, raise_for_status=False,
@@ -413,7 +417,7 @@ class Gateway:
 
     def _engine(self, model: ModelConfig, url: str) -> OpenAIHTTPEngine:
         return ENGINES[model.engine](
-            url, self.session, connect_timeout_s=model.timeouts.connect_s,
+            url, self.session, self.client, connect_timeout_s=model.timeouts.connect_s,
             health_timeout_s=self.config.health.timeout_s, tracing=self.tracing,
         )
 
@@ -437,6 +441,7 @@ class Gateway:
         await self.kv.close()
         for _, tokenizer in self._tokenizers.values():
             tokenizer.close()
+        self.client.close()
         await self.session.close()
         await self.tracing.close()
         if self.access_log is not None:

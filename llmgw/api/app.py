@@ -18,6 +18,7 @@ from llmgw.api import fleet as fleet_routes
 from llmgw.api.errors import install_error_handlers
 from llmgw.api.generation import GenerationRoute
 from llmgw.api.header_limit import HeaderLimit
+from llmgw.api.model_first import ModelRoutesFirst
 from llmgw.api.openapi import openapi_schema
 from llmgw.build import Gateway
 from llmgw.config import GatewayConfig
@@ -59,8 +60,8 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     # OpenAI-shaped 404/405, never a 307 it may not follow.
     # FastAPI's own /openapi.json would describe only APIRoutes, of which llmgw has none:
     # llmgw.api.openapi writes the document instead.
-    app = FastAPI(title="llmgw", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan, redirect_slashes=False)
+    app = ModelRoutesFirst(title="llmgw", docs_url=None, redoc_url=None, openapi_url=None,
+                           lifespan=lifespan, redirect_slashes=False)
     app.state.dispatcher = gateway.dispatcher
     app.state.pool = gateway.pool
     app.state.metrics = gateway.metrics
@@ -78,9 +79,12 @@ def create_app(gateway: Gateway, fleet: Fleet | None = None,
     install_error_handlers(app)
     app.add_middleware(HeaderLimit)
     # Model routes are raw ASGI apps: no per-request Request/Response objects and one
-    # disconnect watch per request (bench/overhead.py measured both).
-    app.router.routes += [Route(spec.path, GenerationRoute(endpoint), methods=["POST"])
-                          for endpoint, spec in ENDPOINTS.items()]
+    # disconnect watch per request (bench/overhead.py measured both), served ahead of
+    # the middleware stack (llmgw.api.model_first) and listed in the router as well.
+    model_routes = {spec.path: GenerationRoute(endpoint) for endpoint, spec in ENDPOINTS.items()}
+    app.serve_first(dict(model_routes))
+    app.router.routes += [Route(path, route, methods=["POST"])
+                          for path, route in model_routes.items()]
     app.add_route("/v1/models", routes.list_models, methods=["GET"])
     app.add_route("/v1/models/{model:path}", routes.get_model, methods=["GET"])
     app.add_route("/v1/tools", tools.list_tools, methods=["GET"])

@@ -27,6 +27,7 @@ from llmgw.admission import FairQueue
 from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_response, internal_error
 from llmgw.api.request_checks import check_request
+from llmgw.api.request_headers import RequestHeaders
 from llmgw.api.request_record import first_token_ns, request_record
 from llmgw.api.sse import relay_json, relay_stream
 from llmgw.api.tool_loop import HeldSlot, ToolLoop
@@ -222,7 +223,7 @@ class GenerationRoute:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         dispatcher: Dispatcher = scope["app"].state.dispatcher
-        call = _Call(Headers(scope=scope))
+        call = _Call(RequestHeaders(scope=scope))
         if not dispatcher.tracing.enabled:
             return await self._handle(dispatcher, call, scope, receive, send)
         with dispatcher.tracing.request("llmgw.request", call.headers) as span:

@@ -1,12 +1,13 @@
 """A client for any OpenAI-compatible engine server, shared by every engine type.
 
-aiohttp rather than httpx on this path: bench/overhead.py measured its per-request CPU
-cost as the lower of the two, and the gateway's overhead is mostly client cost.
+Requests go over llmgw.engines.http1, the gateway's own keep-alive HTTP/1.1 client
+(bench/overhead.py: aiohttp was the largest part of the gateway's CPU per request).
+Health checks, metrics scrapes and the control calls of subclasses (abort, adapters)
+stay on an aiohttp session: a few requests a second, where its features cost nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
@@ -14,42 +15,42 @@ import aiohttp
 import orjson
 
 from llmgw.engines.base import Health
+from llmgw.engines.http1.connection import ResponseBroken
+from llmgw.engines.http1.pool import ConnectFailed, HTTPClient, Response
 from llmgw.engines.stats import StatsNames, stats_from_text
 from llmgw.errors import (
     UpstreamDisconnected,
     UpstreamError,
     UpstreamFailed,
     UpstreamRejected,
-    UpstreamTimeout,
     UpstreamUnreachable,
 )
 from llmgw.protocol import ENDPOINTS, Endpoint
 from llmgw.telemetry import NO_TRACING, Tracing
 from llmgw.types import EngineStats
 
-_JSON = {"content-type": "application/json"}
-
 
 class HTTPUpstreamResponse:
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    __slots__ = ("_response", "status")
+
+    def __init__(self, response: Response) -> None:
         self._response = response
         self.status = response.status
 
     async def read(self) -> bytes:
         try:
             return await self._response.read()
-        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
-            raise UpstreamError(f"engine connection broke: {exc!r}") from None
-        finally:
-            self._response.release()
+        except ResponseBroken as exc:
+            raise UpstreamError(f"engine connection broke: {exc}") from None
 
     async def event_blocks(self) -> AsyncIterator[bytes]:
         """Complete SSE events, as many as have arrived per read, each ending in a blank
         line. Relaying a block in one write, not one write per event, is what keeps the
         per-token cost low (bench/overhead.py, sse1000)."""
         pending = b""
+        chunk = self._response.chunk
         try:
-            async for data in self._response.content.iter_any():
+            while data := await chunk():
                 pending += data
                 if b"\r" in data:  # sse-starlette and others frame with CRLF
                     pending = pending.replace(b"\r\n", b"\n")
@@ -58,8 +59,8 @@ class HTTPUpstreamResponse:
                     continue
                 block, pending = pending[: end + 2], pending[end + 2 :]
                 yield block
-        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
-            raise UpstreamError(f"engine stream broke: {exc!r}") from None
+        except ResponseBroken as exc:
+            raise UpstreamError(f"engine stream broke: {exc}") from None
         if pending.strip():
             yield pending.rstrip(b"\n") + b"\n\n"
 
@@ -68,7 +69,8 @@ class HTTPUpstreamResponse:
 
 
 class OpenAIHTTPEngine:
-    """Talks to ``url`` (no trailing slash, no ``/v1``) over a shared aiohttp session.
+    """Talks to ``url`` (no trailing slash, no ``/v1``): requests over ``client``'s pool
+    for the URL, health and metrics over the shared aiohttp ``session``.
 
     Subclasses for specific engines set where health and metrics live and how the
     metrics are named; this generic one reports no stats.
@@ -86,6 +88,7 @@ class OpenAIHTTPEngine:
         self,
         url: str,
         session: aiohttp.ClientSession,
+        client: HTTPClient,
         *,
         connect_timeout_s: float = 5.0,
         health_timeout_s: float = 2.0,
@@ -94,9 +97,9 @@ class OpenAIHTTPEngine:
         self.url = url
         self._session = session
         self._tracing = tracing
-        # No total or read timeout: a long generation is never cut here. Request
-        # deadlines are explicit config, enforced by the dispatcher.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s)
+        # No read timeout: a long generation is never cut here. Request deadlines and a
+        # stream's first-byte limit are explicit config, enforced by the dispatcher.
+        self._pool = client.pool(url, connect_timeout_s=connect_timeout_s)
         self._health_timeout = aiohttp.ClientTimeout(total=health_timeout_s)
 
     async def health(self) -> Health:
@@ -136,45 +139,40 @@ class OpenAIHTTPEngine:
 
     async def send(self, path: str, body: bytes) -> HTTPUpstreamResponse:
         if not self._tracing.enabled:
-            return await self._post(path, body, _JSON)
+            return await self._post(path, body, b"")
         with self._tracing.span("llmgw.engine", kind="client") as span:
             assert span is not None
             span.set_attributes({"url.full": self.url + path, "http.request.method": "POST"})
             # The engine continues the trace under this span (vLLM does, when it traces).
-            answer = await self._post(path, body, self._tracing.inject(_JSON))
+            lines = b"".join(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+                             for name, value in self._tracing.inject({}).items())
+            answer = await self._post(path, body, lines)
             span.set_attribute("http.response.status_code", answer.status)
             return answer
 
-    async def _post(self, path: str, body: bytes,
-                    headers: dict[str, str]) -> HTTPUpstreamResponse:
+    async def _post(self, path: str, body: bytes, headers: bytes) -> HTTPUpstreamResponse:
         try:
-            response = await self._session.post(
-                self.url + path, data=body, headers=headers, timeout=self._timeout
-            )
+            response = await self._pool.post(path, body, headers)
         # Whether the request may have reached the engine decides whether it may be
         # resent (llmgw.resilience.retry): connecting failed -> it did not.
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise UpstreamUnreachable(f"engine at {self.url} unreachable: {exc!r}") from None
-        except TimeoutError:
-            raise UpstreamTimeout(f"engine at {self.url} did not answer in time") from None
-        except aiohttp.ClientConnectionError as exc:
-            raise UpstreamDisconnected(f"engine at {self.url} closed the connection before "
-                                       f"answering: {exc!r}") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"engine at {self.url} failed: {exc!r}") from None
+        except ConnectFailed as exc:
+            raise UpstreamUnreachable(f"engine at {self.url} unreachable: {exc}") from None
+        except ResponseBroken as exc:
+            if exc.lost:
+                raise UpstreamDisconnected(f"engine at {self.url} closed the connection "
+                                           f"before answering: {exc}") from None
+            raise UpstreamError(f"engine at {self.url} failed: {exc}") from None
         if response.status < 400:
             return HTTPUpstreamResponse(response)
         raise await _upstream_failure(response, path)
 
 
-async def _upstream_failure(response: aiohttp.ClientResponse, path: str) -> Exception:
+async def _upstream_failure(response: Response, path: str) -> Exception:
     """Turn an engine's error answer into our error, keeping its status and message."""
     try:
         raw = await response.read()
-    except aiohttp.ClientError:
+    except ResponseBroken:
         raw = b""
-    finally:
-        response.release()
     message, param, code = _error_fields(raw)
     if response.status >= 500:
         return UpstreamFailed(f"engine failed with {response.status}: {message}")

@@ -19,6 +19,7 @@ import openai
 import orjson
 import pytest
 
+from llmgw.engines.http1.pool import HTTPClient
 from llmgw.engines.sglang import SGLangEngine, zero_missing_hits
 from llmgw.engines.stats import parse_samples, stats_from_text
 from llmgw.types import EngineStats
@@ -171,9 +172,11 @@ def test_sglang_400_reaches_the_client_with_status_and_message(
 # --- aborts --------------------------------------------------------------------------
 
 
-def _open_and_drop(url: str, body: dict[str, object], read_first: bool) -> None:
+def _open_and_drop(url: str, body: dict[str, object], read_first: bool,
+                   engine: Server | None = None) -> None:
     """Send a request on a raw socket and close it: mid-stream after the first bytes, or
-    before any answer."""
+    before any answer, once ``engine`` runs it (dropped sooner, the gateway may rightly
+    never send it: its connection to the engine may still be opening)."""
     raw = orjson.dumps(body)
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
@@ -185,6 +188,9 @@ def _open_and_drop(url: str, body: dict[str, object], read_first: bool) -> None:
         )
         if read_first:
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        if engine is not None:
+            wait_until(lambda: sample(engine, "sglang:num_running_reqs") == 1, 10,
+                       "the engine to run the request")
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["mid-stream", "non-streaming"])
@@ -197,6 +203,7 @@ def test_client_disconnect_aborts_the_sglang_request(
         fleet["gateway"].url,
         {"model": "qwen", "messages": MESSAGES, "max_tokens": 500, "stream": stream},
         read_first=stream,
+        engine=None if stream else engine,
     )
     # Closing the upstream connection is what the gateway does; SGLang aborts 2 s after a
     # stream ends, and polls a non-streaming client every 50 tokens (1 s here).
@@ -216,8 +223,9 @@ async def test_abort_before_close_stops_a_stream_on_sglang_0_5_18(fleet: dict[st
     fake = fleet["sglang-0.5.18"]
     aborted = sample(fake, "sglang:num_aborted_requests_total")
     rid = "llmgw-" + os.urandom(8).hex()
+    client = HTTPClient()
     async with aiohttp.ClientSession() as session:
-        engine = SGLangEngine(fake.url, session)
+        engine = SGLangEngine(fake.url, session, client)
         body = orjson.dumps(
             {
                 "model": SERVED,
@@ -233,6 +241,7 @@ async def test_abort_before_close_stops_a_stream_on_sglang_0_5_18(fleet: dict[st
         assert await engine.abort(rid)
         await blocks.aclose()
         upstream.close()
+    client.close()
     wait_until(
         lambda: (
             sample(fake, "sglang:num_running_reqs") == 0
@@ -311,7 +320,7 @@ async def test_stats_are_read_from_a_live_sglang(fleet: dict[str, Server]) -> No
     fake = fleet["sglang"]
     httpx.post(fake.url + "/v1/completions", json={"model": SERVED, "prompt": "a b c"})
     async with aiohttp.ClientSession() as session:
-        stats = await SGLangEngine(fake.url, session).stats()
+        stats = await SGLangEngine(fake.url, session, HTTPClient()).stats()
     samples = parse_samples(httpx.get(fake.url + "/metrics").text)
     assert stats == EngineStats(
         running=0,

@@ -105,7 +105,9 @@ def test_a_stream_whose_replica_hangs_mid_way_ends_with_an_error_and_is_aborted(
         rest = [line[6:] for line in lines if line.startswith("data: ")]
         silent_for = time.monotonic() - stopped_at
     assert rest[-1] == "[DONE]" and 'stream_idle_s' in rest[-2], rest[-3:]
-    assert idle_s <= silent_for < idle_s + 5  # not held until the engine wakes
+    # The idle window opens at the gateway's last read, a few ms before the SIGSTOP that
+    # starts this clock (0.494 s was seen): the lower bound allows for that gap.
+    assert idle_s - 0.1 <= silent_for < idle_s + 5  # not held until the engine wakes
     assert fleet.replicas()[victim]["outlier"]["failures"] == 1  # counted against it
     os.kill(engine.proc.pid, signal.SIGCONT)
     # Awake, the engine finds the gateway's connection closed and aborts the request.

@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from llmgw.engines.http1.pool import HTTPClient
 from llmgw.engines.openai_http import OpenAIHTTPEngine
 
 
@@ -49,10 +50,13 @@ async def serve(pieces: list[bytes]) -> tuple[web.AppRunner, str]:
 async def test_event_blocks(pieces: list[bytes], expected: list[bytes]) -> None:
     runner, url = await serve(pieces)
     try:
+        client = HTTPClient()
         async with aiohttp.ClientSession() as session:
-            upstream = await OpenAIHTTPEngine(url, session).send("/v1/chat/completions", b"{}")
+            engine = OpenAIHTTPEngine(url, session, client)
+            upstream = await engine.send("/v1/chat/completions", b"{}")
             blocks = [block async for block in upstream.event_blocks()]
             upstream.close()
+        client.close()
         assert b"".join(blocks) == b"".join(expected)
         assert all(block.endswith(b"\n\n") for block in blocks)
     finally:

@@ -1,0 +1,23 @@
+"""RequestHeaders.get answers as Starlette's Headers.get does, without raising inside."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.datastructures import Headers
+
+from llmgw.api.request_headers import RequestHeaders
+
+RAW = [(b"x-request-id", b"abc"), (b"x-dup", b"1"), (b"x-dup", b"2"), (b"x-latin", b"caf\xe9")]
+
+
+@pytest.mark.parametrize(
+    ("key", "default"),
+    [("x-request-id", None), ("X-Request-ID", None), ("x-dup", None), ("x-latin", None),
+     ("missing", None), ("missing", "fallback")],
+    ids=["present", "any-case", "first-of-repeated", "latin-1", "missing", "default"],
+)
+def test_get_matches_starlette(key: str, default: str | None) -> None:
+    ours = RequestHeaders(scope={"headers": RAW}).get(key, default)
+    assert ours == Headers(scope={"headers": RAW}).get(key, default)
+    assert ours == {"x-request-id": "abc", "x-dup": "1", "x-latin": "café"}.get(key.lower(),
+                                                                              default)
