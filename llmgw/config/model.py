@@ -44,7 +44,9 @@ class ModelConfig(_Strict):
     tokenizer: str | None = None
     # The model name the upstream engine knows; defaults to ``name``.
     served_model_name: str | None = None
-    routing: str = "least-load"
+    # Cache-aware by default: on traffic nobody tuned for (shared system prompts, multi-turn
+    # sessions) least-load found the hit rate of round robin (bench/fleet_sim/README.md).
+    routing: str = "prefix-aware"
     # Policies that rank every request beside ``routing`` without deciding (metrics only).
     shadow: list[str] = Field(default_factory=list)
     launch: LaunchConfig = LaunchConfig()

@@ -113,7 +113,7 @@ def test_metrics_count_requests_tokens_and_replicas(gateway: Server,
                  "llmgw_inter_token_latency_seconds_count{model=\"fake\"}",
                  "llmgw_replica_in_flight_requests{model=\"fake\",replica=\"fake-0\"} 0.0",
                  "llmgw_replica_healthy{model=\"fake\",replica=\"fake-1\"} 1.0",
-                 "llmgw_routing_decisions_total{model=\"fake\",policy=\"least-load\""):
+                 "llmgw_routing_decisions_total{model=\"fake\",policy=\"prefix-aware\""):
         assert name in text, name
 
 

@@ -45,11 +45,13 @@ def engine_urls(gateway: Server) -> list[str]:
 def test_serves_demo_with_two_replicas(client: openai.OpenAI, gateway: Server) -> None:
     assert [m.id for m in client.models.list()] == ["demo"]
     replicas = set()
-    # Idle replicas tie and each gateway breaks ties at random: 20 requests all going to
-    # one replica would happen once in a million runs.
-    for _ in range(20):
+    # Prompts that share no prefix find no replica cached, so idle replicas tie and each
+    # gateway breaks ties at random: 20 requests all going to one replica would happen
+    # once in a million runs.
+    for i in range(20):
         raw = client.chat.completions.with_raw_response.create(
-            model="demo", messages=MESSAGES, max_tokens=4)  # type: ignore[arg-type]
+            model="demo", max_tokens=4,
+            messages=[{"role": "user", "content": f"{i} " + "fresh words " * 20}])
         replicas.add(raw.headers["x-llmgw-replica"])
     assert replicas == {"demo-0", "demo-1"}
 
