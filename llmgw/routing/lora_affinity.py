@@ -29,10 +29,15 @@ class LoraAffinityScorer:
         if ctx.adapter is None:
             return {}
         return {r.id: 1.0 if ctx.adapter in r.adapters
-                else 0.5 if len(r.adapters) < r.max_adapters else 0.0 for r in replicas}
+                else 0.5 if has_free_slot(r) else 0.0 for r in replicas}
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         return None
+
+
+def has_free_slot(replica: ReplicaView) -> bool:
+    """An adapter can be loaded on ``replica`` without evicting another."""
+    return len(replica.adapters) < replica.max_adapters
 
 
 class HasAdapterFilter:

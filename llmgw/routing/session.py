@@ -9,6 +9,14 @@ fewer live sessions than ``session_factor`` x (live sessions + 1) / replicas. So
 spread nearly as evenly as a counter spreads them. Each gateway counts only the sessions
 it saw, so several gateways in front of one fleet place some new sessions differently;
 a high ``session_factor`` (hash order alone) makes them agree again.
+
+On a LoRA model a session lives per (session, adapter): engines key KV blocks by adapter,
+so its history under one adapter is no hit under another. Session affinity then follows
+adapter residency: a new session goes to a replica within the bound that holds its adapter,
+else to one with a free adapter slot, and only when none is within the bound by the usual
+placement (which may evict an adapter). A session whose replica lost its adapter and has no
+free slot moves once to a replica within the bound that holds it, rather than evicting
+another adapter there.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmgw.protocol import content_text
 from llmgw.routing.base import Need
+from llmgw.routing.lora_affinity import has_free_slot
 from llmgw.routing.session_table import SessionTable
 from llmgw.types import ReplicaView, RequestContext
 
@@ -69,28 +78,49 @@ class SessionScorer:
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
         if not ctx.session_id or not replicas:
             return {}
+        key = table_key(ctx.session_id, ctx.adapter)
         by_id = {r.id: r for r in replicas}
         cap = load_cap(replicas, self.params.load_factor)
-        home = self._homes.home(ctx.session_id)
-        if home in by_id and by_id[home].load < cap:
+        within = [r for r in replicas if r.load < cap]
+        tiers = adapter_tiers(ctx.adapter, within)
+        home = self._homes.home(key)
+        if (home in by_id and by_id[home].load < cap
+                and keeps_adapter(ctx.adapter, by_id[home], tiers)):
             return {home: 1.0}
         if self.params.placement == "others":
-            # Its home (if any) is over the bound: any replica under it will do, and the
-            # other scorers choose among them.
-            return {rid: 1.0 for rid, r in by_id.items() if r.load < cap and rid != home}
+            # Its home (if any) is over the bound or lost the adapter: any replica fit for
+            # the adapter under the bound will do, and the other scorers choose among them.
+            fit = next((tier for tier in tiers if tier), None)
+            return {r.id: 1.0 for r in fit or within if r.id != home}
+        chosen = self._place(key, by_id, within, tiers) or pick_for_session(
+            key, replicas, self.params.load_factor, self._orders).id
+        self._homes.place(key, chosen)
+        return {chosen: 1.0}
+
+    def _place(self, key: str, by_id: Mapping[str, ReplicaView], within: Sequence[ReplicaView],
+               tiers: Sequence[Sequence[ReplicaView]]) -> str | None:
+        """The first replica in the session's rendezvous order under the load bound:
+        holding its adapter, under its fair share of sessions and then whatever its share;
+        then with a free slot, likewise; then any under its share. An adapter's second copy
+        takes a slot another adapter will need (an eviction later), which costs more than
+        the imbalance the load bound allows. None when every replica is over the bound."""
         counts = self._homes.counts()
         live = sum(counts[rid] for rid in by_id)
         fair = self.params.session_factor * (live + 1) / len(by_id)
-        order = self._orders.order(ctx.session_id, tuple(by_id))
-        chosen = next((rid for rid in order if by_id[rid].load < cap and counts[rid] < fair),
-                      None) or pick_for_session(ctx.session_id, replicas,
-                                                self.params.load_factor, self._orders).id
-        self._homes.place(ctx.session_id, chosen)
-        return {chosen: 1.0}
+        order = self._orders.order(key, tuple(by_id))
+        passes = [*((tier, by_share) for tier in tiers for by_share in (True, False)),
+                  (within, True)]
+        for allowed, by_share in passes:
+            ids = {r.id for r in allowed}
+            chosen = next((rid for rid in order
+                           if rid in ids and (not by_share or counts[rid] < fair)), None)
+            if chosen is not None:
+                return chosen
+        return None
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         if ctx.session_id:
-            self._homes.put(ctx.session_id, replica_id)
+            self._homes.put(table_key(ctx.session_id, ctx.adapter), replica_id)
 
     def forget(self, replica_id: str) -> None:
         """Orders computed over a set that held the replica are never asked for again
@@ -124,6 +154,30 @@ class RendezvousCache:
     def drop(self, replica_id: str) -> None:
         for cache_key in [k for k in self._orders if replica_id in k[1]]:
             del self._orders[cache_key]
+
+
+def table_key(session_id: str, adapter: str | None) -> str:
+    """The session table's key: the session itself, or the session under its adapter."""
+    return session_id if adapter is None else f"{session_id}\x00{adapter}"
+
+
+def adapter_tiers(adapter: str | None,
+                  within: Sequence[ReplicaView]) -> tuple[list[ReplicaView], ...]:
+    """The replicas under the load bound fit for ``adapter``, best first: those holding
+    it, then those with a free slot. None for a base-model request."""
+    if adapter is None:
+        return ()
+    return ([r for r in within if adapter in r.adapters],
+            [r for r in within if adapter not in r.adapters and has_free_slot(r)])
+
+
+def keeps_adapter(adapter: str | None, home: ReplicaView,
+                  tiers: Sequence[Sequence[ReplicaView]]) -> bool:
+    """Whether a session stays on ``home`` as far as its adapter goes: it holds it, can
+    load it into a free slot, or no replica under the bound holds it (a move would load
+    it just the same)."""
+    return (adapter is None or adapter in home.adapters or has_free_slot(home)
+            or not tiers[0])
 
 
 def load_cap(replicas: Sequence[ReplicaView], load_factor: float) -> int:
