@@ -5,6 +5,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,16 +59,28 @@ _LONGEST_FIRST = (
 )
 
 
+def _work_unit(nodeid: str) -> str:
+    """What one xdist worker runs whole: a module (its module fixtures start gateways and
+    engines once), or all of tests/ray (one local Ray cluster at a time on the machine)."""
+    module = nodeid.split("::", 1)[0]
+    return "tests/ray/" if module.startswith("tests/ray/") else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return WorkUnitScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With xdist's ``--dist loadgroup``: a module's tests stay on one worker (module
-    fixtures start gateways and engines once) and the Ray modules share one (one local
-    Ray cluster at a time on the machine)."""
+    """Under xdist, the longest work first (the scheduler hands out work units in the
+    order the workers collected them; ``--no-loadscope-reorder`` keeps it)."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        group = "tests/ray/" if module.startswith("tests/ray/") else module
-        item.add_marker(pytest.mark.xdist_group(group))
 
     def rank(item: pytest.Item) -> int:
         for i, prefix in enumerate(_LONGEST_FIRST):
