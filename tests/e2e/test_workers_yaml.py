@@ -138,8 +138,16 @@ def by_worker(
     raise AssertionError(f"{limit} connections never reached both workers: {seen}")
 
 
-def served(response: httpx.Response) -> None:
-    assert response.status_code == 200, response.text
+def answered(status: int) -> Callable[[httpx.Response], None]:
+    """A check of each worker's answer: its status."""
+
+    def check(response: httpx.Response) -> None:
+        assert response.status_code == status, response.text
+
+    return check
+
+
+served = answered(200)
 
 
 def test_both_workers_serve_one_port_over_engines_started_once(up: Up) -> None:
@@ -160,11 +168,7 @@ def test_an_admin_key_made_through_one_worker_works_in_every_worker(up: Up) -> N
     assert set(by_worker(up, served, headers=key)) == {"0", "1"}
     revoked = httpx.delete(up.server.url + "/admin/keys/alice", headers=ADMIN, timeout=30)
     assert revoked.status_code == 200, revoked.text
-
-    def refused(response: httpx.Response) -> None:
-        assert response.status_code == 401, response.text
-
-    assert set(by_worker(up, refused, headers=key)) == {"0", "1"}
+    assert set(by_worker(up, answered(401), headers=key)) == {"0", "1"}
 
 
 def test_a_reload_through_one_worker_reaches_every_worker(up: Up) -> None:
@@ -208,11 +212,7 @@ def test_an_adapter_registered_through_one_worker_serves_from_every_worker(up: U
     assert set(by_worker(up, served, body=body)) == {"0", "1"}
     removed = httpx.delete(up.server.url + "/admin/adapters/sql", headers=ADMIN, timeout=30)
     assert removed.status_code == 200, removed.text
-
-    def gone(response: httpx.Response) -> None:
-        assert response.status_code == 404, response.text
-
-    assert set(by_worker(up, gone, body=body)) == {"0", "1"}
+    assert set(by_worker(up, answered(404), body=body)) == {"0", "1"}
 
 
 def _requests_total(up: Up) -> float:
