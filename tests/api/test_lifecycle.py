@@ -181,7 +181,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_check_validates_without_starting(tmp_path: Path) -> None:
     result = run_cli("check", "configs/local.yaml")
     assert result.returncode == 0, result.stderr
-    assert "ok  demo: engine=transformers replicas=2 launched routing=least-load" in result.stdout
+    assert "ok  demo: engine=transformers replicas=2 launched routing=prefix-aware" in result.stdout
 
 
 def test_bad_config_fails_before_anything_starts(tmp_path: Path) -> None:

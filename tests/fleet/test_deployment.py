@@ -10,7 +10,7 @@ from llmgw.config import ModelConfig, RolloutConfig
 from llmgw.fleet.deployment import Deployment
 from llmgw.metrics import Metrics, ReplicaMetrics
 from llmgw.pool import Replica, ReplicaPool
-from tests.fleet.test_membership import Unreachable
+from tests.fleet.test_membership import unreachable
 
 MODEL = ModelConfig(name="m", engine="fake", model="fake", replicas=1)
 
@@ -32,7 +32,7 @@ class ScriptedHands:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending.append((done, deployment, replica_id))
         await done
-        engine = Unreachable(f"http://127.0.0.1:9/{replica_id}", None)  # type: ignore[arg-type]
+        engine = unreachable(f"http://127.0.0.1:9/{replica_id}")
         replica = Replica(replica_id, deployment.model, engine,
                           ReplicaMetrics(self.metrics, deployment.model, replica_id, "p"),
                           version=deployment.version)

@@ -13,6 +13,7 @@ import pytest
 from llmgw import pool as pool_module
 from llmgw.build import KVFeeds, SeriesCleanup
 from llmgw.config import ModelConfig, TimeoutConfig
+from llmgw.engines.http1.pool import HTTPClient
 from llmgw.engines.openai_http import OpenAIHTTPEngine
 from llmgw.lora.catalog import Adapter, AdapterCatalog
 from llmgw.lora.setup import make_lora_group
@@ -29,8 +30,12 @@ class Unreachable(OpenAIHTTPEngine):
     """A real engine client on an address nothing listens on; these tests never send."""
 
 
+def unreachable(url: str) -> Unreachable:
+    return Unreachable(url, None, HTTPClient())  # type: ignore[arg-type]  # no session
+
+
 def replica(metrics: Metrics, rid: str, model: str = "m", kv: str | None = None) -> Replica:
-    engine = Unreachable(f"http://127.0.0.1:9/{rid}", None)  # type: ignore[arg-type]
+    engine = unreachable(f"http://127.0.0.1:9/{rid}")
     r = Replica(rid, model, engine, ReplicaMetrics(metrics, model, rid, "p"),
                 address=ReplicaAddress(rid, engine.url, kv))
     r.set_health(True)

@@ -45,7 +45,7 @@ def models(**changes: Any) -> dict[str, Any]:
     (config(**models(a={"replicas": 3})), [ModelPlan("a", ("scale",), ("replicas",))]),
     (config(**models(a={"replicas": None, "autoscaling": {"max_replicas": 3}})),
      [ModelPlan("a", ("scale",), ("replicas", "autoscaling"))]),
-    (config(**models(a={"routing": "prefix-aware", "timeouts": {"request_s": 9}})),
+    (config(**models(a={"routing": "session-aware", "timeouts": {"request_s": 9}})),
      [ModelPlan("a", ("update",), ("routing", "timeouts"))]),
     (config(**models(a={"served_model_name": "x"})),
      [ModelPlan("a", ("roll", "update"), ("served_model_name",))]),
