@@ -180,6 +180,7 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
     import uvicorn
 
     from llmgw.api.app import create_app
+    from llmgw.api.wire.protocol import serving_protocol
     from llmgw.build import Gateway
     from llmgw.console import StartupView, is_terminal
     from llmgw.fleet.controller import Fleet
@@ -229,8 +230,8 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
             view.finish()
         await tool_set.start()
         loop.add_signal_handler(signal.SIGHUP, lambda: fleet.spawn(_reload(reloader)))
-        server = uvicorn.Server(uvicorn_config(create_app(gateway, fleet, reloader, tool_set),
-                                               cfg, log_level))
+        app = create_app(gateway, fleet, reloader, tool_set)
+        server = uvicorn.Server(uvicorn_config(app, cfg, log_level, serving_protocol(app)))
         serving = True
         freeze_startup_objects()
         await server.serve()

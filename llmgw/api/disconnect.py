@@ -1,35 +1,47 @@
 """Cancel the work of a request when its client goes away.
 
 Starlette does not notice a disconnect while a handler awaits a non-streaming answer, and
-a stream only notices on its next send. Watching ``receive()`` from a side task and
-cancelling the request's task turns a disconnect into a prompt upstream close, which makes
-the engine abort the request.
+a stream only notices on its next send. Cancelling the request's task when the client
+leaves turns a disconnect into a prompt upstream close, which makes the engine abort the
+request. The server tells of the disconnect through the ``llmgw.disconnect`` scope
+extension where it offers one (llmgw's own cycle, llmgw.api.wire: a call, no task);
+elsewhere a side task watches ``receive()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 
-from starlette.types import Receive
+from starlette.types import Receive, Scope
+
+# The extension's value: called with a callback to call once if the client leaves.
+Subscribe = Callable[[Callable[[], None]], None]
 
 
 class DisconnectWatch:
-    """``async with DisconnectWatch(receive) as watch:`` cancels the body on disconnect and
-    swallows that cancellation; ``watch.disconnected`` tells what happened. Set
-    ``watch.done = True`` before the last send, so a disconnect that merely follows the
-    finished response is not mistaken for a client leaving early."""
+    """``async with DisconnectWatch(receive, scope) as watch:`` cancels the body on
+    disconnect and swallows that cancellation; ``watch.disconnected`` tells what happened.
+    Set ``watch.done = True`` before the last send, so a disconnect that merely follows
+    the finished response is not mistaken for a client leaving early."""
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, scope: Scope | None = None) -> None:
         self._receive = receive
+        extensions = scope.get("extensions") if scope is not None else None
+        self._subscribe: Subscribe | None = (extensions or {}).get("llmgw.disconnect")
         self._task: asyncio.Task[None] | None = None
         self._owner: asyncio.Task[object] | None = None
+        self._exited = False
         self.disconnected = False
         self.done = False
 
     async def __aenter__(self) -> DisconnectWatch:
         self._owner = asyncio.current_task()
-        self._task = asyncio.create_task(self._watch())
+        if self._subscribe is not None:
+            self._subscribe(self._client_left)
+        else:
+            self._task = asyncio.create_task(self._watch())
         return self
 
     async def _watch(self) -> None:
@@ -37,7 +49,10 @@ class DisconnectWatch:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 break
-        if not self.done and self._owner is not None:
+        self._client_left()
+
+    def _client_left(self) -> None:
+        if not self.done and not self._exited and self._owner is not None:
             self.disconnected = True
             self._owner.cancel()
 
@@ -45,8 +60,10 @@ class DisconnectWatch:
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        assert self._task is not None and self._owner is not None
-        self._task.cancel()
+        assert self._owner is not None
+        self._exited = True  # a disconnect from now on cancels nothing
+        if self._task is not None:
+            self._task.cancel()
         if self.disconnected and exc_type is asyncio.CancelledError:
             self._owner.uncancel()
             return True

@@ -274,7 +274,7 @@ class GenerationRoute:
         loop = tool_loop(state, call, group, ctx, adapter) if self.endpoint == "chat" else None
         upstream = dispatcher.upstream_body(group, body, call.parsed, stream, req.wants_usage,
                                             call.gateway_id, adapter, self.endpoint)
-        async with DisconnectWatch(receive) as watch:
+        async with DisconnectWatch(receive, scope) as watch:
             if loop is not None:
                 await _serve_loop(loop, call, send, watch, stream, tenancy)
                 return

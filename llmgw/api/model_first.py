@@ -32,6 +32,12 @@ class ModelRoutesFirst(FastAPI):
         """POSTs to these exact paths go to their app directly (module docstring)."""
         self._first.update(routes)
 
+    @property
+    def first_routes(self) -> dict[str, ASGIApp]:
+        """The routes served ahead of the stack, by path (llmgw.api.wire serves them on
+        its own cycle)."""
+        return dict(self._first)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             route = self._first.get(scope["path"])

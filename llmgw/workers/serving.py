@@ -63,8 +63,10 @@ def validate_reload(running: GatewayConfig, new: GatewayConfig) -> None:
         )
 
 
-def uvicorn_config(app: Any, cfg: GatewayConfig, log_level: str | None) -> uvicorn.Config:
-    """How llmgw serves ``app`` with uvicorn on ``server.host:port``."""
+def uvicorn_config(app: Any, cfg: GatewayConfig, log_level: str | None,
+                   http: Any = "httptools") -> uvicorn.Config:
+    """How llmgw serves ``app`` with uvicorn on ``server.host:port``; ``http``: the
+    protocol (llmgw.api.wire.protocol.serving_protocol's, for the gateway's app)."""
     import uvicorn
 
     return uvicorn.Config(
@@ -78,7 +80,7 @@ def uvicorn_config(app: Any, cfg: GatewayConfig, log_level: str | None) -> uvico
         timeout_graceful_shutdown=cfg.server.drain_timeout_s,  # type: ignore[arg-type]
         timeout_keep_alive=cfg.server.keep_alive_s,  # type: ignore[arg-type]
         loop="none",
-        http="httptools",
+        http=http,
         lifespan="on",
         ssl_certfile=_tls_file(cfg, "cert"),
         ssl_keyfile=_tls_file(cfg, "key"),

@@ -137,7 +137,8 @@ async def serve(
     import uvicorn
 
     from llmgw.api.app import create_app
-    from llmgw.api.worker_header import WorkerHeader
+    from llmgw.api.wire.protocol import serving_protocol
+    from llmgw.api.worker_header import WORKER_HEADER, WorkerHeader
     from llmgw.build import Gateway
     from llmgw.fleet import sharing
     from llmgw.fleet.controller import Fleet
@@ -171,7 +172,9 @@ async def serve(
         except OSError as exc:  # something not llmgw took the port since the check
             log.error("cannot listen on %s:%d: %s", cfg.server.host, cfg.server.port, exc)
             return 1
-        server = uvicorn.Server(uvicorn_config(WorkerHeader(app, index), cfg, log_level))
+        stamp = [(WORKER_HEADER, str(index).encode())]
+        server = uvicorn.Server(uvicorn_config(WorkerHeader(app, index), cfg, log_level,
+                                               serving_protocol(app, stamp)))
         freeze_startup_objects()
         await server.serve(sockets=sockets)
         return 0 if server.started else 1

@@ -1,0 +1,238 @@
+"""One model request on the wire: the ASGI ``receive`` and ``send`` of a model route,
+written straight to the connection.
+
+It stands where uvicorn's ``RequestResponseCycle`` stands (the protocol feeds it the
+body and tells it of a disconnect through the same attributes), and differs where the
+generation path paid for generality it does not use (bench/overhead.py --profile):
+
+- the head of an answer with a ``content-length`` is held until its body, so a JSON
+  answer leaves in one write (uvicorn writes head and body apart: two syscalls);
+- header names and values are not checked against uvicorn's regular expressions on every
+  response: the model routes send only headers the gateway builds or echoes from the
+  request's own (already parsed, so free of CR and LF);
+- a disconnect reaches the request's ``DisconnectWatch`` as a call (the
+  ``llmgw.disconnect`` scope extension), not through a task per request that waits on
+  ``receive()``;
+- the routes are known, so there is no middleware stack or router in between.
+
+Everything a client can see is what uvicorn does: keep-alive and ``connection: close``,
+``Expect: 100-continue``, chunked streams, pipelined requests answered in order, the
+server's ``date`` and ``server`` headers, flow control both ways, a graceful shutdown that
+lets the answer in progress finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from starlette.types import ASGIApp, Message
+
+log = logging.getLogger("llmgw.api")
+
+Headers = list[tuple[bytes, bytes]]
+DisconnectCallback = Callable[[], None]
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_INTERNAL_ERROR = (b'{"error":{"message":"internal error","type":"server_error",'
+                   b'"param":null,"code":null}}')
+
+
+class Signal:
+    """What ``asyncio.Event`` gives the protocol (set, wait, clear), for one waiter: the
+    protocol sets it for every body part and every request, so it is kept small."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        await waiter
+
+
+class WireCycle:
+    """One request/response on a connection of ``llmgw.api.wire.protocol``.
+
+    ``body``, ``more_body``, ``message_event``, ``disconnected``, ``response_complete``
+    and ``keep_alive`` are read and written by uvicorn's protocol exactly as on its own
+    cycle; ``run_asgi`` is what the protocol starts (in order, for pipelined requests)."""
+
+    def __init__(self, scope: dict[str, Any], transport: asyncio.Transport, flow: Any,
+                 head_headers: Headers, keep_alive: bool, expect_100_continue: bool,
+                 on_response: Callable[[], None]) -> None:
+        self.scope = scope
+        self.transport = transport
+        self.flow = flow  # uvicorn's FlowControl: read pausing, and draining writes
+        self.head_headers = head_headers  # the server's own (date, server, ...) first
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = expect_100_continue
+        self.on_response = on_response
+        self.body = bytearray()
+        self.more_body = True
+        self.message_event = Signal()
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self._chunked = False
+        self._held_head: bytes | None = None
+        self._on_disconnect: DisconnectCallback | None = None
+        scope["extensions"] = {"llmgw.disconnect": self._watch_disconnect}
+
+    # --- what the protocol calls -----------------------------------------------------
+
+    async def run_asgi(self, app: ASGIApp) -> None:
+        """Serve the request with ``app`` (a model route). Whatever it leaves undone is
+        ended as uvicorn ends it: a 500 before the response started, a closed
+        connection after."""
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException:
+            log.exception("unhandled error in a model route")
+            self._abandon()
+        else:
+            if not self.response_complete and not self.disconnected:
+                log.error("a model route returned without completing its response")
+                self._abandon()
+        finally:
+            self.on_response = _nothing  # the protocol holds this cycle; drop the cycle back
+
+    def client_left(self) -> None:
+        """The connection was lost (the protocol set ``disconnected`` when the response
+        was not complete): tell the request's watch, once."""
+        callback, self._on_disconnect = self._on_disconnect, None
+        if self.disconnected and callback is not None:
+            callback()
+
+    # --- ASGI ------------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(_CONTINUE)
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        message = {"type": "http.request", "body": bytes(self.body),
+                   "more_body": self.more_body}
+        self.body = bytearray()
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"expected http.response.start, got {message['type']}")
+            self._start(message["status"], message.get("headers", ()))
+            return
+        if self.response_complete or message["type"] != "http.response.body":
+            raise RuntimeError(f"unexpected ASGI message {message['type']}")
+        body: bytes = message.get("body", b"")
+        more = message.get("more_body", False)
+        if self._chunked:
+            out = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+            if not more:
+                out += _LAST_CHUNK
+        else:
+            out = body
+        if self._held_head is not None:
+            out, self._held_head = self._held_head + out, None
+        if out:
+            self.transport.write(out)
+        if not more:
+            self._complete()
+
+    # --- internals -------------------------------------------------------------------
+
+    def _start(self, status: int, headers: Any) -> None:
+        """Build the head; hold it when the body's length is known (one write with the
+        body), write it now for a stream (its first event may be a while)."""
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        lines = [STATUS_LINES[status]]
+        length_known = False
+        for name, value in (*self.head_headers, *headers):
+            if name == b"content-length":
+                length_known = True
+            elif name == b"connection" and b"close" in value.lower():
+                self.keep_alive = False
+                continue  # added once below
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if not self.keep_alive:
+            lines.append(b"connection: close\r\n")
+        if not length_known and status not in (204, 304):
+            self._chunked = True
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        if length_known:
+            self._held_head = head
+        else:
+            self.transport.write(head)
+
+    def _complete(self) -> None:
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+
+    def _abandon(self) -> None:
+        if self.disconnected or self.response_complete:
+            return
+        if not self.response_started:
+            self.keep_alive = False
+            self._start(500, [(b"content-type", b"application/json"),
+                              (b"content-length", b"%d" % len(_INTERNAL_ERROR))])
+            self.transport.write((self._held_head or b"") + _INTERNAL_ERROR)
+            self._held_head = None
+            self._complete()
+        else:
+            self.transport.close()
+
+    def _watch_disconnect(self, callback: DisconnectCallback) -> None:
+        """The ``llmgw.disconnect`` extension: ``callback`` is called once if the client
+        leaves before the response is complete (at once if it already has)."""
+        if self.disconnected:
+            callback()
+        else:
+            self._on_disconnect = callback
+
+
+def _nothing() -> None:
+    return None
