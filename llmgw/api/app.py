@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmgw.api")
 
 
-def create_app(gateway: Gateway, fleet: Fleet | None = None,
-               reloader: Reloader | None = None, tool_set: ToolSet | None = None) -> ModelRoutesFirst:
+def create_app(gateway: Gateway, fleet: Fleet | None = None, reloader: Reloader | None = None,
+               tool_set: ToolSet | None = None) -> ModelRoutesFirst:
     """``fleet`` and ``reloader``: what `llmgw up` runs beside the app (replicas started,
     scaled and reloaded); without them the admin fleet routes answer that there is none.
     ``tool_set``: the started tools (``tools:``); without it /v1/tools lists none."""

@@ -129,8 +129,10 @@ class WireCycle:
     def client_left(self) -> None:
         """The connection was lost (the protocol set ``disconnected`` when the response
         was not complete): tell the request's watch, once."""
+        if not self.disconnected:
+            return
         callback, self._on_disconnect = self._on_disconnect, None
-        if self.disconnected and callback is not None:
+        if callback is not None:
             callback()
 
     # --- ASGI ------------------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""What llmgw's own cycle (llmgw.api.wire.cycle) does when a model route misbehaves, and
+when this uvicorn is not the one its protocol was written against. The transport is a
+recorder (the cycle only writes, closes and pauses reading); everything a client sees
+on a real connection is in tests/api/test_wire_protocol.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from uvicorn.protocols.http.flow_control import FlowControl
+
+from llmgw.api.model_first import ModelRoutesFirst
+from llmgw.api.wire import protocol
+from llmgw.api.wire.cycle import WireCycle
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+def _cycle(transport: _Transport, responses: list[str]) -> WireCycle:
+    cycle = WireCycle({"type": "http"}, transport, FlowControl(transport),  # type: ignore[arg-type]
+                      [(b"server", b"test")], keep_alive=True, expect_100_continue=False,
+                      on_response=lambda: responses.append("done"))
+    cycle.more_body = False
+    cycle.message_event.set()
+    return cycle
+
+
+def test_a_route_that_raises_before_answering_gets_a_500_and_a_closed_connection() -> None:
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("a bug")
+
+    transport, responses = _Transport(), []
+    asyncio.run(_cycle(transport, responses).run_asgi(broken))
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"connection: close" in head and b'"type":"server_error"' in body
+    assert transport.closed and responses == ["done"]
+
+
+def test_a_route_that_stops_mid_answer_has_its_connection_closed() -> None:
+    async def half(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+
+    transport, responses = _Transport(), []
+    asyncio.run(_cycle(transport, responses).run_asgi(half))
+    assert b"transfer-encoding: chunked" in transport.written
+    assert transport.written.endswith(b"4\r\npart\r\n")  # never the last chunk
+    assert transport.closed and responses == []
+
+
+def test_a_json_answer_leaves_in_one_write() -> None:
+    writes: list[bytes] = []
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    transport, responses = _Transport(), []
+    transport.write = writes.append  # type: ignore[method-assign]
+    asyncio.run(_cycle(transport, responses).run_asgi(answer))
+    assert writes == [b"HTTP/1.1 200 OK\r\nserver: test\r\ncontent-length: 2\r\n\r\n{}"]
+    assert not transport.closed and responses == ["done"]
+
+
+def test_a_disconnect_reaches_the_subscribed_watch_once_and_only_before_the_end() -> None:
+    transport, responses = _Transport(), []
+    cycle = _cycle(transport, responses)
+    calls: list[str] = []
+    cycle.scope["extensions"]["llmgw.disconnect"](lambda: calls.append("left"))
+    cycle.client_left()  # the protocol only marks disconnected when the answer is unfinished
+    assert calls == []
+    cycle.disconnected = True
+    cycle.client_left()
+    cycle.client_left()
+    assert calls == ["left"]
+    # Subscribing after the client left calls back at once.
+    cycle.scope["extensions"]["llmgw.disconnect"](lambda: calls.append("late"))
+    assert calls == ["left", "late"]
+
+
+def test_an_unfamiliar_uvicorn_protocol_falls_back_to_plain_uvicorn(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    app = ModelRoutesFirst()
+    assert isinstance(protocol.serving_protocol(app), type)
+    monkeypatch.setattr(protocol, "_NEEDED", (*protocol._NEEDED, "_a_method_uvicorn_lacks"))
+    with caplog.at_level(logging.WARNING, logger="llmgw.api"):
+        assert protocol.serving_protocol(app) == "httptools"
+    assert "_a_method_uvicorn_lacks" in caplog.text
