@@ -14,7 +14,6 @@ the tokens it used.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_response, internal_error
 from llmgw.api.request_checks import check_request
 from llmgw.api.request_headers import RequestHeaders
+from llmgw.api.request_ids import new_request_id
 from llmgw.api.request_record import first_token_ns, request_record
 from llmgw.api.sse import relay_json, relay_stream
 from llmgw.api.tool_loop import HeldSlot, ToolLoop
@@ -195,7 +195,7 @@ class _Call:
         # Unique per request: keys routing's per-request state and the engine request (to
         # abort it). Never the client's x-request-id, which may repeat; that one is only
         # echoed and logged.
-        self.gateway_id = os.urandom(12).hex()
+        self.gateway_id = new_request_id()
         self.request_id = headers.get("x-request-id") or self.gateway_id
         # Headers are latin-1 on the wire: echo the client's exact bytes.
         self.reply_headers = [(b"x-request-id", self.request_id.encode("latin-1"))]

@@ -3,8 +3,6 @@ endpoints (generation, embeddings, tokenizer) live in ``generation.py``."""
 
 from __future__ import annotations
 
-import os
-
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,6 +16,7 @@ from llmgw.api.generation import (
     request_context,
 )
 from llmgw.api.request_checks import check_request
+from llmgw.api.request_ids import new_request_id
 from llmgw.dispatcher import Dispatcher
 from llmgw.errors import GatewayError, ModelNotFound
 from llmgw.protocol import Endpoint
@@ -109,7 +108,7 @@ async def debug_route(request: Request) -> Response:
         group, adapter = dispatcher.resolve(model, request.headers.get(MULTIPLEX_HEADER))
     except GatewayError as exc:
         return error_response(exc)
-    ctx = await request_context(os.urandom(8).hex(), group, endpoint, req.streamed,
+    ctx = await request_context(new_request_id(), group, endpoint, req.streamed,
                                 request.headers, parsed, adapter)
     decision = dispatcher.explain(ctx, group)
     replica = decision.ranked[0].id if decision.ranked else None

@@ -21,3 +21,11 @@ def test_get_matches_starlette(key: str, default: str | None) -> None:
     assert ours == Headers(scope={"headers": RAW}).get(key, default)
     assert ours == {"x-request-id": "abc", "x-dup": "1", "x-latin": "café"}.get(key.lower(),
                                                                               default)
+
+
+@pytest.mark.parametrize("key", ["x-request-id", "X-DUP", "missing", "x-latin"])
+def test_membership_and_the_other_accessors_match_starlette(key: str) -> None:
+    ours, theirs = RequestHeaders(scope={"headers": RAW}), Headers(scope={"headers": RAW})
+    assert (key in ours) == (key in theirs)
+    assert ours.getlist(key) == theirs.getlist(key)
+    assert ours.items() == theirs.items() and ours.raw == theirs.raw
