@@ -182,3 +182,12 @@ def test_a_percent_encoded_or_query_path_reaches_the_same_route(raw: _Client) ->
     assert _completion(query) == "tok0 tok1 tok2"
     # uvicorn decodes %2F into the path, as every ASGI server does: the same route.
     assert _completion(encoded) == "tok0 tok1 tok2"
+
+
+def test_a_body_sent_in_pieces_is_read_whole(raw: _Client) -> None:
+    raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    request = _request(CHAT)
+    for start in range(0, len(request), 17):
+        raw.send(request[start:start + 17])
+    (answer,) = raw.answers(1)
+    assert _completion(answer) == "tok0 tok1 tok2"
