@@ -37,7 +37,7 @@ class _Transport:
 
 def _cycle(transport: _Transport, responses: list[str]) -> WireCycle:
     cycle = WireCycle({"type": "http"}, transport, FlowControl(transport),  # type: ignore[arg-type]
-                      [(b"server", b"test")], keep_alive=True, expect_100_continue=False,
+                      b"server: test\r\n", keep_alive=True, expect_100_continue=False,
                       on_response=lambda: responses.append("done"))
     cycle.more_body = False
     cycle.message_event.set()

@@ -88,12 +88,13 @@ class WireCycle:
     cycle; ``run_asgi`` is what the protocol starts (in order, for pipelined requests)."""
 
     def __init__(self, scope: dict[str, Any], transport: asyncio.Transport, flow: Any,
-                 head_headers: Headers, keep_alive: bool, expect_100_continue: bool,
+                 server_lines: bytes, keep_alive: bool, expect_100_continue: bool,
                  on_response: Callable[[], None]) -> None:
         self.scope = scope
         self.transport = transport
         self.flow = flow  # uvicorn's FlowControl: read pausing, and draining writes
-        self.head_headers = head_headers  # the server's own (date, server, ...) first
+        # The server's own header lines (date, server, ...), rendered, first in every head.
+        self.server_lines = server_lines
         self.keep_alive = keep_alive
         self.waiting_for_100_continue = expect_100_continue
         self.on_response = on_response
@@ -186,9 +187,9 @@ class WireCycle:
         body), write it now for a stream (its first event may be a while)."""
         self.response_started = True
         self.waiting_for_100_continue = False
-        lines = [STATUS_LINES[status]]
+        lines = [STATUS_LINES[status], self.server_lines]
         length_known = False
-        for name, value in (*self.head_headers, *headers):
+        for name, value in headers:
             if name == b"content-length":
                 length_known = True
             elif name == b"connection" and b"close" in value.lower():

@@ -39,6 +39,9 @@ class ModelRoutesProtocol(HttpToolsProtocol):
     gateway_app: ModelRoutesFirst
     model_routes: dict[bytes, Any]
     extra_headers: Headers = []
+    # The server's headers and their rendering (``_server_lines``), shared by every
+    # connection of the app's server.
+    rendered_lines: tuple[Headers, bytes] | None = None
 
     def on_headers_complete(self) -> None:
         route = self._model_route()
@@ -57,8 +60,7 @@ class ModelRoutesProtocol(HttpToolsProtocol):
         scope["app"] = self.gateway_app  # what the route reads its collaborators from
         existing = self.cycle
         cycle = WireCycle(
-            scope, self.transport, self.flow,
-            [*self.server_state.default_headers, *self.extra_headers],
+            scope, self.transport, self.flow, self._server_lines(),
             keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
             expect_100_continue=self.expect_100_continue,
             on_response=self.on_response_complete)
@@ -75,6 +77,18 @@ class ModelRoutesProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
         if isinstance(cycle, WireCycle):
             cycle.client_left()
+
+    def _server_lines(self) -> bytes:
+        """The head lines every model answer starts with: the server's own headers
+        (``date``, ``server``: uvicorn replaces that list once a second) and
+        ``extra_headers``, rendered once per list rather than per answer."""
+        defaults = self.server_state.default_headers
+        rendered = type(self).rendered_lines
+        if rendered is None or rendered[0] is not defaults:
+            lines = b"".join(b"%s: %s\r\n" % (name, value)
+                             for name, value in (*defaults, *self.extra_headers))
+            rendered = type(self).rendered_lines = (defaults, lines)
+        return rendered[1]
 
     def _model_route(self) -> Any | None:
         """The model route this request goes to on the wire, or None (uvicorn's path)."""
