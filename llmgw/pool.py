@@ -46,7 +46,7 @@ class Replica:
 
     __slots__ = ("id", "model", "engine", "role", "healthy", "in_flight", "metrics", "stats",
                  "adapters", "max_adapters", "state", "version", "address", "timeouts",
-                 "outlier", "_idle")
+                 "outlier", "_idle", "_ejection_ends")
 
     def __init__(
         self, id: str, model: str, engine: Engine, metrics: ReplicaMetrics, *,
@@ -75,8 +75,10 @@ class Replica:
         self._idle: asyncio.Event | None = None
         metrics.in_flight.set(0)
         metrics.healthy.set(0)
-        # Read at scrape time: ejection ends by the clock, not by an event to hook.
-        metrics.ejected.set_function(lambda: float(self.outlier.state == "ejected"))
+        # Set when ejected and again when the ejection runs out (a timer): a value read
+        # at scrape time would not reach the other workers' /metrics (llmgw/workers).
+        metrics.ejected.set(0)
+        self._ejection_ends: asyncio.TimerHandle | None = None
 
     @property
     def routable(self) -> bool:
@@ -161,8 +163,24 @@ class Replica:
             return
         seconds = self.outlier.eject()
         self.metrics.ejections(reason).inc()
+        self._show_ejection()
         log.warning("replica %s/%s ejected for %.1fs (%s, ejection %d)", self.model, self.id,
                     seconds, reason, self.outlier.ejections)
+
+
+    def _show_ejection(self) -> None:
+        """``llmgw_replica_ejected``: 1 until the ejection's time is up (the replica is
+        then half-open), checked again by a timer at that moment."""
+        if self._ejection_ends is not None:
+            self._ejection_ends.cancel()
+            self._ejection_ends = None
+        ejected = self.outlier.state == "ejected"
+        self.metrics.ejected.set(float(ejected))
+        if ejected:
+            # A timer may fire a hair before the outlier's clock says so: then again.
+            left = max(self.outlier.ejected_for_s(), 0.001)
+            self._ejection_ends = asyncio.get_running_loop().call_later(
+                left, self._show_ejection)
 
 
 class MembershipListener(Protocol):

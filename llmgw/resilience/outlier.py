@@ -103,10 +103,14 @@ class Outlier:
             False, 0
         return seconds
 
+    def ejected_for_s(self) -> float:
+        """Seconds until an ejected replica turns half-open; 0 when not ejected."""
+        return max(0.0, self._until - self._clock()) if self.state == "ejected" else 0.0
+
     def status(self) -> dict[str, Any]:
         """For /admin/status."""
         state = self.state
-        left = round(max(0.0, self._until - self._clock()), 1) if state == "ejected" else 0
+        left = round(self.ejected_for_s(), 1) if state == "ejected" else 0
         return {"state": state, "ejections": self.ejections, "failures": self.failures,
                 "ejected_for_s": left}
 

@@ -39,8 +39,9 @@ ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 HI = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
 
-def write_overlay(tmp: Path, engine_url: str, **server: object) -> Path:
-    """The test's config over workers.yaml: its state dir, an attached LoRA model, and
+def write_overlay(tmp: Path, engine_url: str, failing_url: str, **server: object) -> Path:
+    """The test's config over workers.yaml: its state dir, an attached LoRA model, a model
+    whose second replica answers every request with a 500 (ejected after two), and
     ``server`` settings (a reload rewrites it)."""
     overlay = tmp / "overlay.yaml"
     base = {
@@ -49,15 +50,21 @@ def write_overlay(tmp: Path, engine_url: str, **server: object) -> Path:
         "url": [engine_url],
         "lora": {"roots": [str(tmp / "adapters")]},
     }
-    overlay.write_text(
-        yaml.safe_dump({"server": {"state_dir": str(tmp / "state"), **server}, "models": [base]})
-    )
+    flaky = {"name": "flaky", "engine": "openai", "url": [engine_url, failing_url],
+             "served_model_name": "fake", "routing": "round-robin", "max_attempts": 2}
+    # Ejected for longer than the module runs: it stays out once it is.
+    outlier = {"consecutive_failures": 2, "base_ejection_s": 3600, "max_ejection_s": 3600}
+    overlay.write_text(yaml.safe_dump({
+        "server": {"state_dir": str(tmp / "state"), **server},
+        "health": {"outlier": outlier},
+        "models": [base, flaky],
+    }))
     return overlay
 
 
 class Up:
-    def __init__(self, server: Server, tmp: Path, engine: Server) -> None:
-        self.server, self.tmp, self.engine = server, tmp, engine
+    def __init__(self, server: Server, tmp: Path, engine: Server, failing: Server) -> None:
+        self.server, self.tmp, self.engine, self.failing = server, tmp, engine, failing
         made = httpx.post(
             server.url + "/admin/keys", headers=ADMIN, timeout=30, json={"name": "tests"}
         )
@@ -84,7 +91,7 @@ class Up:
         }
 
     def reconfigure(self, **server: object) -> None:
-        write_overlay(self.tmp, self.engine.url, **server)
+        write_overlay(self.tmp, self.engine.url, self.failing.url, **server)
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +101,16 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     engine = start_fake_engine(name="base")
     with contextlib.ExitStack() as stack:
         stack.callback(engine.stop)
-        files = [ROOT / "configs" / "workers.yaml", write_overlay(tmp, engine.url)]
+        failing = start_fake_engine("--fail-status", "500", name="fails")
+        stack.callback(failing.stop)
+        files = [ROOT / "configs" / "workers.yaml",
+                 write_overlay(tmp, engine.url, failing.url)]
         check_like_llmgw(files)
         port = free_port()
         argv = [sys.executable, "-m", "llmgw", "up", *map(str, files), "--port", str(port)]
         server = Server(argv, port, "/ready", timeout_s=120, env={"LLMGW_ADMIN_KEY": ADMIN_KEY})
         stack.callback(server.stop)
-        running = Up(server, tmp, engine)
+        running = Up(server, tmp, engine, failing)
         # /ready answered from one worker; the other may still be starting.
         wait_until(lambda: len(running.worker_pids()) == 2, 60, "two worker processes")
         yield running
@@ -228,6 +238,24 @@ def test_metrics_sum_every_worker(up: Up) -> None:
     seen = by_worker(up, served)
     # Whichever worker answers /metrics, it counts both workers' requests.
     assert {_requests_total(up) for _ in range(6)} == {before + sum(seen.values())}
+
+
+def _ejected(up: Up) -> float | None:
+    """``llmgw_replica_ejected`` of the failing replica, as the worker that answers says."""
+    for line in httpx.get(up.server.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith('llmgw_replica_ejected{model="flaky",replica="flaky-1"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_an_ejection_shows_in_the_metrics_of_every_worker(up: Up) -> None:
+    flaky = {**HI, "model": "flaky"}
+    for _ in range(100):  # round robin: every other request fails once, then is retried
+        assert one_request(up, body=flaky).status_code == 200
+        if _ejected(up) == 1.0:
+            break
+    # Whichever worker answers the scrape (a new connection each), the replica is out.
+    assert [_ejected(up) for _ in range(8)] == [1.0] * 8
 
 
 def test_in_flight_gauges_add_up_over_workers(up: Up) -> None:
