@@ -44,13 +44,17 @@ class ReloadRecord:
 
 class Reloader:
     """``validate`` is what ``llmgw check`` runs (config, registries, launchability, LoRA
-    state); it raises ConfigError."""
+    state); it raises ConfigError. ``counted``: whether this process's reloads count in
+    ``llmgw_config_reloads_total`` (with workers only the supervisor's do: every process
+    reloads, and the metrics of all are summed)."""
 
     def __init__(self, fleet: Fleet, paths: Sequence[str],
                  validate: Callable[[GatewayConfig], None],
-                 overrides: Callable[[GatewayConfig], GatewayConfig] = lambda c: c) -> None:
+                 overrides: Callable[[GatewayConfig], GatewayConfig] = lambda c: c,
+                 counted: bool = True) -> None:
         self.fleet, self.paths, self._validate, self._overrides = fleet, paths, validate, \
             overrides
+        self._counted = counted
         self._lock = asyncio.Lock()
         self.last: ReloadRecord | None = None
         # Called with the new config once applied (the app's per-request settings).
@@ -65,7 +69,7 @@ class Reloader:
                 plan = plan_reload(self.fleet.config, new)
             except ConfigError as exc:
                 self.last = ReloadRecord(time.time(), False, error=str(exc))
-                self.fleet.metrics.reloaded(ok=False)
+                self._count(ok=False)
                 log.error("reload refused, the running config stays:\n%s", exc)
                 raise
             log.info("reload plan: %s", plan.as_dict())
@@ -75,8 +79,12 @@ class Reloader:
             for listener in self.listeners:
                 listener(new)
             self.last = ReloadRecord(time.time(), True, plan)
-            self.fleet.metrics.reloaded(ok=True)
+            self._count(ok=True)
             return plan
+
+    def _count(self, *, ok: bool) -> None:
+        if self._counted:
+            self.fleet.metrics.reloaded(ok=ok)
 
 
 def apply(fleet: Fleet, new: GatewayConfig, plan: ReloadPlan,

@@ -149,7 +149,8 @@ async def serve(
     gateway = Gateway(cfg, rng=random.Random())  # seeded apart from the other workers
     directory = WorkerDirectory(run_dir)
     fleet = Fleet(gateway, NoLauncher(), directory=directory)
-    reloader = Reloader(fleet, paths, lambda new: validate_reload(cfg, new), overrides)
+    reloader = Reloader(fleet, paths, lambda new: validate_reload(cfg, new), overrides,
+                        counted=False)  # the supervisor counts the gateway's reloads
     tool_set = ToolSet(cfg, check_tools(cfg), gateway.metrics)  # in-process tools only
     control = None
     try:

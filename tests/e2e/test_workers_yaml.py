@@ -181,10 +181,21 @@ def test_an_admin_key_made_through_one_worker_works_in_every_worker(up: Up) -> N
     assert set(by_worker(up, answered(401), headers=key)) == {"0", "1"}
 
 
+def _reloads_applied(up: Up) -> float:
+    text = httpx.get(up.server.url + "/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith('llmgw_config_reloads_total{result="applied"}'):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no llmgw_config_reloads_total in /metrics")
+
+
 def test_a_reload_through_one_worker_reaches_every_worker(up: Up) -> None:
+    before = _reloads_applied(up)
     up.reconfigure(request_bounds={"max_tokens": 4})
     reloaded = httpx.post(up.server.url + "/admin/reload", headers=ADMIN, timeout=60)
     assert reloaded.status_code == 200, reloaded.text
+    # Every process reloaded; the gateway reloaded once.
+    assert _reloads_applied(up) == before + 1
 
     def bounded(response: httpx.Response) -> None:
         assert response.status_code == 400, response.text
