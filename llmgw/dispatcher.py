@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -285,9 +285,17 @@ def _give_back(replica: Replica, lease: Lease | None) -> None:
         lease.release()
 
 
-async def _send(replica: Replica, path: str, body: bytes, deadline: float | None,
-                first_byte_s: float | None) -> UpstreamResponse:
-    """``first_byte_s``: a stream's limit on waiting for the engine's headers."""
+def _send(replica: Replica, path: str, body: bytes, deadline: float | None,
+          first_byte_s: float | None) -> Awaitable[UpstreamResponse]:
+    """``first_byte_s``: a stream's limit on waiting for the engine's headers. Without
+    either limit (the default), the engine's own send: no coroutine of ours around it."""
+    if deadline is None and first_byte_s is None:
+        return replica.engine.send(path, body)
+    return _send_timed(replica, path, body, deadline, first_byte_s)
+
+
+async def _send_timed(replica: Replica, path: str, body: bytes, deadline: float | None,
+                      first_byte_s: float | None) -> UpstreamResponse:
     first_byte = None if first_byte_s is None else \
         asyncio.get_running_loop().time() + first_byte_s
     if first_byte is not None and deadline is not None and deadline <= first_byte:
