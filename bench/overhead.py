@@ -181,6 +181,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--main-tree", type=Path, default=None,
                         help="a checkout (e.g. `git worktree add /tmp/main main`) whose llmgw "
                              "runs as the target llmgw-main, beside this tree's llmgw")
+    parser.add_argument("--routing", default="least-load",
+                        help="every llmgw target's routing policy (prefix-aware: the default "
+                             "of a config that names none)")
     parser.add_argument("--profile", action="store_true",
                         help="instead of comparing, profile llmgw under py-spy on one scenario "
                              "(the first of --only; json16-c16 by default)")
@@ -230,6 +233,8 @@ async def run(args: argparse.Namespace) -> int:
     if args.main_tree is not None:
         starters["llmgw-main"] = functools.partial(start_llmgw, tree=args.main_tree.resolve(),
                                                    name="llmgw-main")
+    starters = {name: functools.partial(start, routing=args.routing)
+                if name.startswith(LLMGW) else start for name, start in starters.items()}
     unknown = [n for n in names if n not in starters]
     if unknown:
         print(f"unknown --targets {unknown}; known: {', '.join(starters)}", file=sys.stderr)
@@ -240,7 +245,7 @@ async def run(args: argparse.Namespace) -> int:
         if layout.client is not None:
             os.sched_setaffinity(0, {layout.client})
         if args.profile:
-            starters[LLMGW] = functools.partial(start_llmgw, probe=True)
+            starters[LLMGW] = functools.partial(start_llmgw, probe=True, routing=args.routing)
         fleet = Fleet(stack, Path(tmp), layout, starters)
         try:
             await fleet.start(names, args.token_delay_ms)

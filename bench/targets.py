@@ -58,11 +58,12 @@ def start_engine(logs: Path, token_delay_ms: float, cpu: int | None) -> Proc:
     return spawn("direct", argv, port, logs, cpu)
 
 
-def llmgw_config(engine_url: str, port: int, tracing: bool = False, workers: int = 1) -> str:
+def llmgw_config(engine_url: str, port: int, tracing: bool = False, workers: int = 1,
+                 routing: str = "least-load") -> str:
     config = (f"server: {{host: 127.0.0.1, port: {port}, log_level: warning, "
               f"workers: {workers}}}\n"
               f"models:\n  - name: {MODEL}\n    engine: openai\n"
-              f"    url: [\"{engine_url}\"]\n    routing: least-load\n")
+              f"    url: [\"{engine_url}\"]\n    routing: {routing}\n")
     if tracing:  # every request traced, spans exported to the instant engine's OTLP sink
         config += (f"telemetry:\n  tracing: {{endpoint: \"{engine_url}/v1/traces\", "
                    f"sample_ratio: 1.0}}\n")
@@ -71,15 +72,17 @@ def llmgw_config(engine_url: str, port: int, tracing: bool = False, workers: int
 
 def start_llmgw(logs: Path, engine_url: str, cpu: int | None, probe: bool = False,
                 freeze: bool = False, name: str = "llmgw", tracing: bool = False,
-                tree: Path | None = None, workers: int = 1) -> Proc:
+                tree: Path | None = None, workers: int = 1,
+                routing: str = "least-load") -> Proc:
     """``llmgw up`` on a temporary config; through bench/gc_probe.py (stats in
     ``logs/<name>-gc.json``) when ``probe`` or ``freeze``. ``tracing``: with
     ``telemetry.tracing`` on. ``tree``: the llmgw of another checkout (e.g. a worktree of
     main), to measure a change against it in the same alternating rounds. ``workers``:
-    ``server.workers`` (the CPU counted is the supervisor's and every worker's)."""
+    ``server.workers`` (the CPU counted is the supervisor's and every worker's).
+    ``routing``: the model's policy (``prefix-aware`` is what a config without one gets)."""
     port = free_ports(1)[0]
     config = logs / f"{name}.yaml"
-    config.write_text(llmgw_config(engine_url, port, tracing, workers))
+    config.write_text(llmgw_config(engine_url, port, tracing, workers, routing))
     entry = ["-m", "llmgw"]
     if tree is not None:
         entry = ["-c", f"import runpy, sys; sys.path.insert(0, {str(tree)!r}); "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -42,7 +42,7 @@ from llmgw.routing.base import Decision
 from llmgw.routing.session import session_key
 from llmgw.routing.traffic_split import TrafficSplit
 from llmgw.telemetry import NO_TRACING, Tracing
-from llmgw.types import RequestContext
+from llmgw.types import ReplicaView, RequestContext
 
 log = logging.getLogger("llmgw.dispatcher")
 
@@ -162,19 +162,8 @@ class Dispatcher:
             exchange.pd_path, exchange.prefill_replica = opened.path, opened.prefill
             return exchange
         views = group.views()
-        with self.tracing.span("llmgw.route") as span:
-            # Traced, the decision is explained for its scores; only ``explain`` shows it.
-            traced = span is not None and span.is_recording()
-            decision = group.policy.explain(ctx, views) if explain or traced else None
-            ranked = [group.replica(v.id) for v in (
-                decision.ranked if decision is not None else group.policy.rank(ctx, views))]
-            if traced and decision is not None:
-                assert span is not None
-                span.set_attributes({"llmgw.route.policy": group.policy_name,
-                                     "llmgw.route.ranked": [r.id for r in ranked],
-                                     "llmgw.route.decision": orjson.dumps(
-                                         decision.as_dict()).decode()})
-        decision = decision if explain else None
+        ranked, decision = (self._rank_traced(ctx, group, views, explain)
+                            if self.tracing.enabled else _rank(ctx, group, views, explain))
         if pin is not None:
             ranked.sort(key=lambda replica: replica.id != pin)
         if not ranked:
@@ -235,6 +224,21 @@ class Dispatcher:
         assert error is not None
         raise error
 
+    def _rank_traced(self, ctx: RequestContext, group: ModelGroup, views: list[ReplicaView],
+                     explain: bool) -> tuple[list[Replica], Decision | None]:
+        """``_rank`` in a span; a recorded span is given the decision's scores (only
+        ``explain`` returns it)."""
+        with self.tracing.span("llmgw.route") as span:
+            traced = span is not None and span.is_recording()
+            ranked, decision = _rank(ctx, group, views, explain or traced)
+            if traced and decision is not None:
+                assert span is not None
+                span.set_attributes({"llmgw.route.policy": group.policy_name,
+                                     "llmgw.route.ranked": [r.id for r in ranked],
+                                     "llmgw.route.decision": orjson.dumps(
+                                         decision.as_dict()).decode()})
+        return ranked, decision if explain else None
+
     def explain(self, ctx: RequestContext, group: ModelGroup) -> Decision:
         """The policy's decision with its reasons, without sending anything."""
         if group.disagg is not None:
@@ -255,6 +259,15 @@ class Dispatcher:
             metrics.client_disconnects.inc()
 
 
+def _rank(ctx: RequestContext, group: ModelGroup, views: list[ReplicaView],
+          explain: bool) -> tuple[list[Replica], Decision | None]:
+    """The group's replicas best first, and the policy's reasons when ``explain``."""
+    if explain:
+        decision = group.policy.explain(ctx, views)
+        return [group.replica(v.id) for v in decision.ranked], decision
+    return [group.replica(v.id) for v in group.policy.rank(ctx, views)], None
+
+
 async def _engine_gone(replica: Replica, error: UpstreamError) -> bool:
     """The connection broke mid-request and the engine no longer takes connections: it
     died (llmgw.resilience.retry). Out of rotation until the health loop sees it back."""
@@ -272,9 +285,17 @@ def _give_back(replica: Replica, lease: Lease | None) -> None:
         lease.release()
 
 
-async def _send(replica: Replica, path: str, body: bytes, deadline: float | None,
-                first_byte_s: float | None) -> UpstreamResponse:
-    """``first_byte_s``: a stream's limit on waiting for the engine's headers."""
+def _send(replica: Replica, path: str, body: bytes, deadline: float | None,
+          first_byte_s: float | None) -> Awaitable[UpstreamResponse]:
+    """``first_byte_s``: a stream's limit on waiting for the engine's headers. Without
+    either limit (the default), the engine's own send: no coroutine of ours around it."""
+    if deadline is None and first_byte_s is None:
+        return replica.engine.send(path, body)
+    return _send_timed(replica, path, body, deadline, first_byte_s)
+
+
+async def _send_timed(replica: Replica, path: str, body: bytes, deadline: float | None,
+                      first_byte_s: float | None) -> UpstreamResponse:
     first_byte = None if first_byte_s is None else \
         asyncio.get_running_loop().time() + first_byte_s
     if first_byte is not None and deadline is not None and deadline <= first_byte:

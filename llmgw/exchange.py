@@ -35,6 +35,10 @@ class Exchange:
     ``Dispatcher.open`` on; ``finish`` releases everything exactly once, whatever path the
     request takes out (done, error, timeout, client gone)."""
 
+    __slots__ = ("ctx", "group", "replica", "upstream", "upstream_id", "started", "deadline",
+                 "first_chunk_at", "usage", "decision", "lease", "pd_path", "prefill_replica",
+                 "events", "_usage_mark", "_finished")
+
     def __init__(
         self, ctx: RequestContext, group: ModelGroup, replica: Replica,
         upstream: UpstreamResponse, started: float, deadline: float | None,

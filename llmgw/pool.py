@@ -40,13 +40,16 @@ log = logging.getLogger("llmgw.pool")
 
 ReplicaState = Literal["starting", "ready", "draining", "stopped"]
 
+# Views kept per replica, one per in-flight count: those of the counts it usually runs at.
+_VIEWS_KEPT = 256
+
 
 class Replica:
     """One engine server behind a model. Mutated only from the event loop thread."""
 
-    __slots__ = ("id", "model", "engine", "role", "healthy", "in_flight", "metrics", "stats",
-                 "adapters", "max_adapters", "state", "version", "address", "timeouts",
-                 "outlier", "_idle", "_ejection_ends")
+    __slots__ = ("id", "model", "engine", "role", "_healthy", "in_flight", "metrics", "_stats",
+                 "_adapters", "_max_adapters", "state", "version", "address", "timeouts",
+                 "outlier", "_idle", "_views", "_ejection_ends")
 
     def __init__(
         self, id: str, model: str, engine: Engine, metrics: ReplicaMetrics, *,
@@ -56,13 +59,17 @@ class Replica:
         self.model = model
         self.engine = engine
         self.role: Role = role
-        self.healthy = False
+        # In-flight count -> the snapshot routing sees at that count: built once until
+        # something else it shows changes (health, engine stats, adapters), since a
+        # request costs the same views again and again (bench/overhead.py).
+        self._views: dict[int, ReplicaView] = {}
+        self._healthy = False
         self.in_flight = 0
         self.metrics = metrics
-        self.stats = EngineStats()
+        self._stats = EngineStats()
         # LoRA adapters the engine holds and its slots, kept by llmgw.lora.residency.
-        self.adapters: frozenset[str] = frozenset()
-        self.max_adapters = 0
+        self._adapters: frozenset[str] = frozenset()
+        self._max_adapters = 0
         self.state: ReplicaState = "ready"
         # What the replica was launched from (a digest of its engine settings): a rollout
         # replaces the replicas whose version differs from the config's.
@@ -82,16 +89,48 @@ class Replica:
 
     @property
     def routable(self) -> bool:
-        return self.healthy and self.state == "ready" and self.outlier.admits()
+        return self._healthy and self.state == "ready" and self.outlier.admits()
 
     def view(self) -> ReplicaView:
-        return ReplicaView(
-            id=self.id, model=self.model, role=self.role,
-            healthy=self.healthy, in_flight=self.in_flight,
-            queue_depth=self.stats.waiting, kv_usage=self.stats.kv_usage,
-            kv_capacity_tokens=self.stats.kv_capacity_tokens,
-            adapters=self.adapters, max_adapters=self.max_adapters,
-        )
+        view = self._views.get(self.in_flight)
+        if view is None:
+            view = ReplicaView(
+                id=self.id, model=self.model, role=self.role,
+                healthy=self._healthy, in_flight=self.in_flight,
+                queue_depth=self._stats.waiting, kv_usage=self._stats.kv_usage,
+                kv_capacity_tokens=self._stats.kv_capacity_tokens,
+                adapters=self._adapters, max_adapters=self._max_adapters,
+            )
+            if len(self._views) < _VIEWS_KEPT:
+                self._views[self.in_flight] = view
+        return view
+
+    # What a view shows besides the in-flight count: setting any of it drops the views.
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @property
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    @property
+    def adapters(self) -> frozenset[str]:
+        return self._adapters
+
+    @adapters.setter
+    def adapters(self, adapters: frozenset[str]) -> None:
+        self._adapters = adapters
+        self._views.clear()
+
+    @property
+    def max_adapters(self) -> int:
+        return self._max_adapters
+
+    @max_adapters.setter
+    def max_adapters(self, slots: int) -> None:
+        self._max_adapters = slots
+        self._views.clear()
 
     def acquire(self) -> None:
         self.in_flight += 1
@@ -123,7 +162,8 @@ class Replica:
     def set_stats(self, stats: EngineStats | None) -> None:
         # Stale numbers are worse than none: a replica whose stats cannot be read
         # routes on the gateway's own in-flight count alone.
-        self.stats = stats or EngineStats()
+        self._stats = stats or EngineStats()
+        self._views.clear()
         if stats is not None:
             self.metrics.record_engine(stats)
 
@@ -132,7 +172,8 @@ class Replica:
             self.timeouts = 0
         if healthy != self.healthy:
             log.info("replica %s/%s is %s", self.model, self.id, "up" if healthy else "down")
-            self.healthy = healthy
+            self._healthy = healthy
+            self._views.clear()
             self.metrics.healthy.set(int(healthy))
 
     def checked(self, health: Health, failure_threshold: int) -> None:

@@ -8,8 +8,8 @@ stay on an aiohttp session: a few requests a second, where its features cost not
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import ClassVar
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
@@ -137,9 +137,13 @@ class OpenAIHTTPEngine:
         # closes, which the gateway always does for a request it gives up on.
         return False
 
-    async def send(self, path: str, body: bytes) -> HTTPUpstreamResponse:
+    def send(self, path: str, body: bytes) -> Coroutine[Any, Any, HTTPUpstreamResponse]:
+        # Untraced, the post itself is returned: no coroutine of its own to wrap it.
         if not self._tracing.enabled:
-            return await self._post(path, body, b"")
+            return self._post(path, body, b"")
+        return self._traced_send(path, body)
+
+    async def _traced_send(self, path: str, body: bytes) -> HTTPUpstreamResponse:
         with self._tracing.span("llmgw.engine", kind="client") as span:
             assert span is not None
             span.set_attributes({"url.full": self.url + path, "http.request.method": "POST"})

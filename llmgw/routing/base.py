@@ -37,6 +37,8 @@ class Filter(Protocol):
 class Scorer(Protocol):
     type_name: ClassVar[str]
     needs: ClassVar[frozenset[Need]]
+    # Optional, read with getattr: True when ``score`` keeps nothing of the request and
+    # only reads its inputs, so it may be skipped where no score can change the order.
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
         """Replica id -> score in [0, 1], higher is better; missing ids score 0."""
@@ -188,37 +190,45 @@ class Pipeline:
         self._affinity = {id(s) for s in self._predictors}
         self._learners: list[LearnsPromptLength] = [
             s for s, _ in scorers if isinstance(s, LearnsPromptLength)]
+        # Scorers whose ``score`` keeps something of the request: the others only read
+        # (``reads_only``), so with one candidate nothing is lost by not asking them.
+        self._remembering = [s for s, _ in scorers if not getattr(s, "reads_only", False)]
         self._forgetters: list[ForgetsReplicas] = [
             p for p in (*filters, *(s for s, _ in scorers)) if isinstance(p, ForgetsReplicas)]
 
     def rank(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> list[ReplicaView]:
-        return self._decide(ctx, replicas, explain=False).ranked
+        return self._decide(ctx, replicas, None)
 
     def explain(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> Decision:
-        return self._decide(ctx, replicas, explain=True)
+        decision = Decision(ranked=[])
+        decision.ranked = self._decide(ctx, replicas, decision)
+        return decision
 
     def _decide(self, ctx: RequestContext, replicas: Sequence[ReplicaView],
-                explain: bool) -> Decision:
-        decision = Decision(ranked=[])
+                decision: Decision | None) -> list[ReplicaView]:
+        """The ranking; ``decision``, when given (explained), collects its reasons."""
         eligible = list(replicas)
         for flt in self.filters:
             kept = flt.filter(ctx, eligible)
-            if explain:
+            if decision is not None:
                 kept_ids = {r.id for r in kept}
                 decision.dropped[flt.type_name] = [r.id for r in eligible if r.id not in kept_ids]
             eligible = kept
             if not eligible:
-                return decision
+                return []
+        if len(eligible) == 1 and decision is None:
+            return self._only(ctx, eligible)
         totals = dict.fromkeys((r.id for r in eligible), 0.0)
         guard = self.guard.tripped(eligible) if self.guard else None
         if guard is not None:
-            decision.guard = guard
+            if decision is not None:
+                decision.guard = guard
             for r in eligible:
                 totals[r.id] = -float(r.load)
         else:
             for scorer, weight in self.scorers:
                 scores = scorer.score(ctx, eligible)
-                if explain:
+                if decision is not None:
                     decision.scores[scorer.type_name] = scores
                 factors = self.trust.factors if id(scorer) in self._affinity else _TRUSTED
                 for rid, value in scores.items():
@@ -226,14 +236,23 @@ class Pipeline:
                         totals[rid] += weight * value * factors.get(rid, 1.0)
         rand = self.rng.random
         keyed = sorted((-totals[r.id], rand(), i) for i, r in enumerate(eligible))
-        decision.ranked = [eligible[i] for _, _, i in keyed]
-        if explain:
+        ranked = [eligible[i] for _, _, i in keyed]
+        if decision is not None:
             decision.totals = totals
             offered = self._predictors[0].offered(ctx.request_id) if self._predictors else None
             decision.predicted = offered or {}
             if self._predictors:
                 decision.affinity_factor = {r.id: self.trust.factor(r.id) for r in eligible}
-        return decision
+        return ranked
+
+    def _only(self, ctx: RequestContext, eligible: list[ReplicaView]) -> list[ReplicaView]:
+        """One candidate: no score can reorder it (and the load guard needs two), but the
+        scorers that remember requests (the prefix index's hashes and prediction) still
+        see it, and the tie-break draws its number, so later rankings stay the same."""
+        for scorer in self._remembering:
+            scorer.score(ctx, eligible)
+        self.rng.random()
+        return eligible
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
         for scorer, _ in self.scorers:
@@ -257,8 +276,12 @@ class Pipeline:
 
     def take_prediction(self, ctx: RequestContext) -> float | None:
         # Every predictor's entry is taken (so none lingers); the first scorer's counts.
-        taken = [p.take_prediction(ctx.request_id) for p in self._predictors]
-        return next((t for t in taken if t is not None), None)
+        found = None
+        for predictor in self._predictors:
+            taken = predictor.take_prediction(ctx.request_id)
+            if found is None:
+                found = taken
+        return found
 
 
 class OrderPolicy:

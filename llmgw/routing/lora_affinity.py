@@ -21,6 +21,7 @@ class LoraAffinityScorer:
     type_name: ClassVar[str] = "lora-affinity"
     Params: ClassVar[type[NoParams]] = NoParams
     needs: ClassVar[frozenset[Need]] = frozenset()
+    reads_only: ClassVar[bool] = True  # keeps nothing of a request (Scorer)
 
     def __init__(self, params: NoParams | None = None) -> None:
         self.params = params or NoParams()

@@ -71,10 +71,19 @@ class Response:
         return data
 
     async def read(self) -> bytes:
-        """The whole body."""
+        """The whole body: ``chunk`` until its end (or until closed meanwhile), reading
+        the connection directly."""
+        conn = self._conn
+        if conn is None:
+            return b""
         chunks = []
-        while data := await self.chunk():
-            chunks.append(data)
+        try:
+            while self._conn is not None and (data := await conn.chunk()):
+                chunks.append(data)
+        except ResponseBroken:
+            self.close()
+            raise
+        self.close()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def close(self) -> None:
