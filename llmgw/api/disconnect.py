@@ -60,11 +60,12 @@ class DisconnectWatch:
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        assert self._owner is not None
+        owner, self._owner = self._owner, None  # no cycle through the request's task
+        assert owner is not None
         self._exited = True  # a disconnect from now on cancels nothing
         if self._task is not None:
             self._task.cancel()
         if self.disconnected and exc_type is asyncio.CancelledError:
-            self._owner.uncancel()
+            owner.uncancel()
             return True
         return False

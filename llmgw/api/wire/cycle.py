@@ -125,7 +125,13 @@ class WireCycle:
                 log.error("a model route returned without completing its response")
                 self._abandon()
         finally:
-            self.on_response = _nothing  # the protocol holds this cycle; drop the cycle back
+            # Break the reference cycles a request made (the protocol -> this cycle ->
+            # its response callback, the scope's extension -> this cycle -> the watch ->
+            # the request's task), so that all of it is freed by reference counting when
+            # the protocol drops this cycle, not left for the garbage collector to find.
+            self.on_response = _nothing
+            self._on_disconnect = None
+            self.scope.pop("extensions", None)
 
     def client_left(self) -> None:
         """The connection was lost (the protocol set ``disconnected`` when the response
