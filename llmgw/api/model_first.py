@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llmgw.api.app_state import AppState
 from llmgw.api.header_limit import refuse, too_large
 
 
@@ -26,6 +27,7 @@ class ModelRoutesFirst(FastAPI):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.state = AppState()  # read on every model request (llmgw.api.app_state)
         self._first: dict[str, ASGIApp] = {}
 
     def serve_first(self, routes: dict[str, ASGIApp]) -> None:
