@@ -214,7 +214,7 @@ class Dispatcher:
                 raise
             replica.answered()
             group.policy.on_routed(ctx, replica.id)
-            replica.metrics.routed.inc()
+            replica.metrics.add_routed(1)
             for shadow in group.shadows:
                 shadow.observe(ctx, views, replica.id)
             exchange = Exchange(ctx, group, replica, upstream, started, deadline, upstream_id)

@@ -133,20 +133,20 @@ class Exchange:
         self.group.policy.on_done(self.ctx, self.replica.id, outcome,
                                   prompt if isinstance(prompt, int) else None)
         m = self.group.metrics
-        m.requests(self.ctx.endpoint, status).inc()
+        m.count_request(self.ctx.endpoint, status)
         now = time.perf_counter()
-        m.request_duration.observe(now - self.started)
+        m.observe_duration(now - self.started)
         if self.first_chunk_at is not None:
-            m.time_to_first_token.observe(self.first_chunk_at - self.started)
+            m.observe_ttft(self.first_chunk_at - self.started)
             if self.events > 1:
-                m.inter_token_latency.observe((now - self.first_chunk_at) / (self.events - 1))
+                m.observe_itl((now - self.first_chunk_at) / (self.events - 1))
         if self.usage:
             completion = self.usage.get("completion_tokens")
             if isinstance(prompt, int):
-                m.prompt_tokens.inc(prompt)
+                m.add_prompt_tokens(prompt)
             if isinstance(completion, int):
-                m.completion_tokens.inc(completion)
-                m.request_tokens.observe(completion)
+                m.add_completion_tokens(completion)
+                m.observe_request_tokens(completion)
         if outcome == "cancelled":
             m.client_disconnects.inc()
         self._calibrate()

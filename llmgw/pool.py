@@ -134,12 +134,12 @@ class Replica:
 
     def acquire(self) -> None:
         self.in_flight += 1
-        self.metrics.in_flight.inc()
+        self.metrics.add_in_flight(1)
         self.outlier.routed()
 
     def release(self) -> None:
         self.in_flight -= 1
-        self.metrics.in_flight.dec()
+        self.metrics.add_in_flight(-1)
         self.outlier.released()
         if self.in_flight <= 0 and self._idle is not None:
             self._idle.set()

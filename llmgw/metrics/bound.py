@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
+from llmgw.metrics.fast import Add, adder, observer
 from llmgw.metrics.registry import Metrics
 from llmgw.types import EngineStats
 
@@ -25,6 +26,14 @@ class ModelMetrics:
         self.prefix_prediction_error = metrics.prefix_prediction_error.labels(model)
         self.retries_denied = metrics.retries_denied.labels(model)
         self._requests: dict[tuple[str, int], Counter] = {}
+        # What every answered request updates, as direct updates (llmgw.metrics.fast).
+        self.observe_duration = observer(self.request_duration)
+        self.observe_ttft = observer(self.time_to_first_token)
+        self.observe_itl = observer(self.inter_token_latency)
+        self.add_prompt_tokens = adder(self.prompt_tokens)
+        self.add_completion_tokens = adder(self.completion_tokens)
+        self.observe_request_tokens = observer(self.request_tokens)
+        self._request_adders: dict[tuple[str, int], Add] = {}
 
     def requests(self, endpoint: str, status: int) -> Counter:
         key = (endpoint, status)
@@ -33,6 +42,13 @@ class ModelMetrics:
             child = self._requests[key] = self._metrics.requests.labels(
                 self.model, endpoint, str(status))
         return child
+
+    def count_request(self, endpoint: str, status: int) -> None:
+        """``requests(endpoint, status).inc()``, as a direct update."""
+        add = self._request_adders.get((endpoint, status))
+        if add is None:
+            add = self._request_adders[endpoint, status] = adder(self.requests(endpoint, status))
+        add(1)
 
     def errors(self, code: str) -> Counter:
         return self._metrics.request_errors.labels(self.model, code)
@@ -48,6 +64,8 @@ class ReplicaMetrics:
         self.affinity_factor.set(1.0)  # the configured weight until its engine says otherwise
         self.healthy = metrics.replica_healthy.labels(model, replica)
         self.routed = metrics.routing_decisions.labels(model, policy, replica)
+        self.add_routed = adder(self.routed)
+        self.add_in_flight = adder(self.in_flight)
         self.retries = metrics.upstream_retries.labels(model, replica)
         self.ejected = metrics.replica_ejected.labels(model, replica)
         self.restarts = metrics.replica_restarts.labels(model, replica)
@@ -64,6 +82,7 @@ class ReplicaMetrics:
     def set_policy(self, policy: str) -> None:
         """The model's routing changed (reload): picks count under the new policy."""
         self.routed = self._metrics.routing_decisions.labels(self._model, policy, self._replica)
+        self.add_routed = adder(self.routed)
 
     def record_engine(self, stats: EngineStats) -> None:
         values = (stats.running, stats.waiting, stats.kv_usage, stats.prefix_cache_hits,

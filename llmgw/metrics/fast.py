@@ -1,0 +1,52 @@
+"""Updates of prometheus-client children on the request path, without its per-call checks.
+
+``Counter.inc``, ``Gauge.inc`` and ``Histogram.observe`` check on every call that the
+child is observable (two Python calls), and ``observe`` finds its bucket with a Python
+loop over the bounds. A request updates eight children; these callables go straight to
+the child's own value objects (the same ones: the exposition and the multiprocess files
+are unchanged) and find the bucket by bisection. The check they skip is done once, when
+one is made: only a child (``.labels(...)``) is observable.
+
+They lean on prometheus-client's attributes (``_value``; ``_sum``, ``_buckets``,
+``_upper_bounds``); where a version lacks them, the public method is used instead.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+Add = Callable[[float], None]
+
+
+def adder(child: Counter | Gauge) -> Add:
+    """``add(n)``: ``child.inc(n)`` (a gauge takes negative ``n``; a counter never gets
+    one here)."""
+    child._raise_if_not_observable()  # type: ignore[no-untyped-call]  # once, here
+    value = getattr(child, "_value", None)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else child.inc
+
+
+class _Observe:
+    __slots__ = ("_sum", "_buckets", "_bounds")
+
+    def __init__(self, child: Any) -> None:
+        self._sum, self._buckets, self._bounds = child._sum, child._buckets, child._upper_bounds
+
+    def __call__(self, amount: float) -> None:
+        self._sum.inc(amount)
+        # The first bucket whose bound is >= amount, as observe's loop finds it (the
+        # last bound is +Inf).
+        self._buckets[bisect_left(self._bounds, amount)].inc(1)
+
+
+def observer(child: Histogram) -> Add:
+    """``observe(x)``: ``child.observe(x)``."""
+    child._raise_if_not_observable()  # type: ignore[no-untyped-call]
+    if all(hasattr(child, name) for name in ("_sum", "_buckets", "_upper_bounds")):
+        return _Observe(child)
+    return child.observe
