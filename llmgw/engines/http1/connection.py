@@ -44,10 +44,11 @@ class Connection(asyncio.Protocol):
         """``lost``: called once the connection has closed, whoever closed it."""
         self._lost = lost
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
         self._active = False  # a request is out and its response has not ended
-        self.idle_since = 0.0  # loop time it went back to the pool
+        self.idle_since = 0.0  # time.monotonic() when it went back to the pool
         self._reset()
 
     def _reset(self) -> None:
@@ -68,6 +69,9 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's is not an asyncio.Transport subclass).
         self._transport = cast(asyncio.Transport, transport)
+        # Kept: asyncio.get_running_loop() checks the process id (a getpid system call)
+        # on every call, and every request makes a future.
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         if not self._active:
@@ -132,10 +136,10 @@ class Connection(asyncio.Protocol):
 
     def begin(self, request: bytes) -> None:
         """Send a request (head and body in one write)."""
-        assert self._transport is not None
+        assert self._transport is not None and self._loop is not None
         self._reset()
         self._active = True
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         self._transport.write(request)
 
     async def head(self) -> int:
@@ -181,7 +185,8 @@ class Connection(asyncio.Protocol):
             raise self._error
         waiter = self._waiter
         if waiter is None or waiter.done():
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            assert self._loop is not None  # connected: a request is out
+            waiter = self._waiter = self._loop.create_future()
         return waiter
 
     def _wake(self) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from urllib.parse import urlsplit
 
 from llmgw.engines.http1.connection import Connection, ResponseBroken
@@ -146,7 +147,7 @@ class OriginPool:
     def _take(self) -> Connection | None:
         if not self._idle:
             return None
-        expired = asyncio.get_running_loop().time() - self._idle_s
+        expired = time.monotonic() - self._idle_s
         while self._idle:
             conn = self._idle.pop()
             if conn.open and conn.idle_since > expired:
@@ -174,7 +175,7 @@ class OriginPool:
         if not conn.reusable or self._closed or len(self._idle) >= self._max_idle:
             conn.close()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = time.monotonic()
         self._idle.append(conn)
         if self._sweep is None:
             self._sweep = asyncio.get_running_loop().call_later(self._idle_s, self._expire)
@@ -183,7 +184,7 @@ class OriginPool:
         """Close the connections idle for ``idle_s`` (one timer per pool, not per
         request), so an engine no longer used holds no sockets."""
         self._sweep = None
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         while self._idle and (
             not self._idle[0].open or now - self._idle[0].idle_since >= self._idle_s
         ):
