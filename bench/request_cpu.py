@@ -36,18 +36,34 @@ from llmgw.build import Gateway
 from llmgw.config import GatewayConfig
 from llmgw.placement.local import attached_addresses
 
-ANSWER = orjson.dumps({
-    "id": "x", "object": "chat.completion", "model": "fake",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "tok " * 16},
-                 "finish_reason": "length"}],
-    "usage": {"prompt_tokens": 8, "completion_tokens": 16, "total_tokens": 24}})
-BODY = orjson.dumps({"model": "fake", "max_tokens": 16,
-                     "messages": [{"role": "user", "content": "Say hi to everyone here!"}]})
+ANSWER = orjson.dumps(
+    {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "tok " * 16},
+                "finish_reason": "length",
+            }
+        ],
+        "usage": {"prompt_tokens": 8, "completion_tokens": 16, "total_tokens": 24},
+    }
+)
+BODY = orjson.dumps(
+    {
+        "model": "fake",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "Say hi to everyone here!"}],
+    }
+)
 # The headers an aiohttp client sends (bench/loadgen.py's load generator).
-REQUEST = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
-           b"Content-Type: application/json\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
-           b"User-Agent: Python/3.11 aiohttp/3.14.5\r\nContent-Length: %d\r\n\r\n%s"
-           % (len(BODY), BODY))
+REQUEST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
+    b"Content-Type: application/json\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
+    b"User-Agent: Python/3.11 aiohttp/3.14.5\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+)
 TURNS = 3  # event-loop turns per request: the route's task runs, answers, is reaped
 
 
@@ -88,7 +104,8 @@ class _Transport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
-            name, default)
+            name, default
+        )
 
 
 def _gateway(routing: str | None) -> Gateway:
@@ -115,11 +132,11 @@ async def _run(args: argparse.Namespace) -> None:
     app = create_app(gateway)
     protocol_class = serving_protocol(app)
     assert isinstance(protocol_class, type), "uvicorn's protocol is not the one llmgw serves on"
-    config = Config(app, http=protocol_class, log_level="warning", access_log=False,
-                    lifespan="off")
+    config = Config(app, http=protocol_class, log_level="warning", access_log=False, lifespan="off")
     config.load()
-    protocol = protocol_class(config=config, server_state=ServerState(), app_state={},
-                              _loop=asyncio.get_running_loop())
+    protocol = protocol_class(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
     transport = _Transport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
 
@@ -151,9 +168,11 @@ async def _run(args: argparse.Namespace) -> None:
         for _ in range(TURNS):
             await asyncio.sleep(0)
     turns = (time.process_time() - started) / args.requests * 1e6
-    print(f"routing {args.routing or 'default'}: {best:.2f} us CPU per request "
-          f"({best - turns:.2f} without the driver's loop turns), best of {args.passes} x "
-          f"{args.requests}")
+    print(
+        f"routing {args.routing or 'default'}: {best:.2f} us CPU per request "
+        f"({best - turns:.2f} without the driver's loop turns), best of {args.passes} x "
+        f"{args.requests}"
+    )
     await gateway.close()
 
 

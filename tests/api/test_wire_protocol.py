@@ -17,9 +17,14 @@ from tests.support import Server
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
 
-def _request(body: dict[str, object] | bytes, *, path: str = "/v1/chat/completions",
-             headers: tuple[tuple[str, str], ...] = (), version: str = "1.1",
-             chunked: bool = False) -> bytes:
+def _request(
+    body: dict[str, object] | bytes,
+    *,
+    path: str = "/v1/chat/completions",
+    headers: tuple[tuple[str, str], ...] = (),
+    version: str = "1.1",
+    chunked: bool = False,
+) -> bytes:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     lines = [f"POST {path} HTTP/{version}", "Host: test", "Content-Type: application/json"]
     if chunked:
@@ -118,8 +123,9 @@ def test_model_and_other_routes_share_one_keep_alive_connection(raw: _Client) ->
 
 def test_pipelined_requests_are_answered_in_order(raw: _Client) -> None:
     asks = [dict(CHAT, max_tokens=n) for n in (5, 1, 3)]
-    raw.send(b"".join(_request(ask, headers=(("x-request-id", f"p{i}"),))
-                      for i, ask in enumerate(asks)))
+    raw.send(
+        b"".join(_request(ask, headers=(("x-request-id", f"p{i}"),)) for i, ask in enumerate(asks))
+    )
     answers = raw.answers(3)
     assert [a.headers["x-request-id"] for a in answers] == ["p0", "p1", "p2"]
     assert [len(_completion(a).split()) for a in answers] == [5, 1, 3]
@@ -141,10 +147,8 @@ def test_a_chunked_request_body_is_read_whole(raw: _Client) -> None:
     assert _completion(answer) == "tok0 tok1 tok2"
 
 
-def test_connection_close_and_http_1_0_end_the_connection_after_the_answer(
-        gateway: Server) -> None:
-    for ask in (_request(CHAT, headers=(("Connection", "close"),)),
-                _request(CHAT, version="1.0")):
+def test_connection_close_and_http_1_0_end_the_connection_after_the_answer(gateway: Server) -> None:
+    for ask in (_request(CHAT, headers=(("Connection", "close"),)), _request(CHAT, version="1.0")):
         client = _Client(gateway)
         try:
             client.send(ask)
@@ -188,6 +192,6 @@ def test_a_body_sent_in_pieces_is_read_whole(raw: _Client) -> None:
     raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     request = _request(CHAT)
     for start in range(0, len(request), 17):
-        raw.send(request[start:start + 17])
+        raw.send(request[start : start + 17])
     (answer,) = raw.answers(1)
     assert _completion(answer) == "tok0 tok1 tok2"

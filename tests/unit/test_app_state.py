@@ -12,8 +12,12 @@ def test_values_set_any_way_read_back_every_way() -> None:
     state = AppState()
     state.dispatcher = "d"
     state["tools"] = "t"
-    assert (state.dispatcher, state["dispatcher"], state.tools, state["tools"]) == \
-        ("d", "d", "t", "t")
+    assert (state.dispatcher, state["dispatcher"], state.tools, state["tools"]) == (
+        "d",
+        "d",
+        "t",
+        "t",
+    )
     assert vars(state)["dispatcher"] == "d"  # an attribute: no __getattr__ detour
     assert sorted(state) == ["dispatcher", "tools"] and len(state) == 2
     state.dispatcher = "d2"

@@ -29,8 +29,11 @@ def _exposition(fast: bool) -> list[str]:
             gauge.inc(3)
             gauge.dec(1)
             histogram.observe(amount)
-    return [line for line in generate_latest(registry).decode().splitlines()
-            if not line.startswith("#") and "_created" not in line]
+    return [
+        line
+        for line in generate_latest(registry).decode().splitlines()
+        if not line.startswith("#") and "_created" not in line
+    ]
 
 
 def test_direct_updates_expose_what_the_methods_do() -> None:

@@ -36,9 +36,15 @@ class _Transport:
 
 
 def _cycle(transport: _Transport, responses: list[str]) -> WireCycle:
-    cycle = WireCycle({"type": "http"}, transport, FlowControl(transport),  # type: ignore[arg-type]
-                      b"server: test\r\n", keep_alive=True, expect_100_continue=False,
-                      on_response=lambda: responses.append("done"))
+    cycle = WireCycle(
+        {"type": "http"},
+        transport,
+        FlowControl(transport),  # type: ignore[arg-type]
+        b"server: test\r\n",
+        keep_alive=True,
+        expect_100_continue=False,
+        on_response=lambda: responses.append("done"),
+    )
     cycle.more_body = False
     cycle.message_event.set()
     return cycle
@@ -72,8 +78,9 @@ def test_a_json_answer_leaves_in_one_write() -> None:
     writes: list[bytes] = []
 
     async def answer(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", b"2")]})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+        )
         await send({"type": "http.response.body", "body": b"{}"})
 
     transport, responses = _Transport(), []
@@ -100,7 +107,8 @@ def test_a_disconnect_reaches_the_subscribed_watch_once_and_only_before_the_end(
 
 
 def test_an_unfamiliar_uvicorn_protocol_falls_back_to_plain_uvicorn(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     app = ModelRoutesFirst()
     assert isinstance(protocol.serving_protocol(app), type)
     monkeypatch.setattr(protocol, "_NEEDED", (*protocol._NEEDED, "_a_method_uvicorn_lacks"))

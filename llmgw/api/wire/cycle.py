@@ -48,8 +48,9 @@ def _status_line(status: int) -> bytes:
 STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-_INTERNAL_ERROR = (b'{"error":{"message":"internal error","type":"server_error",'
-                   b'"param":null,"code":null}}')
+_INTERNAL_ERROR = (
+    b'{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}'
+)
 
 
 class Signal:
@@ -87,9 +88,16 @@ class WireCycle:
     and ``keep_alive`` are read and written by uvicorn's protocol exactly as on its own
     cycle; ``run_asgi`` is what the protocol starts (in order, for pipelined requests)."""
 
-    def __init__(self, scope: dict[str, Any], transport: asyncio.Transport, flow: Any,
-                 server_lines: bytes, keep_alive: bool, expect_100_continue: bool,
-                 on_response: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        scope: dict[str, Any],
+        transport: asyncio.Transport,
+        flow: Any,
+        server_lines: bytes,
+        keep_alive: bool,
+        expect_100_continue: bool,
+        on_response: Callable[[], None],
+    ) -> None:
         self.scope = scope
         self.transport = transport
         self.flow = flow  # uvicorn's FlowControl: read pausing, and draining writes
@@ -154,8 +162,7 @@ class WireCycle:
             self.message_event.clear()
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
-        message = {"type": "http.request", "body": bytes(self.body),
-                   "more_body": self.more_body}
+        message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
         self.body = bytearray()
         return message
 
@@ -226,8 +233,13 @@ class WireCycle:
             return
         if not self.response_started:
             self.keep_alive = False
-            self._start(500, [(b"content-type", b"application/json"),
-                              (b"content-length", b"%d" % len(_INTERNAL_ERROR))])
+            self._start(
+                500,
+                [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"%d" % len(_INTERNAL_ERROR)),
+                ],
+            )
             self.transport.write((self._held_head or b"") + _INTERNAL_ERROR)
             self._held_head = None
             self._complete()

@@ -28,8 +28,14 @@ from llmgw.api.wire.cycle import Headers, WireCycle
 log = logging.getLogger("llmgw.api")
 
 # What the subclass reads or calls of uvicorn's protocol (see the module docstring).
-_NEEDED = ("on_headers_complete", "connection_lost", "_start_asgi_task",
-           "on_response_complete", "on_message_begin", "shutdown")
+_NEEDED = (
+    "on_headers_complete",
+    "connection_lost",
+    "_start_asgi_task",
+    "on_response_complete",
+    "on_message_begin",
+    "shutdown",
+)
 
 
 class ModelRoutesProtocol(HttpToolsProtocol):
@@ -60,10 +66,14 @@ class ModelRoutesProtocol(HttpToolsProtocol):
         scope["app"] = self.gateway_app  # what the route reads its collaborators from
         existing = self.cycle
         cycle = WireCycle(
-            scope, self.transport, self.flow, self._server_lines(),
+            scope,
+            self.transport,
+            self.flow,
+            self._server_lines(),
             keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
             expect_100_continue=self.expect_100_continue,
-            on_response=self.on_response_complete)
+            on_response=self.on_response_complete,
+        )
         self.cycle = cycle  # type: ignore[assignment]
         app = route if not too_large(scope) else refuse
         if existing is None or existing.response_complete:
@@ -85,8 +95,9 @@ class ModelRoutesProtocol(HttpToolsProtocol):
         defaults = self.server_state.default_headers
         rendered = type(self).rendered_lines
         if rendered is None or rendered[0] is not defaults:
-            lines = b"".join(b"%s: %s\r\n" % (name, value)
-                             for name, value in (*defaults, *self.extra_headers))
+            lines = b"".join(
+                b"%s: %s\r\n" % (name, value) for name, value in (*defaults, *self.extra_headers)
+            )
             rendered = type(self).rendered_lines = (defaults, lines)
         return rendered[1]
 
@@ -102,19 +113,26 @@ class ModelRoutesProtocol(HttpToolsProtocol):
         return self.model_routes.get(url.partition(b"?")[0])
 
 
-def serving_protocol(app: ModelRoutesFirst, extra_headers: Headers | None = None
-                     ) -> type[HttpToolsProtocol] | str:
+def serving_protocol(
+    app: ModelRoutesFirst, extra_headers: Headers | None = None
+) -> type[HttpToolsProtocol] | str:
     """The protocol class uvicorn serves ``app`` with: ``ModelRoutesProtocol`` bound to
     it, or "httptools" (plain uvicorn) when this uvicorn's protocol is not the one the
     subclass was written against."""
     missing = [name for name in _NEEDED if not hasattr(HttpToolsProtocol, name)]
     if missing:
-        log.warning("uvicorn's protocol lacks %s: model routes are served through ASGI",
-                    ", ".join(missing))
+        log.warning(
+            "uvicorn's protocol lacks %s: model routes are served through ASGI", ", ".join(missing)
+        )
         return "httptools"
-    return type("BoundModelRoutesProtocol", (ModelRoutesProtocol,), {
-        "gateway_app": app,
-        "model_routes": {path.encode("ascii"): route
-                         for path, route in app.first_routes.items()},
-        "extra_headers": list(extra_headers or ()),
-    })
+    return type(
+        "BoundModelRoutesProtocol",
+        (ModelRoutesProtocol,),
+        {
+            "gateway_app": app,
+            "model_routes": {
+                path.encode("ascii"): route for path, route in app.first_routes.items()
+            },
+            "extra_headers": list(extra_headers or ()),
+        },
+    )
