@@ -115,3 +115,12 @@ def test_an_unfamiliar_uvicorn_protocol_falls_back_to_plain_uvicorn(
     with caplog.at_level(logging.WARNING, logger="llmgw.api"):
         assert protocol.serving_protocol(app) == "httptools"
     assert "_a_method_uvicorn_lacks" in caplog.text
+
+
+def test_a_renamed_uvicorn_attribute_falls_back_too(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(protocol, "_ATTRIBUTES", (*protocol._ATTRIBUTES, "request_pipeline"))
+    with caplog.at_level(logging.WARNING, logger="llmgw.api"):
+        assert protocol.serving_protocol(ModelRoutesFirst()) == "httptools"
+    assert "self.request_pipeline" in caplog.text

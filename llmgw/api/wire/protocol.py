@@ -7,11 +7,12 @@ routes, other methods, upgrades, a percent-encoded path, ``limit_concurrency``) 
 uvicorn's own, unchanged. uvicorn still owns the server: the listening sockets, the
 lifespan, signals, keep-alive timers, pipelining, graceful shutdown.
 
-The subclass leans on the protocol's attributes (``parser``, ``url``, ``headers``,
-``scope``, ``cycle``, ``pipeline``, ``flow``, ``_start_asgi_task``,
-``on_response_complete``). ``serving_protocol`` checks they are there and otherwise serves
+The subclass leans on the protocol's methods (``_start_asgi_task``,
+``on_response_complete``, ...) and attributes (``parser``, ``url``, ``headers``, ``scope``,
+``cycle``, ``pipeline``, ``flow``, ...). ``serving_protocol`` checks that this uvicorn has
+the methods and that its own set-up code names those attributes, and otherwise serves
 with plain uvicorn (every route still works; the model routes take the ASGI path of
-``ModelRoutesFirst``), logging why.
+``ModelRoutesFirst``), logging why. Written against uvicorn 0.54.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from llmgw.api.wire.cycle import Headers, WireCycle
 
 log = logging.getLogger("llmgw.api")
 
-# What the subclass reads or calls of uvicorn's protocol (see the module docstring).
+# What the subclass calls of uvicorn's protocol (see the module docstring)...
 _NEEDED = (
     "on_headers_complete",
     "connection_lost",
@@ -36,6 +37,22 @@ _NEEDED = (
     "on_message_begin",
     "shutdown",
 )
+# ... and the attributes it reads, which uvicorn's own methods must name (set or use).
+_ATTRIBUTES = (
+    "parser",
+    "url",
+    "headers",
+    "scope",
+    "cycle",
+    "pipeline",
+    "flow",
+    "transport",
+    "server_state",
+    "expect_100_continue",
+    "limit_concurrency",
+    "root_path",
+)
+_SETTERS = ("__init__", "connection_made", "on_message_begin", "on_url", "on_header")
 
 
 class ModelRoutesProtocol(HttpToolsProtocol):
@@ -119,7 +136,9 @@ def serving_protocol(
     """The protocol class uvicorn serves ``app`` with: ``ModelRoutesProtocol`` bound to
     it, or "httptools" (plain uvicorn) when this uvicorn's protocol is not the one the
     subclass was written against."""
+    named = _names_uvicorn_uses()
     missing = [name for name in _NEEDED if not hasattr(HttpToolsProtocol, name)]
+    missing += [f"self.{name}" for name in _ATTRIBUTES if name not in named]
     if missing:
         log.warning(
             "uvicorn's protocol lacks %s: model routes are served through ASGI", ", ".join(missing)
@@ -136,3 +155,14 @@ def serving_protocol(
             "extra_headers": list(extra_headers or ()),
         },
     )
+
+
+def _names_uvicorn_uses() -> set[str]:
+    """The names the methods of uvicorn's protocol that set up its state refer to (its
+    attributes among them): a renamed attribute is missing here."""
+    names: set[str] = set()
+    for method in _SETTERS:
+        code = getattr(getattr(HttpToolsProtocol, method, None), "__code__", None)
+        if code is not None:
+            names.update(code.co_names)
+    return names
