@@ -133,9 +133,12 @@ def sample(gateway: Server) -> dict[str, float]:
             "in_flight": scrape(gateway, "llmgw_replica_in_flight_requests")}
 
 
-def run(seconds: float, requests_per_wave: int, concurrency: int
+def run(seconds: float, requests_per_wave: int, concurrency: int, min_waves: int = 1
         ) -> tuple[list[dict[str, float]], Counter[str], float]:
-    """Rows per wave, outcomes over the run, and the engine restarts the gateway counted."""
+    """Rows per wave, outcomes over the run, and the engine restarts the gateway counted.
+    At least ``min_waves`` waves however long they take (a busy machine runs fewer in
+    ``seconds``, and growth is judged between the first and the last third of them), the
+    engine killed in the second half of both."""
     tmp = Path(tempfile.mkdtemp(prefix="llmgw-soak-"))
     gateway = start_gateway(config(), tmp)
     rng = random.Random(0)
@@ -144,8 +147,10 @@ def run(seconds: float, requests_per_wave: int, concurrency: int
     try:
         started_run = time.monotonic()
         killed = False
-        while time.monotonic() - started_run < seconds and len(rows) < 10_000:
-            kill = not killed and time.monotonic() - started_run >= seconds / 2
+        while (time.monotonic() - started_run < seconds or len(rows) < min_waves) \
+                and len(rows) < 10_000:
+            kill = not killed and time.monotonic() - started_run >= seconds / 2 \
+                and len(rows) >= min_waves // 2
             killed |= kill
             started = time.monotonic()
             counts = asyncio.run(wave(gateway, requests_per_wave, concurrency, rng,
@@ -204,9 +209,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--requests", type=int, default=400, help="requests per wave")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--min-waves", type=int, default=1,
+                        help="run at least this many waves, however long they take")
     parser.add_argument("--check", action="store_true", help="exit 1 on growth")
     args = parser.parse_args()
-    rows, totals, restarts = run(args.seconds, args.requests, args.concurrency)
+    rows, totals, restarts = run(args.seconds, args.requests, args.concurrency,
+                                 args.min_waves)
     problems = verdict(rows, totals, restarts)
     print("outcomes: " + ", ".join(f"{k}={n}" for k, n in sorted(totals.items())))
     print(f"{len(rows)} waves, {sum(int(r['requests']) for r in rows)} requests, "
