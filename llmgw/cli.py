@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 
 from llmgw.config import ConfigError, GatewayConfig, load_config
 from llmgw.workers.serving import (
-    cannot_listen,
     config_overrides,
     freeze_startup_objects,
     loop_factory,
+    release,
+    reserve_port,
     uvicorn_config,
     validate_reload,
 )
@@ -204,14 +205,18 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
         signal.signal(sig, on_signal)
 
     # Not part of `check`: whether the port is free is this moment's state, not the
-    # config's (`check` runs while the old gateway still serves there).
-    unusable = cannot_listen(cfg.server.host, cfg.server.port)
-    if unusable is not None:
-        log.error("cannot listen on %s:%d: %s", cfg.server.host, cfg.server.port, unusable)
+    # config's (`check` runs while the old gateway still serves there). Held until uvicorn
+    # binds it: an engine or tool worker started meanwhile must not be given it.
+    try:
+        reserved = reserve_port(cfg.server.host, cfg.server.port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", cfg.server.host, cfg.server.port,
+                  exc.strerror or exc)
         return 1
     try:
         launcher, directory = await _launcher(cfg)
     except LaunchError as exc:
+        release(reserved)
         log.error("%s", exc)
         return 1
     # Seeded per process: gateways sharing a fleet (several instances, workers) must not
@@ -234,6 +239,7 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
         server = uvicorn.Server(uvicorn_config(app, cfg, log_level, serving_protocol(app)))
         serving = True
         freeze_startup_objects()
+        release(reserved)  # uvicorn binds the port now
         await server.serve()
         return 0 if server.started else 1
     except LaunchError as exc:
@@ -246,6 +252,7 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
         log.info("interrupted while starting engines")
         return 130
     finally:
+        release(reserved)
         loop.remove_signal_handler(signal.SIGHUP)
         if cfg.placement.backend == "local":
             log.info("stopping %d engine process(es)", len(gateway.pool.all()))

@@ -96,19 +96,39 @@ def _tls_file(cfg: GatewayConfig, which: str) -> str | None:
 
 def cannot_listen(host: str, port: int) -> str | None:
     """Why uvicorn could not bind ``host:port`` (None: it can), found before any engine is
-    launched: bound as asyncio's create_server binds it, every address, SO_REUSEADDR.
-    Never SO_REUSEPORT: a gateway already serving there (workers or not) must make this
-    fail, not let a second one join its port."""
+    launched (``reserve_port``, released at once)."""
     try:
-        for family, kind, proto, address in _addresses(host, port):
-            with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:  # as create_server: no v4 on the v6 socket
-                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                probe.bind(address)
+        release(reserve_port(host, port))
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
+
+
+def reserve_port(host: str, port: int) -> list[socket.socket]:
+    """``host:port`` bound (not listening: a client is refused as before) as asyncio's
+    create_server binds it, every address, SO_REUSEADDR; raises OSError. Held while the
+    engines and tool workers start, so that none of them is given the gateway's port by
+    the kernel, and released just before uvicorn binds it. Never SO_REUSEPORT: a gateway
+    already serving there (workers or not) must make this fail, not let a second one join
+    its port."""
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, address in _addresses(host, port):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as create_server: no v4 on the v6 socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError:
+        release(sockets)
+        raise
+    return sockets
+
+
+def release(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
 
 
 def shared_port_sockets(host: str, port: int) -> list[socket.socket]:

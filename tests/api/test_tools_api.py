@@ -205,8 +205,10 @@ def test_killed_worker_fails_its_calls_clearly_and_is_replaced(gateway: Server) 
     wait_until(lambda: call(gateway, "kill_echo", {"text": "x"}).status_code == 200, 60,
                "the restarted worker")
     assert call(gateway, "kill_echo", {"text": "x"}).json()["output"]["pid"] != pid
-    assert metric(gateway, 'llmgw_tool_replica_restarts_total{deployment="kill",'
-                           'replica="kill-0"}') == 1
+    # Counted once the launcher has seen the new process ready, which may come a moment
+    # after the tool set's own health check let it serve.
+    wait_until(lambda: metric(gateway, 'llmgw_tool_replica_restarts_total{deployment="kill",'
+                                       'replica="kill-0"}') == 1, 30, "the restart counted")
 
 
 def _admin() -> dict[str, str]:

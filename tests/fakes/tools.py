@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
@@ -162,3 +164,19 @@ class Broken:
     @llmgw.tool
     def run(self, q: str) -> str:
         return q
+
+
+class Gated:
+    """Starts only once the file named by ``LLMGW_TEST_GATE`` exists: a test holds the
+    gateway in its start-up (tests/api/test_cli_up.py) and lets it go."""
+
+    def __init__(self) -> None:
+        gate = Path(os.environ["LLMGW_TEST_GATE"])
+        deadline = time.monotonic() + 60
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    @llmgw.tool
+    def ping(self) -> str:
+        """Answers pong."""
+        return "pong"
