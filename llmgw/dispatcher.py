@@ -253,7 +253,7 @@ class Dispatcher:
         metrics = group.metrics if group is not None else self.unknown_model
         if error is not None:
             metrics.errors(error.code or error.type).inc()
-        metrics.requests(endpoint, status).inc()
+        metrics.count_request(endpoint, status)
         metrics.request_duration.observe(self._clock() - started)
         if status == 499:  # nginx's "client closed request": the client left
             metrics.client_disconnects.inc()

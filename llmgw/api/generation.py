@@ -224,29 +224,32 @@ class GenerationRoute:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         dispatcher: Dispatcher = scope["app"].state.dispatcher
         call = _Call(RequestHeaders(scope=scope))
-        # The root span around everything (tracing on); no helper coroutine for either
-        # case: every resumption of the request's task passes through each frame.
+        # The root span around everything when tracing is on.
         with (dispatcher.tracing.request("llmgw.request", call.headers)
               if dispatcher.tracing.enabled else NO_SPAN) as span:
             call.span = span
+            await self._handle(dispatcher, call, scope, receive, send)
+
+    async def _handle(self, dispatcher: Dispatcher, call: _Call, scope: Scope,
+                      receive: Receive, send: Send) -> None:
+        try:
+            await self._serve(call, scope, receive, send)
+        except GatewayError as exc:
+            await self._fail(call, exc, dispatcher, (scope, receive, send))
+        except Exception:
+            # A gateway bug, not the client's doing: one traceback, a generic 500.
+            log.exception("unhandled error (request_id=%s)", call.request_id)
+            await self._fail(call, internal_error(call.request_id), dispatcher,
+                             (scope, receive, send))
+        finally:
             try:
-                await self._serve(call, scope, receive, send)
-            except GatewayError as exc:
-                await self._fail(call, exc, dispatcher, (scope, receive, send))
-            except Exception:
-                # A gateway bug, not the client's doing: one traceback, a generic 500.
-                log.exception("unhandled error (request_id=%s)", call.request_id)
-                await self._fail(call, internal_error(call.request_id), dispatcher,
-                                 (scope, receive, send))
-            finally:
-                try:
-                    await self._close(dispatcher, call)
-                finally:  # slots are freed whatever happened above
-                    if call.slot is not None:
-                        call.slot.release(call.key.name if call.key else "")
-                    if call.key is not None:
-                        _settle(scope["app"].state.tenancy, call, call.key)
-                    self._report(dispatcher, scope["app"].state.access_log, call)
+                await self._close(dispatcher, call)
+            finally:  # slots are freed whatever happened above
+                if call.slot is not None:
+                    call.slot.release(call.key.name if call.key else "")
+                if call.key is not None:
+                    _settle(scope["app"].state.tenancy, call, call.key)
+                self._report(dispatcher, scope["app"].state.access_log, call)
 
     async def _serve(self, call: _Call, scope: Scope, receive: Receive, send: Send) -> None:
         state, headers = scope["app"].state, call.headers

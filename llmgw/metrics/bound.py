@@ -25,7 +25,6 @@ class ModelMetrics:
         self.client_disconnects = metrics.client_disconnects.labels(model)
         self.prefix_prediction_error = metrics.prefix_prediction_error.labels(model)
         self.retries_denied = metrics.retries_denied.labels(model)
-        self._requests: dict[tuple[str, int], Counter] = {}
         # What every answered request updates, as direct updates (llmgw.metrics.fast).
         self.observe_duration = observer(self.request_duration)
         self.observe_ttft = observer(self.time_to_first_token)
@@ -35,19 +34,13 @@ class ModelMetrics:
         self.observe_request_tokens = observer(self.request_tokens)
         self._request_adders: dict[tuple[str, int], Add] = {}
 
-    def requests(self, endpoint: str, status: int) -> Counter:
-        key = (endpoint, status)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self._metrics.requests.labels(
-                self.model, endpoint, str(status))
-        return child
-
     def count_request(self, endpoint: str, status: int) -> None:
-        """``requests(endpoint, status).inc()``, as a direct update."""
+        """One request ended with ``status`` (``llmgw_requests_total``), as a direct
+        update of its child, bound on first use."""
         add = self._request_adders.get((endpoint, status))
         if add is None:
-            add = self._request_adders[endpoint, status] = adder(self.requests(endpoint, status))
+            add = self._request_adders[endpoint, status] = adder(
+                self._metrics.requests.labels(self.model, endpoint, str(status)))
         add(1)
 
     def errors(self, code: str) -> Counter:

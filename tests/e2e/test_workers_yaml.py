@@ -181,12 +181,19 @@ def test_an_admin_key_made_through_one_worker_works_in_every_worker(up: Up) -> N
     assert set(by_worker(up, answered(401), headers=key)) == {"0", "1"}
 
 
-def _reloads_applied(up: Up) -> float:
-    text = httpx.get(up.server.url + "/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith('llmgw_config_reloads_total{result="applied"}'):
+def _sample(up: Up, series: str) -> float | None:
+    """The value of ``series`` (name and labels as exposed) in the /metrics of whichever
+    worker answers; None when it is not there."""
+    for line in httpx.get(up.server.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("no llmgw_config_reloads_total in /metrics")
+    return None
+
+
+def _reloads_applied(up: Up) -> float:
+    value = _sample(up, 'llmgw_config_reloads_total{result="applied"}')
+    assert value is not None, "no llmgw_config_reloads_total in /metrics"
+    return value
 
 
 def test_a_reload_through_one_worker_reaches_every_worker(up: Up) -> None:
@@ -237,11 +244,7 @@ def test_an_adapter_registered_through_one_worker_serves_from_every_worker(up: U
 
 
 def _requests_total(up: Up) -> float:
-    text = httpx.get(up.server.url + "/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith('llmgw_requests_total{endpoint="chat",model="chat",status="200"}'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return _sample(up, 'llmgw_requests_total{endpoint="chat",model="chat",status="200"}') or 0.0
 
 
 def test_metrics_sum_every_worker(up: Up) -> None:
@@ -253,10 +256,7 @@ def test_metrics_sum_every_worker(up: Up) -> None:
 
 def _ejected(up: Up) -> float | None:
     """``llmgw_replica_ejected`` of the failing replica, as the worker that answers says."""
-    for line in httpx.get(up.server.url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith('llmgw_replica_ejected{model="flaky",replica="flaky-1"}'):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+    return _sample(up, 'llmgw_replica_ejected{model="flaky",replica="flaky-1"}')
 
 
 def test_an_ejection_shows_in_the_metrics_of_every_worker(up: Up) -> None:

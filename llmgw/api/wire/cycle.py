@@ -26,10 +26,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+from llmgw.errors import GatewayError
 
 log = logging.getLogger("llmgw.api")
 
@@ -37,20 +40,11 @@ Headers = list[tuple[bytes, bytes]]
 DisconnectCallback = Callable[[], None]
 
 
-def _status_line(status: int) -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase.encode()
-    except ValueError:
-        phrase = b""
-    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
-
-
-STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-_INTERNAL_ERROR = (
-    b'{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}'
-)
+# What a client gets of a route that failed before answering (the route answers its own
+# errors; this is the net under it), in the gateway's error shape.
+_INTERNAL_ERROR = orjson.dumps(GatewayError("internal error").body())
 
 
 class Signal:
@@ -200,7 +194,7 @@ class WireCycle:
         body), write it now for a stream (its first event may be a while)."""
         self.response_started = True
         self.waiting_for_100_continue = False
-        lines = [STATUS_LINES[status], self.server_lines]
+        lines = [STATUS_LINE[status], self.server_lines]
         length_known = False
         for name, value in headers:
             if name == b"content-length":

@@ -67,12 +67,12 @@ class ModelRoutesProtocol(HttpToolsProtocol):
     rendered_lines: tuple[Headers, bytes] | None = None
 
     def on_headers_complete(self) -> None:
-        route = self._model_route()
+        path, _, query = self.url.partition(b"?")
+        route = self._model_route(path)
         if route is None:
             super().on_headers_complete()
             return
         http_version = self.parser.get_http_version()
-        path, _, query = self.url.partition(b"?")
         scope: dict[str, Any] = self.scope  # type: ignore[assignment]  # typed for uvicorn's keys
         scope["method"] = "POST"
         if http_version != "1.1":
@@ -118,16 +118,15 @@ class ModelRoutesProtocol(HttpToolsProtocol):
             rendered = type(self).rendered_lines = (defaults, lines)
         return rendered[1]
 
-    def _model_route(self) -> Any | None:
-        """The model route this request goes to on the wire, or None (uvicorn's path)."""
+    def _model_route(self, path: bytes) -> Any | None:
+        """The model route a request for ``path`` (the URL before any query) goes to on
+        the wire, or None (uvicorn's path). An absolute-form URL matches no route: uvicorn
+        parses it."""
         if self.parser.get_method() != b"POST" or self.parser.should_upgrade():
             return None
         if self.limit_concurrency is not None or self.root_path:
             return None
-        url = self.url
-        if not url.startswith(b"/"):  # absolute-form: uvicorn parses it
-            return None
-        return self.model_routes.get(url.partition(b"?")[0])
+        return self.model_routes.get(path)
 
 
 def serving_protocol(
