@@ -36,6 +36,9 @@ STARTERS: dict[str, Starter] = {
     "llmgw-traced": functools.partial(start_llmgw, tracing=True, name="llmgw-traced"),
     # llmgw with server.workers: 2 (two processes on one port, one supervisor).
     "llmgw-2w": functools.partial(start_llmgw, workers=2, name="llmgw-2w"),
+    # sglang-router with its default policy (cache_aware) instead of round_robin.
+    "sglang-router-ca": functools.partial(start_sglang_router, policy="cache_aware",
+                                          name="sglang-router-ca"),
 }
 
 

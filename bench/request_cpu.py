@@ -11,6 +11,7 @@ proxies, moves by +-10% between runs on a shared machine).
     python bench/request_cpu.py                       # the default policy, 5 x 5000
     python bench/request_cpu.py --routing least-load --requests 20000
     python bench/request_cpu.py --profile             # cProfile's top functions
+    python bench/request_cpu.py --opcodes             # bytecodes run per request, by function
 
 Prints the best of 5 passes, in microseconds of process CPU per request, and the same
 without the event-loop turns the driver spends per request.
@@ -22,7 +23,11 @@ import argparse
 import asyncio
 import cProfile
 import pstats
+import sys
 import time
+from collections import Counter
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -149,13 +154,17 @@ async def _run(args: argparse.Namespace) -> None:
         await one()
     if not transport.last.startswith(b"HTTP/1.1 200 OK"):
         raise SystemExit(f"the gateway did not answer 200: {transport.last[:300]!r}")
+    top: int | str = int(args.top) if args.top.isdigit() else args.top
+    if args.opcodes:
+        await _count_opcodes(one, args.requests, top if isinstance(top, int) else 40)
+        return
     if args.profile:
         profile = cProfile.Profile()
         profile.enable()
         for _ in range(args.requests):
             await one()
         profile.disable()
-        pstats.Stats(profile).sort_stats(args.sort).print_stats(args.top)
+        pstats.Stats(profile).sort_stats(args.sort).print_stats(top)
         return
     best = float("inf")
     for _ in range(args.passes):
@@ -176,12 +185,42 @@ async def _run(args: argparse.Namespace) -> None:
     await gateway.close()
 
 
+async def _count_opcodes(one: Any, requests: int, top: int) -> None:
+    """Bytecodes the interpreter runs per request, by function (exact, unlike timings:
+    what a change removes shows however noisy the machine is). The trace function is
+    the thread's, so every task the loop runs meanwhile is counted (the driver too)."""
+    counts: Counter[str] = Counter()
+
+    def per_opcode(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "opcode":
+            code = frame.f_code
+            counts[f"{code.co_filename}:{code.co_firstlineno}({code.co_name})"] += 1
+        return per_opcode
+
+    def on_call(frame: FrameType, event: str, arg: object) -> Any:
+        frame.f_trace_opcodes = True
+        return per_opcode
+
+    sys.settrace(on_call)
+    try:
+        for _ in range(requests):
+            await one()
+    finally:
+        sys.settrace(None)
+    total = sum(counts.values())
+    print(f"{total / requests:.0f} bytecodes per request ({requests} requests)")
+    for name, count in counts.most_common(top):
+        print(f"{count / requests:8.1f}  {name.replace(str(Path.cwd()) + '/', '')}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--routing", default=None, help="a policy (default: the default)")
     parser.add_argument("--requests", type=int, default=5000, help="per pass")
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="cProfile one pass")
+    parser.add_argument("--opcodes", action="store_true",
+                        help="count the bytecodes run per request, by function")
     parser.add_argument("--sort", default="tottime", help="with --profile: pstats order")
     parser.add_argument("--top", default="40", help="with --profile: rows, or a regex")
     uvloop.run(_run(parser.parse_args()))

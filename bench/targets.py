@@ -101,17 +101,19 @@ def start_baseline(logs: Path, engine_url: str, cpu: int | None) -> Proc:
     return spawn("baseline", argv, port, logs, cpu)
 
 
-def start_sglang_router(logs: Path, engine_url: str, cpu: int | None) -> Proc:
-    """The Rust router from the ``sglang-router`` wheel, round robin over one worker."""
+def start_sglang_router(logs: Path, engine_url: str, cpu: int | None,
+                        policy: str = "round_robin", name: str = "sglang-router") -> Proc:
+    """The Rust router from the ``sglang-router`` wheel over one worker: round robin, or
+    ``policy`` (``cache_aware`` is the router's own default)."""
     if importlib.util.find_spec("sglang_router") is None:
         raise StartError("sglang-router is not installed (pip install sglang-router)")
-    port = free_ports(1)[0]
+    port, metrics_port = free_ports(2)  # its own metrics port: two routers may run
     argv = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", engine_url,
-            "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin",
-            "--log-level", "warn"]
-    return spawn("sglang-router", argv, port, logs, cpu)
+            "--host", "127.0.0.1", "--port", str(port), "--policy", policy,
+            "--prometheus-port", str(metrics_port), "--log-level", "warn"]
+    return spawn(name, argv, port, logs, cpu)
 
 
 READY_PATHS = {"direct": "/health", "llmgw": "/ready", "llmgw-gc-freeze": "/ready",
                "llmgw-traced": "/ready", "llmgw-main": "/ready", "llmgw-2w": "/ready",
-               "baseline": "/health", "sglang-router": "/health"}
+               "baseline": "/health", "sglang-router": "/health", "sglang-router-ca": "/health"}

@@ -16,8 +16,10 @@ from types import TracebackType
 
 from starlette.types import Receive, Scope
 
+# Called with the task serving the request (which the watch cancels).
+ClientLeft = Callable[["asyncio.Task[object]"], None]
 # The extension's value: called with a callback to call once if the client leaves.
-Subscribe = Callable[[Callable[[], None]], None]
+Subscribe = Callable[[ClientLeft], None]
 
 
 class DisconnectWatch:
@@ -37,35 +39,35 @@ class DisconnectWatch:
         self.done = False
 
     async def __aenter__(self) -> DisconnectWatch:
-        self._owner = asyncio.current_task()
-        if self._subscribe is not None:
+        if self._subscribe is not None:  # the server names the task when the client leaves
             self._subscribe(self._client_left)
         else:
-            self._task = asyncio.create_task(self._watch())
+            self._task = asyncio.create_task(self._watch(asyncio.current_task()))
         return self
 
-    async def _watch(self) -> None:
+    async def _watch(self, owner: asyncio.Task[object] | None) -> None:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 break
-        self._client_left()
+        if owner is not None:
+            self._client_left(owner)
 
-    def _client_left(self) -> None:
-        if not self.done and not self._exited and self._owner is not None:
+    def _client_left(self, owner: asyncio.Task[object]) -> None:
+        if not self.done and not self._exited:
             self.disconnected = True
-            self._owner.cancel()
+            self._owner = owner  # to uncancel once the cancellation is swallowed
+            owner.cancel()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
         owner, self._owner = self._owner, None  # no cycle through the request's task
-        assert owner is not None
         self._exited = True  # a disconnect from now on cancels nothing
         if self._task is not None:
             self._task.cancel()
-        if self.disconnected and exc_type is asyncio.CancelledError:
+        if owner is not None and exc_type is asyncio.CancelledError:
             owner.uncancel()
             return True
         return False

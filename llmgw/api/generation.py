@@ -224,9 +224,11 @@ class GenerationRoute:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         dispatcher: Dispatcher = scope["app"].state.dispatcher
         call = _Call(RequestHeaders(scope=scope))
+        if not dispatcher.tracing.enabled:
+            await self._handle(dispatcher, call, scope, receive, send)
+            return
         # The root span around everything when tracing is on.
-        with (dispatcher.tracing.request("llmgw.request", call.headers)
-              if dispatcher.tracing.enabled else NO_SPAN) as span:
+        with dispatcher.tracing.request("llmgw.request", call.headers) as span:
             call.span = span
             await self._handle(dispatcher, call, scope, receive, send)
 
@@ -255,7 +257,7 @@ class GenerationRoute:
         state, headers = scope["app"].state, call.headers
         dispatcher: Dispatcher = state.dispatcher
         tenancy: Tenancy = state.tenancy
-        with dispatcher.tracing.span("llmgw.parse"):
+        with dispatcher.tracing.span("llmgw.parse") if dispatcher.tracing.enabled else NO_SPAN:
             call.key = tenancy.authenticate(headers)  # before reading a stranger's body
             body = await read_body(receive, headers, state.max_body_bytes)
             call.parsed = parse_json(body)

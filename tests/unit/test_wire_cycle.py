@@ -93,17 +93,18 @@ def test_a_json_answer_leaves_in_one_write() -> None:
 def test_a_disconnect_reaches_the_subscribed_watch_once_and_only_before_the_end() -> None:
     transport, responses = _Transport(), []
     cycle = _cycle(transport, responses)
-    calls: list[str] = []
-    cycle.scope["extensions"]["llmgw.disconnect"](lambda: calls.append("left"))
+    cycle.task = task = object()  # type: ignore[assignment]  # the protocol sets it
+    calls: list[tuple[str, object]] = []
+    cycle.scope["extensions"]["llmgw.disconnect"](lambda owner: calls.append(("left", owner)))
     cycle.client_left()  # the protocol only marks disconnected when the answer is unfinished
     assert calls == []
     cycle.disconnected = True
     cycle.client_left()
     cycle.client_left()
-    assert calls == ["left"]
+    assert calls == [("left", task)]  # once, naming the task to cancel
     # Subscribing after the client left calls back at once.
-    cycle.scope["extensions"]["llmgw.disconnect"](lambda: calls.append("late"))
-    assert calls == ["left", "late"]
+    cycle.scope["extensions"]["llmgw.disconnect"](lambda owner: calls.append(("late", owner)))
+    assert calls == [("left", task), ("late", task)]
 
 
 def test_an_unfamiliar_uvicorn_protocol_falls_back_to_plain_uvicorn(

@@ -37,7 +37,8 @@ from llmgw.errors import GatewayError
 log = logging.getLogger("llmgw.api")
 
 Headers = list[tuple[bytes, bytes]]
-DisconnectCallback = Callable[[], None]
+# Called with the task serving the request (llmgw.api.disconnect.ClientLeft).
+DisconnectCallback = Callable[["asyncio.Task[Any]"], None]
 
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -109,6 +110,10 @@ class WireCycle:
         self._chunked = False
         self._held_head: bytes | None = None
         self._on_disconnect: DisconnectCallback | None = None
+        # The task serving the request, set by the protocol that starts it: a disconnect
+        # names it to the watch (which would otherwise ask asyncio for the current task,
+        # a getpid() system call per request).
+        self.task: asyncio.Task[Any] | None = None
         scope["extensions"] = {"llmgw.disconnect": self._watch_disconnect}
 
     # --- what the protocol calls -----------------------------------------------------
@@ -133,6 +138,7 @@ class WireCycle:
             # the protocol drops this cycle, not left for the garbage collector to find.
             self.on_response = _nothing
             self._on_disconnect = None
+            self.task = None
             self.scope.pop("extensions", None)
 
     def client_left(self) -> None:
@@ -141,8 +147,8 @@ class WireCycle:
         if not self.disconnected:
             return
         callback, self._on_disconnect = self._on_disconnect, None
-        if callback is not None:
-            callback()
+        if callback is not None and self.task is not None:
+            callback(self.task)
 
     # --- ASGI ------------------------------------------------------------------------
 
@@ -242,9 +248,11 @@ class WireCycle:
 
     def _watch_disconnect(self, callback: DisconnectCallback) -> None:
         """The ``llmgw.disconnect`` extension: ``callback`` is called once if the client
-        leaves before the response is complete (at once if it already has)."""
+        leaves before the response is complete (at once if it already has), with the task
+        serving the request."""
         if self.disconnected:
-            callback()
+            if self.task is not None:
+                callback(self.task)
         else:
             self._on_disconnect = callback
 

@@ -5,7 +5,9 @@ A POST to a model route's exact path (``ModelRoutesFirst.first_routes``) gets a
 goes to its route with no middleware or router in between; everything else (other
 routes, other methods, upgrades, a percent-encoded path, ``limit_concurrency``) is
 uvicorn's own, unchanged. uvicorn still owns the server: the listening sockets, the
-lifespan, signals, keep-alive timers, pipelining, graceful shutdown.
+lifespan, signals, pipelining, graceful shutdown. The keep-alive timeout of idle
+connections is kept by one timer per server (llmgw.api.wire.keep_alive) instead of one
+per request.
 
 The subclass leans on the protocol's methods (``_start_asgi_task``,
 ``on_response_complete``, ...) and attributes (``parser``, ``url``, ``headers``, ``scope``,
@@ -17,6 +19,7 @@ with plain uvicorn (every route still works; the model routes take the ASGI path
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from typing import Any
 
@@ -25,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from llmgw.api.header_limit import refuse, too_large
 from llmgw.api.model_first import ModelRoutesFirst
 from llmgw.api.wire.cycle import Headers, WireCycle
+from llmgw.api.wire.keep_alive import IdleConnections
 
 log = logging.getLogger("llmgw.api")
 
@@ -36,6 +40,8 @@ _NEEDED = (
     "on_response_complete",
     "on_message_begin",
     "shutdown",
+    "_unset_keepalive_if_required",
+    "timeout_keep_alive_handler",
 )
 # ... and the attributes it reads, which uvicorn's own methods must name (set or use).
 _ATTRIBUTES = (
@@ -51,17 +57,23 @@ _ATTRIBUTES = (
     "expect_100_continue",
     "limit_concurrency",
     "root_path",
+    "loop",
+    "tasks",
+    "config",
+    "timeout_keep_alive",
 )
 _SETTERS = ("__init__", "connection_made", "on_message_begin", "on_url", "on_header")
 
 
 class ModelRoutesProtocol(HttpToolsProtocol):
-    """Set by ``serving_protocol`` per app: the FastAPI app, its model routes by path and
-    the headers every model answer carries (``x-llmgw-worker``)."""
+    """Set by ``serving_protocol`` per app: the FastAPI app, its model routes by path,
+    the headers every model answer carries (``x-llmgw-worker``) and the server's idle
+    connections."""
 
     gateway_app: ModelRoutesFirst
     model_routes: dict[bytes, Any]
     extra_headers: Headers = []
+    idle_connections: IdleConnections
     # The server's headers and their rendering (``_server_lines``), shared by every
     # connection of the app's server.
     rendered_lines: tuple[Headers, bytes] | None = None
@@ -94,7 +106,7 @@ class ModelRoutesProtocol(HttpToolsProtocol):
         self.cycle = cycle  # type: ignore[assignment]
         app = route if not too_large(scope) else refuse
         if existing is None or existing.response_complete:
-            self._start_asgi_task(cycle, app)  # type: ignore[arg-type]
+            self._start_asgi_task(cycle, app)
         else:  # pipelined behind a request still being answered: in order
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, app))  # type: ignore[arg-type]
@@ -102,8 +114,39 @@ class ModelRoutesProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         super().connection_lost(exc)
+        self.idle_connections.deadlines.pop(self, None)  # uvicorn unsets only when exc is None
         if isinstance(cycle, WireCycle):
             cycle.client_left()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """uvicorn's, and a model request's cycle is given its task (a disconnect cancels
+        that task: llmgw.api.disconnect)."""
+        if not isinstance(cycle, WireCycle):
+            super()._start_asgi_task(cycle, app)
+            return
+        context = contextvars.Context() if getattr(self.config, "reset_contextvars", False) \
+            else None
+        task = cycle.task = self.loop.create_task(cycle.run_asgi(app), context=context)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def on_response_complete(self) -> None:
+        """uvicorn's: the next pipelined request starts, or the connection waits for one
+        until its keep-alive timeout, noted in ``idle_connections`` (no timer of its
+        own)."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.idle_connections.idle(self, self.loop, self.timeout_keep_alive)
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn calls this when data arrives (and when the connection is lost cleanly).
+        self.idle_connections.deadlines.pop(self, None)
 
     def _server_lines(self) -> bytes:
         """The head lines every model answer starts with: the server's own headers
@@ -152,6 +195,7 @@ def serving_protocol(
                 path.encode("ascii"): route for path, route in app.first_routes.items()
             },
             "extra_headers": list(extra_headers or ()),
+            "idle_connections": IdleConnections(),
         },
     )
 
