@@ -17,13 +17,35 @@ from prometheus_client import CollectorRegistry, generate_latest, multiprocess, 
 DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+# This process's id, kept: prometheus-client asks for it on every update of a
+# multiprocess value (to notice a fork), and os.getpid() is a system call each time
+# (~0.3 us of the ~0.7 us an update costs; a request makes about ten).
+_pid = os.getpid()
+
+
+def _this_process() -> int:
+    return _pid
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def enable(directory: str) -> None:
     """This process and the processes it starts from now on share ``directory``. Metrics
-    made before the call stay private to the process (make none before it)."""
+    made before the call stay private to the process (make none before it). A process
+    that inherited the directory (a worker) calls it too, before making any metric, so
+    that its values know its id without a system call per update."""
     os.environ[DIR_ENV] = directory
     # prometheus-client picks the value class when it is imported; metrics read it when
     # they make each series, so setting it here takes effect for every later series.
-    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    values.ValueClass = values.MultiProcessValue(  # type: ignore[no-untyped-call]
+        process_identifier=_this_process
+    )
 
 
 def shared_dir() -> str | None:

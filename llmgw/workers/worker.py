@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmgw.config import ConfigError, GatewayConfig, ModelConfig, load_config
+from llmgw.metrics import multiprocess
 from llmgw.types import ReplicaAddress, Role
 from llmgw.workers.hub import (
     SUPERVISOR_SOCKET,
@@ -120,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.server.log_level.upper())
+    if (metrics_dir := multiprocess.shared_dir()) is not None:  # before any metric is made
+        multiprocess.enable(metrics_dir)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(
             serve(cfg, args.configs, overrides, args.log_level, args.run_dir, args.index)

@@ -1,0 +1,44 @@
+"""Multiprocess metrics (``server.workers`` above 1): updates reach the shared files
+without a system call each, and a worker can take the value class over safely."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, values
+
+from llmgw.metrics import multiprocess
+
+
+def test_updates_reach_the_files_under_the_kept_process_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The id is read once (and again after a fork), not asked of the kernel per update:
+    # a kept id that differs from the real one shows which of the two the files use.
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # restored afterwards
+    monkeypatch.delenv(multiprocess.DIR_ENV, raising=False)
+    monkeypatch.setattr(multiprocess, "_pid", 4242)
+    multiprocess.enable(str(tmp_path))
+    counter = Counter("llmgw_t", "t", ["m"], registry=CollectorRegistry()).labels("x")
+    for _ in range(10):
+        counter.inc()
+    assert [p.name for p in tmp_path.iterdir()] == ["counter_4242.db"]
+    assert 'llmgw_t_total{m="x"} 10.0' in multiprocess.exposition(str(tmp_path)).decode()
+
+
+def test_a_worker_makes_no_metric_before_it_takes_the_value_class_over(tmp_path: Path) -> None:
+    # A worker inherits the directory, so prometheus-client picks its own multiprocess
+    # value class on import; the worker replaces it before building the gateway. That is
+    # safe only if importing the worker made no series yet (two value classes would
+    # write one file through two position tables).
+    env = {**os.environ, multiprocess.DIR_ENV: str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", "import llmgw.workers.worker, llmgw.build, llmgw.api.app"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []
