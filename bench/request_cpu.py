@@ -12,6 +12,7 @@ proxies, moves by +-10% between runs on a shared machine).
     python bench/request_cpu.py --routing least-load --requests 20000
     python bench/request_cpu.py --profile             # cProfile's top functions
     python bench/request_cpu.py --opcodes             # bytecodes run per request, by function
+    python bench/request_cpu.py --multiprocess        # metrics as a worker keeps them
 
 Prints the best of 5 passes, in microseconds of process CPU per request, and the same
 without the event-loop turns the driver spends per request.
@@ -24,6 +25,7 @@ import asyncio
 import cProfile
 import pstats
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,6 +41,7 @@ from llmgw.api.app import create_app
 from llmgw.api.wire.protocol import serving_protocol
 from llmgw.build import Gateway
 from llmgw.config import GatewayConfig
+from llmgw.metrics import multiprocess
 from llmgw.placement.local import attached_addresses
 
 ANSWER = orjson.dumps(
@@ -178,7 +181,8 @@ async def _run(args: argparse.Namespace) -> None:
             await asyncio.sleep(0)
     turns = (time.process_time() - started) / args.requests * 1e6
     print(
-        f"routing {args.routing or 'default'}: {best:.2f} us CPU per request "
+        f"routing {args.routing or 'default'}"
+        f"{', multiprocess metrics' if args.multiprocess else ''}: {best:.2f} us CPU per request "
         f"({best - turns:.2f} without the driver's loop turns), best of {args.passes} x "
         f"{args.requests}"
     )
@@ -223,7 +227,13 @@ def main() -> None:
                         help="count the bytecodes run per request, by function")
     parser.add_argument("--sort", default="tottime", help="with --profile: pstats order")
     parser.add_argument("--top", default="40", help="with --profile: rows, or a regex")
-    uvloop.run(_run(parser.parse_args()))
+    parser.add_argument("--multiprocess", action="store_true",
+                        help="metrics in multiprocess files, as with server.workers > 1")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="llmgw-bench-metrics-") as metrics_dir:
+        if args.multiprocess:
+            multiprocess.enable(metrics_dir)
+        uvloop.run(_run(args))
 
 
 if __name__ == "__main__":

@@ -7,15 +7,18 @@ the child's own value objects (the same ones: the exposition and the multiproces
 are unchanged) and find the bucket by bisection. The check they skip is done once, when
 one is made: only a child (``.labels(...)``) is observable.
 
-In one process (no multiprocess files), a value is a float behind a lock that every
-``inc`` takes (about 100 ns of a request's ~200 ns per update). Only the event loop's
-thread updates these children, and a reader (the exposition, on any thread) sees the
-float before or after an update, never half of one; so these add to the float directly.
-With multiprocess files the value's own ``inc`` (the mmap write) is used.
+In one process, a value is a float behind a lock that every ``inc`` takes (about 100 ns
+of a request's ~200 ns per update). Only the event loop's thread updates these children,
+and a reader (the exposition, on any thread) sees the float before or after an update,
+never half of one; so these add to the float directly. With multiprocess files
+(``server.workers`` above 1) a value's ``inc`` also takes a lock and checks for a fork
+before writing its file (~500 ns); these write the file directly (~200 ns), and fall
+back to ``inc`` in a forked child, whose files the value then reopens.
 
 They lean on prometheus-client's attributes (``_value``; ``_sum``, ``_buckets``,
-``_upper_bounds``; ``MutexValue``'s float ``_value``); where a version lacks them, the
-public method is used instead.
+``_upper_bounds``; ``MutexValue``'s float ``_value``; a multiprocess value's ``_file``,
+``_key`` and its file's ``write_value``); where a version lacks them, the public method
+is used instead.
 """
 
 from __future__ import annotations
@@ -27,12 +30,24 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.values import MutexValue
 
+from llmgw.metrics import multiprocess
+
 Add = Callable[[float], None]
 
 
 def _lock_free(value: Any) -> bool:
     """A value in this process only (not a multiprocess file): its float may be added to."""
     return type(value) is MutexValue and isinstance(getattr(value, "_value", None), float)
+
+
+def _file_backed(value: Any) -> bool:
+    """A multiprocess value whose file may be written directly."""
+    return (
+        getattr(value, "_multiprocess", False)
+        and isinstance(getattr(value, "_value", None), float)
+        and hasattr(value, "_key")
+        and callable(getattr(getattr(value, "_file", None), "write_value", None))
+    )
 
 
 class _AddToFloat:
@@ -47,34 +62,63 @@ class _AddToFloat:
         self._value._value += amount
 
 
+class _AddToFile:
+    """A multiprocess value's ``inc`` without its lock and its fork check, in the process
+    that made it (see the module docstring)."""
+
+    __slots__ = ("_value", "_file", "_key", "_pid")
+
+    def __init__(self, value: Any) -> None:
+        self._value, self._file, self._key = value, value._file, value._key
+        self._pid = multiprocess.process_id()
+
+    def __call__(self, amount: float) -> None:
+        value = self._value
+        if multiprocess.process_id() != self._pid:  # forked: the value reopens its files
+            value.inc(amount)
+            return
+        value._value += amount
+        value._timestamp = 0.0
+        self._file.write_value(self._key, value._value, 0.0)
+
+
+def _add_to(value: Any) -> Add | None:
+    """The cheapest ``inc`` of a value object, or None if it has none."""
+    if _lock_free(value):
+        return _AddToFloat(value)
+    if _file_backed(value):
+        return _AddToFile(value)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else None
+
+
 def adder(child: Counter | Gauge) -> Add:
     """``add(n)``: ``child.inc(n)`` (a gauge takes negative ``n``; a counter never gets
     one here)."""
     child._raise_if_not_observable()  # type: ignore[no-untyped-call]  # once, here
-    value = getattr(child, "_value", None)
-    if _lock_free(value):
-        return _AddToFloat(value)
-    inc = getattr(value, "inc", None)
-    return inc if callable(inc) else child.inc
+    return _add_to(getattr(child, "_value", None)) or child.inc
 
 
 class _Observe:
+    __slots__ = ("_add_sum", "_bucket_adds", "_bounds")
+
+    def __init__(self, add_sum: Add, bucket_adds: list[Add], bounds: list[float]) -> None:
+        self._add_sum, self._bucket_adds, self._bounds = add_sum, bucket_adds, bounds
+
+    def __call__(self, amount: float) -> None:
+        self._add_sum(amount)
+        # The first bucket whose bound is >= amount, as observe's loop finds it (the
+        # last bound is +Inf).
+        self._bucket_adds[bisect_left(self._bounds, amount)](1)
+
+
+class _ObserveFloats:
+    """``_Observe`` on values in this process: the floats added to in place."""
+
     __slots__ = ("_sum", "_buckets", "_bounds")
 
     def __init__(self, child: Any) -> None:
         self._sum, self._buckets, self._bounds = child._sum, child._buckets, child._upper_bounds
-
-    def __call__(self, amount: float) -> None:
-        self._sum.inc(amount)
-        # The first bucket whose bound is >= amount, as observe's loop finds it (the
-        # last bound is +Inf).
-        self._buckets[bisect_left(self._bounds, amount)].inc(1)
-
-
-class _ObserveFloats(_Observe):
-    """``_Observe`` on values in this process, without their locks."""
-
-    __slots__ = ()
 
     def __call__(self, amount: float) -> None:
         self._sum._value += amount
@@ -88,4 +132,8 @@ def observer(child: Histogram) -> Add:
         return child.observe
     if all(_lock_free(value) for value in (child._sum, *child._buckets)):
         return _ObserveFloats(child)
-    return _Observe(child)
+    add_sum = _add_to(child._sum)
+    bucket_adds = [_add_to(bucket) for bucket in child._buckets]
+    if add_sum is None or None in bucket_adds:
+        return child.observe
+    return _Observe(add_sum, bucket_adds, child._upper_bounds)  # type: ignore[arg-type]

@@ -23,7 +23,8 @@ DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _pid = os.getpid()
 
 
-def _this_process() -> int:
+def process_id() -> int:
+    """``os.getpid()``, kept (updated in a forked child)."""
     return _pid
 
 
@@ -44,7 +45,7 @@ def enable(directory: str) -> None:
     # prometheus-client picks the value class when it is imported; metrics read it when
     # they make each series, so setting it here takes effect for every later series.
     values.ValueClass = values.MultiProcessValue(  # type: ignore[no-untyped-call]
-        process_identifier=_this_process
+        process_identifier=process_id
     )
 
 

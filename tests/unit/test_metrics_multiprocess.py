@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, values
 
 from llmgw.metrics import multiprocess
+from llmgw.metrics.fast import adder
 
 
 def test_updates_reach_the_files_under_the_kept_process_id(
@@ -42,3 +43,19 @@ def test_a_worker_makes_no_metric_before_it_takes_the_value_class_over(tmp_path:
     )
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_after_a_fork_the_request_path_updates_go_to_the_child_s_own_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)
+    monkeypatch.delenv(multiprocess.DIR_ENV, raising=False)
+    monkeypatch.setattr(multiprocess, "_pid", 4242)
+    multiprocess.enable(str(tmp_path))
+    counter = Counter("llmgw_t", "t", ["m"], registry=CollectorRegistry()).labels("x")
+    add = adder(counter)  # writes the file directly, in the process that made it
+    add(2)
+    monkeypatch.setattr(multiprocess, "_pid", 4343)  # what the fork hook does in a child
+    add(3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_4242.db", "counter_4343.db"]
+    assert 'llmgw_t_total{m="x"} 5.0' in multiprocess.exposition(str(tmp_path)).decode()
