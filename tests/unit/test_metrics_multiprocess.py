@@ -21,7 +21,8 @@ def test_updates_reach_the_files_under_the_kept_process_id(
     # The id is read once (and again after a fork), not asked of the kernel per update:
     # a kept id that differs from the real one shows which of the two the files use.
     monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # restored afterwards
-    monkeypatch.delenv(multiprocess.DIR_ENV, raising=False)
+    # enable() sets the variable: setenv first so that it is restored afterwards.
+    monkeypatch.setenv(multiprocess.DIR_ENV, str(tmp_path))
     monkeypatch.setattr(multiprocess, "_pid", 4242)
     multiprocess.enable(str(tmp_path))
     counter = Counter("llmgw_t", "t", ["m"], registry=CollectorRegistry()).labels("x")
@@ -49,7 +50,8 @@ def test_after_a_fork_the_request_path_updates_go_to_the_child_s_own_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(values, "ValueClass", values.ValueClass)
-    monkeypatch.delenv(multiprocess.DIR_ENV, raising=False)
+    # enable() sets the variable: setenv first so that it is restored afterwards.
+    monkeypatch.setenv(multiprocess.DIR_ENV, str(tmp_path))
     monkeypatch.setattr(multiprocess, "_pid", 4242)
     multiprocess.enable(str(tmp_path))
     counter = Counter("llmgw_t", "t", ["m"], registry=CollectorRegistry()).labels("x")
