@@ -52,23 +52,23 @@ class Signal:
     """What ``asyncio.Event`` gives the protocol (set, wait, clear), for one waiter: the
     protocol sets it for every body part and every request, so it is kept small."""
 
-    __slots__ = ("_set", "_waiter")
+    __slots__ = ("is_set", "_waiter")
 
     def __init__(self) -> None:
-        self._set = False
+        self.is_set = False
         self._waiter: asyncio.Future[None] | None = None
 
     def set(self) -> None:
-        self._set = True
+        self.is_set = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def clear(self) -> None:
-        self._set = False
+        self.is_set = False
 
     async def wait(self) -> None:
-        if self._set:
+        if self.is_set:
             return
         waiter = self._waiter
         if waiter is None or waiter.done():
@@ -157,9 +157,12 @@ class WireCycle:
             self.transport.write(_CONTINUE)
             self.waiting_for_100_continue = False
         if not self.disconnected and not self.response_complete:
-            self.flow.resume_reading()
-            await self.message_event.wait()
-            self.message_event.clear()
+            if self.flow.read_paused:
+                self.flow.resume_reading()
+            event = self.message_event
+            if not event.is_set:  # the body usually came with the head: no wait to await
+                await event.wait()
+            event.is_set = False
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
         message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
