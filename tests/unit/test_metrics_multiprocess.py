@@ -40,7 +40,11 @@ def test_a_worker_makes_no_metric_before_it_takes_the_value_class_over(tmp_path:
     env = {**os.environ, multiprocess.DIR_ENV: str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-c", "import llmgw.workers.worker, llmgw.build, llmgw.api.app"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == []

@@ -124,8 +124,9 @@ class ModelRoutesProtocol(HttpToolsProtocol):
         if not isinstance(cycle, WireCycle):
             super()._start_asgi_task(cycle, app)
             return
-        context = contextvars.Context() if getattr(self.config, "reset_contextvars", False) \
-            else None
+        context = (
+            contextvars.Context() if getattr(self.config, "reset_contextvars", False) else None
+        )
         task = cycle.task = self.loop.create_task(cycle.run_asgi(app), context=context)
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
