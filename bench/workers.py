@@ -1,5 +1,7 @@
-"""Does a second gateway worker add a core's worth of throughput? Issue 16's goal: with 2
-workers on a machine with a core per worker, at least 1.7x one worker's requests/s.
+"""Does a second gateway worker add a core's worth of throughput (two workers, each capped).
+
+Issue 16's goal: with 2 workers on a machine with a core per worker, at least 1.7x one
+worker's requests/s.
 
 One instant engine, and ``llmgw up`` once per worker count (``server.workers: 1``, ``2``,
 each on its own port, the default routing policy). Each worker process gets a CPU of its
@@ -191,46 +193,23 @@ async def run(args: argparse.Namespace) -> int:
         return 1 if any(r.result.errors for r in rounds) else 0
 
 
+def _counts(text: str) -> list[int]:
+    return sorted({int(x) for x in text.split(",")})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--workers",
-        default="1,2",
-        type=lambda s: sorted({int(x) for x in s.split(",")}),
-        help="worker counts to compare, 1 first (1,2)",
-    )
-    parser.add_argument(
-        "--cpus-per-worker",
-        type=float,
-        default=0.25,
-        help="each worker's CFS cap in CPUs; 0: no cap (0.25)",
-    )
-    parser.add_argument("--period-ms", type=float, default=10.0, help="CFS period (10 ms)")
-    parser.add_argument(
-        "--pin",
-        action="store_true",
-        help="pin each worker to a CPU of its own instead of capping it",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=32,
-        help="connections, spread over the workers by the kernel (32)",
-    )
-    parser.add_argument("--requests", type=int, default=6000, help="per round (6000)")
-    parser.add_argument("--rounds", type=int, default=5, help="per worker count (5)")
-    parser.add_argument(
-        "--round-time-limit",
-        type=float,
-        default=30.0,
-        help="seconds after which a round sends no new request (30)",
-    )
-    parser.add_argument(
-        "--routing",
-        default="prefix-aware",
-        help="the model's policy (prefix-aware, a config's default)",
-    )
-    parser.add_argument("--quick", action="store_true", help="1 round of 300 requests")
+    add = parser.add_argument
+    add("--workers", type=_counts, default="1,2", help="worker counts, 1 first (1,2)")
+    add("--cpus-per-worker", type=float, default=0.25, help="CFS cap, CPUs; 0: none (0.25)")
+    add("--period-ms", type=float, default=10.0, help="CFS period (10 ms)")
+    add("--pin", action="store_true", help="each worker on a CPU of its own, no caps")
+    add("--concurrency", type=int, default=32, help="connections, all workers (32)")
+    add("--requests", type=int, default=6000, help="per round (6000)")
+    add("--rounds", type=int, default=5, help="per worker count (5)")
+    add("--round-time-limit", type=float, default=30.0, help="no new request after (30 s)")
+    add("--routing", default="prefix-aware", help="the model's policy (prefix-aware)")
+    add("--quick", action="store_true", help="1 round of 300 requests")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.requests = 1, 300
