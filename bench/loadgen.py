@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -43,6 +44,7 @@ class RoundResult:
     errors: int = 0
     elapsed: float = 0.0
     error_sample: str = ""
+    tally: Counter[str] = field(default_factory=Counter)  # answers by a header's value
 
     @property
     def ok(self) -> int:
@@ -50,7 +52,7 @@ class RoundResult:
 
 
 async def _one(session: aiohttp.ClientSession, url: str, body: bytes, stream: bool,
-               result: RoundResult) -> None:
+               result: RoundResult, tally: str | None) -> None:
     started = time.perf_counter()
     first: float | None = None
     async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
@@ -66,15 +68,18 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes, stream: bo
             good = r.status == 200 and b'"finish_reason"' in data
     if not good:
         raise ValueError(f"bad answer: status {r.status}")
+    if tally is not None:
+        result.tally[r.headers.get(tally, "")] += 1
     result.latencies.append(time.perf_counter() - started)
     if first is not None:
         result.first_bytes.append(first - started)
 
 
 async def run_round(session: aiohttp.ClientSession, url: str, workload: Workload,
-                    requests: int, time_limit_s: float) -> RoundResult:
+                    requests: int, time_limit_s: float, tally: str | None = None) -> RoundResult:
     """Send ``requests`` requests, ``workload.concurrency`` at a time. Workers stop taking
-    new requests once ``time_limit_s`` has passed; unsent requests are not counted."""
+    new requests once ``time_limit_s`` has passed; unsent requests are not counted.
+    ``tally``: a response header whose values are counted in ``result.tally``."""
     result, body = RoundResult(), workload.body()
     remaining = [requests]
     started = time.perf_counter()
@@ -84,7 +89,7 @@ async def run_round(session: aiohttp.ClientSession, url: str, workload: Workload
         while remaining[0] > 0 and time.perf_counter() < stop_at:
             remaining[0] -= 1
             try:
-                await _one(session, url, body, workload.stream, result)
+                await _one(session, url, body, workload.stream, result, tally)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 result.errors += 1
                 result.error_sample = result.error_sample or repr(exc)[:200]

@@ -26,7 +26,6 @@ import functools
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,17 @@ from instant_engine import loop_factory
 from loadgen import Workload
 from processes import StartError
 from profiling import Sampler, gc_lines, pyspy, render, summarize
-from report import DIRECT, LLMGW, SUMMARY_HEAD, Pooled, goals, ratios, summary_row, table
+from report import (
+    DIRECT,
+    LLMGW,
+    SUMMARY_HEAD,
+    Pooled,
+    goals,
+    ratios,
+    revision,
+    summary_row,
+    table,
+)
 from targets import BENCH, Layout, start_llmgw
 
 
@@ -283,22 +292,9 @@ async def compare(fleet: Fleet, scenarios: Sequence[Scenario], rounds: int,
     return 1 if failed else 0
 
 
-def _revision() -> str:
-    """The llmgw tree measured: commit, and whether files differ from it."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=BENCH.parent, capture_output=True,
-                              text=True, timeout=10, check=False)
-        return done.stdout.strip()
-
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "llmgw")
-        return git("rev-parse", "--short", "HEAD") + (" + local changes" if dirty else "")
-    return "unknown"
-
-
 def _print_setup(fleet: Fleet) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    print(f"llmgw overhead benchmark, {stamp}, llmgw {_revision()}, "
+    print(f"llmgw overhead benchmark, {stamp}, llmgw {revision()}, "
           f"python {sys.version.split()[0]}, aiohttp {aiohttp.__version__}, "
           f"{os.cpu_count()} CPUs, {fleet.layout.describe()}")
     for name, target in fleet.targets.items():

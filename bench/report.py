@@ -3,9 +3,12 @@ added latency of each proxy against the direct engine, and CPU-per-request ratio
 
 from __future__ import annotations
 
+import contextlib
 import math
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from loadgen import RoundResult
 
@@ -179,3 +182,16 @@ def goals(rows: dict[str, Pooled]) -> list[str]:
 
 def _verdict(met: bool, value: float) -> str:
     return "n/a" if math.isnan(value) else ("met" if met else "NOT met")
+
+
+def revision() -> str:
+    """The llmgw tree measured: commit, and whether files differ from it."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent.parent,
+                              capture_output=True, text=True, timeout=10, check=False)
+        return done.stdout.strip()
+
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "llmgw")
+        return git("rev-parse", "--short", "HEAD") + (" + local changes" if dirty else "")
+    return "unknown"
