@@ -295,7 +295,8 @@ class GenerationRoute:
                                                   call.reply_headers, watch, call.request_id)
                 call.status = 200
             else:
-                call.status = await relay_json(exchange, send, call.reply_headers, watch)
+                call.status = await relay_json(exchange, send, call.reply_headers, watch,
+                                               _offered(scope, "llmgw.json_answer"))
                 call.outcome = "ok"
 
     async def _fail(self, call: _Call, error: GatewayError, dispatcher: Dispatcher,
@@ -401,6 +402,12 @@ def _settle(tenancy: Tenancy, call: _Call, key: ApiKey) -> None:
             (prompt or 0) + (completion or 0)
         call.admission.finish(0 if call.exchange is None else used)
     tenancy.record(key, call.model or "unknown", call.status, prompt, completion)
+
+
+def _offered(scope: Scope, extension: str) -> Any:
+    """A scope extension the server offers (llmgw's wire cycle), or None."""
+    extensions = scope.get("extensions")
+    return extensions.get(extension) if extensions else None
 
 
 def _route_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:

@@ -80,14 +80,23 @@ async def _relay_events(exchange: Exchange, send: Send, client_wants_usage: bool
         await send({"type": "http.response.body", "body": block, "more_body": True})
 
 
+# The server's way to send a whole JSON answer in one call (llmgw's wire cycle offers it
+# as the ``llmgw.json_answer`` scope extension): status, more headers, body.
+JSONAnswer = Callable[[int, Headers, bytes], Awaitable[None]]
+
+
 async def relay_json(exchange: Exchange, send: Send, headers: Headers,
-                     watch: DisconnectWatch) -> int:
+                     watch: DisconnectWatch, json_answer: JSONAnswer | None = None) -> int:
     """Send the engine's whole answer; returns its status. Raises GatewayError before
     anything was sent (e.g. a timeout), so the caller can still answer with an error."""
     body = await exchange.read_all()
     watch.done = True
-    await send({"type": "http.response.start", "status": exchange.upstream.status,
+    status = exchange.upstream.status
+    if json_answer is not None:
+        await json_answer(status, headers, body)
+        return status
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
-    return exchange.upstream.status
+    return status

@@ -90,6 +90,53 @@ def test_a_json_answer_leaves_in_one_write() -> None:
     assert not transport.closed and responses == ["done"]
 
 
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_the_json_answer_extension_writes_what_the_two_messages_would(keep_alive: bool) -> None:
+    headers = [(b"x-request-id", b"r-1")]
+
+    async def by_messages(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 201,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"2"),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def by_extension(scope: Any, receive: Any, send: Any) -> None:
+        await scope["extensions"]["llmgw.json_answer"](201, headers, b"{}")
+
+    written = []
+    for app in (by_messages, by_extension):
+        writes: list[bytes] = []
+        transport, responses = _Transport(), []
+        transport.write = writes.append  # type: ignore[method-assign]
+        cycle = _cycle(transport, responses)
+        cycle.keep_alive = keep_alive
+        asyncio.run(cycle.run_asgi(app))
+        assert len(writes) == 1 and responses == ["done"]
+        assert transport.closed is not keep_alive
+        written.append(writes[0])
+    assert written[0] == written[1]
+    assert written[1].startswith(b"HTTP/1.1 201 Created\r\nserver: test\r\n")
+
+
+def test_a_json_answer_to_a_client_that_left_writes_nothing() -> None:
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        await scope["extensions"]["llmgw.json_answer"](200, [], b"{}")
+
+    transport, responses = _Transport(), []
+    cycle = _cycle(transport, responses)
+    cycle.disconnected = True
+    asyncio.run(cycle.run_asgi(answer))
+    assert transport.written == b"" and responses == []
+
+
 def test_a_disconnect_reaches_the_subscribed_watch_once_and_only_before_the_end() -> None:
     transport, responses = _Transport(), []
     cycle = _cycle(transport, responses)

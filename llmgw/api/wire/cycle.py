@@ -13,6 +13,8 @@ generation path paid for generality it does not use (bench/overhead.py --profile
 - a disconnect reaches the request's ``DisconnectWatch`` as a call (the
   ``llmgw.disconnect`` scope extension), not through a task per request that waits on
   ``receive()``;
+- a whole JSON answer is one call (the ``llmgw.json_answer`` scope extension: status,
+  headers, body), not two ASGI messages whose head is searched for its length;
 - the routes are known, so there is no middleware stack or router in between.
 
 Everything a client can see is what uvicorn does: keep-alive and ``connection: close``,
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -39,6 +41,8 @@ log = logging.getLogger("llmgw.api")
 Headers = list[tuple[bytes, bytes]]
 # Called with the task serving the request (llmgw.api.disconnect.ClientLeft).
 DisconnectCallback = Callable[["asyncio.Task[Any]"], None]
+# The ``llmgw.json_answer`` extension: (status, more headers, the JSON body).
+JSONAnswer = Callable[[int, Headers, bytes], Awaitable[None]]
 
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -114,7 +118,10 @@ class WireCycle:
         # names it to the watch (which would otherwise ask asyncio for the current task,
         # a getpid() system call per request).
         self.task: asyncio.Task[Any] | None = None
-        scope["extensions"] = {"llmgw.disconnect": self._watch_disconnect}
+        scope["extensions"] = {
+            "llmgw.disconnect": self._watch_disconnect,
+            "llmgw.json_answer": self.json_answer,
+        }
 
     # --- what the protocol calls -----------------------------------------------------
 
@@ -196,33 +203,52 @@ class WireCycle:
         if not more:
             self._complete()
 
+    async def json_answer(self, status: int, headers: Headers, body: bytes) -> None:
+        """A whole JSON answer in one write: what ``send`` makes of a start message with
+        the content type and length and one body message, without the messages."""
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if self.response_started:
+            raise RuntimeError("json_answer after the response started")
+        lines = [b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)]
+        lines += [b"%s: %s\r\n" % header for header in headers]
+        self.transport.write(self._head(status, lines) + body)
+        self._complete()
+
     # --- internals -------------------------------------------------------------------
 
     def _start(self, status: int, headers: Any) -> None:
         """Build the head; hold it when the body's length is known (one write with the
         body), write it now for a stream (its first event may be a while)."""
-        self.response_started = True
-        self.waiting_for_100_continue = False
-        lines = [STATUS_LINE[status], self.server_lines]
+        lines = []
         length_known = False
         for name, value in headers:
             if name == b"content-length":
                 length_known = True
             elif name == b"connection" and b"close" in value.lower():
                 self.keep_alive = False
-                continue  # added once below
+                continue  # added once, by _head
             lines.append(b"%s: %s\r\n" % (name, value))
-        if not self.keep_alive:
-            lines.append(b"connection: close\r\n")
         if not length_known and status not in (204, 304):
             self._chunked = True
             lines.append(b"transfer-encoding: chunked\r\n")
-        lines.append(b"\r\n")
-        head = b"".join(lines)
+        head = self._head(status, lines)
         if length_known:
             self._held_head = head
         else:
             self.transport.write(head)
+
+    def _head(self, status: int, lines: list[bytes]) -> bytes:
+        """The response starts: its head, from the status line, the server's own lines,
+        the answer's ``lines`` and ``connection: close`` when the connection ends with
+        this answer."""
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        if not self.keep_alive:
+            lines.append(b"connection: close\r\n")
+        return b"%s%s%s\r\n" % (STATUS_LINE[status], self.server_lines, b"".join(lines))
 
     def _complete(self) -> None:
         self.response_complete = True
