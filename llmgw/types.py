@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from types import MappingProxyType
+from typing import Literal, NamedTuple
 
 from llmgw.protocol import Endpoint
 
@@ -38,9 +39,16 @@ class ReplicaView:
         object.__setattr__(self, "load", self.in_flight + (self.queue_depth or 0))
 
 
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """What routing may know about a request; built once per request in the API layer."""
+# No headers: the default of RequestContext.headers (read-only, shared).
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class RequestContext(NamedTuple):
+    """What routing may know about a request; built once per request in the API layer.
+
+    A named tuple rather than a frozen dataclass: as immutable, and built in one call
+    (a frozen dataclass sets each of its eleven fields through ``object.__setattr__``:
+    ~4% of a short request's instructions, bench/README.md "Issue 16, step 4")."""
 
     request_id: str
     model: str
@@ -53,7 +61,7 @@ class RequestContext:
     # The prompt's token ids as the engine will see them (chat template applied), for
     # the precise prefix scorer. None when not needed or not computable.
     prompt_tokens: Sequence[int] | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = _NO_HEADERS
     # The API key (by name) the request was admitted under, and its priority class; None
     # and "interactive" without ``auth:``.
     tenant: str | None = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import replace
 from hashlib import blake2b
 
 import pytest
@@ -316,11 +315,11 @@ def test_a_prefix_cached_under_one_adapter_is_no_hit_for_another(session: str | 
     under the base model, finds nothing cached where the first one ran."""
     scorer = PrefixCacheScorer(PrefixParams(block_chars=8))
     prompt = SYSTEM + "the question"
-    first = replace(ctx(prompt, session, rid="a"), adapter="sql")
+    first = ctx(prompt, session, rid="a")._replace(adapter="sql")
     scorer.score(first, views(0, 0))
     scorer.on_routed(first, "r0")
     for rid, adapter in (("b", "chat"), ("c", None), ("d", "sql")):
-        other = replace(ctx(prompt + " and more", session, rid=rid), adapter=adapter)
+        other = ctx(prompt + " and more", session, rid=rid)._replace(adapter=adapter)
         scores = scorer.score(other, views(0, 0))
         scorer._pending.pop(rid)
         assert (scores.get("r0", 0.0) > 0.9) is (adapter == "sql"), (adapter, scores)
