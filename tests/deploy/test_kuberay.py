@@ -149,7 +149,10 @@ RAY_STUB = """#!/bin/sh
 # `ray start ... --block` stays in the foreground, as the real one does.
 case "$1" in
   start) echo "ray start $#" >> "$STUB_LOG"
-         if [ -n "$RAY_DIES_AFTER" ]; then sleep "$RAY_DIES_AFTER"; exit 1; fi
+         if [ -n "$RAY_DIES_WHEN_SERVING" ]; then  # once a gateway serves (30 s at most)
+           for _ in $(seq 600); do grep -q '^serving' "$STUB_LOG" && exit 1; sleep 0.05; done
+           exit 1
+         fi
          exec sleep 60 ;;
   health-check) exit 0 ;;
 esac
@@ -159,6 +162,7 @@ echo "up $*" >> "$STUB_LOG"
 # The first gateway crashes at once; later ones serve until SIGTERM.
 if [ "$(grep -c '^up ' "$STUB_LOG")" -eq 1 ]; then exit 3; fi
 trap 'echo term >> "$STUB_LOG"; exit 0' TERM
+echo serving >> "$STUB_LOG"  # from here a SIGTERM is drained (before the trap, it kills)
 sleep 60 & wait $!
 """
 
@@ -201,11 +205,14 @@ def test_the_head_script_holds_restarts_and_drains_the_gateway(
         wait_until(lambda: "ray start 5" in lines(log), 10, "the Ray head to start")
         assert not any(line.startswith("up ") for line in lines(log))  # held
         (tmp_path / "hold").unlink()
-        wait_until(lambda: sum(line.startswith("up ") for line in lines(log)) == 2, 20,
-                   "the crashed gateway to be started again")
-        assert lines(log)[1:] == ["up up /etc/llmgw/ray.yaml"] * 2
-        pid = int((tmp_path / "pid").read_text())
-        wait_until(lambda: _alive(pid), 10, "the second gateway to run")
+        pid_file = tmp_path / "pid"
+
+        def serving() -> bool:  # the stub trapped SIGTERM; the script knows its pid
+            pid = pid_file.read_text().strip() if pid_file.exists() else ""
+            return "serving" in lines(log) and pid.isdigit() and _alive(int(pid))
+
+        wait_until(serving, 20, "the crashed gateway to be started again and serve")
+        assert lines(log)[1:] == ["up up /etc/llmgw/ray.yaml"] * 2 + ["serving"]
         head.send_signal(signal.SIGTERM)
         assert head.wait(20) == 0
         assert lines(log)[-1] == "term"  # drained, not killed
@@ -217,7 +224,7 @@ def test_the_head_script_ends_with_the_ray_head(head_script: tuple[Path, dict[st
                                                 ) -> None:
     log, env = head_script
     log.write_text("up (an earlier gateway)\n")  # this one serves, no crash first
-    head = run_head({**env, "RAY_DIES_AFTER": "1"})
+    head = run_head({**env, "RAY_DIES_WHEN_SERVING": "1"})
     try:
         assert head.wait(30) == 1
         assert "up up /etc/llmgw/ray.yaml" in lines(log)
