@@ -110,7 +110,8 @@ NAMES = ["a", "b", "hot", "cold", "new", "third", "bad", *(f"a{i}" for i in rang
 
 
 def residency(client: StubClient, slots: int = 2, clock: list[float] | None = None,
-              cat: AdapterCatalog | None = None) -> tuple[AdapterResidency, Replica]:
+              cat: AdapterCatalog | None = None, load_timeout_s: float = 0.2
+              ) -> tuple[AdapterResidency, Replica]:
     metrics = Metrics()
     replica = Replica("r0", "m", None, ReplicaMetrics(metrics, "m", "r0", "p"),  # type: ignore[arg-type]
                       address=ReplicaAddress("r0", "http://r0"))
@@ -118,7 +119,8 @@ def residency(client: StubClient, slots: int = 2, clock: list[float] | None = No
     cat = cat or AdapterCatalog([adapter(n) for n in NAMES], {"m": []})
     res = AdapterResidency("m", lambda replica: client, slots,  # type: ignore[arg-type,return-value]
                            AdapterRates(30), LoraMetrics(metrics, "m"), cat,
-                           failure_cooldown_s=30, load_timeout_s=0.2, clock=lambda: now[0])
+                           failure_cooldown_s=30, load_timeout_s=load_timeout_s,
+                           clock=lambda: now[0])
     res.add_replica(replica)
     return res, replica
 
@@ -256,7 +258,9 @@ def test_churn_under_concurrency_with_residency_checks_never_breaks() -> None:
         rng = random.Random(0)
         engine = StubClient()
         slow = SlowEngine(4, rng)
-        res, _ = residency(engine, slots=4)
+        # A load waits for slots behind the others' loads: generous, as a busy CI machine
+        # stretched one such wait past 0.2 s (the default, which other tests run out).
+        res, _ = residency(engine, slots=4, load_timeout_s=10)
         res._clients["r0"] = slow  # type: ignore[assignment]
         failures: list[BaseException] = []
         gate = asyncio.Semaphore(8)
