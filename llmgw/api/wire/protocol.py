@@ -114,7 +114,7 @@ class ModelRoutesProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         super().connection_lost(exc)
-        self.idle_connections.deadlines.pop(self, None)  # uvicorn unsets only when exc is None
+        self._unset_keepalive_if_required()  # uvicorn's own call is only when exc is None
         if isinstance(cycle, WireCycle):
             cycle.client_left()
 
