@@ -16,6 +16,7 @@ from starlette.types import Send
 
 from llmgw.api.disconnect import DisconnectWatch
 from llmgw.api.errors import error_event, internal_error
+from llmgw.api.wire.cycle import JSONAnswer  # the llmgw.json_answer scope extension
 from llmgw.errors import GatewayError, UpstreamTimeout
 from llmgw.exchange import DONE_EVENT, Exchange
 from llmgw.protocol import ENDPOINTS
@@ -78,11 +79,6 @@ async def _relay_in_time(exchange: Exchange, send: Send, client_wants_usage: boo
 async def _relay_events(exchange: Exchange, send: Send, client_wants_usage: bool) -> None:
     async for block in exchange.relay(client_wants_usage):
         await send({"type": "http.response.body", "body": block, "more_body": True})
-
-
-# The server's way to send a whole JSON answer in one call (llmgw's wire cycle offers it
-# as the ``llmgw.json_answer`` scope extension): status, more headers, body.
-JSONAnswer = Callable[[int, Headers, bytes], Awaitable[None]]
 
 
 async def relay_json(exchange: Exchange, send: Send, headers: Headers,
