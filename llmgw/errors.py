@@ -16,6 +16,7 @@
     ├── UpstreamError                 502 server_error / upstream_error
     │   ├── UpstreamUnreachable       502 server_error / upstream_unreachable
     │   ├── UpstreamDisconnected      502 server_error / upstream_disconnected
+    │   ├── AnswerBroken              502 server_error / upstream_error (after the headers)
     │   ├── UpstreamFailed            502 server_error / upstream_error (the engine's 5xx)
     │   └── UpstreamTimeout           504 server_error / upstream_timeout
     │       ├── FirstByteTimeout      504 server_error / upstream_timeout
@@ -178,6 +179,12 @@ class UpstreamDisconnected(UpstreamError):
     the engine may have read it, and may have started on it (llmgw.resilience.retry)."""
 
     code = "upstream_disconnected"
+
+
+class AnswerBroken(UpstreamError):
+    """A non-streaming answer broke off after its headers (the connection closed, or the
+    bytes stopped being HTTP). Its engine had finished the request: such an answer's
+    headers come only once generation is done, so another replica may take it."""
 
 
 class UpstreamFailed(UpstreamError):

@@ -37,7 +37,7 @@ class Exchange:
 
     __slots__ = ("ctx", "group", "replica", "upstream", "upstream_id", "started", "deadline",
                  "first_chunk_at", "usage", "decision", "lease", "pd_path", "prefill_replica",
-                 "events", "_usage_mark", "_finished")
+                 "events", "answer", "_usage_mark", "_finished")
 
     def __init__(
         self, ctx: RequestContext, group: ModelGroup, replica: Replica,
@@ -56,6 +56,9 @@ class Exchange:
         self.pd_path: str | None = None
         self.prefill_replica: str | None = None
         self.events = 0
+        # A non-streaming answer's body, read by the dispatcher within its attempt (a
+        # disaggregated model's decode leg is read here, by ``read_all``).
+        self.answer: bytes | None = None
         # The stream event that carries the usage (chat's usage chunk, asked for on every
         # stream so token metrics are exact; Responses' response.completed).
         self._usage_mark = ENDPOINTS[ctx.endpoint].usage_mark
@@ -63,6 +66,9 @@ class Exchange:
 
     async def read_all(self) -> bytes:
         """The engine's whole (non-streaming) answer."""
+        if self.answer is not None:
+            self.usage = _usage_of(self.answer)
+            return self.answer
         try:
             if self.deadline is None:
                 body = await self.upstream.read()

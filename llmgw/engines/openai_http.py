@@ -19,6 +19,7 @@ from llmgw.engines.http1.connection import ResponseBroken
 from llmgw.engines.http1.pool import ConnectFailed, HTTPClient, Response
 from llmgw.engines.stats import StatsNames, stats_from_text
 from llmgw.errors import (
+    AnswerBroken,
     UpstreamDisconnected,
     UpstreamError,
     UpstreamFailed,
@@ -41,7 +42,7 @@ class HTTPUpstreamResponse:
         try:
             return await self._response.read()
         except ResponseBroken as exc:
-            raise UpstreamError(f"engine connection broke: {exc}") from None
+            raise AnswerBroken(f"engine connection broke: {exc}") from None
 
     async def event_blocks(self) -> AsyncIterator[bytes]:
         """Complete SSE events, as many as have arrived per read, each ending in a blank

@@ -7,8 +7,11 @@ next one too. So:
 
 - connect refused, DNS, connect timeout (UpstreamUnreachable): the request never left;
   always safe.
-- an engine 5xx (UpstreamFailed) or an unreadable answer: the engine answered, so it is
-  done with the request; safe.
+- an engine 5xx (UpstreamFailed), or a non-streaming answer that broke off after its
+  headers (AnswerBroken: the engine died while sending it, or sent bytes that are not
+  HTTP): the engine answered, so it is done with the request; safe. The dispatcher reads
+  a non-streaming answer's body within the attempt for this: an engine lost between its
+  headers and its last byte costs the client nothing.
 - the connection broke after the request was sent and before the engine's headers
   (UpstreamDisconnected), or a stream's headers did not come in time (FirstByteTimeout):
   for a stream, safe, because engines (vLLM, SGLang, ours) send a stream's headers
@@ -25,6 +28,7 @@ next one too. So:
 from __future__ import annotations
 
 from llmgw.errors import (
+    AnswerBroken,
     FirstByteTimeout,
     UpstreamDisconnected,
     UpstreamError,
@@ -48,7 +52,7 @@ def failure_reason(error: UpstreamError, stream: bool) -> FailureReason | None:
     necessarily stuck; an adapter slot taken is routine)."""
     if isinstance(error, UpstreamUnreachable):
         return "connect"
-    if isinstance(error, UpstreamDisconnected):
+    if isinstance(error, UpstreamDisconnected | AnswerBroken):
         return "reset"
     if isinstance(error, UpstreamFailed):
         return "5xx"
