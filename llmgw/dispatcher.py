@@ -18,6 +18,7 @@ import orjson
 from llmgw.config import TimeoutConfig
 from llmgw.engines.base import UpstreamResponse
 from llmgw.engines.request_body import encode
+from llmgw.engines.whole_answer import read_whole
 from llmgw.errors import (
     FirstByteTimeout,
     GatewayError,
@@ -190,7 +191,7 @@ class Dispatcher:
                         lease = await group.lora.ensure(replica.id, adapter)
                 upstream = await _send(replica, ENDPOINTS[ctx.endpoint].path, body, deadline,
                                        group.timeouts.first_byte_s if ctx.stream else None)
-                answer = None if ctx.stream else await _whole_answer(upstream, deadline)
+                answer = None if ctx.stream else await read_whole(upstream, deadline)
             except UpstreamRejected:
                 _give_back(replica, lease)
                 replica.answered()  # a client's 4xx says nothing against the replica
@@ -313,23 +314,6 @@ async def _send_timed(replica: Replica, path: str, body: bytes, deadline: float 
             raise FirstByteTimeout(f"the engine sent no headers within {first_byte_s}s"
                                    ) from None
         raise UpstreamTimeout("the request timed out before the engine answered") from None
-
-
-async def _whole_answer(upstream: UpstreamResponse, deadline: float | None) -> bytes:
-    """A non-streaming answer's body, read as part of its attempt: an engine lost between
-    its headers and its last byte (AnswerBroken) leaves a request another replica may
-    take (llmgw.resilience.retry). Whatever ends the read early closes the connection."""
-    try:
-        if deadline is None:
-            return await upstream.read()
-        async with asyncio.timeout_at(deadline):
-            return await upstream.read()
-    except TimeoutError:
-        upstream.close()
-        raise UpstreamTimeout("the request exceeded its time limit") from None
-    except BaseException:
-        upstream.close()
-        raise
 
 
 def _deadline(timeouts: TimeoutConfig) -> float | None:

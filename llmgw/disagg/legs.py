@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llmgw.engines.base import UpstreamResponse
+from llmgw.engines.whole_answer import WholeAnswer, read_whole
 from llmgw.errors import (
     GatewayError,
     UpstreamDisconnected,
@@ -75,10 +76,10 @@ class Legs:
                           body: bytes, deadline: float | None
                           ) -> tuple[Replica, UpstreamResponse, float]:
         """Send the decode leg to the best decode replica that answers; the next ones are
-        tried when one cannot be reached or, streaming, does not answer within
-        ``decode_timeout_s``. Returns the replica (its in-flight count held for the
-        caller), its answer and when it was sent. ``deadline``: the request's own limit
-        (event loop time)."""
+        tried when one cannot be reached, when a non-streaming answer breaks off after its
+        headers, or, streaming, when one does not answer within ``decode_timeout_s``.
+        Returns the replica (its in-flight count held for the caller), its answer and when
+        it was sent. ``deadline``: the request's own limit (event loop time)."""
         error: UpstreamError | None = None
         loop = asyncio.get_running_loop()
         for attempt, replica in enumerate(ranked[: self.max_attempts]):
@@ -96,6 +97,9 @@ class Legs:
                 try:
                     with self.leg_span("decode", replica):
                         upstream = await send_within(replica, path, body, timeout_at)
+                        if not ctx.stream:  # the body within the attempt: see whole_answer
+                            upstream = WholeAnswer(upstream.status,
+                                                   await read_whole(upstream, deadline))
                 except TimeoutError:
                     raise UpstreamTimeout(f"decode replica {replica.id} did not answer in "
                                           f"time") from None

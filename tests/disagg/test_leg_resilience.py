@@ -19,7 +19,13 @@ from llmgw.disagg.legs import Legs
 from llmgw.disagg.orchestrator import Disaggregation, Flow
 from llmgw.disagg.sglang_flow import SGLangFlow
 from llmgw.disagg.vllm_flow import VLLMFlow
-from llmgw.errors import UpstreamDisconnected, UpstreamError, UpstreamFailed, UpstreamUnreachable
+from llmgw.errors import (
+    AnswerBroken,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamUnreachable,
+)
 from llmgw.metrics import Metrics, ModelMetrics, PDMetrics, ReplicaMetrics
 from llmgw.pool import Replica
 from llmgw.resilience.budget import RetryBudget
@@ -42,27 +48,36 @@ class Answer:
         pass
 
 
+class CutAnswer(Answer):
+    """Its headers came, then the connection broke: the engine died sending the body."""
+
+    async def read(self) -> bytes:
+        raise AnswerBroken("engine connection broke: engine closed the connection")
+
+
 class ScriptedEngine:
-    """Raises ``error`` on every send, or answers."""
+    """Raises ``error`` on every send, or answers (with ``answer``)."""
 
     url = "http://127.0.0.1:1"
 
-    def __init__(self, error: UpstreamError | None = None) -> None:
-        self.error, self.sent, self.aborted = error, 0, 0
+    def __init__(self, error: UpstreamError | None = None,
+                 answer: type[Answer] = Answer) -> None:
+        self.error, self.answer, self.sent, self.aborted = error, answer, 0, 0
 
     async def send(self, path: str, body: bytes) -> Answer:
         self.sent += 1
         if self.error is not None:
             raise self.error
-        return Answer()
+        return self.answer()
 
     async def abort(self, request_id: str) -> bool:
         self.aborted += 1
         return True
 
 
-def fleet(flow: Flow, errors: dict[str, UpstreamError], budget: RetryBudget
-          ) -> tuple[Disaggregation, dict[str, Replica]]:
+def fleet(flow: Flow, errors: dict[str, UpstreamError], budget: RetryBudget,
+          cut: frozenset[str] = frozenset()) -> tuple[Disaggregation, dict[str, Replica]]:
+    """``cut``: replicas whose answers break off after their headers."""
     metrics = Metrics()
     legs = Legs(make_policy("round-robin", random.Random(1)),
                 make_policy("round-robin", random.Random(2)), PDMetrics(metrics, "m"),
@@ -70,7 +85,8 @@ def fleet(flow: Flow, errors: dict[str, UpstreamError], budget: RetryBudget
     d = Disaggregation("m", legs, flow, ConditionalPDConfig(enabled=False))  # always split
     replicas = {}
     for rid in ("p0", "p1", "d0", "d1"):
-        replica = Replica(rid, "m", ScriptedEngine(errors.get(rid)),  # type: ignore[arg-type]
+        scripted = ScriptedEngine(errors.get(rid), CutAnswer if rid in cut else Answer)
+        replica = Replica(rid, "m", scripted,  # type: ignore[arg-type]
                           ReplicaMetrics(metrics, "m", rid, "round-robin"),
                           role="prefill" if rid.startswith("p") else "decode")
         replica.outlier.configure(OutlierConfig(consecutive_failures=1))
@@ -113,6 +129,24 @@ def test_a_failing_decode_leg_is_ejected_and_the_request_served_by_the_other(
     assert engine(r["d0"]).sent == 1  # the one failure ejected it (and only it)
     assert r["d0"].outlier.state == "ejected" and r["d1"].outlier.state == "in"
     assert r["p0"].outlier.failures == r["p1"].outlier.failures == 0
+
+
+def test_a_decode_answer_cut_after_its_headers_is_served_by_the_other_decode_replica(
+        ) -> None:
+    d, r = fleet(VLLMFlow(5), {}, RetryBudget(RetryBudgetConfig()), cut=frozenset({"d0"}))
+
+    async def run() -> tuple[str, bytes]:
+        opened = await d.open(ctx(False), "/v1/chat/completions",
+                              b'{"model":"m","messages":[],"stream":false}', "r", None, False)
+        try:
+            return opened.replica.id, await opened.upstream.read()
+        finally:
+            opened.upstream.close()
+            opened.replica.release()
+
+    assert asyncio.run(run()) == ("d1", ANSWER)  # round-robin ranked d0 first
+    assert engine(r["d0"]).sent == 1 and r["d0"].outlier.state == "ejected"
+    assert r["d1"].outlier.failures == 0
 
 
 def test_a_prefill_replica_that_cannot_be_reached_is_counted_and_skipped() -> None:
