@@ -52,6 +52,7 @@ class ReplicaMetrics:
 
     def __init__(self, metrics: Metrics, model: str, replica: str, policy: str) -> None:
         self._metrics, self._model, self._replica = metrics, model, replica
+        metrics.live_replicas.add((model, replica))
         self.in_flight = metrics.replica_in_flight.labels(model, replica)
         self.affinity_factor = metrics.affinity_factor.labels(model, replica)
         self.affinity_factor.set(1.0)  # the configured weight until its engine says otherwise

@@ -10,8 +10,11 @@ engine's own numbers). A single-process gateway never turns this on and pays not
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess, values
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 # prometheus-client's own switch; every process that inherits it writes its files there.
 DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -53,11 +56,25 @@ def shared_dir() -> str | None:
     return os.environ.get(DIR_ENV) or None
 
 
-def exposition(directory: str) -> bytes:
-    """Every process's samples, merged."""
+def exposition(directory: str, keep: Callable[[dict[str, str]], bool] | None = None) -> bytes:
+    """Every process's samples, merged; ``keep``: which samples (by their labels) to show
+    (the files keep every series any process ever made, a departed replica's too)."""
+    merged = multiprocess.MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry.register(merged if keep is None else _Kept(merged, keep))
     return generate_latest(registry)
+
+
+class _Kept(Collector):
+    """Another collector's metrics with only the samples ``keep`` accepts."""
+
+    def __init__(self, inner: Collector, keep: Callable[[dict[str, str]], bool]) -> None:
+        self._inner, self._keep = inner, keep
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._inner.collect():
+            metric.samples = [s for s in metric.samples if self._keep(s.labels)]
+            yield metric
 
 
 def process_gone(directory: str, pid: int) -> None:

@@ -4,6 +4,7 @@ families; fleet and tenant families live beside it (``fleet``, ``tenants``)."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -21,6 +22,10 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        # (model, replica) of every replica whose series this process made and has not
+        # forgotten: with several workers, the exposition shows no other replica's series
+        # (the shared files keep a departed replica's values for good).
+        self.live_replicas: set[tuple[str, str]] = set()
         self.requests = Counter(
             "llmgw_requests", "Finished requests by model, endpoint and HTTP status.",
             ["model", "endpoint", "status"], registry=r,
@@ -209,18 +214,29 @@ class Metrics:
         # Several workers (llmgw/metrics/multiprocess.py): every process's samples, merged.
         shared = multiprocess.shared_dir()
         return generate_latest(self.registry) if shared is None \
-            else multiprocess.exposition(shared)
+            else multiprocess.exposition(shared, keep=self._current)
+
+    def _current(self, labels: dict[str, str]) -> bool:
+        """Whether a sample belongs to no replica, or to one still in the fleet."""
+        replica, model = labels.get("replica"), labels.get("model")
+        return replica is None or model is None or (model, replica) in self.live_replicas
 
     def forget_replica(self, model: str, replica: str) -> None:
         """Remove every series of a replica that left the fleet, in every family that
-        has a ``replica`` label (engine gauges, LoRA residency, KV events, routing)."""
+        has a ``replica`` label (engine gauges, LoRA residency, KV events, routing). With
+        several workers the shared files keep its values: the exposition leaves them out
+        (``live_replicas``), and prometheus-client's warning that removal does not reach
+        the files is expected."""
+        self.live_replicas.discard((model, replica))
         families = [*vars(self).values(), *vars(self.fleet).values(),
                     *vars(self.tenants).values()]
-        for family in families:
-            if isinstance(family, Counter | Gauge | Histogram):
-                for labels in _replica_label_sets(family, model, replica):
-                    with contextlib.suppress(KeyError):
-                        family.remove(*labels)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Removal of labels", UserWarning)
+            for family in families:
+                if isinstance(family, Counter | Gauge | Histogram):
+                    for labels in _replica_label_sets(family, model, replica):
+                        with contextlib.suppress(KeyError):
+                            family.remove(*labels)
 
 
 def _replica_label_sets(family: Counter | Gauge | Histogram, model: str,

@@ -39,10 +39,11 @@ ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 HI = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
 
-def write_overlay(tmp: Path, engine_url: str, failing_url: str, **server: object) -> Path:
+def write_overlay(tmp: Path, engine_url: str, failing_url: str | None,
+                  **server: object) -> Path:
     """The test's config over workers.yaml: its state dir, an attached LoRA model, a model
-    whose second replica answers every request with a 500 (ejected after two), and
-    ``server`` settings (a reload rewrites it)."""
+    whose second replica answers every request with a 500 (ejected after two; none when
+    ``failing_url`` is None), and ``server`` settings (a reload rewrites it)."""
     overlay = tmp / "overlay.yaml"
     base = {
         "name": "base",
@@ -50,7 +51,8 @@ def write_overlay(tmp: Path, engine_url: str, failing_url: str, **server: object
         "url": [engine_url],
         "lora": {"roots": [str(tmp / "adapters")]},
     }
-    flaky = {"name": "flaky", "engine": "openai", "url": [engine_url, failing_url],
+    urls = [engine_url] if failing_url is None else [engine_url, failing_url]
+    flaky = {"name": "flaky", "engine": "openai", "url": urls,
              "served_model_name": "fake", "routing": "round-robin", "max_attempts": 2}
     # Ejected for longer than the module runs: it stays out once it is.
     outlier = {"consecutive_failures": 2, "base_ejection_s": 3600, "max_ejection_s": 3600}
@@ -90,8 +92,10 @@ class Up:
             for p in self.processes("llmgw.workers.worker")
         }
 
-    def reconfigure(self, **server: object) -> None:
-        write_overlay(self.tmp, self.engine.url, self.failing.url, **server)
+    def reconfigure(self, failing: bool = True, **server: object) -> None:
+        """``failing``: whether the model ``flaky`` keeps its failing replica."""
+        write_overlay(self.tmp, self.engine.url, self.failing.url if failing else None,
+                      **server)
 
 
 @pytest.fixture(scope="module")
@@ -267,6 +271,28 @@ def test_an_ejection_shows_in_the_metrics_of_every_worker(up: Up) -> None:
             break
     # Whichever worker answers the scrape (a new connection each), the replica is out.
     assert [_ejected(up) for _ in range(8)] == [1.0] * 8
+
+
+def test_a_replica_that_left_leaves_the_metrics_of_every_worker(up: Up) -> None:
+    def shown() -> list[tuple[bool, bool]]:  # whichever worker answers each scrape
+        texts = [httpx.get(up.server.url + "/metrics", timeout=10).text for _ in range(8)]
+        return [('replica="flaky-0"' in t, 'replica="flaky-1"' in t) for t in texts]
+
+    assert shown() == [(True, True)] * 8
+    up.reconfigure(failing=False)
+    reloaded = httpx.post(up.server.url + "/admin/reload", headers=ADMIN, timeout=60)
+    assert reloaded.status_code == 200, reloaded.text
+
+    def replicas_left() -> set[str]:  # flaky's replicas, as eight scrapes' workers see them
+        statuses = [httpx.get(up.server.url + "/admin/status", headers=ADMIN, timeout=10)
+                    .json()["models"]["flaky"]["pools"]["mixed"]["replicas"]
+                    for _ in range(8)]
+        return {r["id"] for replicas in statuses for r in replicas}
+
+    # The reload drains flaky-1, then every worker lets it go.
+    wait_until(lambda: replicas_left() == {"flaky-0"}, 60, "flaky-1 to leave every worker")
+    # The shared metric files keep flaky-1's values; no worker shows them.
+    assert shown() == [(True, False)] * 8
 
 
 def test_in_flight_gauges_add_up_over_workers(up: Up) -> None:

@@ -4,6 +4,7 @@ without a system call each, and a worker can take the value class over safely.""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, values
 
-from llmgw.metrics import multiprocess
+from llmgw.metrics import Metrics, ModelMetrics, ReplicaMetrics, multiprocess
 from llmgw.metrics.fast import adder
 
 
@@ -65,3 +66,29 @@ def test_after_a_fork_the_request_path_updates_go_to_the_child_s_own_file(
     add(3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_4242.db", "counter_4343.db"]
     assert 'llmgw_t_total{m="x"} 5.0' in multiprocess.exposition(str(tmp_path)).decode()
+
+
+def test_a_departed_replica_leaves_the_exposition_though_the_files_keep_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)
+    monkeypatch.setenv(multiprocess.DIR_ENV, str(tmp_path))
+    multiprocess.enable(str(tmp_path))
+    metrics = Metrics()
+    for rid in ("m-0", "m-1"):
+        ReplicaMetrics(metrics, "m", rid, "round-robin").add_routed(1)
+    ModelMetrics(metrics, "m").count_request("chat", 200)
+
+    def replicas(exposition: bytes) -> set[str]:
+        return {m.group(1) for m in re.finditer(rb'replica="([^"]+)"', exposition)}
+
+    assert replicas(metrics.exposition()) == {b"m-0", b"m-1"}
+    metrics.forget_replica("m", "m-1")  # it left the fleet: its values stay in the files
+    shown = metrics.exposition()
+    assert replicas(shown) == {b"m-0"}
+    assert b'llmgw_requests_total{endpoint="chat",model="m",status="200"} 1.0' in shown
+    # A worker started after m-1 left never knew it: the files still hold its series.
+    restarted = Metrics()
+    ReplicaMetrics(restarted, "m", "m-0", "round-robin")
+    assert replicas(restarted.exposition()) == {b"m-0"}
+    assert b'replica="m-1"' in multiprocess.exposition(str(tmp_path))
