@@ -126,6 +126,10 @@ class PrefixCacheScorer:
         return block_hashes(ctx.prompt, p.block_chars, p.max_blocks, salt=salt)
 
     def score(self, ctx: RequestContext, replicas: Sequence[ReplicaView]) -> dict[str, float]:
+        if len(ctx.prompt) < self.params.block_chars:
+            # No whole block: nothing to match, predict or remember (and none of the work
+            # that would find that out; a short chat turn is the commonest request).
+            return {}
         for rid, tokens in self._capacity.changed(replicas):
             self._size_for(rid, tokens)
         hashes = self._hashes(ctx)
@@ -137,6 +141,8 @@ class PrefixCacheScorer:
         return beyond_common_prefix(depths, len(hashes))
 
     def on_routed(self, ctx: RequestContext, replica_id: str) -> None:
+        if len(ctx.prompt) < self.params.block_chars:
+            return  # no whole block (``score``)
         hashes = self._pending.pop(ctx.request_id)
         if hashes is None:
             hashes = self._hash(ctx)
@@ -152,8 +158,9 @@ class PrefixCacheScorer:
         """Learn how many characters of rendered prompt make one engine token (a moving
         average), and resize the index when it drifts: the closed calibration loop that
         keeps the index forgetting when the engine evicts, whatever the language or
-        tokenizer."""
-        if not self.params.learn_chars_per_token or not ctx.prompt:
+        tokenizer. Prompts shorter than a block teach nothing: the chat template's own
+        tokens outweigh their text, and the index holds none of them anyway."""
+        if not self.params.learn_chars_per_token or len(ctx.prompt) < self.params.block_chars:
             return
         self._samples += 1
         weight = max(1 / self._samples, 0.02)

@@ -323,3 +323,22 @@ def test_a_prefix_cached_under_one_adapter_is_no_hit_for_another(session: str | 
         scores = scorer.score(other, views(0, 0))
         scorer._pending.pop(rid)
         assert (scores.get("r0", 0.0) > 0.9) is (adapter == "sql"), (adapter, scores)
+
+
+def test_a_prompt_shorter_than_a_block_is_neither_matched_nor_remembered_nor_learned() -> None:
+    policy = make_policy("prefix-aware", random.Random(0))
+    scorer = policy.scorers[0][0]  # type: ignore[attr-defined]
+    replicas = [ReplicaView(id="r0", model="m"), ReplicaView(id="r1", model="m")]
+    short = ctx("x" * 127, rid="short")  # one character short of the 128 of a block
+    assert policy.explain(short, replicas).scores["prefix-cache"] == {}
+    policy.on_routed(short, "r0")
+    policy.on_done(short, "r0", "ok", prompt_tokens=100)
+    assert scorer.index.blocks() == 0 and len(scorer._pending) == 0
+    assert policy.take_prediction(short) is None
+    assert scorer.chars_per_token == 4.0  # 1.27 characters per token taught nothing
+    whole = ctx("x" * 128, rid="whole")
+    policy.explain(whole, replicas)
+    policy.on_routed(whole, "r0")
+    policy.on_done(whole, "r0", "ok", prompt_tokens=64)
+    assert scorer.index.size("r0") == 1 and scorer.chars_per_token == 2.0
+    assert policy.take_prediction(whole) == 0.0  # predicted (nothing cached yet) and taken
