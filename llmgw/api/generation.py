@@ -57,6 +57,16 @@ from llmgw.types import Outcome, RequestContext
 log = logging.getLogger("llmgw.api")
 
 
+def taken_body(scope: Scope, limit: int) -> bytes | None:
+    """The whole body, when llmgw's wire cycle has it all already (``llmgw.request_body``):
+    no ASGI message, no coroutine. None otherwise: ``read_body`` then."""
+    whole = _offered(scope, "llmgw.request_body")
+    body: bytes | None = whole() if whole is not None else None
+    if body is not None and len(body) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return body
+
+
 async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
     """The whole body, refused (413) as soon as it is known to exceed ``limit`` bytes.
     Raises ClientGone when the client leaves before sending all of it."""
@@ -259,7 +269,9 @@ class GenerationRoute:
         tenancy: Tenancy = state.tenancy
         with dispatcher.tracing.span("llmgw.parse") if dispatcher.tracing.enabled else NO_SPAN:
             call.key = tenancy.authenticate(headers)  # before reading a stranger's body
-            body = await read_body(receive, headers, state.max_body_bytes)
+            body = taken_body(scope, state.max_body_bytes)
+            if body is None:
+                body = await read_body(receive, headers, state.max_body_bytes)
             call.parsed = parse_json(body)
             req = validate(call.parsed, self.endpoint)
             check_request(req, state.request_bounds)

@@ -172,3 +172,29 @@ def test_a_renamed_uvicorn_attribute_falls_back_too(
     with caplog.at_level(logging.WARNING, logger="llmgw.api"):
         assert protocol.serving_protocol(ModelRoutesFirst()) == "httptools"
     assert "self.request_pipeline" in caplog.text
+
+
+def test_a_body_that_came_with_its_head_is_taken_whole_and_receive_then_waits_for_the_end(
+) -> None:
+    async def run() -> tuple[bytes | None, bytes | None, dict[str, Any]]:
+        transport, responses = _Transport(), []
+        cycle = _cycle(transport, responses)
+        whole = cycle.scope["extensions"]["llmgw.request_body"]
+        cycle.body = bytearray(b'{"model": "m"}')
+        first, again = whole(), whole()
+        # Taken: a receive now waits for the next event (the end, or the client leaving).
+        assert not cycle.message_event.is_set
+        cycle.disconnected = True
+        cycle.message_event.set()
+        return first, again, await cycle.receive()
+
+    assert asyncio.run(run()) == (b'{"model": "m"}', None, {"type": "http.disconnect"})
+
+
+def test_a_body_still_coming_is_not_taken_whole() -> None:
+    transport, responses = _Transport(), []
+    cycle = _cycle(transport, responses)
+    cycle.body, cycle.more_body = bytearray(b'{"model": '), True
+    assert cycle.scope["extensions"]["llmgw.request_body"]() is None
+    message = asyncio.run(cycle.receive())  # ASGI's way gets the part that came
+    assert message == {"type": "http.request", "body": b'{"model": ', "more_body": True}

@@ -121,6 +121,7 @@ class WireCycle:
         scope["extensions"] = {
             "llmgw.disconnect": self._watch_disconnect,
             "llmgw.json_answer": self.json_answer,
+            "llmgw.request_body": self.whole_body,
         }
 
     # --- what the protocol calls -----------------------------------------------------
@@ -175,6 +176,17 @@ class WireCycle:
         message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
         self.body = bytearray()
         return message
+
+    def whole_body(self) -> bytes | None:
+        """The request's whole body when it came with its head (the common case), taken in
+        one call; None while more is to come (a large body, ``Expect: 100-continue``):
+        ``receive`` it then, as ASGI does. Afterwards ``receive`` answers as it does once
+        the last body message was taken."""
+        if self.more_body or self.disconnected or not self.message_event.is_set:
+            return None
+        self.message_event.is_set = False
+        body, self.body = bytes(self.body), bytearray()
+        return body
 
     async def send(self, message: Message) -> None:
         if self.flow.write_paused and not self.disconnected:
