@@ -24,6 +24,7 @@ from llmgw.disagg import sglang_protocol
 from llmgw.disagg.legs import DecodeUpstream, Legs, PrefillLeg, send_within
 from llmgw.disagg.plan import Plan
 from llmgw.engines.base import UpstreamResponse
+from llmgw.engines.whole_answer import WholeAnswer, read_whole
 from llmgw.errors import (
     GatewayError,
     NoReplica,
@@ -107,6 +108,8 @@ class SGLangFlow:
                     if stream:
                         blocks = upstream.event_blocks()
                         first = await _unless_failed(leg, anext(blocks, b""), limit, deadline)
+                    else:  # the body within the attempt: see llmgw.engines.whole_answer
+                        upstream = WholeAnswer(upstream.status, await read_whole(upstream, None))
         except BaseException as exc:
             decode.release()
             legs.in_background(_abandon(decode, upstream, rid, leg))

@@ -3,7 +3,8 @@
 An engine sends a non-streaming answer's headers once generation is done, so a body that
 breaks off after them (the engine died while sending it) leaves a request that another
 replica may take (llmgw.resilience.retry): the dispatcher and the decode leg of a
-disaggregated request read the whole body before they count the attempt as answered.
+disaggregated request (both flows: vLLM's, and SGLang's, which sends the pair again)
+read the whole body before they count the attempt as answered.
 """
 
 from __future__ import annotations

@@ -131,9 +131,11 @@ def test_a_failing_decode_leg_is_ejected_and_the_request_served_by_the_other(
     assert r["p0"].outlier.failures == r["p1"].outlier.failures == 0
 
 
+@pytest.mark.parametrize("flow", [VLLMFlow(5), SGLangFlow(5, random.Random(0))],
+                         ids=["vllm", "sglang"])
 def test_a_decode_answer_cut_after_its_headers_is_served_by_the_other_decode_replica(
-        ) -> None:
-    d, r = fleet(VLLMFlow(5), {}, RetryBudget(RetryBudgetConfig()), cut=frozenset({"d0"}))
+        flow: Flow) -> None:
+    d, r = fleet(flow, {}, RetryBudget(RetryBudgetConfig()), cut=frozenset({"d0"}))
 
     async def run() -> tuple[str, bytes]:
         opened = await d.open(ctx(False), "/v1/chat/completions",
