@@ -233,7 +233,7 @@ async def _up(cfg: GatewayConfig, paths: Sequence[str],
             await fleet.start(wait=cfg.placement.backend == "local")
         finally:
             view.finish()
-        await tool_set.start()
+        await tool_set.start(wait=cfg.placement.backend == "local")
         loop.add_signal_handler(signal.SIGHUP, lambda: fleet.spawn(_reload(reloader)))
         app = create_app(gateway, fleet, reloader, tool_set)
         server = uvicorn.Server(uvicorn_config(app, cfg, log_level, serving_protocol(app)))

@@ -111,6 +111,13 @@ class WorkerReplica:
         address = await self._launcher.launch_process(self.launch_id, self.spec)
         self.url, self.healthy = address.url, True
 
+    def keep_starting(self, on_running: Callable[[], None]) -> None:
+        """Start the worker in the background, again with backoff after each failure,
+        until it runs (then ``on_running()``) or the replica stops: on a cluster a worker
+        may wait minutes for a node with room. Out of rotation meanwhile."""
+        self._replacing = asyncio.create_task(self._replace(on_running, first=True),
+                                              name=f"start-{self.id}")
+
     def lost(self, on_replaced: Callable[[], None]) -> None:
         """The launcher lost the worker (its process or its Ray actor died) and freed what
         it held. Its calls in flight fail now (a worker on a node that vanished may never
@@ -124,21 +131,25 @@ class WorkerReplica:
             self._replacing = asyncio.create_task(self._replace(on_replaced),
                                                   name=f"replace-{self.id}")
 
-    async def _replace(self, on_replaced: Callable[[], None]) -> None:
+    async def _replace(self, on_running: Callable[[], None], *, first: bool = False) -> None:
+        """Start the worker until it runs; ``first``: its first start, under its own id
+        (a start after a failure or a loss gets a new launch id: ``r-0.1``, ...)."""
         backoff = 1.0
         while True:
-            self._generation += 1
-            self.launch_id = f"{self.id}.{self._generation}"
+            if not first:
+                self._generation += 1
+                self.launch_id = f"{self.id}.{self._generation}"
+            first = False
             try:
                 await self.start()
             except LaunchError as exc:
-                log.error("tool worker %s could not be started again (retrying in %.0fs): "
-                          "%s", self.id, backoff, exc)
+                log.error("tool worker %s did not start (trying again in %.0fs): %s",
+                          self.id, backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
                 continue
-            log.info("tool worker %s started again at %s", self.id, self.url)
-            on_replaced()
+            log.info("tool worker %s runs at %s", self.id, self.url)
+            on_running()
             return
 
     async def call(self, spec: ToolSpec, arguments: dict[str, Any],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -88,20 +89,24 @@ class ToolSet:
         return [spec.openai() for spec in self.specs.values()
                 if names is None or spec.name in names]
 
-    async def start(self) -> None:
-        """Raises LaunchError (a worker did not start); started workers are stopped."""
+    async def start(self, *, wait: bool = True) -> None:
+        """Raises LaunchError (a worker did not start); started workers are stopped.
+        ``wait=False`` (a cluster, where a worker may wait minutes for room, as engines
+        do): workers start in the background, again after each failure, and join their
+        deployments as they run; calls get 503 ``tool_unavailable`` meanwhile."""
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         try:
             for entry in self._config.tools:
                 specs = [s for s in self.specs.values() if s.deployment == entry.name]
                 self.deployments[entry.name] = ToolDeployment(
-                    entry, specs, await self._replicas(entry, specs), self._metrics)
+                    entry, specs, await self._replicas(entry, specs, wait), self._metrics)
         except BaseException:
             await asyncio.shield(self.close())
             raise
         self._health = asyncio.create_task(self._health_loop(), name="tool-health")
 
-    async def _replicas(self, entry: ToolConfig, specs: list[ToolSpec]) -> list[ToolReplica]:
+    async def _replicas(self, entry: ToolConfig, specs: list[ToolSpec],
+                        wait: bool) -> list[ToolReplica]:
         if entry.replicas == 0:
             return [LocalReplica(f"{entry.name}-local", await ToolHost.create(entry, specs))]
         assert self._session is not None
@@ -110,15 +115,23 @@ class ToolSet:
         spec = tool_worker_spec(entry, self.gateway_url, self._token)
         workers = [WorkerReplica(rid, spec, self._token, self._launcher, self._session)
                    for rid in (f"{entry.name}-{i}" for i in range(entry.replicas))]
-        self._workers.update((w.launch_id, w) for w in workers)
         for worker in workers:  # exported at 0, so a dashboard shows "no restarts"
             self._metrics.restarts.labels(entry.name, worker.id)
         # Registered before they start, so close() stops one that started while another
         # failed.
         self.deployments[entry.name] = ToolDeployment(entry, specs, list(workers),
                                                       self._metrics)
+        if not wait:
+            for worker in workers:  # known to the launcher's callbacks once it runs
+                worker.keep_starting(functools.partial(self._running, worker))
+            return list(workers)
+        self._workers.update((w.launch_id, w) for w in workers)
         await asyncio.gather(*(w.start() for w in workers))
         return list(workers)
+
+    def _running(self, worker: WorkerReplica) -> None:
+        """A worker started in the background runs: the launcher may report it now."""
+        self._workers[worker.launch_id] = worker
 
     def _restarted(self, deployment: str, launch_id: str) -> None:
         """A worker restarted in place (the local launcher)."""

@@ -375,3 +375,38 @@ def test_a_tool_worker_is_placed_guarded_replaced_and_removed_like_a_replica(
         down(config_of(gateway, tmp_path))
     # The gateway's stop removed its workers, actors and groups.
     assert tool_workers("tools") == set() and tool_groups() == []
+
+
+def test_a_tool_worker_the_cluster_has_no_room_for_yet_starts_once_a_node_joins(
+        cluster: Cluster, tmp_path: Path) -> None:
+    # No node has the resource: the gateway serves its model meanwhile, as it does
+    # for a replica that waits for room, and the tool answers 503 until its worker runs.
+    gateway = gateway_for(cluster, tmp_path, "toolroom", [fake("m", replicas=1)], tools=[
+        {"name": "r", "import_path": "tests.fakes.tools:Recorder", "replicas": 1,
+         "placement": {"resources": {"toolroom": 1}}}],
+        placement={"placement_timeout_s": 5})
+    joined = None
+
+    def echo(client: httpx.Client) -> httpx.Response:
+        return client.post("/v1/tools/r_echo", json={"arguments": {"text": "hi"}})
+
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            waiting = echo(client)
+            assert waiting.status_code == 503, waiting.text
+            assert waiting.json()["error"]["code"] == "tool_unavailable"
+            chat_answer = client.post("/v1/chat/completions", json=chat("m"))
+            assert chat_answer.status_code == 200, chat_answer.text
+            joined = cluster.add_node(num_cpus=1, resources={"toolroom": 1})
+            cluster.wait_for_nodes()
+            wait_until(lambda: echo(client).status_code == 200, 90,
+                       "the tool worker placed on the node that joined")
+            (worker, info), = tool_hosts("toolroom").items()
+            assert worker.startswith("r-0") and info["node_id"] == joined.node_id
+            assert echo(client).json()["output"]["pid"] == info["pid"]
+    finally:
+        gateway.stop()
+        down(config_of(gateway, tmp_path))
+        if joined is not None:  # the next tests have the module's two workers
+            cluster.remove_node(joined)
+    assert tool_workers("toolroom") == set()
