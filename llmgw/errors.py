@@ -182,9 +182,10 @@ class UpstreamDisconnected(UpstreamError):
 
 
 class AnswerBroken(UpstreamError):
-    """A non-streaming answer broke off after its headers (the connection closed, or the
-    bytes stopped being HTTP). Its engine had finished the request: such an answer's
-    headers come only once generation is done, so another replica may take it."""
+    """An answer broke off after its headers (the connection closed, or the bytes
+    stopped being HTTP); it counts against the replica as a reset. A non-streaming
+    answer's engine had finished the request (such an answer's headers come only once
+    generation is done), so another replica may take it; a stream ends where it broke."""
 
 
 class UpstreamFailed(UpstreamError):

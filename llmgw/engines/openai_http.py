@@ -61,7 +61,7 @@ class HTTPUpstreamResponse:
                 block, pending = pending[: end + 2], pending[end + 2 :]
                 yield block
         except ResponseBroken as exc:
-            raise UpstreamError(f"engine stream broke: {exc}") from None
+            raise AnswerBroken(f"engine stream broke: {exc}") from None
         if pending.strip():
             yield pending.rstrip(b"\n") + b"\n\n"
 

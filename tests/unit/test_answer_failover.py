@@ -1,7 +1,8 @@
 """A non-streaming answer whose engine breaks off after the headers (killed between its
 headers and its body's end: a Ray node lost under load did this) goes to another
 replica, and the client never sees it; one whose body outlives the request's deadline is
-a 504 with the engine connection closed. Raw scripted engines, byte by byte, behind an
+a 504 with the engine connection closed; a stream cut mid-way ends with an error event
+and counts against its replica as a reset. Raw scripted engines, byte by byte, behind an
 in-process gateway; the real openai client, its own retries off."""
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ async def dies_mid_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWr
         await writer.drain()
 
 
-def gateway_for(*urls: str, **model: object) -> Gateway:
-    return in_process_gateway(GatewayConfig.model_validate({"models": [
+def gateway_for(*urls: str, health: dict[str, object] | None = None,
+                **model: object) -> Gateway:
+    return in_process_gateway(GatewayConfig.model_validate({"health": health or {}, "models": [
         {"name": "m", "engine": "openai", "routing": "round-robin", "url": list(urls),
          **model}]}))
 
@@ -105,3 +107,33 @@ async def test_an_answer_slower_than_the_deadline_is_a_504_and_its_connection_cl
             assert failed.value.status_code == 504
             # The gateway dropped the engine's connection while it still serves.
             await asyncio.wait_for(dropped.wait(), 10)
+
+
+CHUNK = orjson.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                      "choices": [{"index": 0, "delta": {"content": "par"},
+                                   "finish_reason": None}]})
+
+
+async def stream_cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A stream's headers and first event, then the connection closes."""
+    if await request_head(reader):
+        event = b"data: %s\n\n" % CHUNK
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(event), event))
+        await writer.drain()
+
+
+async def test_a_stream_cut_mid_way_ends_with_an_error_and_counts_as_a_reset() -> None:
+    async with Scripted(stream_cut) as one, Scripted(stream_cut) as other:
+        # One failure ejects; of two replicas, one may be out.
+        gateway = gateway_for(one.url, other.url, health={"outlier": {
+            "consecutive_failures": 1, "max_ejected_percent": 50}})
+        async with openai_client(gateway) as client:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+            served = raw.headers["x-llmgw-replica"]
+            with pytest.raises(openai.APIError, match="engine stream broke"):
+                async for _ in raw.parse():
+                    pass
+    assert samples(gateway, "llmgw_replica_ejections_total{") == {
+        f'llmgw_replica_ejections_total{{model="m",reason="reset",replica="{served}"}}': 1.0}
