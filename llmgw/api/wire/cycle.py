@@ -15,6 +15,8 @@ generation path paid for generality it does not use (bench/overhead.py --profile
   ``receive()``;
 - a whole JSON answer is one call (the ``llmgw.json_answer`` scope extension: status,
   headers, body), not two ASGI messages whose head is searched for its length;
+- a request body that came with its head is taken in one call (``llmgw.request_body``),
+  not through ``receive`` and a coroutine reading messages;
 - the routes are known, so there is no middleware stack or router in between.
 
 Everything a client can see is what uvicorn does: keep-alive and ``connection: close``,
