@@ -105,11 +105,22 @@ class WorkerReplica:
         # The tasks of the calls in flight, and those ended because the worker was lost.
         self._calls: set[asyncio.Task[Any]] = set()
         self._abandoned: set[asyncio.Task[Any]] = set()
+        # Batch bounds set at run time, by method: every worker started in this
+        # replica's place gets them before it takes a call.
+        self._bounds: dict[str, dict[str, Any]] = {}
 
     async def start(self) -> None:
         """Raises LaunchError with the worker's log tail."""
         address = await self._launcher.launch_process(self.launch_id, self.spec)
-        self.url, self.healthy = address.url, True
+        self.url = address.url
+        try:
+            for method, bounds in self._bounds.items():
+                await self._send_bounds(method, bounds)
+        except (aiohttp.ClientError, InvalidRequest) as exc:
+            await self._launcher.stop(self.launch_id)
+            raise LaunchError(f"tool worker {self.id} did not take its batch bounds: "
+                              f"{exc}") from None
+        self.healthy = True
 
     def keep_starting(self, on_running: Callable[[], None]) -> None:
         """Start the worker in the background, again with backoff after each failure,
@@ -207,6 +218,13 @@ class WorkerReplica:
             self.healthy = False
 
     async def set_batch_bounds(self, method: str, bounds: dict[str, Any]) -> None:
+        """The running worker's, and every later one's; a worker still starting (or
+        being replaced) gets them once it runs."""
+        if self._replacing is None or self._replacing.done():
+            await self._send_bounds(method, bounds)  # kept only once a worker took them
+        self._bounds[method] = {**self._bounds.get(method, {}), **bounds}
+
+    async def _send_bounds(self, method: str, bounds: dict[str, Any]) -> None:
         async with self._session.post(f"{self.url}/batch/{method}", data=orjson.dumps(bounds),
                                       headers=self._auth) as resp:
             if resp.status != 200:
