@@ -316,10 +316,13 @@ def test_unload_while_generating_keeps_the_request_on_its_weights(
     chunks = iter(stream)
     text = next(chunks).choices[0].text
     assert unload(engine, "leaving").status_code == 200
-    # Its slot is still busy: the newcomer must get another one.
+    # Unloaded, it still runs on its weights (1000 tokens outlast an unload call; they
+    # need not outlast a load on a busy machine, so this is checked first).
+    assert engine_counter(engine.url, RUNNING) == 1
+    assert lora_info(engine)["running_lora_adapters"] == "leaving"
+    # While its slot is busy the newcomer must get another one: had it taken that slot,
+    # the rest of `leaving`'s text would come from the newcomer's weights (`text == solo`).
     with loaded(engine, "arriving", adapters["demo-lora-3"]):
-        assert engine_counter(engine.url, RUNNING) == 1  # `leaving` still runs
-        assert lora_info(engine)["running_lora_adapters"] == "leaving"
         arriving = complete(client, "arriving")
         text += "".join(c.choices[0].text for c in chunks)
         assert complete(client, "arriving") == arriving

@@ -331,6 +331,10 @@ def test_a_tool_worker_is_placed_guarded_replaced_and_removed_like_a_replica(
         {"name": "r", "import_path": "tests.fakes.tools:Recorder", "replicas": 1,
          "init_args": {"gate": str(gate)}, "placement": {"cpus": 2}}])
     try:
+        # On Ray `llmgw up` does not wait for tool workers: until this one runs, its
+        # tool answers 503.
+        wait_until(lambda: metric(gateway, "llmgw_tool_replica_healthy", deployment="r",
+                                  replica="r-0") == 1, 60, "the tool worker to run")
         (worker, info), = tool_hosts("tools").items()
         # On a worker node (the head, where the gateway runs, has no CPUs to give), in
         # a group of its own with the tool's resources, serving on the node's address.
