@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llmgw.engines.base import UpstreamResponse
-from llmgw.engines.whole_answer import WholeAnswer, read_whole
+from llmgw.engines.whole_answer import whole_answer
 from llmgw.errors import (
     GatewayError,
     UpstreamDisconnected,
@@ -98,8 +98,7 @@ class Legs:
                     with self.leg_span("decode", replica):
                         upstream = await send_within(replica, path, body, timeout_at)
                         if not ctx.stream:  # the body within the attempt: see whole_answer
-                            upstream = WholeAnswer(upstream.status,
-                                                   await read_whole(upstream, deadline))
+                            upstream = await whole_answer(upstream, deadline)
                 except TimeoutError:
                     raise UpstreamTimeout(f"decode replica {replica.id} did not answer in "
                                           f"time") from None

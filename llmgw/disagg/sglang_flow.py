@@ -24,7 +24,7 @@ from llmgw.disagg import sglang_protocol
 from llmgw.disagg.legs import DecodeUpstream, Legs, PrefillLeg, send_within
 from llmgw.disagg.plan import Plan
 from llmgw.engines.base import UpstreamResponse
-from llmgw.engines.whole_answer import WholeAnswer, read_whole
+from llmgw.engines.whole_answer import whole_answer
 from llmgw.errors import (
     GatewayError,
     NoReplica,
@@ -109,7 +109,7 @@ class SGLangFlow:
                         blocks = upstream.event_blocks()
                         first = await _unless_failed(leg, anext(blocks, b""), limit, deadline)
                     else:  # the body within the attempt: see llmgw.engines.whole_answer
-                        upstream = WholeAnswer(upstream.status, await read_whole(upstream, None))
+                        upstream = await whole_answer(upstream, None)
         except BaseException as exc:
             decode.release()
             legs.in_background(_abandon(decode, upstream, rid, leg))

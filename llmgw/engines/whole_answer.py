@@ -32,6 +32,11 @@ async def read_whole(upstream: UpstreamResponse, until: float | None) -> bytes:
         raise
 
 
+async def whole_answer(upstream: UpstreamResponse, until: float | None) -> WholeAnswer:
+    """``read_whole``, as an answer that can stand in for ``upstream`` (a decode leg's)."""
+    return WholeAnswer(upstream.status, await read_whole(upstream, until))
+
+
 class WholeAnswer:
     """An answer already read to its end (``read_whole``), as an ``UpstreamResponse``: its
     connection is back in its pool, so ``close`` has nothing left to do."""
