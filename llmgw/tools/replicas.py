@@ -101,7 +101,9 @@ class WorkerReplica:
         self.url = ""
         self.in_flight, self.healthy = 0, False
         self._generation = 0
-        self._replacing: asyncio.Task[None] | None = None
+        # Starting a worker in this replica's place (its first, in the background, or a
+        # replacement): out of rotation until it runs.
+        self._starting: asyncio.Task[None] | None = None
         # The tasks of the calls in flight, and those ended because the worker was lost.
         self._calls: set[asyncio.Task[Any]] = set()
         self._abandoned: set[asyncio.Task[Any]] = set()
@@ -122,12 +124,16 @@ class WorkerReplica:
                               f"{exc}") from None
         self.healthy = True
 
+    @property
+    def starting(self) -> bool:
+        return self._starting is not None and not self._starting.done()
+
     def keep_starting(self, on_running: Callable[[], None]) -> None:
         """Start the worker in the background, again with backoff after each failure,
         until it runs (then ``on_running()``) or the replica stops: on a cluster a worker
         may wait minutes for a node with room. Out of rotation meanwhile."""
-        self._replacing = asyncio.create_task(self._replace(on_running, first=True),
-                                              name=f"start-{self.id}")
+        self._starting = asyncio.create_task(self._start_until_running(on_running),
+                                             name=f"start-{self.id}")
 
     def lost(self, on_replaced: Callable[[], None]) -> None:
         """The launcher lost the worker (its process or its Ray actor died) and freed what
@@ -138,19 +144,19 @@ class WorkerReplica:
         for task in self._calls:
             self._abandoned.add(task)
             task.cancel()
-        if self._replacing is None or self._replacing.done():
-            self._replacing = asyncio.create_task(self._replace(on_replaced),
-                                                  name=f"replace-{self.id}")
+        if not self.starting:
+            self._next_launch_id()
+            self.keep_starting(on_replaced)
 
-    async def _replace(self, on_running: Callable[[], None], *, first: bool = False) -> None:
-        """Start the worker until it runs; ``first``: its first start, under its own id
-        (a start after a failure or a loss gets a new launch id: ``r-0.1``, ...)."""
+    def _next_launch_id(self) -> None:
+        """A worker after a loss or a failed start is a new process to the launcher:
+        ``r-0.1``, ``r-0.2``, ..."""
+        self._generation += 1
+        self.launch_id = f"{self.id}.{self._generation}"
+
+    async def _start_until_running(self, on_running: Callable[[], None]) -> None:
         backoff = 1.0
         while True:
-            if not first:
-                self._generation += 1
-                self.launch_id = f"{self.id}.{self._generation}"
-            first = False
             try:
                 await self.start()
             except LaunchError as exc:
@@ -158,6 +164,7 @@ class WorkerReplica:
                           self.id, backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                self._next_launch_id()
                 continue
             log.info("tool worker %s runs at %s", self.id, self.url)
             on_running()
@@ -208,7 +215,7 @@ class WorkerReplica:
         raise ToolError(f"tool {spec.name!r} failed: {message}")
 
     async def check(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
-        if self._replacing is not None and not self._replacing.done():
+        if self.starting:
             return  # a lost worker stays out, even if its address answers, until replaced
         try:
             async with session.get(self.url + "/health",
@@ -220,7 +227,7 @@ class WorkerReplica:
     async def set_batch_bounds(self, method: str, bounds: dict[str, Any]) -> None:
         """The running worker's, and every later one's; a worker still starting (or
         being replaced) gets them once it runs."""
-        if self._replacing is None or self._replacing.done():
+        if not self.starting:
             await self._send_bounds(method, bounds)  # kept only once a worker took them
         self._bounds[method] = {**self._bounds.get(method, {}), **bounds}
 
@@ -231,8 +238,8 @@ class WorkerReplica:
                 raise InvalidRequest(f"worker {self.id}: {(await resp.read()).decode()}")
 
     async def stop(self) -> None:
-        if self._replacing is not None:
-            self._replacing.cancel()
+        if self._starting is not None:
+            self._starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._replacing
+                await self._starting
         await self._launcher.stop(self.launch_id)

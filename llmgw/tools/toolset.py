@@ -148,7 +148,7 @@ class ToolSet:
         log.error("tool worker %s lost (%s); starting another", worker.id, why)
 
         def replaced() -> None:
-            self._workers[worker.launch_id] = worker
+            self._running(worker)
             self._metrics.restarts.labels(deployment, worker.id).inc()
 
         worker.lost(replaced)
