@@ -99,7 +99,11 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 def validate(parsed: dict[str, Any], endpoint: Endpoint) -> ModelRequest:
     try:
-        return ENDPOINTS[endpoint].request.model_validate(parsed)
+        # The model's validator itself: ``model_validate`` hands it six keyword arguments
+        # (each None), which cost a third of what validating a short request does.
+        request: ModelRequest = \
+            ENDPOINTS[endpoint].request.__pydantic_validator__.validate_python(parsed)
+        return request
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"] if not _union_branch(p)) or None

@@ -16,10 +16,13 @@ from llmgw.protocol import (
     TokenizeRequest,
 )
 
+# A tuple, not ``A | B``: a union in ``isinstance`` is built anew on every call.
+_GENERATION = (ChatCompletionRequest, CompletionRequest)
+
 
 def check_request(req: ModelRequest, bounds: RequestBounds) -> None:
     """Raises InvalidRequest."""
-    if isinstance(req, ChatCompletionRequest | CompletionRequest):
+    if isinstance(req, _GENERATION):
         if req.n is not None and req.n > bounds.max_n:
             raise InvalidRequest(f"n: at most {bounds.max_n}", param="n")
         _check_max(req.max_tokens, "max_tokens", bounds)
@@ -48,11 +51,12 @@ def _check_messages(messages: list[ChatMessage], name: str, bounds: RequestBound
         raise InvalidRequest(f"{name}: at most {bounds.max_messages} messages "
                              f"(got {len(messages)})", param=name)
     for index, message in enumerate(messages):
-        if message.role == "tool" and not message.tool_call_id:
+        role = message["role"]
+        if role == "tool" and not message.get("tool_call_id"):
             field = f"{name}.{index}.tool_call_id"
             raise InvalidRequest(f"{field}: a tool message needs the id of the tool call "
                                  "it answers", param=field)
-        if message.role == "function" and not isinstance(getattr(message, "name", None), str):
+        if role == "function" and not isinstance(message.get("name"), str):
             field = f"{name}.{index}.name"
             raise InvalidRequest(f"{field}: a function message needs the function's name",
                                  param=field)

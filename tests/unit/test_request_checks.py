@@ -40,6 +40,12 @@ def refusal(body: dict[str, Any], endpoint: str = "chat") -> tuple[str | None, s
         ({"messages": [{"role": "function", "content": "42"}]},
          ("messages.0.name", "messages.0.name: a function message needs the function's name")),
         ({"messages": [{"role": "function", "name": "f", "content": "42"}]}, None),
+        ({"messages": ["hi"]}, ("messages.0", "messages.0: Input should be a valid dictionary")),
+        ({"messages": [{"content": "hi"}]}, ("messages.0.role", "messages.0.role: Field required")),
+        ({"messages": [{"role": "user", "content": 7}]},
+         ("messages.0.content", "messages.0.content: Input should be a valid string")),
+        ({"messages": [USER, {"role": "tool", "content": "42", "tool_call_id": 3}]},
+         ("messages.1.tool_call_id", "messages.1.tool_call_id: Input should be a valid string")),
         ({"messages": [USER] * 4}, ("messages", "messages: at most 3 messages (got 4)")),
         ({"messages": [USER], "n": 5}, ("n", "n: at most 4")),
         ({"messages": [USER], "max_tokens": 101}, ("max_tokens", "max_tokens: at most 100")),
@@ -62,7 +68,7 @@ def refusal(body: dict[str, Any], endpoint: str = "chat") -> tuple[str | None, s
                         "name": "helper"}]}, None),
     ],
     ids=["ok", "empty", "unknown-role", "tool-without-id", "tool-with-id", "function-no-name",
-         "function-named",
+         "function-named", "not-an-object", "no-role", "content-not-text", "tool-id-not-text",
          "too-many-messages", "n", "max-tokens", "max-completion-tokens", "at-the-bounds",
          "developer-and-content-parts", "tool-calls-with-null-content", "system-parts-named"])
 def test_chat_requests(body: dict[str, Any], expected: tuple[str, str] | None) -> None:
@@ -109,3 +115,12 @@ def test_other_endpoints_are_bounded(endpoint: str, body: dict[str, Any],
 def test_default_bounds_are_openais() -> None:
     assert RequestBounds() == RequestBounds(max_n=128, max_tokens=None, max_messages=2048,
                                             max_inputs=2048)
+
+
+def test_a_message_keeps_every_field_it_came_with() -> None:
+    """Messages are validated as dicts: what the gateway does not read (names, tool calls,
+    engine extras) stays as the client sent it."""
+    message = {"role": "assistant", "content": None, "name": "helper", "vendor": {"x": [1]},
+               "tool_calls": [{"id": "c1", "type": "function"}]}
+    request = validate({"model": "m", "messages": [message]}, "chat")
+    assert request.messages == [message]  # type: ignore[attr-defined]
