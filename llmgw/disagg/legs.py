@@ -51,6 +51,11 @@ async def send_within(replica: Replica, path: str, body: bytes,
         return await replica.engine.send(path, body)
 
 
+def _past(deadline: float | None, loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the request's own time limit (event loop time) has run out."""
+    return deadline is not None and loop.time() >= deadline
+
+
 @dataclass
 class Legs:
     """What both protocols' flows share: the two policies, the decode pool's failover and
@@ -100,8 +105,10 @@ class Legs:
                         if not ctx.stream:  # the body within the attempt: see whole_answer
                             upstream = await whole_answer(upstream, deadline)
                 except TimeoutError:
-                    raise UpstreamTimeout(f"decode replica {replica.id} did not answer in "
-                                          f"time") from None
+                    raise UpstreamTimeout(
+                        "the request exceeded its time limit during its decode leg"
+                        if _past(deadline, loop) else
+                        f"decode replica {replica.id} did not answer in time") from None
             except UpstreamRejected:
                 replica.release()
                 raise
@@ -109,6 +116,8 @@ class Legs:
                 replica.release()
                 log.warning("decode replica %s failed: %s", replica.id, exc.message)
                 self.failed(replica, exc, ctx.stream)
+                if isinstance(exc, UpstreamTimeout) and _past(deadline, loop):
+                    raise  # the request's own limit: no other replica has time left
                 error = exc
                 continue
             except BaseException:

@@ -24,6 +24,7 @@ from llmgw.errors import (
     UpstreamDisconnected,
     UpstreamError,
     UpstreamFailed,
+    UpstreamTimeout,
     UpstreamUnreachable,
 )
 from llmgw.metrics import Metrics, ModelMetrics, PDMetrics, ReplicaMetrics
@@ -55,17 +56,29 @@ class CutAnswer(Answer):
         raise AnswerBroken("engine connection broke: engine closed the connection")
 
 
+class EndlessAnswer(Answer):
+    """Its headers came; its body never ends."""
+
+    async def read(self) -> bytes:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
 class ScriptedEngine:
-    """Raises ``error`` on every send, or answers (with ``answer``)."""
+    """Raises ``error`` on every send, or answers (with ``answer``); with ``silent``, a
+    send never gets its headers."""
 
     url = "http://127.0.0.1:1"
 
     def __init__(self, error: UpstreamError | None = None,
                  answer: type[Answer] = Answer) -> None:
         self.error, self.answer, self.sent, self.aborted = error, answer, 0, 0
+        self.silent = False
 
     async def send(self, path: str, body: bytes) -> Answer:
         self.sent += 1
+        if self.silent:
+            await asyncio.Event().wait()
         if self.error is not None:
             raise self.error
         return self.answer()
@@ -149,6 +162,28 @@ def test_a_decode_answer_cut_after_its_headers_is_served_by_the_other_decode_rep
     assert asyncio.run(run()) == ("d1", ANSWER)  # round-robin ranked d0 first
     assert engine(r["d0"]).sent == 1 and r["d0"].outlier.state == "ejected"
     assert r["d1"].outlier.failures == 0
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_a_decode_leg_past_the_requests_deadline_is_not_sent_again(stream: bool) -> None:
+    """The request's own limit ran out on the first decode replica (a stream's headers,
+    or a whole answer's body, never came): no other replica has time left, so the client
+    gets the timeout and no decode replica gets a request past its deadline."""
+    d, r = fleet(VLLMFlow(5), {}, RetryBudget(RetryBudgetConfig()))
+    if stream:
+        engine(r["d0"]).silent = True
+    else:
+        engine(r["d0"]).answer = EndlessAnswer
+
+    async def run() -> None:
+        deadline = asyncio.get_running_loop().time() + 0.2
+        await d.open(ctx(stream), "/v1/chat/completions",
+                     b'{"model":"m","messages":[],"stream":false}', "r", deadline, False)
+
+    with pytest.raises(UpstreamTimeout, match="the request exceeded its time limit"):
+        asyncio.run(run())  # round-robin ranked d0 first
+    assert (engine(r["d0"]).sent, engine(r["d1"]).sent) == (1, 0)
+    assert r["d0"].metrics.retries._value.get() == r["d1"].metrics.retries._value.get() == 0
 
 
 def test_a_prefill_replica_that_cannot_be_reached_is_counted_and_skipped() -> None:
