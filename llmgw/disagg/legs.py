@@ -51,7 +51,7 @@ async def send_within(replica: Replica, path: str, body: bytes,
         return await replica.engine.send(path, body)
 
 
-def _past(deadline: float | None, loop: asyncio.AbstractEventLoop) -> bool:
+def deadline_passed(deadline: float | None, loop: asyncio.AbstractEventLoop) -> bool:
     """Whether the request's own time limit (event loop time) has run out."""
     return deadline is not None and loop.time() >= deadline
 
@@ -107,7 +107,7 @@ class Legs:
                 except TimeoutError:
                     raise UpstreamTimeout(
                         "the request exceeded its time limit during its decode leg"
-                        if _past(deadline, loop) else
+                        if deadline_passed(deadline, loop) else
                         f"decode replica {replica.id} did not answer in time") from None
             except UpstreamRejected:
                 replica.release()
@@ -116,7 +116,7 @@ class Legs:
                 replica.release()
                 log.warning("decode replica %s failed: %s", replica.id, exc.message)
                 self.failed(replica, exc, ctx.stream)
-                if isinstance(exc, UpstreamTimeout) and _past(deadline, loop):
+                if isinstance(exc, UpstreamTimeout) and deadline_passed(deadline, loop):
                     raise  # the request's own limit: no other replica has time left
                 error = exc
                 continue

@@ -16,7 +16,7 @@ from typing import Any
 
 from llmgw.disagg import vllm_protocol
 from llmgw.disagg.decide import Reason
-from llmgw.disagg.legs import DecodeUpstream, Legs
+from llmgw.disagg.legs import DecodeUpstream, Legs, deadline_passed
 from llmgw.disagg.plan import Plan
 from llmgw.engines.base import UpstreamResponse
 from llmgw.errors import (
@@ -92,7 +92,7 @@ class VLLMFlow:
                 legs.failed(replica, exc, ctx.stream)
                 continue  # the next prefill replica, if any
             except (TimeoutError, UpstreamTimeout):
-                if deadline is not None and loop.time() >= deadline:
+                if deadline_passed(deadline, loop):
                     raise UpstreamTimeout("the request exceeded its time limit during its "
                                           "prefill leg") from None
                 legs.failed(replica, TimeoutError(), ctx.stream)  # past prefill_timeout_s

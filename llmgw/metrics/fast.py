@@ -12,17 +12,19 @@ of a request's ~200 ns per update). Only the event loop's thread updates these c
 and a reader (the exposition, on any thread) sees the float before or after an update,
 never half of one; so these add to the float directly. With multiprocess files
 (``server.workers`` above 1) a value's ``inc`` also takes a lock and checks for a fork
-before writing its file (~500 ns); these write the file directly (~200 ns), and fall
-back to ``inc`` in a forked child, whose files the value then reopens.
+before writing its file (~500 ns); these write the value into the file's mapping
+directly, and fall back to ``inc`` in a forked child, whose files the value then
+reopens.
 
 They lean on prometheus-client's attributes (``_value``; ``_sum``, ``_buckets``,
 ``_upper_bounds``; ``MutexValue``'s float ``_value``; a multiprocess value's ``_file``,
-``_key`` and its file's ``write_value``); where a version lacks them, the public method
-is used instead.
+``_key``, and its file's ``write_value``, ``_m`` and ``_positions``); where a version
+lacks them, the public method is used instead.
 """
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
@@ -30,9 +32,12 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.values import MutexValue
 
-from llmgw.metrics import multiprocess
+from llmgw.metrics.multiprocess import this_process
 
 Add = Callable[[float], None]
+
+# A multiprocess file's value and timestamp, as prometheus-client's files hold them.
+_two_doubles = struct.Struct("dd").pack
 
 
 def _lock_free(value: Any) -> bool:
@@ -42,11 +47,14 @@ def _lock_free(value: Any) -> bool:
 
 def _file_backed(value: Any) -> bool:
     """A multiprocess value whose file may be written directly."""
+    file = getattr(value, "_file", None)
     return (
         getattr(value, "_multiprocess", False)
         and isinstance(getattr(value, "_value", None), float)
         and hasattr(value, "_key")
-        and callable(getattr(getattr(value, "_file", None), "write_value", None))
+        and callable(getattr(file, "write_value", None))
+        and hasattr(file, "_m")
+        and isinstance(getattr(file, "_positions", None), dict)
     )
 
 
@@ -64,22 +72,34 @@ class _AddToFloat:
 
 class _AddToFile:
     """A multiprocess value's ``inc`` without its lock and its fork check, in the process
-    that made it (see the module docstring)."""
+    that made it (see the module docstring). The new value goes straight into the file's
+    mapping at the value's place, as the file's ``write_value`` puts it there (one
+    16-byte slice assignment, never a partial write), without that method's two Python
+    calls; through ``write_value`` the first time and whenever the file has grown (it is
+    then mapped anew)."""
 
-    __slots__ = ("_value", "_file", "_key", "_pid")
+    __slots__ = ("_value", "_file", "_key", "_pid", "_mapping", "_at")
 
     def __init__(self, value: Any) -> None:
         self._value, self._file, self._key = value, value._file, value._key
-        self._pid = multiprocess.process_id()
+        self._pid = this_process.id
+        self._mapping: Any = None  # the file's mapping where the value sits at ``_at``
+        self._at = 0
 
     def __call__(self, amount: float) -> None:
         value = self._value
-        if multiprocess.process_id() != self._pid:  # forked: the value reopens its files
+        if this_process.id != self._pid:  # forked: the value reopens its files
             value.inc(amount)
             return
-        value._value += amount
+        total = value._value = value._value + amount
         value._timestamp = 0.0
-        self._file.write_value(self._key, value._value, 0.0)
+        mapping = self._file._m
+        if mapping is self._mapping:
+            at = self._at
+            mapping[at:at + 16] = _two_doubles(total, 0.0)
+            return
+        self._file.write_value(self._key, total, 0.0)
+        self._mapping, self._at = self._file._m, self._file._positions[self._key]
 
 
 def _add_to(value: Any) -> Add | None:
