@@ -292,8 +292,10 @@ def _prompt_parts(body: Mapping[str, Any]) -> list[str]:
         for message in messages:
             if isinstance(message, dict):
                 role = message.get("role")
+                content = message.get("content")
                 parts += ("<", role if isinstance(role, str) else "", ">",
-                          content_text(message.get("content")))
+                          # Most contents are a string: no call for those.
+                          content if type(content) is str else content_text(content))
         return parts
     prompt = body.get("prompt", body.get("input"))
     if isinstance(prompt, str):

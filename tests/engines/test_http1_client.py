@@ -105,6 +105,36 @@ def chunked(pieces: list[bytes]) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
 
 
+async def test_each_request_carries_its_own_path_length_and_body(client: HTTPClient) -> None:
+    """Heads are kept per path: requests to several paths of an engine under a path
+    prefix, one connection, each with its own request line, length and body."""
+    seen: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            seen.append(head + await reader.readexactly(length))
+            writer.write(OK)
+            await writer.drain()
+
+    async with Scripted(record) as server:
+        pool = client.pool(server.url + "/engine/")
+        for path, body in [("/v1/a", b"{}"), ("/v1/bb", b'{"x":12345}'), ("/v1/a", b"[1]")]:
+            response = await pool.post(path, body, b"x-extra: 1\r\n")
+            assert await response.read() == b"ok"
+        host = server.url.removeprefix("http://").encode()
+        assert seen == [
+            b"POST /engine%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nx-extra: 1\r\n\r\n%s" % (path, host, len(body), body)
+            for path, body in [(b"/v1/a", b"{}"), (b"/v1/bb", b'{"x":12345}'), (b"/v1/a", b"[1]")]
+        ]
+        assert server.connections == 1
+
+
 @pytest.mark.parametrize("cut", [1, 3, 7, 1000], ids=["1-byte", "3-bytes", "7-bytes", "whole"])
 async def test_a_chunked_body_arrives_whole_however_its_bytes_are_cut(
     client: HTTPClient, cut: int

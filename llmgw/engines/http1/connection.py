@@ -161,6 +161,22 @@ class Connection(asyncio.Protocol):
             self._transport.resume_reading()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    async def rest(self) -> bytes:
+        """The rest of the body, once it has ended: what ``chunk`` would give until b"",
+        in one call. Reading goes on past the high-water mark (the caller keeps it all
+        anyway)."""
+        chunks: list[bytes] = []
+        while True:
+            if self._chunks:
+                chunks += self._chunks
+                self._chunks, self._buffered = [], 0
+                if self._paused and self._transport is not None:
+                    self._paused = False
+                    self._transport.resume_reading()
+            if self._complete:
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            await self._wait()
+
     @property
     def open(self) -> bool:
         """Neither side has closed it, as far as the loop has seen (a peer's close that

@@ -36,6 +36,9 @@ from urllib.parse import urlsplit
 
 from llmgw.engines.http1.connection import Connection, ResponseBroken
 
+# Request heads kept per pool (``OriginPool._head``): more paths than this are made anew.
+_MAX_HEADS = 64
+
 
 class ConnectFailed(Exception):
     """No connection could be made (refused, unresolvable, timed out): the request was
@@ -72,20 +75,17 @@ class Response:
         return data
 
     async def read(self) -> bytes:
-        """The whole body: ``chunk`` until its end (or until closed meanwhile), reading
-        the connection directly."""
+        """The whole body (what is left of it), reading the connection directly."""
         conn = self._conn
         if conn is None:
             return b""
-        chunks = []
         try:
-            while self._conn is not None and (data := await conn.chunk()):
-                chunks.append(data)
+            body = await conn.rest()
         except ResponseBroken:
             self.close()
             raise
         self.close()
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return body
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -104,6 +104,7 @@ class OriginPool:
         self._port = parts.port or (443 if self._tls else 80)
         self._prefix = parts.path.rstrip("/").encode()
         self._host_header = parts.netloc.encode("idna")
+        self._heads: dict[str, bytes] = {}  # by path: see _head
         self._connect_timeout_s = connect_timeout_s
         self._idle_s, self._max_idle = idle_s, max_idle
         self._idle: list[Connection] = []  # oldest first; taken from the end
@@ -116,11 +117,8 @@ class OriginPool:
         in CRLF. Returns once the status has arrived. Raises ConnectFailed when no
         connection could be made, ResponseBroken when the connection broke before the
         status (after the resend rule of the module docstring)."""
-        request = (
-            b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n%s\r\n%s"
-            % (self._prefix, path.encode(), self._host_header, len(body), headers, body)
-        )
+        head = self._heads.get(path) or self._head(path)
+        request = b"%s%d\r\n%s\r\n%s" % (head, len(body), headers, body)
         conn = self._take()
         if conn is None:
             return await self._exchange(await self._connect(), request)
@@ -134,6 +132,17 @@ class OriginPool:
             except ConnectFailed:
                 raise exc from None
             return await self._exchange(fresh, request)
+
+    def _head(self, path: str) -> bytes:
+        """A request's head for ``path`` up to its Content-Length value: the same for
+        every request there, so made once per path (the engine paths are a handful)."""
+        head = (
+            b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " % (self._prefix, path.encode(), self._host_header)
+        )
+        if len(self._heads) < _MAX_HEADS:
+            self._heads[path] = head
+        return head
 
     async def _exchange(self, conn: Connection, request: bytes) -> Response:
         try:
