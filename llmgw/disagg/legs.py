@@ -105,10 +105,8 @@ class Legs:
                         if not ctx.stream:  # the body within the attempt: see whole_answer
                             upstream = await whole_answer(upstream, deadline)
                 except TimeoutError:
-                    raise UpstreamTimeout(
-                        "the request exceeded its time limit during its decode leg"
-                        if deadline_passed(deadline, loop) else
-                        f"decode replica {replica.id} did not answer in time") from None
+                    raise UpstreamTimeout(f"decode replica {replica.id} did not answer in "
+                                          f"time") from None
             except UpstreamRejected:
                 replica.release()
                 raise
@@ -117,7 +115,9 @@ class Legs:
                 log.warning("decode replica %s failed: %s", replica.id, exc.message)
                 self.failed(replica, exc, ctx.stream)
                 if isinstance(exc, UpstreamTimeout) and deadline_passed(deadline, loop):
-                    raise  # the request's own limit: no other replica has time left
+                    # The request's own limit: no other replica has time left.
+                    raise UpstreamTimeout("the request exceeded its time limit during its "
+                                          "decode leg") from None
                 error = exc
                 continue
             except BaseException:
